@@ -8,3 +8,5 @@ pub mod config;
 pub mod event;
 pub mod signing;
 pub mod store;
+pub mod delivery;
+pub mod telemetry;

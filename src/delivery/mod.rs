@@ -1,0 +1,375 @@
+//! Webhook delivery: the I/O shell around [`policy::Scheduler`].
+//!
+//! The worker learns of new events from the store's durable watch (so it never sends an event
+//! a crash could take back), asks the scheduler what to send, POSTs with one reused HTTP
+//! client, logs every attempt in the store and feeds the outcome back. Shutdown is a future
+//! passed in: on it the worker stops sending, lets requests in flight finish within a grace
+//! period, records them and flushes the store.
+
+pub mod policy;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::config::ZencoreConfig;
+use crate::event::{body_info, Millis};
+use crate::signing::{sign_all, Key};
+use crate::store::{Attempt, PendingEvent, State, Status, Store, StoreError};
+use crate::telemetry;
+use policy::{classify, Action, Decision, Outcome, Policy, Scheduler};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("zencore.{key}: {message}")]
+    Setup { key: &'static str, message: String },
+}
+
+/// Installs rustls' ring provider as the process default. ZenEdge never uses aws-lc-rs, which
+/// does not build for 32-bit ARM. Calling it twice is harmless.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// The outcome of one HTTP attempt, before it is judged.
+#[derive(Debug, Clone)]
+pub struct AttemptResult {
+    pub started: Millis,
+    pub duration_ms: u64,
+    pub status: Option<u16>,
+    pub retry_after: Option<Duration>,
+    pub error: Option<String>,
+}
+
+/// Signs and POSTs event bodies to ZenCore with one reused client (keep-alive, TLS sessions).
+pub struct Sender {
+    client: reqwest::Client,
+    url: reqwest::Url,
+    keys: Vec<Key>,
+    user_agent: String,
+}
+
+impl Sender {
+    pub fn from_config(zencore: &ZencoreConfig) -> Result<Sender, DeliveryError> {
+        install_crypto_provider();
+        let setup = |key, message: String| DeliveryError::Setup { key, message };
+        let url = reqwest::Url::parse(&zencore.webhook_url)
+            .map_err(|e| setup("webhook_url", e.to_string()))?;
+        let keys = zencore
+            .signing_secrets()
+            .iter()
+            .map(|s| Key::from_secret(s.expose()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| setup("secret", e.to_string()))?;
+        let mut builder = reqwest::Client::builder()
+            .timeout(zencore.timeout)
+            .connect_timeout(zencore.timeout.min(Duration::from_secs(10)))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(ca) = &zencore.ca_file {
+            let pem = std::fs::read(ca)
+                .map_err(|e| setup("ca_file", format!("cannot read {}: {e}", ca.display())))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| setup("ca_file", format!("{}: {e}", ca.display())))?
+            {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        if let (Some(cert), Some(key)) = (&zencore.client_cert_file, &zencore.client_key_file) {
+            let mut pem = std::fs::read(cert).map_err(|e| {
+                setup("client_cert_file", format!("cannot read {}: {e}", cert.display()))
+            })?;
+            pem.extend(std::fs::read(key).map_err(|e| {
+                setup("client_key_file", format!("cannot read {}: {e}", key.display()))
+            })?);
+            let identity = reqwest::Identity::from_pem(&pem)
+                .map_err(|e| setup("client_cert_file", e.to_string()))?;
+            builder = builder.identity(identity);
+        }
+        let client = builder
+            .build()
+            .map_err(|e| setup("webhook_url", format!("cannot build HTTP client: {e}")))?;
+        Ok(Sender {
+            client,
+            url,
+            keys,
+            user_agent: format!("zenedge/{}", env!("CARGO_PKG_VERSION")),
+        })
+    }
+
+    /// One attempt: sign with every key at this moment's timestamp and POST the exact bytes.
+    pub async fn send(&self, id: &str, attempt: u32, body: Vec<u8>) -> AttemptResult {
+        let started = Millis::now();
+        let clock = Instant::now();
+        let sigs = sign_all(&self.keys, id, started.unix_seconds(), &body);
+        let request = self
+            .client
+            .post(self.url.clone())
+            .header("Content-Type", "application/json")
+            .header("User-Agent", &self.user_agent)
+            .header("X-Webhook-Signature", sigs.hex)
+            .header("X-Webhook-Id", id)
+            .header("X-Webhook-Attempt", attempt.to_string())
+            .header("webhook-id", id)
+            .header("webhook-timestamp", started.unix_seconds().to_string())
+            .header("webhook-signature", sigs.v1)
+            .body(body);
+        let (status, retry_after, error) = match request.send().await {
+            Ok(mut response) => {
+                let status = response.status();
+                let retry_after = response
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                // Read (a bounded part of) the answer so the connection can be reused; a
+                // body that fails to arrive within the timeout makes the attempt fail.
+                let mut read = 0usize;
+                let mut body_error = None;
+                loop {
+                    match response.chunk().await {
+                        Ok(Some(chunk)) => {
+                            read += chunk.len();
+                            if read > 64 * 1024 {
+                                break;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            body_error = Some(error_text(&e));
+                            break;
+                        }
+                    }
+                }
+                match (status.is_success(), body_error) {
+                    (true, Some(e)) => (None, None, Some(e)),
+                    (true, None) => (Some(status.as_u16()), None, None),
+                    (false, _) => (
+                        Some(status.as_u16()),
+                        retry_after,
+                        Some(format!("HTTP {}", status.as_u16())),
+                    ),
+                }
+            }
+            Err(e) => (None, None, Some(error_text(&e))),
+        };
+        AttemptResult {
+            started,
+            duration_ms: clock.elapsed().as_millis() as u64,
+            status,
+            retry_after,
+            error,
+        }
+    }
+}
+
+/// A reqwest error with its causes, which say what really happened ("connection refused").
+fn error_text(e: &reqwest::Error) -> String {
+    use std::error::Error;
+    let mut text = if e.is_timeout() {
+        "timeout".to_string()
+    } else if e.is_connect() {
+        "connect error".to_string()
+    } else {
+        e.to_string()
+    };
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// What the worker tells the rest of the daemon (status line, health).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeliveryState {
+    pub pending: usize,
+    pub in_flight: usize,
+    pub reachable: bool,
+    pub next_probe: Option<Millis>,
+}
+
+/// Runs delivery until `shutdown` resolves. `requeued` carries dead letters put back by the
+/// operator. `grace` bounds how long requests in flight may take after shutdown.
+pub async fn run(
+    store: Store,
+    sender: Arc<Sender>,
+    policy: Policy,
+    mut requeued: mpsc::UnboundedReceiver<PendingEvent>,
+    state: tokio::sync::watch::Sender<DeliveryState>,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) -> Result<(), StoreError> {
+    let mut scheduler = Scheduler::new(policy);
+    let mut durable = store.durable();
+    let mut cursor = *durable.borrow_and_update();
+    for p in store.scan_pending(0, cursor)? {
+        scheduler.add(p);
+    }
+    let mut rng = rand::rngs::StdRng::from_os_rng();
+    let mut in_flight: JoinSet<(u64, u32, AttemptResult)> = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let now = Millis::now();
+        for action in scheduler.poll(now) {
+            match action {
+                Action::Send { seq, attempt } => match store.body(seq) {
+                    Ok(Some(body)) => {
+                        let id = body_info(&body).map(|i| i.id).unwrap_or_default();
+                        let sender = sender.clone();
+                        in_flight.spawn(async move {
+                            let result = sender.send(&id, attempt, body).await;
+                            (seq, attempt, result)
+                        });
+                    }
+                    Ok(None) => scheduler.remove(seq),
+                    Err(e) => {
+                        telemetry::store_error("read event body", &e);
+                        scheduler.complete(
+                            seq,
+                            Outcome::Failed { retry_after: None },
+                            now,
+                            rng.random(),
+                        );
+                    }
+                },
+                Action::Expire { seq } => {
+                    let status = store.status(seq)?.unwrap_or_else(untried);
+                    store.set_dead(seq, status, "max_age")?;
+                    telemetry::dead_lettered(seq, "max_age");
+                }
+            }
+        }
+        state.send_if_modified(|s| {
+            let new = DeliveryState {
+                pending: scheduler.pending(),
+                in_flight: scheduler.in_flight(),
+                reachable: scheduler.is_reachable(),
+                next_probe: scheduler.next_probe(),
+            };
+            let changed = *s != new;
+            *s = new;
+            changed
+        });
+        let sleep_for = scheduler
+            .next_wakeup()
+            .map(|at| at.saturating_sub(Millis::now()));
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            Some(joined) = in_flight.join_next() => {
+                if let Ok((seq, attempt, result)) = joined {
+                    finish(&store, &mut scheduler, seq, attempt, result, rng.random())?;
+                }
+            }
+            changed = durable.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let upto = *durable.borrow_and_update();
+                for p in store.scan_pending(cursor, upto)? {
+                    scheduler.add(p);
+                }
+                cursor = cursor.max(upto);
+            }
+            Some(p) = requeued.recv() => scheduler.add(p),
+            _ = tokio::time::sleep(sleep_for.unwrap_or_default()), if sleep_for.is_some() => {}
+        }
+    }
+    // Stop taking work; let what is in flight finish within the grace period.
+    let drained = tokio::time::timeout(grace, async {
+        while let Some(joined) = in_flight.join_next().await {
+            if let Ok((seq, attempt, result)) = joined {
+                finish(&store, &mut scheduler, seq, attempt, result, 0.5)?;
+            }
+        }
+        Ok::<(), StoreError>(())
+    })
+    .await;
+    match drained {
+        Ok(result) => result?,
+        Err(_) => {
+            tracing::warn!(
+                message = "Requests still in flight at shutdown; they will be retried after restart.",
+                in_flight = in_flight.len()
+            );
+            in_flight.abort_all();
+        }
+    }
+    store.flush()?;
+    Ok(())
+}
+
+fn untried() -> Status {
+    Status {
+        state: State::Pending,
+        attempts: 0,
+        next_attempt_ms: None,
+        dead_reason: None,
+        delivered_ms: None,
+        last_error: None,
+    }
+}
+
+fn finish(
+    store: &Store,
+    scheduler: &mut Scheduler,
+    seq: u64,
+    attempt: u32,
+    result: AttemptResult,
+    unit: f64,
+) -> Result<(), StoreError> {
+    let outcome = classify(result.status, result.retry_after);
+    let now = Millis::now();
+    telemetry::attempt_finished(
+        seq,
+        attempt,
+        result.status,
+        result.duration_ms,
+        result.error.as_deref(),
+        &outcome,
+    );
+    let decision = scheduler.complete(seq, outcome, now, unit);
+    let mut status = store.status(seq)?.unwrap_or_else(untried);
+    status.attempts = status.attempts.max(attempt);
+    status.last_error = result.error.clone();
+    match decision {
+        Decision::Delivered => {
+            status.state = State::Delivered;
+            status.delivered_ms = Some(now.0);
+            status.next_attempt_ms = None;
+        }
+        Decision::Dead { reason } => {
+            status.state = State::Dead;
+            status.dead_reason = Some(reason.to_owned());
+            status.next_attempt_ms = None;
+            telemetry::dead_lettered(seq, reason);
+        }
+        Decision::Retry { at } => {
+            status.state = State::Pending;
+            status.next_attempt_ms = Some(at.0);
+        }
+        Decision::Waiting => {
+            status.state = State::Pending;
+            status.next_attempt_ms = scheduler.next_probe().map(|m| m.0);
+        }
+    }
+    let logged = Attempt {
+        attempt,
+        started_at: result.started.rfc3339(),
+        duration_ms: result.duration_ms,
+        status: result.status,
+        error: result.error,
+    };
+    if !store.record_attempt(seq, &logged, &status)? {
+        scheduler.remove(seq);
+    }
+    Ok(())
+}

@@ -10,3 +10,7 @@ pub mod signing;
 pub mod store;
 pub mod delivery;
 pub mod telemetry;
+pub mod admin;
+pub mod cli;
+pub mod daemon;
+pub mod logging;

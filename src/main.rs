@@ -1,1 +1,47 @@
-fn main() {}
+//! The `zenedge` binary: parses the command line and calls into the library.
+
+use std::process::ExitCode;
+
+use zenedge::cli::{self, Command};
+
+fn main() -> ExitCode {
+    let cli = match cli::parse() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    zenedge::logging::init(matches!(cli.command, Command::Run));
+    zenedge::delivery::install_crypto_provider();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("zenedge: cannot start the async runtime: {e}");
+            return ExitCode::from(cli::exit::SOFTWARE);
+        }
+    };
+    match cli.command {
+        Command::Run => {
+            let config = match zenedge::config::Config::load(&cli::config_path(&cli)) {
+                Ok(c) => c,
+                Err(e) => return cli::config_exit(&e),
+            };
+            let result = runtime.block_on(zenedge::daemon::run(
+                config,
+                zenedge::daemon::stop_signal(),
+                |_| {},
+            ));
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(message = "ZenEdge stopped on an error.", error = format!("{e:#}"));
+                    eprintln!("zenedge: {e:#}");
+                    ExitCode::from(cli::exit::SOFTWARE)
+                }
+            }
+        }
+        _ => runtime.block_on(cli::dispatch(&cli)),
+    }
+}

@@ -1,0 +1,245 @@
+//! The admin API on `admin.listen` (loopback by default): health, status, the outbox and its
+//! dead letters, and `edge.test` events. The CLI's query verbs are thin clients of it.
+//!
+//! Routes:
+//! - `GET  /healthz`                 200 once the daemon is ready, else 503
+//! - `GET  /v1/status`               store and delivery state
+//! - `GET  /v1/queue?state=pending|dead|delivered&limit=N`
+//! - `GET  /v1/queue/{id}`           one event (id or sequence) with its attempt log
+//! - `POST /v1/queue/{id}/retry`     re-queue one dead letter
+//! - `POST /v1/queue/retry-dead`     re-queue every dead letter
+//! - `POST /v1/test-webhook`         `{"count":N}`: queue N `edge.test` events
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State as AxState};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::{mpsc, watch};
+
+use crate::delivery::DeliveryState;
+use crate::event::{EventKind, Millis, NewEvent};
+use crate::store::{Enqueued, PendingEvent, State, Store, StoreError};
+
+/// The most `edge.test` events one request may queue.
+pub const MAX_TEST_EVENTS: u32 = 10_000;
+
+#[derive(Clone)]
+pub struct AdminState {
+    pub store: Store,
+    pub requeue: mpsc::UnboundedSender<PendingEvent>,
+    pub delivery: watch::Receiver<DeliveryState>,
+    pub ready: Arc<AtomicBool>,
+    pub controller_id: String,
+    pub started: Millis,
+}
+
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/v1/status", get(status))
+        .route("/v1/queue", get(list))
+        .route("/v1/queue/retry-dead", post(retry_dead))
+        .route("/v1/queue/{id}", get(show))
+        .route("/v1/queue/{id}/retry", post(retry_one))
+        .route("/v1/test-webhook", post(test_webhook))
+        .with_state(state)
+}
+
+/// An error answer: a status and a JSON body naming what went wrong.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    }
+}
+
+/// Runs a store call off the async workers: scans of a large outbox take a while.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(ApiError::from)
+}
+
+async fn healthz(AxState(s): AxState<AdminState>) -> Response {
+    if s.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, Json(json!({"status": "ok"}))).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "starting"})),
+        )
+            .into_response()
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub version: String,
+    pub controller_id: String,
+    pub started_at: String,
+    pub ready: bool,
+    pub store: crate::store::StoreStats,
+    pub delivery: DeliveryReport,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DeliveryReport {
+    pub pending: usize,
+    pub in_flight: usize,
+    pub zencore_reachable: bool,
+    pub next_probe_at: Option<String>,
+}
+
+async fn status(AxState(s): AxState<AdminState>) -> Result<Json<StatusReport>, ApiError> {
+    let store = s.store.clone();
+    let stats = blocking(move || store.stats()).await?;
+    let d = s.delivery.borrow().clone();
+    Ok(Json(StatusReport {
+        version: env!("CARGO_PKG_VERSION").into(),
+        controller_id: s.controller_id.clone(),
+        started_at: s.started.rfc3339(),
+        ready: s.ready.load(Ordering::Acquire),
+        store: stats,
+        delivery: DeliveryReport {
+            pending: d.pending,
+            in_flight: d.in_flight,
+            zencore_reachable: d.reachable,
+            next_probe_at: d.next_probe.map(|m| m.rfc3339()),
+        },
+    }))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    state: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list(
+    AxState(s): AxState<AdminState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let state = match q.state.as_deref().unwrap_or("pending") {
+        "pending" => State::Pending,
+        "dead" => State::Dead,
+        "delivered" => State::Delivered,
+        other => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("state `{other}`: use pending, dead or delivered"),
+            ))
+        }
+    };
+    let limit = q.limit.unwrap_or(100).min(10_000);
+    let store = s.store.clone();
+    let rows = blocking(move || store.list(state, limit)).await?;
+    Ok(Json(rows).into_response())
+}
+
+async fn show(AxState(s): AxState<AdminState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let store = s.store.clone();
+    let key = id.clone();
+    match blocking(move || store.find(&key)).await? {
+        Some(detail) => Ok(Json(detail).into_response()),
+        None => Err(ApiError(StatusCode::NOT_FOUND, format!("no event `{id}`"))),
+    }
+}
+
+async fn retry_one(
+    AxState(s): AxState<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let store = s.store.clone();
+    let key = id.clone();
+    let requeued = blocking(move || match store.seq_of(&key)? {
+        Some(seq) => Ok(Some(store.requeue(seq)?)),
+        None => Ok(None),
+    })
+    .await?;
+    match requeued {
+        None => Err(ApiError(StatusCode::NOT_FOUND, format!("no event `{id}`"))),
+        Some(None) => Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("event `{id}` is not a dead letter"),
+        )),
+        Some(Some(p)) => {
+            let seq = p.seq;
+            let _ = s.requeue.send(p);
+            Ok(Json(json!({"requeued": [seq]})).into_response())
+        }
+    }
+}
+
+async fn retry_dead(AxState(s): AxState<AdminState>) -> Result<Response, ApiError> {
+    let store = s.store.clone();
+    let requeued = blocking(move || {
+        let mut out = Vec::new();
+        for seq in store.dead_sequences()? {
+            out.extend(store.requeue(seq)?);
+        }
+        Ok(out)
+    })
+    .await?;
+    let seqs: Vec<u64> = requeued.iter().map(|p| p.seq).collect();
+    for p in requeued {
+        let _ = s.requeue.send(p);
+    }
+    Ok(Json(json!({ "requeued": seqs })).into_response())
+}
+
+#[derive(Deserialize)]
+struct TestWebhook {
+    count: Option<u32>,
+    note: Option<String>,
+}
+
+async fn test_webhook(
+    AxState(s): AxState<AdminState>,
+    body: Option<Json<TestWebhook>>,
+) -> Result<Response, ApiError> {
+    let (count, note) = match body {
+        Some(Json(t)) => (t.count.unwrap_or(1), t.note),
+        None => (1, None),
+    };
+    if count == 0 || count > MAX_TEST_EVENTS {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("count must be 1..={MAX_TEST_EVENTS}"),
+        ));
+    }
+    let note = note.unwrap_or_else(|| "zenedge test-webhook".into());
+    let events = (0..count)
+        .map(|i| {
+            NewEvent::new(EventKind::EdgeTest, None, Millis::now())
+                .with("note", format!("{note} ({}/{count})", i + 1))
+        })
+        .collect();
+    let stored = s.store.enqueue_many(events).await?;
+    let events: Vec<_> = stored
+        .into_iter()
+        .filter_map(|e| match e {
+            Enqueued::Stored { seq, id } => {
+                crate::telemetry::event_enqueued(seq, &id, EventKind::EdgeTest.as_str());
+                Some(json!({"id": id, "sequence": seq}))
+            }
+            Enqueued::Dropped { .. } => None,
+        })
+        .collect();
+    Ok((StatusCode::ACCEPTED, Json(json!({ "events": events }))).into_response())
+}

@@ -1,0 +1,440 @@
+//! The command line (DESIGN section 6). `main` parses with [`Cli`] and calls [`dispatch`],
+//! which returns the process exit code.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
+use crate::signing::Key;
+
+/// Exit codes of DESIGN section 6 (sysexits.h values).
+pub mod exit {
+    pub const OK: u8 = 0;
+    /// A negative answer: invalid signature, unknown id.
+    pub const NEGATIVE: u8 = 1;
+    pub const USAGE: u8 = 64;
+    pub const UNAVAILABLE: u8 = 69;
+    pub const SOFTWARE: u8 = 70;
+    pub const CONFIG: u8 = 78;
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "zenedge", version, about = "Edge agent for meeting-room door hardware")]
+pub struct Cli {
+    /// Config file [default: $ZENEDGE_CONFIG, else /etc/zenedge/config.toml]
+    #[arg(long, global = true, env = "ZENEDGE_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon.
+    Run,
+    /// Validate the config and summarise what was loaded.
+    CheckConfig,
+    /// Sign a body the way ZenEdge signs webhooks.
+    Sign(SignArgs),
+    /// Verify a webhook signature; prints `valid` (exit 0) or `invalid` (exit 1).
+    Verify(VerifyArgs),
+    /// Show the running daemon's store and delivery state.
+    Status(JsonFlag),
+    /// Inspect and re-queue the outbox.
+    #[command(subcommand)]
+    Queue(QueueCommand),
+    /// Queue `edge.test` events through the normal outbox.
+    TestWebhook {
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct JsonFlag {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// List pending events (or dead letters with --dead).
+    List {
+        #[arg(long)]
+        dead: bool,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Show one event (id or sequence) with its attempt log.
+    Show { id: String },
+    /// Re-queue a dead letter, or all of them.
+    Retry {
+        #[arg(required_unless_present = "all_dead", conflicts_with = "all_dead")]
+        id: Option<String>,
+        #[arg(long)]
+        all_dead: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SecretArgs {
+    /// The secret (default: zencore.secret from the config).
+    #[arg(long, conflicts_with = "secret_file")]
+    pub secret: Option<String>,
+    /// A file holding the secret (trailing newline removed).
+    #[arg(long)]
+    pub secret_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    #[command(flatten)]
+    pub secret: SecretArgs,
+    /// Message id for the Standard Webhooks signature.
+    #[arg(long, requires = "timestamp")]
+    pub id: Option<String>,
+    /// Unix seconds for the Standard Webhooks signature.
+    #[arg(long, requires = "id")]
+    pub timestamp: Option<i64>,
+    /// Body file; stdin when absent.
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub secret: SecretArgs,
+    /// The hex signature, or the `v1,<base64>` form (which needs --id and --timestamp).
+    #[arg(long)]
+    pub signature: String,
+    #[arg(long, requires = "timestamp")]
+    pub id: Option<String>,
+    #[arg(long, requires = "id")]
+    pub timestamp: Option<i64>,
+    /// Body file; stdin when absent.
+    pub file: Option<PathBuf>,
+}
+
+/// The config path from `--config` / `ZENEDGE_CONFIG` (clap reads both), else the default.
+pub fn config_path(cli: &Cli) -> PathBuf {
+    cli.config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH))
+}
+
+fn load_config(cli: &Cli) -> Result<Config, ExitCode> {
+    Config::load(&config_path(cli)).map_err(|e| {
+        eprintln!("zenedge: {e}");
+        ExitCode::from(exit::CONFIG)
+    })
+}
+
+/// Parses arguments; usage errors exit 64 (clap's own default would be 2).
+pub fn parse() -> Result<Cli, ExitCode> {
+    Cli::try_parse().map_err(|e| {
+        let _ = e.print();
+        match e.kind() {
+            clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                ExitCode::from(exit::OK)
+            }
+            _ => ExitCode::from(exit::USAGE),
+        }
+    })
+}
+
+/// Runs every verb except `run`, which `main` owns because it sets up signals and logging.
+pub async fn dispatch(cli: &Cli) -> ExitCode {
+    match run_verb(cli).await {
+        Ok(code) => code,
+        Err(code) => code,
+    }
+}
+
+async fn run_verb(cli: &Cli) -> Result<ExitCode, ExitCode> {
+    match &cli.command {
+        Command::Run => unreachable!("main handles run"),
+        Command::CheckConfig => {
+            let config = load_config(cli)?;
+            println!("config {} is valid", config_path(cli).display());
+            print!("{}", config.summary());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sign(args) => {
+            let key = key_for(cli, &args.secret)?;
+            let body = read_body(args.file.as_deref())?;
+            println!("X-Webhook-Signature: {}", key.sign_hex(&body));
+            if let (Some(id), Some(ts)) = (&args.id, args.timestamp) {
+                println!("webhook-signature: {}", key.sign_v1(id, ts, &body));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify(args) => {
+            let key = key_for(cli, &args.secret)?;
+            let body = read_body(args.file.as_deref())?;
+            let sig = args.signature.trim();
+            let valid = if sig.starts_with("v1,") {
+                let (Some(id), Some(ts)) = (&args.id, args.timestamp) else {
+                    eprintln!("zenedge: a v1 signature needs --id and --timestamp");
+                    return Err(ExitCode::from(exit::USAGE));
+                };
+                key.verify_v1(id, ts, &body, sig)
+            } else {
+                key.verify_hex(&body, sig)
+            };
+            println!("{}", if valid { "valid" } else { "invalid" });
+            Ok(ExitCode::from(if valid { exit::OK } else { exit::NEGATIVE }))
+        }
+        Command::Status(flag) => {
+            let client = AdminClient::new(&load_config(cli)?);
+            let report: crate::admin::StatusReport = client.get_json("/v1/status").await?;
+            if flag.json {
+                print_json(&report);
+            } else {
+                print_status(&report);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Queue(q) => queue(cli, q).await,
+        Command::TestWebhook { count } => {
+            let client = AdminClient::new(&load_config(cli)?);
+            let answer: serde_json::Value = client
+                .post_json("/v1/test-webhook", serde_json::json!({ "count": count }))
+                .await?;
+            let events = answer["events"].as_array().cloned().unwrap_or_default();
+            for e in &events {
+                println!(
+                    "queued {} (sequence {})",
+                    e["id"].as_str().unwrap_or("?"),
+                    e["sequence"]
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn queue(cli: &Cli, q: &QueueCommand) -> Result<ExitCode, ExitCode> {
+    let client = AdminClient::new(&load_config(cli)?);
+    match q {
+        QueueCommand::List { dead, limit, json } => {
+            let state = if *dead { "dead" } else { "pending" };
+            let rows: Vec<crate::store::EventSummary> = client
+                .get_json(&format!("/v1/queue?state={state}&limit={limit}"))
+                .await?;
+            if json.json {
+                print_json(&rows);
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "{:>8}  {:<30}  {:<24}  {:<16}  {:>8}  {}",
+                "SEQ", "ID", "EVENT", "DEVICE", "ATTEMPTS", "LAST ERROR / NEXT"
+            );
+            for r in &rows {
+                let tail = match (&r.dead_reason, &r.last_error, &r.next_attempt_at) {
+                    (Some(reason), err, _) => {
+                        format!("dead: {reason}{}", err.as_ref().map(|e| format!(" ({e})")).unwrap_or_default())
+                    }
+                    (None, Some(err), Some(next)) => format!("{err}; next {next}"),
+                    (None, Some(err), None) => err.clone(),
+                    (None, None, _) => String::new(),
+                };
+                println!(
+                    "{:>8}  {:<30}  {:<24}  {:<16}  {:>8}  {}",
+                    r.sequence,
+                    r.id,
+                    r.event,
+                    r.device_id.as_deref().unwrap_or("-"),
+                    r.attempts,
+                    tail
+                );
+            }
+            println!("{} {state} event(s) shown", rows.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        QueueCommand::Show { id } => {
+            let detail: serde_json::Value = client.get_json(&format!("/v1/queue/{id}")).await?;
+            print_json(&detail);
+            Ok(ExitCode::SUCCESS)
+        }
+        QueueCommand::Retry { id, all_dead } => {
+            let path = match (id, all_dead) {
+                (_, true) => "/v1/queue/retry-dead".to_string(),
+                (Some(id), false) => format!("/v1/queue/{id}/retry"),
+                (None, false) => return Err(ExitCode::from(exit::USAGE)),
+            };
+            let answer: serde_json::Value =
+                client.post_json(&path, serde_json::json!({})).await?;
+            let n = answer["requeued"].as_array().map(|a| a.len()).unwrap_or(0);
+            println!("re-queued {n} event(s)");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn print_json<T: serde::Serialize>(value: &T) {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => println!("{text}"),
+        Err(e) => eprintln!("zenedge: cannot print answer: {e}"),
+    }
+}
+
+fn print_status(r: &crate::admin::StatusReport) {
+    let s = &r.store;
+    println!("zenedge {} on {} (up since {})", r.version, r.controller_id, r.started_at);
+    println!(
+        "zencore      {}{}",
+        if r.delivery.zencore_reachable { "reachable" } else { "UNREACHABLE" },
+        r.delivery
+            .next_probe_at
+            .as_ref()
+            .map(|t| format!(", next probe {t}"))
+            .unwrap_or_default()
+    );
+    println!(
+        "queue        {} pending ({} in flight), {} dead, oldest pending {}",
+        s.pending,
+        r.delivery.in_flight,
+        s.dead,
+        s.oldest_pending_at.as_deref().unwrap_or("-")
+    );
+    println!(
+        "delivered    {} total, {} kept for their attempt log; {} dropped for space",
+        s.counters.delivered, s.delivered_retained, s.counters.dropped
+    );
+    println!(
+        "store        {} of {} bytes used{}, {} on disk, last sequence {}",
+        s.live_bytes,
+        s.max_store_bytes,
+        if s.full { " (FULL)" } else { "" },
+        s.disk_bytes,
+        s.last_sequence
+    );
+    if let Some(q) = &s.quarantined {
+        println!("WARNING      a corrupt store was moved aside to {q}");
+    }
+}
+
+fn key_for(cli: &Cli, args: &SecretArgs) -> Result<Key, ExitCode> {
+    let secret = match (&args.secret, &args.secret_file) {
+        (Some(s), _) => s.clone(),
+        (None, Some(file)) => {
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                eprintln!("zenedge: cannot read --secret-file {}: {e}", file.display());
+                ExitCode::from(exit::USAGE)
+            })?;
+            let t = text.strip_suffix('\n').unwrap_or(&text);
+            t.strip_suffix('\r').unwrap_or(t).to_owned()
+        }
+        (None, None) => load_config(cli)?.zencore.secret().expose().to_owned(),
+    };
+    Key::from_secret(&secret).map_err(|e| {
+        eprintln!("zenedge: bad secret: {e}");
+        ExitCode::from(exit::USAGE)
+    })
+}
+
+fn read_body(file: Option<&Path>) -> Result<Vec<u8>, ExitCode> {
+    let result = match file {
+        Some(path) => std::fs::read(path).map_err(|e| format!("{}: {e}", path.display())),
+        None => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .map(|_| buf)
+                .map_err(|e| format!("stdin: {e}"))
+        }
+    };
+    result.map_err(|e| {
+        eprintln!("zenedge: cannot read body from {e}");
+        ExitCode::from(exit::USAGE)
+    })
+}
+
+/// A client of the running daemon's admin API.
+struct AdminClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl AdminClient {
+    fn new(config: &Config) -> AdminClient {
+        let mut addr = config.admin.listen;
+        // A daemon listening on every address is reached on loopback.
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        AdminClient {
+            base: format!("http://{addr}"),
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(30))
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ExitCode> {
+        self.answer(self.http.get(format!("{}{path}", self.base)).send().await)
+            .await
+    }
+
+    async fn post_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+    ) -> Result<T, ExitCode> {
+        self.answer(
+            self.http
+                .post(format!("{}{path}", self.base))
+                .json(&body)
+                .send()
+                .await,
+        )
+        .await
+    }
+
+    async fn answer<T: serde::de::DeserializeOwned>(
+        &self,
+        sent: reqwest::Result<reqwest::Response>,
+    ) -> Result<T, ExitCode> {
+        let response = sent.map_err(|e| {
+            eprintln!(
+                "zenedge: the daemon is not reachable at {} ({}); is `zenedge run` running?",
+                self.base,
+                if e.is_timeout() { "timeout" } else { "connection failed" }
+            );
+            ExitCode::from(exit::UNAVAILABLE)
+        })?;
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.map_err(|e| {
+            eprintln!("zenedge: unreadable answer from the daemon: {e}");
+            ExitCode::from(exit::SOFTWARE)
+        })?;
+        if !status.is_success() {
+            eprintln!(
+                "zenedge: {}",
+                body["error"].as_str().unwrap_or(status.as_str())
+            );
+            return Err(ExitCode::from(match status.as_u16() {
+                404 | 409 => exit::NEGATIVE,
+                400 => exit::USAGE,
+                _ => exit::SOFTWARE,
+            }));
+        }
+        serde_json::from_value(body).map_err(|e| {
+            eprintln!("zenedge: unexpected answer from the daemon: {e}");
+            ExitCode::from(exit::SOFTWARE)
+        })
+    }
+}
+
+/// Turns a config error into the documented exit code; used by `main` for `run`.
+pub fn config_exit(e: &ConfigError) -> ExitCode {
+    eprintln!("zenedge: {e}");
+    ExitCode::from(exit::CONFIG)
+}

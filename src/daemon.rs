@@ -1,0 +1,174 @@
+//! Wiring: opens the store, starts delivery and the admin API, and stops them in order.
+//!
+//! Shutdown is a future passed in (SIGTERM in production, anything in tests): on it the admin
+//! API stops accepting, delivery stops taking work and lets requests in flight finish within
+//! [`SHUTDOWN_GRACE`], and the store is flushed before `run` returns.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+use crate::admin::{self, AdminState};
+use crate::config::Config;
+use crate::delivery::{self, policy::Policy, DeliveryState, Sender};
+use crate::event::{EventKind, Millis, NewEvent, Origin};
+use crate::store::Store;
+
+/// How long requests in flight may run on after a stop was asked for.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How often delivered events past their retention are deleted.
+const GC_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Addresses the daemon listens on, known once it is up (useful when a test binds port 0).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub admin: SocketAddr,
+}
+
+/// Runs the daemon until `shutdown` resolves. `on_ready` is called once everything listens.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(Bound) + Send,
+) -> anyhow::Result<()> {
+    let origin = Origin::from_config(&config);
+    let state_dir = config.controller.state_dir.clone();
+    let store = {
+        let origin = origin.clone();
+        let max = config.delivery.max_store_bytes.0;
+        tokio::task::spawn_blocking(move || Store::open(&state_dir, origin, max))
+            .await
+            .context("store open task")?
+            .with_context(|| {
+                format!(
+                    "cannot open the store in {}",
+                    config.controller.state_dir.display()
+                )
+            })?
+    };
+    if let Some(aside) = store.quarantined() {
+        // The old store's undelivered events are lost to us; say so to ZenCore, with the
+        // sequences that may be missing (everything after the last one we can vouch for).
+        let event = NewEvent::new(EventKind::EdgeDataGap, None, Millis::now())
+            .with("from_sequence", serde_json::Value::Null)
+            .with("to_sequence", store.last_sequence())
+            .with("count", serde_json::Value::Null)
+            .with("reason", "store_corrupt")
+            .with("quarantined_to", aside.display().to_string());
+        store.enqueue(event).await?;
+    }
+
+    let sender = Arc::new(Sender::from_config(&config.zencore)?);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    let (requeue_tx, requeue_rx) = mpsc::unbounded_channel();
+    let (delivery_tx, delivery_rx) = watch::channel(DeliveryState::default());
+    let ready = Arc::new(AtomicBool::new(false));
+
+    let admin_listener = TcpListener::bind(config.admin.listen)
+        .await
+        .with_context(|| format!("cannot listen on admin.listen {}", config.admin.listen))?;
+    let bound = Bound {
+        admin: admin_listener.local_addr()?,
+    };
+    let admin_state = AdminState {
+        store: store.clone(),
+        requeue: requeue_tx,
+        delivery: delivery_rx,
+        ready: ready.clone(),
+        controller_id: config.controller.id.clone(),
+        started: Millis::now(),
+    };
+    let admin_stop = stopped(shutdown_rx.clone());
+    let admin_task = tokio::spawn(async move {
+        axum::serve(admin_listener, admin::router(admin_state))
+            .with_graceful_shutdown(admin_stop)
+            .await
+    });
+
+    let delivery_task = tokio::spawn(delivery::run(
+        store.clone(),
+        sender,
+        Policy::from_config(&config.delivery),
+        requeue_rx,
+        delivery_tx,
+        stopped(shutdown_rx.clone()),
+        SHUTDOWN_GRACE,
+    ));
+
+    let gc_task = {
+        let store = store.clone();
+        let mut stop = shutdown_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                let s = store.clone();
+                match tokio::task::spawn_blocking(move || s.gc_delivered(Millis::now())).await {
+                    Ok(Ok(n)) if n > 0 => {
+                        tracing::info!(message = "Delivered events past retention removed.", count = n)
+                    }
+                    Ok(Err(e)) => crate::telemetry::store_error("gc", &e),
+                    _ => {}
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(GC_INTERVAL) => {}
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+            }
+        })
+    };
+
+    ready.store(true, Ordering::Release);
+    tracing::info!(
+        message = "ZenEdge is running.",
+        controller_id = %config.controller.id,
+        admin = %bound.admin,
+        webhook_url = %config.zencore.webhook_url,
+        last_sequence = store.last_sequence(),
+    );
+    on_ready(bound);
+
+    shutdown.await;
+    tracing::info!(message = "Stopping.");
+    ready.store(false, Ordering::Release);
+    let _ = shutdown_tx.send(true);
+    let delivery_result = delivery_task.await;
+    let _ = admin_task.await;
+    let _ = gc_task.await;
+    store.flush()?;
+    match delivery_result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e).context("delivery stopped on a store error"),
+        Err(e) => return Err(e).context("delivery task failed"),
+    }
+    tracing::info!(message = "Stopped.");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        _ => {
+            tracing::error!(message = "Cannot install signal handlers; stopping on Ctrl-C only.");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,14 @@
+//! Log output. On a terminal (and under tests) human-readable lines on stderr; the level comes
+//! from `RUST_LOG` (default `info` for the daemon, `warn` for the CLI verbs).
+
+use tracing_subscriber::EnvFilter;
+
+pub fn init(daemon: bool) {
+    let default = if daemon { "info" } else { "warn" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

@@ -1,0 +1,368 @@
+//! Test harness: a scriptable ZenCore stand-in on 127.0.0.1:0, config files, and the real
+//! binary as a child process.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tokio::sync::watch;
+
+pub const SECRET: &str = "test-secret";
+
+/// What the receiver answers to one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    Status(u16),
+    /// A status with `Retry-After: <secs>`.
+    RetryAfter(u16, u64),
+    /// Never answer (until the client gives up).
+    Hang,
+}
+
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub id: String,
+    pub attempt: u32,
+    pub body: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+    pub at: Instant,
+    pub reply: Reply,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("body is JSON")
+    }
+
+    pub fn sequence(&self) -> u64 {
+        self.json()["data"]["sequence"].as_u64().expect("sequence")
+    }
+
+    pub fn device(&self) -> Option<String> {
+        self.json()["data"]["device_id"].as_str().map(String::from)
+    }
+
+    /// Checks both signature schemes against `secret`, as a ZenCore integrator would.
+    pub fn signatures_verify(&self, secret: &str) -> bool {
+        let key = zenedge::signing::Key::from_secret(secret).unwrap();
+        let hex_ok = self
+            .header("x-webhook-signature")
+            .is_some_and(|s| key.verify_hex(&self.body, s));
+        let ts: i64 = self
+            .header("webhook-timestamp")
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(-1);
+        let v1_ok = self.header("webhook-signature").is_some_and(|s| {
+            key.verify_v1(self.header("webhook-id").unwrap_or(""), ts, &self.body, s)
+        });
+        hex_ok && v1_ok
+    }
+}
+
+type Script = Box<dyn FnMut(&Recorded) -> Reply + Send>;
+
+#[derive(Clone)]
+struct Shared {
+    log: Arc<Mutex<Vec<Recorded>>>,
+    script: Arc<Mutex<Script>>,
+    changed: watch::Sender<usize>,
+}
+
+pub struct Receiver {
+    pub addr: SocketAddr,
+    shared: Shared,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn handle(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    let find = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let mut rec = Recorded {
+        id: find("x-webhook-id"),
+        attempt: find("x-webhook-attempt").parse().unwrap_or(0),
+        body: body.to_vec(),
+        headers: headers.clone(),
+        at: Instant::now(),
+        reply: Reply::Status(200),
+    };
+    let reply = (s.script.lock().unwrap())(&rec);
+    rec.reply = reply;
+    {
+        let mut log = s.log.lock().unwrap();
+        log.push(rec);
+        s.changed.send_replace(log.len());
+    }
+    match reply {
+        Reply::Status(code) => StatusCode::from_u16(code).unwrap().into_response(),
+        Reply::RetryAfter(code, secs) => (
+            StatusCode::from_u16(code).unwrap(),
+            [("retry-after", secs.to_string())],
+        )
+            .into_response(),
+        Reply::Hang => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            StatusCode::OK.into_response()
+        }
+    }
+}
+
+impl Receiver {
+    /// A receiver that answers every request with whatever `script` says.
+    pub async fn start(script: impl FnMut(&Recorded) -> Reply + Send + 'static) -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (changed, _) = watch::channel(0);
+        let shared = Shared {
+            log: Arc::default(),
+            script: Arc::new(Mutex::new(Box::new(script))),
+            changed,
+        };
+        let app = axum::Router::new()
+            .route("/hook", axum::routing::post(handle))
+            .with_state(shared.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Receiver { addr, shared, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    pub fn set_script(&self, script: impl FnMut(&Recorded) -> Reply + Send + 'static) {
+        *self.shared.script.lock().unwrap() = Box::new(script);
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.shared.log.lock().unwrap().clone()
+    }
+
+    /// Waits until `done` holds for the requests so far; panics after `limit` with what arrived.
+    pub async fn wait_until(
+        &self,
+        limit: Duration,
+        what: &str,
+        done: impl Fn(&[Recorded]) -> bool,
+    ) -> Vec<Recorded> {
+        let mut rx = self.shared.changed.subscribe();
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let log = self.requests();
+            if done(&log) {
+                return log;
+            }
+            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+                let summary: Vec<_> = log
+                    .iter()
+                    .map(|r| format!("{}#{}→{:?}", r.id, r.attempt, r.reply))
+                    .collect();
+                panic!(
+                    "timed out after {limit:?} waiting for {what}; {} requests: {summary:?}",
+                    log.len()
+                );
+            }
+        }
+    }
+
+    /// Distinct event ids that were answered 2xx.
+    pub fn delivered_ids(&self) -> std::collections::BTreeSet<String> {
+        self.requests()
+            .iter()
+            .filter(|r| matches!(r.reply, Reply::Status(200..=299)))
+            .map(|r| r.id.clone())
+            .collect()
+    }
+}
+
+/// A config for tests: fast backoff, the receiver's URL, state in `dir`.
+pub fn config_text(dir: &Path, webhook_url: &str, admin: SocketAddr, extra: &str) -> String {
+    format!(
+        r#"
+[controller]
+id = "edge-test"
+organization_id = "org-test"
+meeting_space_id = "ms-test"
+state_dir = "{state}"
+
+[zencore]
+webhook_url = "{webhook_url}"
+secret = "{SECRET}"
+timeout = "2s"
+
+[delivery]
+concurrency = 4
+initial_backoff = "20ms"
+max_backoff = "200ms"
+
+[inbound]
+listen = "127.0.0.1:0"
+
+[admin]
+listen = "{admin}"
+
+[clock]
+require_sync = false
+{extra}
+"#,
+        state = dir.join("state").display()
+    )
+}
+
+pub fn write_config(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_zenedge")
+}
+
+/// Runs a CLI verb to completion: (exit code, stdout, stderr).
+pub fn zenedge(config: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin())
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The daemon as a child process, killed on drop.
+pub struct Daemon {
+    pub child: Child,
+    pub admin: SocketAddr,
+}
+
+impl Daemon {
+    /// Starts `zenedge run` and waits until `/healthz` answers 200.
+    pub async fn start(config: &Path, admin: SocketAddr) -> Daemon {
+        let log = config.with_extension("log");
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = Command::new(bin())
+            .arg("--config")
+            .arg(config)
+            .arg("run")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let mut d = Daemon { child, admin };
+        d.wait_healthy(&log).await;
+        d
+    }
+
+    async fn wait_healthy(&mut self, log: &Path) {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "daemon exited with {status} before it was healthy:\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+            let url = format!("http://{}/healthz", self.admin);
+            if let Ok(r) = client.get(&url).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "daemon never became healthy");
+            // Readiness has no push channel to a child process; poll /healthz briefly.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn sigkill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub fn sigterm(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id() as i32;
+        // SAFETY-free: use the kill command to stay without a libc dependency.
+        Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        self.child.wait().unwrap()
+    }
+
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+        reqwest::Client::new()
+            .post(format!("http://{}{path}", self.admin))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let r = reqwest::Client::new()
+            .get(format!("http://{}{path}", self.admin))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or_default())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

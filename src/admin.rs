@@ -152,7 +152,10 @@ async fn list(
     Ok(Json(rows).into_response())
 }
 
-async fn show(AxState(s): AxState<AdminState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn show(
+    AxState(s): AxState<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let store = s.store.clone();
     let key = id.clone();
     match blocking(move || store.find(&key)).await? {

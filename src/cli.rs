@@ -22,7 +22,11 @@ pub mod exit {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "zenedge", version, about = "Edge agent for meeting-room door hardware")]
+#[command(
+    name = "zenedge",
+    version,
+    about = "Edge agent for meeting-room door hardware"
+)]
 pub struct Cli {
     /// Config file [default: $ZENEDGE_CONFIG, else /etc/zenedge/config.toml]
     #[arg(long, global = true, env = "ZENEDGE_CONFIG", value_name = "PATH")]
@@ -188,7 +192,11 @@ async fn run_verb(cli: &Cli) -> Result<ExitCode, ExitCode> {
                 key.verify_hex(&body, sig)
             };
             println!("{}", if valid { "valid" } else { "invalid" });
-            Ok(ExitCode::from(if valid { exit::OK } else { exit::NEGATIVE }))
+            Ok(ExitCode::from(if valid {
+                exit::OK
+            } else {
+                exit::NEGATIVE
+            }))
         }
         Command::Status(flag) => {
             let client = AdminClient::new(&load_config(cli)?);
@@ -232,13 +240,16 @@ async fn queue(cli: &Cli, q: &QueueCommand) -> Result<ExitCode, ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             println!(
-                "{:>8}  {:<30}  {:<24}  {:<16}  {:>8}  {}",
-                "SEQ", "ID", "EVENT", "DEVICE", "ATTEMPTS", "LAST ERROR / NEXT"
+                "{:>8}  {:<30}  {:<24}  {:<16}  {:>8}  LAST ERROR / NEXT",
+                "SEQ", "ID", "EVENT", "DEVICE", "ATTEMPTS"
             );
             for r in &rows {
                 let tail = match (&r.dead_reason, &r.last_error, &r.next_attempt_at) {
                     (Some(reason), err, _) => {
-                        format!("dead: {reason}{}", err.as_ref().map(|e| format!(" ({e})")).unwrap_or_default())
+                        format!(
+                            "dead: {reason}{}",
+                            err.as_ref().map(|e| format!(" ({e})")).unwrap_or_default()
+                        )
                     }
                     (None, Some(err), Some(next)) => format!("{err}; next {next}"),
                     (None, Some(err), None) => err.clone(),
@@ -268,8 +279,7 @@ async fn queue(cli: &Cli, q: &QueueCommand) -> Result<ExitCode, ExitCode> {
                 (Some(id), false) => format!("/v1/queue/{id}/retry"),
                 (None, false) => return Err(ExitCode::from(exit::USAGE)),
             };
-            let answer: serde_json::Value =
-                client.post_json(&path, serde_json::json!({})).await?;
+            let answer: serde_json::Value = client.post_json(&path, serde_json::json!({})).await?;
             let n = answer["requeued"].as_array().map(|a| a.len()).unwrap_or(0);
             println!("re-queued {n} event(s)");
             Ok(ExitCode::SUCCESS)
@@ -286,10 +296,17 @@ fn print_json<T: serde::Serialize>(value: &T) {
 
 fn print_status(r: &crate::admin::StatusReport) {
     let s = &r.store;
-    println!("zenedge {} on {} (up since {})", r.version, r.controller_id, r.started_at);
+    println!(
+        "zenedge {} on {} (up since {})",
+        r.version, r.controller_id, r.started_at
+    );
     println!(
         "zencore      {}{}",
-        if r.delivery.zencore_reachable { "reachable" } else { "UNREACHABLE" },
+        if r.delivery.zencore_reachable {
+            "reachable"
+        } else {
+            "UNREACHABLE"
+        },
         r.delivery
             .next_probe_at
             .as_ref()
@@ -406,7 +423,11 @@ impl AdminClient {
             eprintln!(
                 "zenedge: the daemon is not reachable at {} ({}); is `zenedge run` running?",
                 self.base,
-                if e.is_timeout() { "timeout" } else { "connection failed" }
+                if e.is_timeout() {
+                    "timeout"
+                } else {
+                    "connection failed"
+                }
             );
             ExitCode::from(exit::UNAVAILABLE)
         })?;

@@ -77,7 +77,11 @@ impl ByteSize {
             "kib" | "k" => 1 << 10,
             "mib" | "m" => 1 << 20,
             "gib" | "g" => 1 << 30,
-            other => return Err(format!("unknown size unit `{other}` (use B, KiB, MiB, GiB, KB, MB or GB)")),
+            other => {
+                return Err(format!(
+                    "unknown size unit `{other}` (use B, KiB, MiB, GiB, KB, MB or GB)"
+                ))
+            }
         };
         number
             .checked_mul(multiplier)
@@ -409,7 +413,13 @@ impl Driver {
             Driver::ZenedgePanel => &[],
             Driver::ModbusRelay => &["port", "baud", "address", "coil", "pulse", "flash"],
             Driver::Osdp => &[
-                "port", "baud", "address", "scbk", "scbk_file", "insecure", "pulse",
+                "port",
+                "baud",
+                "address",
+                "scbk",
+                "scbk_file",
+                "insecure",
+                "pulse",
             ],
         }
     }
@@ -538,8 +548,14 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         for (key, value) in [
             ("controller.id", &self.controller.id),
-            ("controller.organization_id", &self.controller.organization_id),
-            ("controller.meeting_space_id", &self.controller.meeting_space_id),
+            (
+                "controller.organization_id",
+                &self.controller.organization_id,
+            ),
+            (
+                "controller.meeting_space_id",
+                &self.controller.meeting_space_id,
+            ),
         ] {
             if value.trim().is_empty() {
                 return Err(ConfigError::key(key, "must not be empty"));
@@ -605,7 +621,10 @@ impl Config {
             ));
         }
         if d.initial_backoff.is_zero() {
-            return Err(ConfigError::key("delivery.initial_backoff", "must be above 0s"));
+            return Err(ConfigError::key(
+                "delivery.initial_backoff",
+                "must be above 0s",
+            ));
         }
         if d.max_backoff < d.initial_backoff {
             return Err(ConfigError::key(
@@ -635,7 +654,10 @@ impl Config {
             ));
         }
         if self.mqtt.password().is_some() && self.mqtt.username.is_none() {
-            return Err(ConfigError::key("mqtt.username", "a password needs a username"));
+            return Err(ConfigError::key(
+                "mqtt.username",
+                "a password needs a username",
+            ));
         }
         let mut seen = std::collections::HashSet::new();
         for (i, device) in self.devices.iter().enumerate() {
@@ -705,11 +727,7 @@ impl Config {
             self.mqtt.port,
             self.mqtt_client_id()
         );
-        let _ = writeln!(
-            s,
-            "clock        require_sync = {}",
-            self.clock.require_sync
-        );
+        let _ = writeln!(s, "clock        require_sync = {}", self.clock.require_sync);
         let _ = writeln!(s, "devices      {}", self.devices.len());
         for d in &self.devices {
             let _ = writeln!(
@@ -772,7 +790,10 @@ fn validate_device(i: usize, d: &DeviceConfig) -> Result<(), ConfigError> {
             require(d.topic.as_deref().is_some_and(valid_topic), "topic")?
         }
         Driver::Homeassistant => {
-            require(d.state_topic.as_deref().is_some_and(valid_topic), "state_topic")?;
+            require(
+                d.state_topic.as_deref().is_some_and(valid_topic),
+                "state_topic",
+            )?;
             require(
                 d.command_topic.as_deref().is_some_and(valid_topic),
                 "command_topic",
@@ -797,13 +818,19 @@ fn validate_device(i: usize, d: &DeviceConfig) -> Result<(), ConfigError> {
             require(d.port.is_some(), "port")?;
             if let Some(a) = d.address {
                 if a > 126 {
-                    return Err(ConfigError::key(key("address"), "an OSDP address is 0..=126"));
+                    return Err(ConfigError::key(
+                        key("address"),
+                        "an OSDP address is 0..=126",
+                    ));
                 }
             }
             let keyed = d.scbk.is_some() as u8 + d.scbk_file.is_some() as u8;
             let insecure = d.insecure == Some(true);
             if keyed > 1 {
-                return Err(ConfigError::key(key("scbk"), "set scbk or scbk_file, not both"));
+                return Err(ConfigError::key(
+                    key("scbk"),
+                    "set scbk or scbk_file, not both",
+                ));
             }
             if keyed == 0 && !insecure {
                 return Err(ConfigError::key(
@@ -825,23 +852,41 @@ fn validate_device(i: usize, d: &DeviceConfig) -> Result<(), ConfigError> {
         }
     }
     if let Some(b) = d.baud {
-        if !matches!(b, 1200 | 2400 | 4800 | 9600 | 19200 | 38400 | 57600 | 115200) {
-            return Err(ConfigError::key(key("baud"), format!("{b} is not a standard baud rate")));
+        if !matches!(
+            b,
+            1200 | 2400 | 4800 | 9600 | 19200 | 38400 | 57600 | 115200
+        ) {
+            return Err(ConfigError::key(
+                key("baud"),
+                format!("{b} is not a standard baud rate"),
+            ));
         }
     }
     if let Some(p) = d.pulse {
         if p.is_zero() || p > Duration::from_secs(60) {
-            return Err(ConfigError::key(key("pulse"), "must be between 1ms and 60s"));
+            return Err(ConfigError::key(
+                key("pulse"),
+                "must be between 1ms and 60s",
+            ));
         }
     }
     if d.offline_after.is_some_and(|t| t < Duration::from_secs(1)) {
-        return Err(ConfigError::key(key("offline_after"), "must be at least 1s"));
+        return Err(ConfigError::key(
+            key("offline_after"),
+            "must be at least 1s",
+        ));
     }
     if d.action_timeout.is_some_and(|t| t.is_zero()) {
         return Err(ConfigError::key(key("action_timeout"), "must be above 0s"));
     }
-    if d.meeting_space_id.as_deref().is_some_and(|m| m.trim().is_empty()) {
-        return Err(ConfigError::key(key("meeting_space_id"), "must not be empty"));
+    if d.meeting_space_id
+        .as_deref()
+        .is_some_and(|m| m.trim().is_empty())
+    {
+        return Err(ConfigError::key(
+            key("meeting_space_id"),
+            "must not be empty",
+        ));
     }
     Ok(())
 }
@@ -866,7 +911,10 @@ fn one_secret(
         (Some(s), None) => Ok(Some(s)),
         (None, Some(path)) => {
             let text = std::fs::read_to_string(path).map_err(|e| {
-                ConfigError::key(format!("{key}_file"), format!("cannot read {}: {e}", path.display()))
+                ConfigError::key(
+                    format!("{key}_file"),
+                    format!("cannot read {}: {e}", path.display()),
+                )
             })?;
             let value = text.strip_suffix('\n').unwrap_or(&text);
             let value = value.strip_suffix('\r').unwrap_or(value);
@@ -999,7 +1047,10 @@ secret = "s3cret"
 
         let both = MINIMAL.replace(
             "secret = \"s3cret\"",
-            &format!("secret = \"x\"\nsecret_file = {:?}", file.display().to_string()),
+            &format!(
+                "secret = \"x\"\nsecret_file = {:?}",
+                file.display().to_string()
+            ),
         );
         assert_eq!(key_of(parse(&both).unwrap_err()), "zencore.secret");
         let none = MINIMAL.replace("secret = \"s3cret\"", "");
@@ -1016,7 +1067,10 @@ secret = "s3cret"
     fn syntax_errors_name_the_file_and_line() {
         let err = parse("[controller\nid=1").unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("test.toml") && text.contains("line 1"), "{text}");
+        assert!(
+            text.contains("test.toml") && text.contains("line 1"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -113,7 +113,10 @@ pub async fn run(
                 let s = store.clone();
                 match tokio::task::spawn_blocking(move || s.gc_delivered(Millis::now())).await {
                     Ok(Ok(n)) if n > 0 => {
-                        tracing::info!(message = "Delivered events past retention removed.", count = n)
+                        tracing::info!(
+                            message = "Delivered events past retention removed.",
+                            count = n
+                        )
                     }
                     Ok(Err(e)) => crate::telemetry::store_error("gc", &e),
                     _ => {}

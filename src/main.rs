@@ -36,7 +36,10 @@ fn main() -> ExitCode {
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!(message = "ZenEdge stopped on an error.", error = format!("{e:#}"));
+                    tracing::error!(
+                        message = "ZenEdge stopped on an error.",
+                        error = format!("{e:#}")
+                    );
                     eprintln!("zenedge: {e:#}");
                     ExitCode::from(cli::exit::SOFTWARE)
                 }

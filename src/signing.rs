@@ -188,7 +188,10 @@ mod tests {
     #[test]
     fn key_derivation() {
         assert_eq!(Key::from_secret("").unwrap_err(), KeyError::Empty);
-        assert_eq!(Key::from_secret("whsec_!!").unwrap_err(), KeyError::BadWhsec);
+        assert_eq!(
+            Key::from_secret("whsec_!!").unwrap_err(),
+            KeyError::BadWhsec
+        );
         assert_eq!(Key::from_secret("whsec_").unwrap_err(), KeyError::Empty);
         assert_eq!(Key::from_secret("plain").unwrap().0, b"plain");
         assert_eq!(Key::from_secret("whsec_AAEC").unwrap().0, vec![0, 1, 2]);

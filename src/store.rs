@@ -896,7 +896,11 @@ impl Store {
             disk_bytes: self.inner.db.size_on_disk().unwrap_or(0),
             full: self.inner.full.load(Ordering::Relaxed),
             counters: self.counters()?,
-            quarantined: self.inner.quarantined.as_ref().map(|p| p.display().to_string()),
+            quarantined: self
+                .inner
+                .quarantined
+                .as_ref()
+                .map(|p| p.display().to_string()),
         })
     }
 }
@@ -985,8 +989,11 @@ fn write_floor(path: &Path, value: u64) -> Result<(), StoreError> {
 /// Every request that arrives while a flush is running is answered by the next flush, and that
 /// flush covers every write made before the request was sent, because sled's `flush` persists
 /// everything written before it starts.
+/// A request to the flusher: answered once a flush that started after it has finished.
+type FlushWaiter = oneshot::Sender<Result<(), String>>;
+
 struct GroupCommit {
-    tx: Mutex<Option<std::sync::mpsc::Sender<oneshot::Sender<Result<(), String>>>>>,
+    tx: Mutex<Option<std::sync::mpsc::Sender<FlushWaiter>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -1003,7 +1010,7 @@ impl Drop for GroupCommit {
 
 impl GroupCommit {
     fn start(db: sled::Db, alloc: Arc<Mutex<Alloc>>, durable: watch::Sender<u64>) -> GroupCommit {
-        let (tx, rx) = std::sync::mpsc::channel::<oneshot::Sender<Result<(), String>>>();
+        let (tx, rx) = std::sync::mpsc::channel::<FlushWaiter>();
         let spawned = std::thread::Builder::new()
             .name("store-flush".into())
             .spawn(move || {
@@ -1185,7 +1192,11 @@ mod tests {
         let store = Store::open(dir.path(), origin(), 1 << 30).unwrap();
         let mut all = Vec::new();
         for i in 0..40 {
-            let e = if i % 4 == 0 { action("d") } else { presence("d") };
+            let e = if i % 4 == 0 {
+                action("d")
+            } else {
+                presence("d")
+            };
             all.push(seq_of(&store.enqueue(e).await.unwrap()));
         }
         let live = store.stats().unwrap().live_bytes;
@@ -1207,7 +1218,10 @@ mod tests {
         let body: serde_json::Value =
             serde_json::from_slice(&store.body(gap.seq).unwrap().unwrap()).unwrap();
         assert_eq!(body["data"]["reason"], "store_full");
-        assert_eq!(body["data"]["from_sequence"], 2, "the oldest presence event went first");
+        assert_eq!(
+            body["data"]["from_sequence"], 2,
+            "the oldest presence event went first"
+        );
         let count = body["data"]["count"].as_u64().unwrap();
         let survivors: Vec<_> = pending.iter().map(|p| p.seq).collect();
         let missing = all.iter().filter(|s| !survivors.contains(s)).count() as u64;

@@ -82,7 +82,11 @@ pub fn attempt_finished(
 
 pub fn dead_lettered(seq: u64, reason: &str) {
     inc(&metrics().dead_lettered, 1);
-    tracing::warn!(message = "Event moved to dead letters.", sequence = seq, reason);
+    tracing::warn!(
+        message = "Event moved to dead letters.",
+        sequence = seq,
+        reason
+    );
 }
 
 pub fn store_error(context: &str, error: &dyn std::fmt::Display) {

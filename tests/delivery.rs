@@ -112,8 +112,10 @@ async fn failures_are_retried_with_identical_bytes_until_2xx_then_never_again() 
     .await;
     let mut d = Running::start(&rx.url(), "2s").await;
     let (seq, id) = d.enqueue(Some("front-door")).await;
-    rx.wait_until(WAIT, "a 2xx", |r| r.iter().any(|r| r.reply == Reply::Status(200)))
-        .await;
+    rx.wait_until(WAIT, "a 2xx", |r| {
+        r.iter().any(|r| r.reply == Reply::Status(200))
+    })
+    .await;
     d.wait_state("an empty queue", |s| s.pending == 0 && s.in_flight == 0)
         .await;
     // A second event proves the worker is still sending, and the first is not among it.
@@ -122,7 +124,11 @@ async fn failures_are_retried_with_identical_bytes_until_2xx_then_never_again() 
         .await;
 
     let first: Vec<_> = rx.requests().into_iter().filter(|r| r.id == id).collect();
-    assert_eq!(first.len(), 4, "3 failures and one success, then never again");
+    assert_eq!(
+        first.len(),
+        4,
+        "3 failures and one success, then never again"
+    );
     assert_eq!(
         first.iter().map(|r| r.attempt).collect::<Vec<_>>(),
         vec![1, 2, 3, 4]
@@ -130,7 +136,11 @@ async fn failures_are_retried_with_identical_bytes_until_2xx_then_never_again() 
     let stored = d.store.body(seq).unwrap().unwrap();
     for r in &first {
         assert_eq!(r.body, stored, "every attempt sends the stored bytes");
-        assert!(r.signatures_verify(SECRET), "attempt {} signature", r.attempt);
+        assert!(
+            r.signatures_verify(SECRET),
+            "attempt {} signature",
+            r.attempt
+        );
         assert_eq!(r.header("webhook-id"), Some(id.as_str()));
         assert_eq!(r.header("content-type"), Some("application/json"));
         assert!(r.header("user-agent").unwrap().starts_with("zenedge/"));
@@ -199,7 +209,9 @@ async fn a_hang_is_cut_at_the_timeout_and_retried() {
     let mut d = Running::start(&rx.url(), "300ms").await;
     let (_, id) = d.enqueue(Some("d")).await;
     let log = rx
-        .wait_until(WAIT, "the retry", |r| r.iter().any(|r| r.reply == Reply::Status(200)))
+        .wait_until(WAIT, "the retry", |r| {
+            r.iter().any(|r| r.reply == Reply::Status(200))
+        })
         .await;
     assert_eq!(log.len(), 2);
     assert!(log.iter().all(|r| r.id == id));
@@ -234,13 +246,18 @@ async fn an_outage_is_probed_one_request_at_a_time_then_drains_in_device_order()
         let (_, id) = d.enqueue(Some(&format!("device-{}", i % 10))).await;
         ids.push(id);
     }
-    rx.wait_until(WAIT, "several probes", |r| r.len() >= 8).await;
+    rx.wait_until(WAIT, "several probes", |r| r.len() >= 8)
+        .await;
     d.wait_state("ZenCore marked unreachable", |s| !s.reachable)
         .await;
     let during = rx.requests();
     // While down, probes go one at a time and are always the oldest pending event.
     let probe_ids: std::collections::HashSet<_> = during.iter().skip(4).map(|r| &r.id).collect();
-    assert_eq!(probe_ids.len(), 1, "one probe event, the oldest: {probe_ids:?}");
+    assert_eq!(
+        probe_ids.len(),
+        1,
+        "one probe event, the oldest: {probe_ids:?}"
+    );
 
     down.store(false, Ordering::SeqCst);
     rx.wait_until(WAIT, "all 200 events", |_| rx.delivered_ids().len() == 200)
@@ -281,9 +298,7 @@ async fn retry_after_is_a_floor_on_the_next_probe() {
     .await;
     let d = Running::start(&rx.url(), "2s").await;
     d.enqueue(Some("d")).await;
-    let log = rx
-        .wait_until(WAIT, "the retry", |r| r.len() >= 2)
-        .await;
+    let log = rx.wait_until(WAIT, "the retry", |r| r.len() >= 2).await;
     let gap = log[1].at - log[0].at;
     // max_backoff is 200 ms here; only Retry-After explains a wait of a second.
     assert!(gap >= Duration::from_millis(950), "retried after {gap:?}");
@@ -299,7 +314,8 @@ async fn shutdown_lets_requests_in_flight_finish_and_records_them() {
         seqs.push(d.enqueue(Some("x")).await.0);
     }
     let store = d.store.clone();
-    rx.wait_until(WAIT, "a first delivery", |r| !r.is_empty()).await;
+    rx.wait_until(WAIT, "a first delivery", |r| !r.is_empty())
+        .await;
     d.stop().await;
     // Whatever was sent was recorded: no event is both acknowledged and still untried.
     for r in rx.requests() {

@@ -81,10 +81,16 @@ impl Sender {
         }
         if let (Some(cert), Some(key)) = (&zencore.client_cert_file, &zencore.client_key_file) {
             let mut pem = std::fs::read(cert).map_err(|e| {
-                setup("client_cert_file", format!("cannot read {}: {e}", cert.display()))
+                setup(
+                    "client_cert_file",
+                    format!("cannot read {}: {e}", cert.display()),
+                )
             })?;
             pem.extend(std::fs::read(key).map_err(|e| {
-                setup("client_key_file", format!("cannot read {}: {e}", key.display()))
+                setup(
+                    "client_key_file",
+                    format!("cannot read {}: {e}", key.display()),
+                )
             })?);
             let identity = reqwest::Identity::from_pem(&pem)
                 .map_err(|e| setup("client_cert_file", e.to_string()))?;
@@ -297,7 +303,8 @@ pub async fn run(
         Ok(result) => result?,
         Err(_) => {
             tracing::warn!(
-                message = "Requests still in flight at shutdown; they will be retried after restart.",
+                message =
+                    "Requests still in flight at shutdown; they will be retried after restart.",
                 in_flight = in_flight.len()
             );
             in_flight.abort_all();

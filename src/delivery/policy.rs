@@ -92,8 +92,12 @@ pub enum Action {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     Delivered,
-    Dead { reason: &'static str },
-    Retry { at: Millis },
+    Dead {
+        reason: &'static str,
+    },
+    Retry {
+        at: Millis,
+    },
     /// Left to the endpoint's backoff (ZenCore unreachable).
     Waiting,
 }
@@ -476,7 +480,10 @@ mod tests {
         s.add(pending(7, None));
         assert_eq!(sends(&s.poll(NOW)), vec![1, 3, 6, 7]);
         assert!(s.poll(NOW).is_empty(), "2 waits for 1, 5 waits for 3");
-        assert_eq!(s.complete(3, Outcome::Delivered, NOW, 0.5), Decision::Delivered);
+        assert_eq!(
+            s.complete(3, Outcome::Delivered, NOW, 0.5),
+            Decision::Delivered
+        );
         assert_eq!(sends(&s.poll(NOW)), vec![5]);
         s.complete(1, Outcome::Delivered, NOW, 0.5);
         assert_eq!(sends(&s.poll(NOW)), vec![2]);
@@ -515,7 +522,10 @@ mod tests {
         );
         s.complete(3, Outcome::Delivered, NOW, 0.0);
         assert!(s.poll(NOW).is_empty(), "2 must not overtake 1");
-        assert_eq!(s.next_wakeup(), Some(NOW.saturating_add(Duration::from_secs(2))));
+        assert_eq!(
+            s.next_wakeup(),
+            Some(NOW.saturating_add(Duration::from_secs(2)))
+        );
         let later = NOW.saturating_add(Duration::from_secs(2));
         assert_eq!(s.poll(later), vec![Action::Send { seq: 1, attempt: 2 }]);
     }
@@ -534,7 +544,9 @@ mod tests {
         assert!(!s.is_reachable());
         let probe_at = NOW.saturating_add(Duration::from_secs(30));
         assert_eq!(s.next_wakeup(), Some(probe_at), "Retry-After is the floor");
-        assert!(s.poll(NOW.saturating_add(Duration::from_secs(29))).is_empty());
+        assert!(s
+            .poll(NOW.saturating_add(Duration::from_secs(29)))
+            .is_empty());
         // One probe, the oldest event, and nothing else while it is out.
         assert_eq!(s.poll(probe_at), vec![Action::Send { seq: 1, attempt: 2 }]);
         assert!(s.poll(probe_at).is_empty());
@@ -545,7 +557,11 @@ mod tests {
         assert_eq!(sends(&s.poll(next)), vec![1]);
         s.complete(1, Outcome::Delivered, next, 0.0);
         assert!(s.is_reachable());
-        assert_eq!(sends(&s.poll(next)), vec![2, 3], "drains at full concurrency");
+        assert_eq!(
+            sends(&s.poll(next)),
+            vec![2, 3],
+            "drains at full concurrency"
+        );
     }
 
     #[test]

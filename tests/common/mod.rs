@@ -24,6 +24,8 @@ pub enum Reply {
     RetryAfter(u16, u64),
     /// Never answer (until the client gives up).
     Hang,
+    /// Answer 200 after this many milliseconds.
+    SlowOk(u64),
 }
 
 #[derive(Debug, Clone)]
@@ -132,6 +134,10 @@ async fn handle(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Res
             tokio::time::sleep(Duration::from_secs(3600)).await;
             StatusCode::OK.into_response()
         }
+        Reply::SlowOk(ms) => {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            StatusCode::OK.into_response()
+        }
     }
 }
 
@@ -181,7 +187,10 @@ impl Receiver {
             if done(&log) {
                 return log;
             }
-            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
                 let summary: Vec<_> = log
                     .iter()
                     .map(|r| format!("{}#{}→{:?}", r.id, r.attempt, r.reply))
@@ -198,7 +207,7 @@ impl Receiver {
     pub fn delivered_ids(&self) -> std::collections::BTreeSet<String> {
         self.requests()
             .iter()
-            .filter(|r| matches!(r.reply, Reply::Status(200..=299)))
+            .filter(|r| matches!(r.reply, Reply::Status(200..=299) | Reply::SlowOk(_)))
             .map(|r| r.id.clone())
             .collect()
     }
@@ -248,6 +257,12 @@ pub fn write_config(dir: &Path, text: &str) -> PathBuf {
 pub fn free_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
+}
+
+/// An HTTP client for talking to the daemon (rustls needs its ring provider installed first).
+pub fn client() -> reqwest::Client {
+    zenedge::delivery::install_crypto_provider();
+    reqwest::Client::new()
 }
 
 pub fn bin() -> &'static str {
@@ -301,7 +316,7 @@ impl Daemon {
     }
 
     async fn wait_healthy(&mut self, log: &Path) {
-        let client = reqwest::Client::new();
+        let client = client();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -338,7 +353,7 @@ impl Daemon {
     }
 
     pub async fn post(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
-        reqwest::Client::new()
+        client()
             .post(format!("http://{}{path}", self.admin))
             .json(&body)
             .send()
@@ -350,7 +365,7 @@ impl Daemon {
     }
 
     pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
-        let r = reqwest::Client::new()
+        let r = client()
             .get(format!("http://{}{path}", self.admin))
             .send()
             .await

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use zenedge::cli::{self, Command};
 
 fn main() -> ExitCode {
+    zenedge::limit_malloc_arenas();
     let cli = match cli::parse() {
         Ok(cli) => cli,
         Err(code) => return code,

@@ -28,7 +28,7 @@ use crate::event::{body_info, render_body, EventKind, IdGenerator, Millis, NewEv
 
 /// sled's page cache. A Pi 3 has 1 GiB shared with everything else; the outbox is written
 /// once and read once per event, so a large cache buys little.
-const CACHE_CAPACITY: u64 = 16 << 20;
+const CACHE_CAPACITY: u64 = 8 << 20;
 /// How far ahead of use the sequence floor file is written.
 const SEQUENCE_RESERVATION: u64 = 100_000;
 const FLOOR_FILE: &str = "sequence.floor";
@@ -608,8 +608,20 @@ impl Store {
     /// Pending events with `after < seq <= upto`, oldest first.
     pub fn scan_pending(&self, after: u64, upto: u64) -> Result<Vec<PendingEvent>, StoreError> {
         let mut out = Vec::new();
+        self.for_each_pending(after, upto, |p| out.push(p))?;
+        Ok(out)
+    }
+
+    /// Calls `f` for each pending event with `after < seq <= upto`, oldest first, without
+    /// collecting them (a backlog of 100,000 events need not be held twice in memory).
+    pub fn for_each_pending(
+        &self,
+        after: u64,
+        upto: u64,
+        mut f: impl FnMut(PendingEvent),
+    ) -> Result<(), StoreError> {
         if after >= upto {
-            return Ok(out);
+            return Ok(());
         }
         for item in self.inner.events.range(seq_key(after + 1)..=seq_key(upto)) {
             let (k, body) = item?;
@@ -626,7 +638,7 @@ impl Store {
                 self.set_dead(seq, status, "unreadable")?;
                 continue;
             };
-            out.push(PendingEvent {
+            f(PendingEvent {
                 seq,
                 lane: info.lane,
                 kind: info.kind,
@@ -635,7 +647,7 @@ impl Store {
                 next_attempt: status.next_attempt_ms.map(Millis),
             });
         }
-        Ok(out)
+        Ok(())
     }
 
     pub fn body(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {

@@ -216,9 +216,7 @@ pub async fn run(
     let mut scheduler = Scheduler::new(policy);
     let mut durable = store.durable();
     let mut cursor = *durable.borrow_and_update();
-    for p in store.scan_pending(0, cursor)? {
-        scheduler.add(p);
-    }
+    store.for_each_pending(0, cursor, |p| scheduler.add(p))?;
     let mut rng = rand::rngs::StdRng::from_os_rng();
     let mut in_flight: JoinSet<(u64, u32, AttemptResult)> = JoinSet::new();
     tokio::pin!(shutdown);
@@ -280,9 +278,7 @@ pub async fn run(
                     break;
                 }
                 let upto = *durable.borrow_and_update();
-                for p in store.scan_pending(cursor, upto)? {
-                    scheduler.add(p);
-                }
+                store.for_each_pending(cursor, upto, |p| scheduler.add(p))?;
                 cursor = cursor.max(upto);
             }
             Some(p) = requeued.recv() => scheduler.add(p),

@@ -15,6 +15,7 @@
 //! - 410 Gone and events older than `max_age` go to the dead letters.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::event::Millis;
@@ -104,7 +105,8 @@ pub enum Decision {
 
 #[derive(Debug, Clone)]
 struct Entry {
-    lane: Option<String>,
+    /// Shared with `lanes`' key: a backlog of one device holds its name once.
+    lane: Option<Arc<str>>,
     at: Millis,
     attempts: u32,
     /// Earliest time of the next attempt; `Millis(0)` when it may go now.
@@ -122,7 +124,7 @@ pub struct Scheduler {
     policy: Policy,
     entries: HashMap<u64, Entry>,
     /// Pending sequences per device, oldest first. Only the first may be a candidate.
-    lanes: HashMap<String, BTreeSet<u64>>,
+    lanes: HashMap<Arc<str>, BTreeSet<u64>>,
     /// Events that may be sent when their time comes: lane heads and lane-less events that
     /// are not in flight, by (next_at, seq) and by seq.
     by_time: BTreeSet<(Millis, u64)>,
@@ -167,16 +169,22 @@ impl Scheduler {
         if self.entries.contains_key(&p.seq) {
             return;
         }
+        let lane: Option<Arc<str>> = p.lane.as_deref().map(|name| {
+            self.lanes
+                .get_key_value(name)
+                .map(|(k, _)| k.clone())
+                .unwrap_or_else(|| Arc::from(name))
+        });
         let entry = Entry {
-            lane: p.lane.clone(),
+            lane: lane.clone(),
             at: p.at,
             attempts: p.attempts,
             next_at: p.next_attempt.unwrap_or_default(),
         };
         self.entries.insert(p.seq, entry);
-        match p.lane {
+        match lane {
             Some(lane) => {
-                let queue = self.lanes.entry(lane.clone()).or_default();
+                let queue = self.lanes.entry(lane).or_default();
                 let old_head = queue.first().copied();
                 queue.insert(p.seq);
                 if old_head.is_none_or(|h| p.seq < h) {
@@ -210,7 +218,7 @@ impl Scheduler {
             None => return,
         };
         let head = lane
-            .and_then(|l| self.lanes.get(&l))
+            .and_then(|l| self.lanes.get(&*l))
             .and_then(|q| q.first().copied())
             .unwrap_or(seq);
         if !self.in_flight.contains(&head) && !self.by_seq.contains(&head) {
@@ -237,13 +245,13 @@ impl Scheduler {
             return;
         };
         if let Some(lane) = entry.lane {
-            if let Some(queue) = self.lanes.get_mut(&lane) {
+            if let Some(queue) = self.lanes.get_mut(&*lane) {
                 queue.remove(&seq);
                 // Whatever leads the lane now must be sendable (the removed event may have
                 // been its head, or an in-flight event a re-queued older one waited behind).
                 let next = queue.first().copied();
                 if queue.is_empty() {
-                    self.lanes.remove(&lane);
+                    self.lanes.remove(&*lane);
                 }
                 if let Some(next) = next {
                     if !self.in_flight.contains(&next) && !self.by_seq.contains(&next) {

@@ -27,8 +27,9 @@ use tokio::sync::{oneshot, watch};
 use crate::event::{body_info, render_body, EventKind, IdGenerator, Millis, NewEvent, Origin};
 
 /// sled's page cache. A Pi 3 has 1 GiB shared with everything else; the outbox is written
-/// once and read once per event, so a large cache buys little.
-const CACHE_CAPACITY: u64 = 8 << 20;
+/// once and read once per event (soon after), so a large cache buys nothing: 4 MiB drains as
+/// fast as 16 MiB and keeps the daemon near 25 MiB resident (BENCHMARKS.md).
+const CACHE_CAPACITY: u64 = 4 << 20;
 /// How far ahead of use the sequence floor file is written.
 const SEQUENCE_RESERVATION: u64 = 100_000;
 const FLOOR_FILE: &str = "sequence.floor";
@@ -608,20 +609,24 @@ impl Store {
     /// Pending events with `after < seq <= upto`, oldest first.
     pub fn scan_pending(&self, after: u64, upto: u64) -> Result<Vec<PendingEvent>, StoreError> {
         let mut out = Vec::new();
-        self.for_each_pending(after, upto, |p| out.push(p))?;
+        self.visit_pending(after, upto, |p| {
+            out.push(p);
+            true
+        })?;
         Ok(out)
     }
 
-    /// Calls `f` for each pending event with `after < seq <= upto`, oldest first, without
-    /// collecting them (a backlog of 100,000 events need not be held twice in memory).
-    pub fn for_each_pending(
+    /// Visits pending events with `after < seq <= upto`, oldest first, until `f` returns false,
+    /// without collecting them. Returns the highest sequence visited: `upto` when the walk ran
+    /// to the end, else the sequence `f` stopped at.
+    pub fn visit_pending(
         &self,
         after: u64,
         upto: u64,
-        mut f: impl FnMut(PendingEvent),
-    ) -> Result<(), StoreError> {
+        mut f: impl FnMut(PendingEvent) -> bool,
+    ) -> Result<u64, StoreError> {
         if after >= upto {
-            return Ok(());
+            return Ok(after);
         }
         for item in self.inner.events.range(seq_key(after + 1)..=seq_key(upto)) {
             let (k, body) = item?;
@@ -638,7 +643,7 @@ impl Store {
                 self.set_dead(seq, status, "unreadable")?;
                 continue;
             };
-            f(PendingEvent {
+            let more = f(PendingEvent {
                 seq,
                 lane: info.lane,
                 kind: info.kind,
@@ -646,8 +651,11 @@ impl Store {
                 attempts: status.attempts,
                 next_attempt: status.next_attempt_ms.map(Millis),
             });
+            if !more {
+                return Ok(seq);
+            }
         }
-        Ok(())
+        Ok(upto)
     }
 
     pub fn body(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {

@@ -327,3 +327,68 @@ async fn shutdown_lets_requests_in_flight_finish_and_records_them() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_device_does_not_stall_others_beyond_the_window() {
+    // More events than the scheduler's window, and one device with more than its cap that
+    // ZenCore refuses: the other devices' events behind it must still flow.
+    let bad_ok = Arc::new(AtomicBool::new(false));
+    let ok = bad_ok.clone();
+    let rx = Receiver::start(move |r| {
+        if r.device().as_deref() == Some("bad") && !ok.load(Ordering::SeqCst) {
+            Reply::Status(500)
+        } else {
+            Reply::Status(200)
+        }
+    })
+    .await;
+    let mut d = Running::start(&rx.url(), "2s").await;
+    // Without the per-device cap, the refused device alone would fill the window.
+    let bad_n = delivery::WINDOW + 100;
+    let good_n = 2000;
+    let event = |dev: &str| {
+        NewEvent::new(
+            EventKind::DeviceOnline,
+            Some(DeviceRef {
+                id: dev.into(),
+                kind: DeviceType::Lock,
+                meeting_space_id: None,
+            }),
+            Millis::now(),
+        )
+    };
+    let bad: Vec<_> = (0..bad_n).map(|_| event("bad")).collect();
+    d.store.enqueue_many(bad).await.unwrap();
+    let good: Vec<_> = (0..good_n)
+        .map(|i| event(&format!("good-{}", i % 5)))
+        .collect();
+    let stored = d.store.enqueue_many(good).await.unwrap();
+    let good_ids: Vec<String> = stored
+        .into_iter()
+        .map(|e| match e {
+            Enqueued::Stored { id, .. } => id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    rx.wait_until(Duration::from_secs(120), "every good event", |_| {
+        let got = rx.delivered_ids();
+        good_ids.iter().all(|id| got.contains(id))
+    })
+    .await;
+    bad_ok.store(true, Ordering::SeqCst);
+    let last = d.store.last_sequence();
+    d.wait_state("the whole backlog", |s| s.idle_through(last))
+        .await;
+    assert_eq!(rx.delivered_ids().len(), bad_n + good_n);
+    let mut per_device: HashMap<String, Vec<u64>> = HashMap::new();
+    for r in rx.requests() {
+        per_device
+            .entry(r.device().unwrap())
+            .or_default()
+            .push(r.sequence());
+    }
+    for (dev, seqs) in per_device {
+        assert!(seqs.windows(2).all(|w| w[0] <= w[1]), "{dev} out of order");
+    }
+    d.stop().await;
+}

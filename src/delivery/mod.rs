@@ -8,6 +8,7 @@
 
 pub mod policy;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -196,10 +197,96 @@ fn error_text(e: &reqwest::Error) -> String {
 /// What the worker tells the rest of the daemon (status line, health).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeliveryState {
+    /// Events the scheduler holds (at most [`WINDOW`] plus re-queued ones).
     pub pending: usize,
     pub in_flight: usize,
     pub reachable: bool,
     pub next_probe: Option<Millis>,
+    /// Every durable event up to this sequence has been taken into the scheduler.
+    pub scanned_upto: u64,
+}
+
+impl DeliveryState {
+    /// True once everything up to `seq` was taken in and nothing is left to send.
+    pub fn idle_through(&self, seq: u64) -> bool {
+        self.scanned_upto >= seq && self.pending == 0 && self.in_flight == 0
+    }
+}
+
+/// The most events the scheduler holds in memory; the rest of a backlog stays in the store
+/// and is read as the window drains, so memory does not grow with an outage's length.
+pub const WINDOW: usize = 8192;
+/// The most events of one device in the window, so that one device whose events ZenCore keeps
+/// refusing cannot fill the window and stall every other device.
+pub const LANE_CAP: usize = 1024;
+
+/// Reads the backlog from the store into the scheduler, a window at a time, in sequence order.
+#[derive(Debug, Default)]
+struct Loader {
+    /// Highest sequence read from the store.
+    loaded_upto: u64,
+    /// Highest sequence known durable.
+    durable_upto: u64,
+    /// Devices at their cap: the first sequence of theirs not yet taken in. Every later event
+    /// of such a device waits here too, so its order holds.
+    overflow: HashMap<String, u64>,
+}
+
+impl Loader {
+    fn refill(&mut self, store: &Store, scheduler: &mut Scheduler) -> Result<(), StoreError> {
+        self.rescan_overflow(store, scheduler)?;
+        if scheduler.pending() >= WINDOW / 2 || self.loaded_upto >= self.durable_upto {
+            return Ok(());
+        }
+        let room = WINDOW - scheduler.pending();
+        let mut added = 0;
+        let overflow = &mut self.overflow;
+        self.loaded_upto = store.visit_pending(self.loaded_upto, self.durable_upto, |p| {
+            if let Some(lane) = &p.lane {
+                if overflow.contains_key(lane) || scheduler.lane_len(lane) >= LANE_CAP {
+                    overflow.entry(lane.clone()).or_insert(p.seq);
+                    return true;
+                }
+            }
+            scheduler.add(p);
+            added += 1;
+            added < room
+        })?;
+        Ok(())
+    }
+
+    /// Takes in more events of capped devices once their share of the window has drained.
+    fn rescan_overflow(
+        &mut self,
+        store: &Store,
+        scheduler: &mut Scheduler,
+    ) -> Result<(), StoreError> {
+        let ready: Vec<(String, u64)> = self
+            .overflow
+            .iter()
+            .filter(|(lane, _)| scheduler.lane_len(lane) < LANE_CAP / 2)
+            .map(|(l, s)| (l.clone(), *s))
+            .collect();
+        for (lane, from) in ready {
+            let mut next_skipped = None;
+            store.visit_pending(from.saturating_sub(1), self.loaded_upto, |p| {
+                if p.lane.as_deref() != Some(lane.as_str()) {
+                    return true;
+                }
+                if scheduler.lane_len(&lane) >= LANE_CAP {
+                    next_skipped = Some(p.seq);
+                    return false;
+                }
+                scheduler.add(p);
+                true
+            })?;
+            match next_skipped {
+                Some(seq) => self.overflow.insert(lane, seq),
+                None => self.overflow.remove(&lane),
+            };
+        }
+        Ok(())
+    }
 }
 
 /// Runs delivery until `shutdown` resolves. `requeued` carries dead letters put back by the
@@ -215,12 +302,15 @@ pub async fn run(
 ) -> Result<(), StoreError> {
     let mut scheduler = Scheduler::new(policy);
     let mut durable = store.durable();
-    let mut cursor = *durable.borrow_and_update();
-    store.for_each_pending(0, cursor, |p| scheduler.add(p))?;
+    let mut loader = Loader {
+        durable_upto: *durable.borrow_and_update(),
+        ..Loader::default()
+    };
     let mut rng = rand::rngs::StdRng::from_os_rng();
     let mut in_flight: JoinSet<(u64, u32, AttemptResult)> = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
+        loader.refill(&store, &mut scheduler)?;
         let now = Millis::now();
         for action in scheduler.poll(now) {
             match action {
@@ -257,6 +347,7 @@ pub async fn run(
                 in_flight: scheduler.in_flight(),
                 reachable: scheduler.is_reachable(),
                 next_probe: scheduler.next_probe(),
+                scanned_upto: loader.loaded_upto,
             };
             let changed = *s != new;
             *s = new;
@@ -277,9 +368,7 @@ pub async fn run(
                 if changed.is_err() {
                     break;
                 }
-                let upto = *durable.borrow_and_update();
-                store.for_each_pending(cursor, upto, |p| scheduler.add(p))?;
-                cursor = cursor.max(upto);
+                loader.durable_upto = loader.durable_upto.max(*durable.borrow_and_update());
             }
             Some(p) = requeued.recv() => scheduler.add(p),
             _ = tokio::time::sleep(sleep_for.unwrap_or_default()), if sleep_for.is_some() => {}

@@ -156,6 +156,11 @@ impl Scheduler {
         self.entries.len()
     }
 
+    /// Events of `lane` held by the scheduler.
+    pub fn lane_len(&self, lane: &str) -> usize {
+        self.lanes.get(lane).map_or(0, |q| q.len())
+    }
+
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
     }

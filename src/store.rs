@@ -30,6 +30,15 @@ use crate::event::{body_info, render_body, EventKind, IdGenerator, Millis, NewEv
 /// once and read once per event (soon after), so a large cache buys nothing: 4 MiB drains as
 /// fast as 16 MiB and keeps the daemon near 25 MiB resident (BENCHMARKS.md).
 const CACHE_CAPACITY: u64 = 4 << 20;
+
+/// sled's log segment, which is also its write buffer. Small on purpose: sled writes whole
+/// segments during bursts, the kernel's page cache then holds the file in folios that large,
+/// and every later small flush writes back a whole folio. With sled's default (512 KiB) one
+/// quiet-time event cost 512 KiB of flash writes on a current kernel; with 16 KiB it costs
+/// about 16 KiB (BENCHMARKS.md). 8 KiB costs a third of the enqueue rate.
+/// sled persists it: a store made with another value refuses to open (and is not quarantined,
+/// see `open_sled`), so changing it needs a migration.
+const SEGMENT_SIZE: usize = 16 * 1024;
 /// How far ahead of use the sequence floor file is written.
 const SEQUENCE_RESERVATION: u64 = 100_000;
 const FLOOR_FILE: &str = "sequence.floor";
@@ -942,7 +951,8 @@ fn open_sled(path: &Path) -> Result<sled::Db, OpenFailure> {
         .path(path)
         .cache_capacity(CACHE_CAPACITY)
         .flush_every_ms(Some(500))
-        .mode(sled::Mode::LowSpace);
+        .segment_size(SEGMENT_SIZE)
+        .mode(sled::Mode::HighThroughput);
     // sled reports most corruption as an error, but some damaged files make it panic; both
     // mean the same thing here: this store cannot be read.
     let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -959,6 +969,16 @@ fn open_sled(path: &Path) -> Result<sled::Db, OpenFailure> {
         Ok(Ok(db)) => Ok(db),
         Ok(Err(sled::Error::Io(e))) if e.kind() != std::io::ErrorKind::InvalidData => {
             Err(OpenFailure::Other(StoreError::Sled(sled::Error::Io(e))))
+        }
+        // An intact store made with other settings or another sled version: moving it aside
+        // would lose its events, so refuse loudly instead. (sled is pinned to 0.34.7, whose
+        // messages these are; a garbled config file is also `Unsupported`, and is corrupt.)
+        Ok(Err(sled::Error::Unsupported(msg)))
+            if msg.starts_with("cannot change") || msg.contains("pagecache version") =>
+        {
+            Err(OpenFailure::Other(StoreError::Sled(
+                sled::Error::Unsupported(msg),
+            )))
         }
         Ok(Err(e)) => Err(OpenFailure::Corrupt(e.to_string())),
         Err(panic) => {
@@ -1265,6 +1285,25 @@ mod tests {
         assert!(aside.exists());
         let seq = seq_of(&store.enqueue(presence("d")).await.unwrap());
         assert!(seq > 1, "sequence {seq} reused after quarantine");
+    }
+
+    #[test]
+    fn an_intact_store_with_other_settings_is_refused_not_quarantined() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::Config::new()
+                .path(dir.path().join(STORE_DIR))
+                .segment_size(SEGMENT_SIZE * 2)
+                .open()
+                .unwrap();
+            db.insert(b"k", b"v").unwrap();
+            db.flush().unwrap();
+        }
+        let err = Store::open(dir.path(), origin(), 1 << 30)
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("io buffer size"), "{err}");
+        assert!(dir.path().join(STORE_DIR).exists(), "left in place");
     }
 
     fn walk(dir: &Path) -> Vec<PathBuf> {

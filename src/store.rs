@@ -1287,6 +1287,41 @@ mod tests {
         assert!(seq > 1, "sequence {seq} reused after quarantine");
     }
 
+    #[tokio::test]
+    async fn delivered_events_keep_their_log_for_24h_then_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), origin(), 1 << 30).unwrap();
+        let Enqueued::Stored { seq, id } = store.enqueue(action("d")).await.unwrap() else {
+            panic!()
+        };
+        let delivered_at = Millis::now();
+        let status = Status {
+            state: State::Delivered,
+            attempts: 1,
+            delivered_ms: Some(delivered_at.0),
+            ..Status::untried()
+        };
+        let attempt = Attempt {
+            attempt: 1,
+            started_at: delivered_at.rfc3339(),
+            duration_ms: 1,
+            status: Some(200),
+            error: None,
+        };
+        store.record_attempt(seq, &attempt, &status).unwrap();
+        let almost = delivered_at.saturating_add(DELIVERED_RETENTION - Duration::from_secs(1));
+        assert_eq!(store.gc_delivered(almost).unwrap(), 0);
+        assert_eq!(store.find(&id).unwrap().unwrap().attempts_log.len(), 1);
+        let after = delivered_at.saturating_add(DELIVERED_RETENTION + Duration::from_secs(1));
+        assert_eq!(store.gc_delivered(after).unwrap(), 1);
+        assert!(store.find(&id).unwrap().is_none());
+        assert_eq!(
+            store.stats().unwrap().live_bytes,
+            0,
+            "budget accounting returns to zero"
+        );
+    }
+
     #[test]
     fn an_intact_store_with_other_settings_is_refused_not_quarantined() {
         let dir = tempfile::tempdir().unwrap();

@@ -103,7 +103,8 @@ pub struct Status {
 }
 
 impl Status {
-    fn untried() -> Status {
+    /// The status of an event that has not been tried yet.
+    pub fn untried() -> Status {
         Status {
             state: State::Pending,
             attempts: 0,

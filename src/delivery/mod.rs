@@ -335,7 +335,7 @@ pub async fn run(
                     }
                 },
                 Action::Expire { seq } => {
-                    let status = store.status(seq)?.unwrap_or_else(untried);
+                    let status = store.status(seq)?.unwrap_or_else(Status::untried);
                     store.set_dead(seq, status, "max_age")?;
                     telemetry::dead_lettered(seq, "max_age");
                 }
@@ -399,17 +399,6 @@ pub async fn run(
     Ok(())
 }
 
-fn untried() -> Status {
-    Status {
-        state: State::Pending,
-        attempts: 0,
-        next_attempt_ms: None,
-        dead_reason: None,
-        delivered_ms: None,
-        last_error: None,
-    }
-}
-
 fn finish(
     store: &Store,
     scheduler: &mut Scheduler,
@@ -429,7 +418,7 @@ fn finish(
         &outcome,
     );
     let decision = scheduler.complete(seq, outcome, now, unit);
-    let mut status = store.status(seq)?.unwrap_or_else(untried);
+    let mut status = store.status(seq)?.unwrap_or_else(Status::untried);
     status.attempts = status.attempts.max(attempt);
     status.last_error = result.error.clone();
     match decision {

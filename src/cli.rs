@@ -50,6 +50,17 @@ pub enum Command {
     /// Inspect and re-queue the outbox.
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// List devices: driver, online/offline, last seen, last state, pending actions.
+    Devices(JsonFlag),
+    /// Unlock a door now (an operator action); waits for the device's answer.
+    Unlock {
+        device: String,
+        /// Relock after this many seconds (locks) or pulse length (relays).
+        #[arg(long)]
+        duration_s: Option<u64>,
+    },
+    /// Lock a door now (an operator action); waits for the device's answer.
+    Lock { device: String },
     /// Queue `edge.test` events through the normal outbox.
     TestWebhook {
         #[arg(long, default_value_t = 1)]
@@ -209,6 +220,41 @@ async fn run_verb(cli: &Cli) -> Result<ExitCode, ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Queue(q) => queue(cli, q).await,
+        Command::Devices(flag) => {
+            let client = AdminClient::new(&load_config(cli)?);
+            let rows: Vec<crate::devices::DeviceView> = client.get_json("/v1/devices").await?;
+            if flag.json {
+                print_json(&rows);
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "{:<20} {:<7} {:<14} {:<8} {:<26} {:<9} PENDING",
+                "DEVICE", "TYPE", "DRIVER", "STATUS", "LAST SEEN", "STATE"
+            );
+            for d in &rows {
+                let status = match d.online {
+                    Some(true) => "online",
+                    Some(false) => "offline",
+                    None => "unknown",
+                };
+                println!(
+                    "{:<20} {:<7} {:<14} {:<8} {:<26} {:<9} {}",
+                    d.id,
+                    d.kind,
+                    d.driver,
+                    status,
+                    d.last_seen.as_deref().unwrap_or("-"),
+                    d.last_state.as_deref().unwrap_or("-"),
+                    d.pending_actions.join(", ")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Unlock { device, duration_s } => {
+            let body = serde_json::json!({ "duration_s": duration_s });
+            device_action(cli, device, "unlock", body).await
+        }
+        Command::Lock { device } => device_action(cli, device, "lock", serde_json::json!({})).await,
         Command::TestWebhook { count } => {
             let client = AdminClient::new(&load_config(cli)?);
             let answer: serde_json::Value = client
@@ -225,6 +271,33 @@ async fn run_verb(cli: &Cli) -> Result<ExitCode, ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn device_action(
+    cli: &Cli,
+    device: &str,
+    action: &str,
+    body: serde_json::Value,
+) -> Result<ExitCode, ExitCode> {
+    let client = AdminClient::new(&load_config(cli)?);
+    let answer: serde_json::Value = client
+        .post_json(&format!("/v1/devices/{device}/{action}"), body)
+        .await?;
+    let status = answer["status"].as_str().unwrap_or("unknown");
+    println!(
+        "{action} {device}: {status}{} ({} ms, action {})",
+        answer["error"]
+            .as_str()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default(),
+        answer["duration_ms"],
+        answer["action_id"].as_str().unwrap_or("?")
+    );
+    Ok(ExitCode::from(if status == "succeeded" {
+        exit::OK
+    } else {
+        exit::NEGATIVE
+    }))
 }
 
 async fn queue(cli: &Cli, q: &QueueCommand) -> Result<ExitCode, ExitCode> {
@@ -389,7 +462,7 @@ impl AdminClient {
         AdminClient {
             base: format!("http://{addr}"),
             http: reqwest::Client::builder()
-                .timeout(std::time::Duration::from_secs(30))
+                .timeout(std::time::Duration::from_secs(120))
                 .build()
                 .unwrap_or_default(),
         }

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, watch};
 use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::delivery::{self, policy::Policy, DeliveryState, Sender};
+use crate::devices;
 use crate::event::{EventKind, Millis, NewEvent, Origin};
 use crate::store::Store;
 
@@ -69,6 +70,13 @@ pub async fn run(
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    let config = Arc::new(config);
+
+    let needs_mqtt = !devices::drivers::Routes::new(&config).is_empty();
+    let (mqtt, mqtt_run) =
+        devices::mqtt::start(config.clone(), store.clone(), stopped(shutdown_rx.clone()))
+            .map_err(|e| anyhow::anyhow!("MQTT setup: {e}"))?;
+    let mqtt_task = tokio::spawn(mqtt_run);
 
     let (requeue_tx, requeue_rx) = mpsc::unbounded_channel();
     let (delivery_tx, delivery_rx) = watch::channel(DeliveryState::default());
@@ -87,6 +95,8 @@ pub async fn run(
         ready: ready.clone(),
         controller_id: config.controller.id.clone(),
         started: Millis::now(),
+        mqtt: mqtt.clone(),
+        config: config.clone(),
     };
     let admin_stop = stopped(shutdown_rx.clone());
     let admin_task = tokio::spawn(async move {
@@ -129,7 +139,18 @@ pub async fn run(
         })
     };
 
-    ready.store(true, Ordering::Release);
+    // Ready once the listeners are up and, when devices talk MQTT, the broker has acknowledged
+    // the subscriptions.
+    tokio::pin!(shutdown);
+    let mut stopping = false;
+    if needs_mqtt {
+        let mut status = mqtt.status.clone();
+        tokio::select! {
+            _ = status.wait_for(|s| s.subscribed) => {}
+            _ = &mut shutdown => stopping = true,
+        }
+    }
+    ready.store(!stopping, Ordering::Release);
     tracing::info!(
         message = "ZenEdge is running.",
         controller_id = %config.controller.id,
@@ -137,15 +158,23 @@ pub async fn run(
         webhook_url = %config.zencore.webhook_url,
         last_sequence = store.last_sequence(),
     );
-    on_ready(bound);
-
-    shutdown.await;
+    if !stopping {
+        on_ready(bound);
+        shutdown.await;
+    }
     tracing::info!(message = "Stopping.");
     ready.store(false, Ordering::Release);
     let _ = shutdown_tx.send(true);
     let delivery_result = delivery_task.await;
     let _ = admin_task.await;
     let _ = gc_task.await;
+    match mqtt_task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!(message = "Device task stopped on a store error.", error = %e)
+        }
+        Err(e) => tracing::error!(message = "Device task failed.", error = %e),
+    }
     store.flush()?;
     match delivery_result {
         Ok(Ok(())) => {}

@@ -161,6 +161,30 @@ impl Millis {
     }
 }
 
+/// Written as RFC 3339 (what people and ZenCore read); read back from that or from a number
+/// of milliseconds.
+impl serde::Serialize for Millis {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.rfc3339())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Millis {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Ms(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Ms(ms) => Ok(Millis(ms)),
+            Raw::Text(t) => Millis::parse_rfc3339(&t)
+                .ok_or_else(|| serde::de::Error::custom(format!("`{t}` is not an RFC 3339 time"))),
+        }
+    }
+}
+
 impl std::fmt::Display for Millis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.rfc3339())

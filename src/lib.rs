@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod delivery;
+pub mod devices;
 pub mod event;
 pub mod logging;
 pub mod signing;

@@ -229,6 +229,7 @@ struct Inner {
     status: sled::Tree,
     attempts: sled::Tree,
     meta: sled::Tree,
+    presence: sled::Tree,
     origin: Origin,
     floor_path: PathBuf,
     alloc: Arc<Mutex<Alloc>>,
@@ -312,6 +313,7 @@ impl Store {
         let status = db.open_tree("status")?;
         let attempts = db.open_tree("attempts")?;
         let meta = db.open_tree("meta")?;
+        let presence = db.open_tree("presence")?;
 
         let floor_path = state_dir.join(FLOOR_FILE);
         let floor = read_floor(&floor_path)?;
@@ -347,6 +349,7 @@ impl Store {
                 status,
                 attempts,
                 meta,
+                presence,
                 origin,
                 floor_path,
                 alloc,
@@ -391,6 +394,47 @@ impl Store {
         let enqueued = self.insert(event)?;
         self.flush_async().await?;
         Ok(enqueued)
+    }
+
+    /// Writes an event without waiting for durability. It is not delivered, and its producer
+    /// must not acknowledge anything, until a later [`Store::flush_async`] returns: delivery
+    /// reads only what a completed flush covered. Lets a source stage a batch and pay one flush.
+    pub fn stage(&self, event: NewEvent) -> Result<Enqueued, StoreError> {
+        self.insert(event)
+    }
+
+    /// The presence state last reported to ZenCore, per device.
+    pub fn presence_all(
+        &self,
+    ) -> Result<std::collections::HashMap<String, crate::devices::presence::Reported>, StoreError>
+    {
+        let mut out = std::collections::HashMap::new();
+        for item in self.inner.presence.iter() {
+            let (k, v) = item?;
+            match serde_json::from_slice(&v) {
+                Ok(r) => {
+                    out.insert(String::from_utf8_lossy(&k).into_owned(), r);
+                }
+                Err(e) => tracing::warn!(
+                    message = "Unreadable presence record ignored.",
+                    device = %String::from_utf8_lossy(&k),
+                    error = %e
+                ),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records what was reported for a device. Written like [`Store::stage`]: durable with the
+    /// next flush, which is the flush that makes the transition's event durable.
+    pub fn put_presence(
+        &self,
+        device: &str,
+        reported: &crate::devices::presence::Reported,
+    ) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(reported).unwrap_or_default();
+        self.inner.presence.insert(device.as_bytes(), bytes)?;
+        Ok(())
     }
 
     /// Stores several events with one flush.

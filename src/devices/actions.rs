@@ -1,0 +1,294 @@
+//! Lock and unlock actions (DESIGN section 3), a state machine with no I/O: a request becomes a
+//! command to send, and the device's state reports (or their absence) complete it as
+//! `succeeded`, `failed` or `timed_out`, each exactly once.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::drivers::{Command, LockState};
+use crate::event::Millis;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Zencore,
+    LocalCredential,
+    Operator,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Zencore => "zencore",
+            Source::LocalCredential => "local_credential",
+            Source::Operator => "operator",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Request {
+    pub action_id: String,
+    pub device: String,
+    #[serde(serialize_with = "ser_command")]
+    pub command: Command,
+    pub source: Source,
+    pub booking_id: Option<String>,
+    pub grant_id: Option<String>,
+}
+
+fn ser_command<S: serde::Serializer>(c: &Command, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(c.as_str())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Succeeded,
+    Failed,
+    TimedOut,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+            Status::TimedOut => "timed_out",
+        }
+    }
+}
+
+/// A finished action: everything `device.action_completed` needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Completed {
+    #[serde(flatten)]
+    pub request: Request,
+    pub status: Status,
+    pub requested_at: Millis,
+    pub completed_at: Millis,
+    pub error: Option<&'static str>,
+}
+
+impl Completed {
+    pub fn duration_ms(&self) -> u64 {
+        self.completed_at
+            .saturating_sub(self.requested_at)
+            .as_millis() as u64
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Pending {
+    request: Request,
+    requested_at: Millis,
+    deadline: Millis,
+}
+
+/// What to do after a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    /// Send the command; completion follows from state reports or the timeout.
+    Send,
+    /// Finished at once (device known offline, or no way to command it).
+    Done(Completed),
+}
+
+#[derive(Debug, Default)]
+pub struct Tracker {
+    pending: HashMap<String, VecDeque<Pending>>,
+}
+
+impl Tracker {
+    /// Starts an action. `online`: the device's believed presence (`Some(false)` fails at
+    /// once; a device not heard from since start is tried). `can_send`: whether the driver has
+    /// a command for it.
+    pub fn request(
+        &mut self,
+        request: Request,
+        online: Option<bool>,
+        can_send: bool,
+        timeout: Duration,
+        now: Millis,
+    ) -> Start {
+        let fail = |request, error| {
+            Start::Done(Completed {
+                request,
+                status: Status::Failed,
+                requested_at: now,
+                completed_at: now,
+                error: Some(error),
+            })
+        };
+        if !can_send {
+            return fail(request, "unsupported");
+        }
+        if online == Some(false) {
+            return fail(request, "device_offline");
+        }
+        self.pending
+            .entry(request.device.clone())
+            .or_default()
+            .push_back(Pending {
+                request,
+                requested_at: now,
+                deadline: now.saturating_add(timeout),
+            });
+        Start::Send
+    }
+
+    /// A state report from `device`: completes the actions it answers.
+    pub fn observe(&mut self, device: &str, state: LockState, now: Millis) -> Vec<Completed> {
+        let Some(queue) = self.pending.get_mut(device) else {
+            return Vec::new();
+        };
+        let mut done = Vec::new();
+        queue.retain(|p| {
+            let outcome = match (p.request.command, state) {
+                (_, LockState::Jammed) => Some((Status::Failed, Some("jammed"))),
+                (Command::Unlock, LockState::Unlocked) | (Command::Lock, LockState::Locked) => {
+                    Some((Status::Succeeded, None))
+                }
+                _ => None,
+            };
+            match outcome {
+                Some((status, error)) => {
+                    done.push(Completed {
+                        request: p.request.clone(),
+                        status,
+                        requested_at: p.requested_at,
+                        completed_at: now,
+                        error,
+                    });
+                    false
+                }
+                None => true,
+            }
+        });
+        if queue.is_empty() {
+            self.pending.remove(device);
+        }
+        done
+    }
+
+    /// The device went offline: its pending actions fail now rather than at their timeout.
+    pub fn offline(&mut self, device: &str, now: Millis) -> Vec<Completed> {
+        self.pending
+            .remove(device)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| Completed {
+                request: p.request,
+                status: Status::Failed,
+                requested_at: p.requested_at,
+                completed_at: now,
+                error: Some("device_offline"),
+            })
+            .collect()
+    }
+
+    /// Times out actions past their deadline.
+    pub fn tick(&mut self, now: Millis) -> Vec<Completed> {
+        let mut done = Vec::new();
+        for queue in self.pending.values_mut() {
+            queue.retain(|p| {
+                if now < p.deadline {
+                    return true;
+                }
+                done.push(Completed {
+                    request: p.request.clone(),
+                    status: Status::TimedOut,
+                    requested_at: p.requested_at,
+                    completed_at: now,
+                    error: Some("timeout"),
+                });
+                false
+            });
+        }
+        self.pending.retain(|_, q| !q.is_empty());
+        done
+    }
+
+    pub fn next_deadline(&self) -> Option<Millis> {
+        self.pending
+            .values()
+            .flat_map(|q| q.iter().map(|p| p.deadline))
+            .min()
+    }
+
+    /// Pending actions of a device, for `zenedge devices`.
+    pub fn pending_for(&self, device: &str) -> Vec<&Request> {
+        self.pending
+            .get(device)
+            .map(|q| q.iter().map(|p| &p.request).collect())
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(id: &str, command: Command) -> Request {
+        Request {
+            action_id: id.into(),
+            device: "door".into(),
+            command,
+            source: Source::Operator,
+            booking_id: None,
+            grant_id: None,
+        }
+    }
+
+    const T: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn unlock_succeeds_on_the_confirming_report() {
+        let mut t = Tracker::default();
+        assert_eq!(
+            t.request(req("a1", Command::Unlock), None, true, T, Millis(1000)),
+            Start::Send
+        );
+        assert!(
+            t.observe("door", LockState::Locked, Millis(1100))
+                .is_empty(),
+            "not the answer"
+        );
+        let done = t.observe("door", LockState::Unlocked, Millis(1250));
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].status, Status::Succeeded);
+        assert_eq!(done[0].duration_ms(), 250);
+        assert!(t.tick(Millis(99_999)).is_empty(), "completed exactly once");
+    }
+
+    #[test]
+    fn jam_fails_timeout_times_out_offline_fails_at_once() {
+        let mut t = Tracker::default();
+        t.request(req("a", Command::Lock), Some(true), true, T, Millis(0));
+        let done = t.observe("door", LockState::Jammed, Millis(5));
+        assert_eq!(
+            (done[0].status, done[0].error),
+            (Status::Failed, Some("jammed"))
+        );
+
+        t.request(req("b", Command::Unlock), Some(true), true, T, Millis(0));
+        assert_eq!(t.next_deadline(), Some(Millis(10_000)));
+        assert!(t.tick(Millis(9_999)).is_empty());
+        let done = t.tick(Millis(10_000));
+        assert_eq!(done[0].status, Status::TimedOut);
+
+        match t.request(req("c", Command::Unlock), Some(false), true, T, Millis(0)) {
+            Start::Done(c) => assert_eq!(
+                (c.status, c.error),
+                (Status::Failed, Some("device_offline"))
+            ),
+            other => panic!("{other:?}"),
+        }
+        t.request(req("d", Command::Unlock), Some(true), true, T, Millis(0));
+        let done = t.offline("door", Millis(3));
+        assert_eq!(done[0].error, Some("device_offline"));
+        assert!(t.next_deadline().is_none());
+    }
+}

@@ -1,0 +1,486 @@
+//! Devices: drivers, presence, actions, and the hub that ties them together.
+//!
+//! [`Hub`] is the devices' state with no I/O of its own: an MQTT message, an action request
+//! or the passing of time goes in; what to store (events and presence records), what to publish
+//! and which actions finished come out as an [`Output`]. The MQTT shell (`mqtt`) feeds it and
+//! carries out its output: it stores and flushes, then acknowledges the message to the broker.
+
+pub mod actions;
+pub mod drivers;
+pub mod mqtt;
+pub mod presence;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::config::{Config, Driver};
+use crate::event::{DeviceRef, EventKind, Millis, NewEvent};
+use actions::{Completed, Request, Start};
+use drivers::{AvailSource, Command, LockState, Observation, Outgoing, Routes, TopicKind};
+use presence::{Reason, Reported, Transition};
+
+/// What the shell must do after feeding the hub.
+#[derive(Debug, Default)]
+pub struct Output {
+    /// Events to store, in order.
+    pub events: Vec<NewEvent>,
+    /// Presence records to store with them.
+    pub presence: Vec<(String, Reported)>,
+    /// Messages to publish.
+    pub publish: Vec<Outgoing>,
+    /// Actions that finished (their events are in `events`).
+    pub completed: Vec<Completed>,
+}
+
+impl Output {
+    fn merge(&mut self, other: Output) {
+        self.events.extend(other.events);
+        self.presence.extend(other.presence);
+        self.publish.extend(other.publish);
+        self.completed.extend(other.completed);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.publish.is_empty() && self.completed.is_empty()
+    }
+}
+
+/// Counters the hub keeps for `/v1/status` and metrics.
+#[derive(Debug, Default)]
+pub struct HubCounters {
+    pub messages: AtomicU64,
+    pub malformed: AtomicU64,
+}
+
+/// One device as `zenedge devices` shows it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct DeviceView {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub driver: String,
+    pub online: Option<bool>,
+    pub reason: Option<String>,
+    pub since: Option<String>,
+    pub last_seen: Option<String>,
+    pub last_state: Option<String>,
+    pub last_state_at: Option<String>,
+    pub pending_actions: Vec<String>,
+}
+
+pub struct Hub {
+    config: Arc<Config>,
+    routes: Routes,
+    presence: presence::Tracker,
+    actions: actions::Tracker,
+    last_state: HashMap<String, (LockState, Millis)>,
+    index: HashMap<String, usize>,
+    pub counters: Arc<HubCounters>,
+}
+
+impl Hub {
+    pub fn new(config: Arc<Config>, reported: HashMap<String, Reported>, now: Millis) -> Hub {
+        let routes = Routes::new(&config);
+        let presence = presence::Tracker::new(
+            config.presence.debounce,
+            now,
+            config
+                .devices
+                .iter()
+                .map(|d| (d.id.clone(), d.offline_after, reported.get(&d.id).copied())),
+        );
+        let index = config
+            .devices
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.id.clone(), i))
+            .collect();
+        Hub {
+            config,
+            routes,
+            presence,
+            actions: actions::Tracker::default(),
+            last_state: HashMap::new(),
+            index,
+            counters: Arc::default(),
+        }
+    }
+
+    pub fn routes(&self) -> &Routes {
+        &self.routes
+    }
+
+    fn device_ref(&self, id: &str) -> Option<DeviceRef> {
+        let d = self.config.devices.get(*self.index.get(id)?)?;
+        Some(DeviceRef {
+            id: d.id.clone(),
+            kind: d.kind,
+            meeting_space_id: d.meeting_space_id.clone(),
+        })
+    }
+
+    /// One MQTT message. `retained`: a retained message replayed on subscribe says what was
+    /// last published, not that the device is alive now.
+    pub fn message(&mut self, topic: &str, payload: &[u8], retained: bool, now: Millis) -> Output {
+        self.counters.messages.fetch_add(1, Ordering::Relaxed);
+        let mut out = Output::default();
+        let routes: Vec<(Option<usize>, TopicKind)> = self.routes.lookup(topic).to_vec();
+        for (device, kind) in routes {
+            let observation = match drivers::parse(kind, payload) {
+                Ok(o) => o,
+                Err(error) => {
+                    self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(message = "Malformed device message ignored.", topic, %error);
+                    continue;
+                }
+            };
+            let Some(i) = device else {
+                // The Zigbee2MQTT bridge: offline takes every Zigbee2MQTT device with it.
+                if let Observation::Availability { online: false, .. } = observation {
+                    let ids: Vec<String> = self
+                        .config
+                        .devices
+                        .iter()
+                        .filter(|d| d.driver == Driver::Zigbee2mqtt)
+                        .map(|d| d.id.clone())
+                        .collect();
+                    for id in ids {
+                        let t = self
+                            .presence
+                            .observe(&id, false, Reason::BridgeOffline, now);
+                        out.merge(self.transitions(t, now));
+                    }
+                }
+                continue;
+            };
+            let Some(id) = self.config.devices.get(i).map(|d| d.id.clone()) else {
+                continue;
+            };
+            match observation {
+                Observation::Availability { online, source } => {
+                    let reason = match source {
+                        AvailSource::Availability => Reason::Availability,
+                        AvailSource::Lwt => Reason::Lwt,
+                    };
+                    let t = self.presence.observe(&id, online, reason, now);
+                    out.merge(self.transitions(t, now));
+                }
+                Observation::State(state) => {
+                    self.last_state.insert(id.clone(), (state, now));
+                    if !retained {
+                        let t = self.presence.heard(&id, now);
+                        out.merge(self.transitions(t, now));
+                        let done = self.actions.observe(&id, state, now);
+                        out.merge(self.completions(done));
+                    }
+                }
+                Observation::Heard | Observation::Credential(_) | Observation::PanelAction(_) => {
+                    if !retained {
+                        let t = self.presence.heard(&id, now);
+                        out.merge(self.transitions(t, now));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Starts an action; its result arrives later in an [`Output`]'s `completed`.
+    pub fn request(&mut self, request: Request, now: Millis) -> Output {
+        let Some(device) = self
+            .index
+            .get(&request.device)
+            .and_then(|i| self.config.devices.get(*i))
+        else {
+            return Output::default();
+        };
+        let outgoing = drivers::command(&self.config, device, request.command);
+        let timeout = device.action_timeout();
+        let online = self.presence.is_online(&request.device);
+        match self
+            .actions
+            .request(request, online, outgoing.is_some(), timeout, now)
+        {
+            Start::Send => Output {
+                publish: outgoing.into_iter().collect(),
+                ..Output::default()
+            },
+            Start::Done(c) => self.completions(vec![c]),
+        }
+    }
+
+    pub fn knows(&self, device: &str) -> bool {
+        self.index.contains_key(device)
+    }
+
+    /// Advances time: debounce, silence, action timeouts.
+    pub fn tick(&mut self, now: Millis) -> Output {
+        let t = self.presence.tick(now);
+        let mut out = self.transitions(t, now);
+        let done = self.actions.tick(now);
+        out.merge(self.completions(done));
+        out
+    }
+
+    pub fn next_deadline(&self) -> Option<Millis> {
+        match (self.presence.next_deadline(), self.actions.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn transitions(&mut self, ts: Vec<Transition>, now: Millis) -> Output {
+        let mut out = Output::default();
+        for t in ts {
+            let Some(device) = self.device_ref(t.device()) else {
+                continue;
+            };
+            let last_seen = self.presence.last_seen(t.device());
+            out.presence
+                .push((t.device().to_owned(), t.reported(last_seen)));
+            let opt = |m: Option<Millis>| m.map_or(Value::Null, |m| Value::from(m.rfc3339()));
+            let event = match &t {
+                Transition::Online {
+                    reason,
+                    at,
+                    offline_since,
+                    ..
+                } => NewEvent::new(EventKind::DeviceOnline, Some(device), *at)
+                    .with("reason", reason.as_str())
+                    .with("offline_since", opt(*offline_since)),
+                Transition::Offline {
+                    reason,
+                    last_seen,
+                    detected_at,
+                    ..
+                } => {
+                    let id = t.device().to_owned();
+                    let done = self.actions.offline(&id, now);
+                    let mut completions = self.completions(done);
+                    let e = NewEvent::new(EventKind::DeviceOffline, Some(device), *detected_at)
+                        .with("reason", reason.as_str())
+                        .with("last_seen", opt(*last_seen))
+                        .with("detected_at", detected_at.rfc3339());
+                    out.events.push(e);
+                    out.events.append(&mut completions.events);
+                    out.completed.append(&mut completions.completed);
+                    continue;
+                }
+            };
+            out.events.push(event);
+        }
+        out
+    }
+
+    fn completions(&self, done: Vec<Completed>) -> Output {
+        let mut out = Output::default();
+        for c in done {
+            let Some(device) = self.device_ref(&c.request.device) else {
+                continue;
+            };
+            let opt = |s: &Option<String>| s.clone().map_or(Value::Null, Value::from);
+            out.events.push(
+                NewEvent::new(
+                    EventKind::DeviceActionCompleted,
+                    Some(device),
+                    c.completed_at,
+                )
+                .with("action_id", c.request.action_id.clone())
+                .with("action", c.request.command.as_str())
+                .with("status", c.status.as_str())
+                .with("source", c.request.source.as_str())
+                .with("requested_at", c.requested_at.rfc3339())
+                .with("completed_at", c.completed_at.rfc3339())
+                .with("duration_ms", c.duration_ms())
+                .with("booking_id", opt(&c.request.booking_id))
+                .with("grant_id", opt(&c.request.grant_id))
+                .with("error", c.error.map_or(Value::Null, Value::from)),
+            );
+            out.completed.push(c);
+        }
+        out
+    }
+
+    pub fn views(&self) -> Vec<DeviceView> {
+        self.config
+            .devices
+            .iter()
+            .map(|d| {
+                let p = self.presence.view(&d.id);
+                let state = self.last_state.get(&d.id);
+                DeviceView {
+                    id: d.id.clone(),
+                    kind: d.kind.as_str().into(),
+                    driver: d.driver.as_str().into(),
+                    online: p.as_ref().and_then(|p| p.online),
+                    reason: p.as_ref().and_then(|p| p.reason.map(String::from)),
+                    since: p.as_ref().and_then(|p| p.since.clone()),
+                    last_seen: p.as_ref().and_then(|p| p.last_seen.clone()),
+                    last_state: state.map(|(s, _)| s.as_str().into()),
+                    last_state_at: state.map(|(_, t)| t.rfc3339()),
+                    pending_actions: self
+                        .actions
+                        .pending_for(&d.id)
+                        .iter()
+                        .map(|r| format!("{} {}", r.command.as_str(), r.action_id))
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// A new action id for operator actions: `act_` + a ULID.
+pub fn new_action_id() -> String {
+    format!("act_{}", ulid::Ulid::new())
+}
+
+/// The command a panel or operator asks for.
+pub fn command_from(name: &str) -> Option<Command> {
+    match name {
+        "unlock" => Some(Command::Unlock),
+        "lock" => Some(Command::Lock),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn config() -> Arc<Config> {
+        let text = r#"
+[controller]
+id = "edge-1"
+organization_id = "org"
+meeting_space_id = "ms"
+[zencore]
+webhook_url = "http://127.0.0.1:9/hook"
+secret = "s"
+[presence]
+debounce = "0s"
+[[devices]]
+id = "front"
+type = "lock"
+driver = "zigbee2mqtt"
+topic = "front_door"
+[[devices]]
+id = "strike"
+type = "strike"
+driver = "tasmota"
+topic = "strike_1"
+"#;
+        Arc::new(Config::from_toml(text, Path::new("t.toml")).unwrap())
+    }
+
+    fn names(out: &Output) -> Vec<String> {
+        out.events
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} {} {}",
+                    e.kind.as_str(),
+                    e.device.as_ref().map(|d| d.id.as_str()).unwrap_or("-"),
+                    e.fields
+                        .get("reason")
+                        .or_else(|| e.fields.get("status"))
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn retained_state_is_not_liveness_but_availability_is() {
+        let mut hub = Hub::new(config(), HashMap::new(), Millis(0));
+        let out = hub.message(
+            "zigbee2mqtt/front_door",
+            br#"{"lock_state":"locked"}"#,
+            true,
+            Millis(1),
+        );
+        assert!(out.events.is_empty());
+        let out = hub.message(
+            "zigbee2mqtt/front_door/availability",
+            br#"{"state":"online"}"#,
+            true,
+            Millis(2),
+        );
+        assert_eq!(names(&out), vec!["device.online front availability"]);
+        assert_eq!(out.presence.len(), 1);
+    }
+
+    #[test]
+    fn bridge_offline_takes_every_zigbee_device_offline() {
+        let mut hub = Hub::new(config(), HashMap::new(), Millis(0));
+        hub.message(
+            "zigbee2mqtt/front_door",
+            br#"{"state":"LOCK"}"#,
+            false,
+            Millis(1),
+        );
+        hub.message("tele/strike_1/LWT", b"Online", false, Millis(1));
+        let out = hub.message(
+            "zigbee2mqtt/bridge/state",
+            br#"{"state":"offline"}"#,
+            false,
+            Millis(2),
+        );
+        assert_eq!(names(&out), vec!["device.offline front bridge_offline"]);
+    }
+
+    #[test]
+    fn unlock_publishes_the_command_and_completes_on_the_report() {
+        let mut hub = Hub::new(config(), HashMap::new(), Millis(0));
+        let req = Request {
+            action_id: "a1".into(),
+            device: "strike".into(),
+            command: Command::Unlock,
+            source: actions::Source::Operator,
+            booking_id: None,
+            grant_id: None,
+        };
+        let out = hub.request(req, Millis(10));
+        assert_eq!(out.publish.len(), 1);
+        assert_eq!(out.publish[0].topic, "cmnd/strike_1/POWER");
+        assert_eq!(out.publish[0].payload, b"ON");
+        assert!(!out.publish[0].retain);
+        let out = hub.message("stat/strike_1/POWER", b"ON", false, Millis(40));
+        assert_eq!(
+            names(&out),
+            vec![
+                "device.online strike state_report",
+                "device.action_completed strike succeeded"
+            ]
+        );
+        let e = &out.events[1];
+        assert_eq!(e.fields["duration_ms"], 30);
+        assert_eq!(e.fields["action_id"], "a1");
+    }
+
+    #[test]
+    fn an_offline_device_fails_at_once_and_malformed_is_counted() {
+        let mut hub = Hub::new(config(), HashMap::new(), Millis(0));
+        hub.message("tele/strike_1/LWT", b"Offline", false, Millis(1));
+        let req = Request {
+            action_id: "a2".into(),
+            device: "strike".into(),
+            command: Command::Unlock,
+            source: actions::Source::Operator,
+            booking_id: None,
+            grant_id: None,
+        };
+        let out = hub.request(req, Millis(2));
+        assert!(out.publish.is_empty());
+        assert_eq!(out.completed[0].error, Some("device_offline"));
+        let out = hub.message("stat/strike_1/RESULT", b"{not json", false, Millis(3));
+        assert!(out.events.is_empty());
+        assert_eq!(hub.counters.malformed.load(Ordering::Relaxed), 1);
+    }
+}

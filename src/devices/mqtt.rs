@@ -1,0 +1,423 @@
+//! The MQTT shell: rumqttc's event loop in one task, the [`Hub`] in another.
+//!
+//! The poll task owns the connection. rumqttc reconnects in a tight loop on its own, so after
+//! every connection error this task sleeps with exponential backoff and jitter before polling
+//! again; after every ConnAck it resubscribes (a broker that lost the session would otherwise
+//! send nothing) and publishes ZenEdge's retained `online`.
+//!
+//! The hub task takes messages in batches: it feeds each to the hub, stages the resulting
+//! events and presence records, flushes once, and only then acknowledges the batch's QoS 1
+//! messages, in the order they arrived. A crash before the flush leaves them unacknowledged,
+//! and the broker delivers them again to the persistent session.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Packet, Publish, QoS,
+    TlsConfiguration, Transport,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::actions::{Completed, Request};
+use super::drivers::status_topic;
+use super::{DeviceView, Hub, Output};
+use crate::config::Config;
+use crate::event::Millis;
+use crate::store::{Enqueued, Store, StoreError};
+
+/// First reconnect delay; doubles per failed attempt up to [`MAX_BACKOFF`].
+const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Zigbee2MQTT's bridge messages exceed rumqttc's 10 KiB default.
+const MAX_PACKET: usize = 256 * 1024;
+/// Messages handled per flush.
+const BATCH: usize = 512;
+
+/// What the MQTT side shows to `/v1/status` and readiness.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MqttStatus {
+    pub connected: bool,
+    /// Subscriptions acknowledged by the broker since the last connect.
+    pub subscribed: bool,
+    pub connect_attempts: u64,
+    pub messages: u64,
+    pub malformed: u64,
+    pub last_error: Option<String>,
+}
+
+/// A request to the hub from the admin API.
+pub enum HubRequest {
+    /// Start an action and answer when it has finished (its event durable).
+    Action {
+        request: Request,
+        reply: oneshot::Sender<Completed>,
+    },
+}
+
+/// The handles other parts of the daemon hold.
+#[derive(Clone)]
+pub struct MqttHandle {
+    pub requests: mpsc::Sender<HubRequest>,
+    pub views: watch::Receiver<Vec<DeviceView>>,
+    pub status: watch::Receiver<MqttStatus>,
+}
+
+enum Incoming {
+    Connected,
+    Subscribed,
+    Message(Publish),
+    Disconnected(String),
+}
+
+fn options(config: &Config) -> Result<MqttOptions, String> {
+    let mut o = MqttOptions::new(config.mqtt_client_id(), &config.mqtt.host, config.mqtt.port);
+    o.set_keep_alive(Duration::from_secs(30))
+        // A persistent session: QoS 1 messages sent while ZenEdge was down arrive after it
+        // restarts.
+        .set_clean_session(false)
+        .set_manual_acks(true)
+        .set_max_packet_size(MAX_PACKET, MAX_PACKET)
+        .set_request_channel_capacity(1024)
+        .set_last_will(LastWill::new(
+            status_topic(config),
+            "offline",
+            QoS::AtLeastOnce,
+            true,
+        ));
+    if let Some(user) = &config.mqtt.username {
+        o.set_credentials(
+            user.clone(),
+            config
+                .mqtt
+                .password()
+                .map(|p| p.expose().to_owned())
+                .unwrap_or_default(),
+        );
+    }
+    if let Some(ca) = &config.mqtt.ca_file {
+        let ca = std::fs::read(ca).map_err(|e| format!("mqtt.ca_file {}: {e}", ca.display()))?;
+        let client_auth = match (&config.mqtt.client_cert_file, &config.mqtt.client_key_file) {
+            (Some(c), Some(k)) => Some((
+                std::fs::read(c)
+                    .map_err(|e| format!("mqtt.client_cert_file {}: {e}", c.display()))?,
+                std::fs::read(k)
+                    .map_err(|e| format!("mqtt.client_key_file {}: {e}", k.display()))?,
+            )),
+            _ => None,
+        };
+        o.set_transport(Transport::Tls(TlsConfiguration::Simple {
+            ca,
+            alpn: None,
+            client_auth,
+        }));
+    }
+    Ok(o)
+}
+
+/// Starts the MQTT client and the hub. Returns the handles and a future that runs until
+/// `shutdown`, then publishes ZenEdge's `offline` and disconnects.
+pub fn start(
+    config: Arc<Config>,
+    store: Store,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(MqttHandle, impl Future<Output = Result<(), StoreError>>), String> {
+    let opts = options(&config)?;
+    let (client, eventloop) = AsyncClient::new(opts, 1024);
+    let (incoming_tx, incoming_rx) = mpsc::unbounded_channel();
+    let (requests_tx, requests_rx) = mpsc::channel(64);
+    let (views_tx, views) = watch::channel(Vec::new());
+    let (status_tx, status) = watch::channel(MqttStatus::default());
+    let attempts = Arc::new(AtomicU64::new(0));
+    let poll = tokio::spawn(poll_loop(eventloop, incoming_tx, attempts.clone()));
+    let reported = store.presence_all().map_err(|e| e.to_string())?;
+    let hub = Hub::new(config.clone(), reported, Millis::now());
+    let handle = MqttHandle {
+        requests: requests_tx,
+        views,
+        status,
+    };
+    let shell = Shell {
+        config,
+        store,
+        client,
+        hub,
+        views: views_tx,
+        status: status_tx,
+        attempts,
+        waiters: HashMap::new(),
+    };
+    let run = async move {
+        let result = shell.run(incoming_rx, requests_rx, shutdown).await;
+        poll.abort();
+        result
+    };
+    Ok((handle, run))
+}
+
+async fn poll_loop(
+    mut eventloop: EventLoop,
+    incoming: mpsc::UnboundedSender<Incoming>,
+    attempts: Arc<AtomicU64>,
+) {
+    let mut backoff = INITIAL_BACKOFF;
+    let mut connecting = true;
+    loop {
+        if connecting {
+            attempts.fetch_add(1, Ordering::Relaxed);
+            connecting = false;
+        }
+        let event = eventloop.poll().await;
+        let sent = match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                backoff = INITIAL_BACKOFF;
+                incoming.send(Incoming::Connected)
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) => incoming.send(Incoming::Subscribed),
+            Ok(Event::Incoming(Packet::Publish(p))) => incoming.send(Incoming::Message(p)),
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let text = describe(&e);
+                let _ = incoming.send(Incoming::Disconnected(text));
+                // Full jitter over an exponential ceiling: a fleet of controllers whose
+                // broker restarts does not reconnect in lockstep.
+                let delay = backoff.mul_f64(rand::rng().random_range(0.5..1.0));
+                tokio::time::sleep(delay).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                connecting = true;
+                Ok(())
+            }
+        };
+        if sent.is_err() {
+            return;
+        }
+    }
+}
+
+fn describe(e: &ConnectionError) -> String {
+    use std::error::Error;
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+struct Shell {
+    config: Arc<Config>,
+    store: Store,
+    client: AsyncClient,
+    hub: Hub,
+    views: watch::Sender<Vec<DeviceView>>,
+    status: watch::Sender<MqttStatus>,
+    attempts: Arc<AtomicU64>,
+    waiters: HashMap<String, oneshot::Sender<Completed>>,
+}
+
+impl Shell {
+    async fn run(
+        mut self,
+        mut incoming: mpsc::UnboundedReceiver<Incoming>,
+        mut requests: mpsc::Receiver<HubRequest>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), StoreError> {
+        tokio::pin!(shutdown);
+        self.publish_views();
+        loop {
+            let sleep_for = self
+                .hub
+                .next_deadline()
+                .map(|at| at.saturating_sub(Millis::now()));
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                Some(first) = incoming.recv() => {
+                    let mut batch = vec![first];
+                    while batch.len() < BATCH {
+                        match incoming.try_recv() {
+                            Ok(i) => batch.push(i),
+                            Err(_) => break,
+                        }
+                    }
+                    self.handle_batch(batch).await?;
+                }
+                Some(request) = requests.recv() => {
+                    match request {
+                        HubRequest::Action { request, reply } => {
+                            let id = request.action_id.clone();
+                            self.waiters.insert(id, reply);
+                            let out = self.hub.request(request, Millis::now());
+                            self.apply(out, Vec::new()).await?;
+                        }
+                    }
+                }
+                _ = tokio::time::sleep(sleep_for.unwrap_or_default()), if sleep_for.is_some() => {
+                    let out = self.hub.tick(Millis::now());
+                    self.apply(out, Vec::new()).await?;
+                }
+            }
+        }
+        // A clean stop says so itself rather than leaving it to the Last Will.
+        let _ = self
+            .client
+            .publish(
+                status_topic(&self.config),
+                QoS::AtLeastOnce,
+                true,
+                "offline",
+            )
+            .await;
+        let _ = self.client.disconnect().await;
+        // Give the event loop a moment to send both.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok(())
+    }
+
+    async fn handle_batch(&mut self, batch: Vec<Incoming>) -> Result<(), StoreError> {
+        let mut out = Output::default();
+        let mut to_ack = Vec::new();
+        for item in batch {
+            match item {
+                Incoming::Connected => {
+                    self.set_status(|s| {
+                        s.connected = true;
+                        s.subscribed = false;
+                        s.last_error = None;
+                    });
+                    tracing::info!(
+                        message = "MQTT connected.",
+                        host = %self.config.mqtt.host,
+                        port = self.config.mqtt.port
+                    );
+                    self.on_connect().await;
+                }
+                Incoming::Subscribed => self.set_status(|s| s.subscribed = true),
+                Incoming::Disconnected(error) => {
+                    let was = self.status.borrow().connected;
+                    if was {
+                        tracing::warn!(message = "MQTT connection lost; reconnecting with backoff.", %error);
+                    } else {
+                        tracing::debug!(message = "MQTT connect failed.", %error);
+                    }
+                    self.set_status(|s| {
+                        s.connected = false;
+                        s.subscribed = false;
+                        s.last_error = Some(error);
+                    });
+                }
+                Incoming::Message(p) => {
+                    let o = self
+                        .hub
+                        .message(&p.topic, &p.payload, p.retain, Millis::now());
+                    out.merge(o);
+                    if p.qos != QoS::AtMostOnce {
+                        to_ack.push(p);
+                    }
+                }
+            }
+        }
+        self.apply(out, to_ack).await
+    }
+
+    async fn on_connect(&mut self) {
+        let topics: Vec<rumqttc::SubscribeFilter> = self
+            .hub
+            .routes()
+            .topics()
+            .map(|t| rumqttc::SubscribeFilter::new(t.to_owned(), QoS::AtLeastOnce))
+            .collect();
+        if topics.is_empty() {
+            self.set_status(|s| s.subscribed = true);
+        } else if let Err(e) = self.client.subscribe_many(topics).await {
+            tracing::error!(message = "MQTT subscribe failed.", error = %e);
+        }
+        if let Err(e) = self
+            .client
+            .publish(status_topic(&self.config), QoS::AtLeastOnce, true, "online")
+            .await
+        {
+            tracing::error!(message = "Cannot publish ZenEdge's online status.", error = %e);
+        }
+    }
+
+    /// Stores what the hub produced, flushes, then acknowledges, publishes and answers.
+    async fn apply(&mut self, out: Output, to_ack: Vec<Publish>) -> Result<(), StoreError> {
+        let durable = if out.events.is_empty() && out.presence.is_empty() {
+            Ok(())
+        } else {
+            self.stage_and_flush(&out).await
+        };
+        if let Err(e) = durable {
+            // Nothing is acknowledged: the broker redelivers after a reconnect, and the
+            // events are made again then.
+            crate::telemetry::store_error("store device events", &e);
+            return Err(e);
+        }
+        for p in &to_ack {
+            if let Err(e) = self.client.ack(p).await {
+                tracing::warn!(message = "MQTT ack failed.", topic = %p.topic, error = %e);
+            }
+        }
+        for o in out.publish {
+            if let Err(e) = self
+                .client
+                .publish(o.topic.clone(), QoS::AtLeastOnce, o.retain, o.payload)
+                .await
+            {
+                tracing::error!(message = "MQTT publish failed.", topic = %o.topic, error = %e);
+            }
+        }
+        for c in out.completed {
+            tracing::info!(
+                message = "Action completed.",
+                device = %c.request.device,
+                action_id = %c.request.action_id,
+                status = c.status.as_str(),
+                error = c.error.unwrap_or("")
+            );
+            if let Some(w) = self.waiters.remove(&c.request.action_id) {
+                let _ = w.send(c);
+            }
+        }
+        self.publish_views();
+        let counters = self.hub.counters.clone();
+        self.set_status(|s| {
+            s.messages = counters.messages.load(Ordering::Relaxed);
+            s.malformed = counters.malformed.load(Ordering::Relaxed);
+        });
+        Ok(())
+    }
+
+    async fn stage_and_flush(&self, out: &Output) -> Result<(), StoreError> {
+        for e in &out.events {
+            if let Enqueued::Stored { seq, id } = self.store.stage(e.clone())? {
+                crate::telemetry::event_enqueued(seq, &id, e.kind.as_str());
+            }
+        }
+        // After the events: a crash between the two re-sends a transition, never loses one.
+        for (device, reported) in &out.presence {
+            self.store.put_presence(device, reported)?;
+        }
+        self.store.flush_async().await
+    }
+
+    fn publish_views(&self) {
+        self.views.send_replace(self.hub.views());
+    }
+
+    fn set_status(&self, f: impl FnOnce(&mut MqttStatus)) {
+        let attempts = self.attempts.load(Ordering::Relaxed);
+        self.status.send_modify(|s| {
+            f(s);
+            s.connect_attempts = attempts;
+        });
+    }
+}

@@ -162,9 +162,11 @@ impl Hub {
             };
             match observation {
                 Observation::Availability { online, source } => {
-                    let reason = match source {
-                        AvailSource::Availability => Reason::Availability,
-                        AvailSource::Lwt => Reason::Lwt,
+                    // DESIGN: an availability, LWT or status message saying online is reason
+                    // `availability`; saying offline, a Last Will is `lwt`.
+                    let reason = match (online, source) {
+                        (true, _) | (false, AvailSource::Availability) => Reason::Availability,
+                        (false, AvailSource::Lwt) => Reason::Lwt,
                     };
                     let t = self.presence.observe(&id, online, reason, now);
                     out.merge(self.transitions(t, now));

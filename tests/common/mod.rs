@@ -381,3 +381,188 @@ impl Drop for Daemon {
         let _ = self.child.wait();
     }
 }
+
+/// A real mosquitto on a free loopback port, with persistence in its own folder.
+pub struct Broker {
+    child: Option<Child>,
+    pub port: u16,
+    dir: PathBuf,
+}
+
+fn mosquitto_bin() -> &'static str {
+    if Path::new("/usr/sbin/mosquitto").exists() {
+        "/usr/sbin/mosquitto"
+    } else {
+        "mosquitto"
+    }
+}
+
+impl Broker {
+    pub async fn start(dir: &Path) -> Broker {
+        let port = free_port().port();
+        let dir = dir.join(format!("broker-{port}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut b = Broker {
+            child: None,
+            port,
+            dir,
+        };
+        b.spawn().await;
+        b
+    }
+
+    async fn spawn(&mut self) {
+        let conf = self.dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nautosave_interval 1\nuser root\nlog_dest file {}/mosquitto.log\nmax_queued_messages 100000\n",
+                self.port,
+                self.dir.display(),
+                self.dir.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(mosquitto_bin())
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto is installed by scripts/setup-test-deps");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "mosquitto did not start");
+            // The broker has no readiness signal but its port.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    pub fn config(&self) -> String {
+        format!("\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\n", self.port)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A simulated device (or any MQTT peer) on the test broker.
+pub struct Peer {
+    pub client: rumqttc::AsyncClient,
+    messages: tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>, bool)>,
+    subacks: watch::Receiver<usize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Peer {
+    pub async fn connect(port: u16, id: &str) -> Peer {
+        let mut o = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
+        o.set_keep_alive(Duration::from_secs(30));
+        o.set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(o, 1024);
+        let (tx, messages) = tokio::sync::mpsc::unbounded_channel();
+        let (sub_tx, subacks) = watch::channel(0usize);
+        let (conn_tx, mut connected) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                        conn_tx.send_replace(true);
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                        sub_tx.send_modify(|n| *n += 1);
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                        let _ = tx.send((p.topic.clone(), p.payload.to_vec(), p.retain));
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), connected.wait_for(|c| *c))
+            .await
+            .expect("peer connects")
+            .unwrap();
+        Peer {
+            client,
+            messages,
+            subacks,
+            task,
+        }
+    }
+
+    pub async fn subscribe(&mut self, topic: &str) {
+        let before = *self.subacks.borrow();
+        self.client
+            .subscribe(topic, rumqttc::QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            self.subacks.wait_for(|n| *n > before),
+        )
+        .await
+        .expect("suback")
+        .unwrap();
+    }
+
+    pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>, retain: bool) {
+        self.client
+            .publish(topic, rumqttc::QoS::AtLeastOnce, retain, payload.into())
+            .await
+            .unwrap();
+    }
+
+    /// The next message on a subscribed topic.
+    pub async fn next(&mut self, limit: Duration) -> (String, Vec<u8>, bool) {
+        tokio::time::timeout(limit, self.messages.recv())
+            .await
+            .expect("a message")
+            .expect("peer running")
+    }
+}
+
+/// Events of one kind for one device, in arrival order, as (event, reason-or-status).
+pub fn device_events(log: &[Recorded], device: &str) -> Vec<(String, String)> {
+    let mut seen = std::collections::HashSet::new();
+    log.iter()
+        .filter(|r| seen.insert(r.id.clone()))
+        .map(|r| r.json())
+        .filter(|j| j["data"]["device_id"] == device)
+        .map(|j| {
+            let detail = j["data"]["reason"]
+                .as_str()
+                .or(j["data"]["status"].as_str())
+                .unwrap_or("")
+                .to_string();
+            (j["event"].as_str().unwrap_or("").to_string(), detail)
+        })
+        .collect()
+}

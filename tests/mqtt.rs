@@ -1,0 +1,422 @@
+//! MQTT devices end to end: a real mosquitto, simulated devices publishing the exact payloads
+//! of DESIGN section 3, the real binary, and a loopback ZenCore that checks signatures.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{device_events, zenedge, Broker, Daemon, Peer, Receiver, Reply, SECRET};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+const DEVICES: &str = r#"
+[presence]
+debounce = "0s"
+
+[[devices]]
+id = "front"
+type = "lock"
+driver = "zigbee2mqtt"
+topic = "front_door"
+action_timeout = "3s"
+
+[[devices]]
+id = "strike"
+type = "strike"
+driver = "tasmota"
+topic = "strike_1"
+action_timeout = "3s"
+
+[[devices]]
+id = "back"
+type = "lock"
+driver = "homeassistant"
+state_topic = "home/back/state"
+command_topic = "home/back/set"
+availability_topic = "home/back/availability"
+action_timeout = "3s"
+
+[[devices]]
+id = "panel"
+type = "panel"
+driver = "zenedge-panel"
+"#;
+
+struct Rig {
+    rx: Receiver,
+    broker: Broker,
+    daemon: Daemon,
+    config: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+async fn rig(devices: &str) -> Rig {
+    let rx = Receiver::start(|_| Reply::Status(200)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path()).await;
+    let admin = common::free_port();
+    let extra = format!("{}{}", broker.config(), devices);
+    let config = common::write_config(
+        dir.path(),
+        &common::config_text(dir.path(), &rx.url(), admin, &extra),
+    );
+    let daemon = Daemon::start(&config, admin).await;
+    Rig {
+        rx,
+        broker,
+        daemon,
+        config,
+        _dir: dir,
+    }
+}
+
+impl Rig {
+    async fn wait_event(&self, device: &str, event: &str, detail: &str) {
+        let want = (event.to_string(), detail.to_string());
+        self.rx
+            .wait_until(WAIT, &format!("{device} {event} {detail}"), |r| {
+                device_events(r, device).contains(&want)
+            })
+            .await;
+    }
+
+    async fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let cfg = self.config.clone();
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            zenedge(&cfg, &a)
+        })
+        .await
+        .unwrap()
+    }
+}
+
+/// A simulated device: answers each command on `command_topic` with what `answer` returns.
+fn simulate(
+    mut peer: Peer,
+    answer: impl Fn(&[u8]) -> Vec<(String, Vec<u8>)> + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let (_, payload, retained) = peer.next(Duration::from_secs(3600)).await;
+            assert!(!retained, "commands are never retained");
+            for (topic, reply) in answer(&payload) {
+                peer.publish(&topic, reply, false).await;
+            }
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_driver_online_offline_and_actions_arrive_as_signed_webhooks() {
+    let r = rig(DEVICES).await;
+    let port = r.broker.port;
+
+    // Simulated Zigbee lock, Tasmota strike and Home Assistant lock that obey commands.
+    let mut z2m = Peer::connect(port, "sim-z2m").await;
+    z2m.subscribe("zigbee2mqtt/front_door/set").await;
+    let z2m_pub = Peer::connect(port, "sim-z2m-pub").await;
+    z2m_pub
+        .publish(
+            "zigbee2mqtt/front_door/availability",
+            r#"{"state":"online"}"#,
+            true,
+        )
+        .await;
+    let _z = simulate(z2m, |cmd| {
+        let v: serde_json::Value = serde_json::from_slice(cmd).unwrap();
+        let state = if v["state"] == "UNLOCK" {
+            "unlocked"
+        } else {
+            "locked"
+        };
+        vec![(
+            "zigbee2mqtt/front_door".into(),
+            format!(
+                r#"{{"battery":90,"lock_state":"{state}","state":"{}"}}"#,
+                v["state"].as_str().unwrap()
+            )
+            .into_bytes(),
+        )]
+    });
+    let mut tas = Peer::connect(port, "sim-tasmota").await;
+    tas.subscribe("cmnd/strike_1/POWER").await;
+    tas.publish("tele/strike_1/LWT", "Online", true).await;
+    let _t = simulate(tas, |cmd| {
+        let p = String::from_utf8_lossy(cmd).to_string();
+        vec![
+            (
+                "stat/strike_1/RESULT".into(),
+                format!(r#"{{"POWER":"{p}"}}"#).into_bytes(),
+            ),
+            ("stat/strike_1/POWER".into(), p.into_bytes()),
+        ]
+    });
+    let mut ha = Peer::connect(port, "sim-ha").await;
+    ha.subscribe("home/back/set").await;
+    ha.publish("home/back/availability", "online", true).await;
+    let _h = simulate(ha, |cmd| match cmd {
+        b"UNLOCK" => vec![("home/back/state".into(), b"UNLOCKED".to_vec())],
+        // This lock jams when asked to lock.
+        _ => vec![("home/back/state".into(), b"JAMMED".to_vec())],
+    });
+    let panel = Peer::connect(port, "sim-panel").await;
+    panel
+        .publish("zenedge/edge-test/panels/panel/status", "online", true)
+        .await;
+
+    for d in ["front", "strike", "back", "panel"] {
+        r.wait_event(d, "device.online", "availability").await;
+    }
+
+    // Operator unlocks through the CLI; each ends as device.action_completed.
+    for d in ["front", "strike", "back"] {
+        let (code, out, err) = r.cli(&["unlock", d]).await;
+        assert_eq!(code, 0, "unlock {d}: {out} {err}");
+        assert!(out.contains("succeeded"), "{out}");
+        r.wait_event(d, "device.action_completed", "succeeded")
+            .await;
+    }
+    let (code, out, _) = r.cli(&["lock", "back"]).await;
+    assert_eq!(code, 1, "a jam is a negative answer: {out}");
+    assert!(out.contains("failed (jammed)"), "{out}");
+    r.wait_event("back", "device.action_completed", "failed")
+        .await;
+
+    // The action event carries what ZenCore needs.
+    let log = r.rx.requests();
+    let done = log
+        .iter()
+        .map(|x| x.json())
+        .find(|j| j["event"] == "device.action_completed" && j["data"]["device_id"] == "front")
+        .unwrap();
+    let data = &done["data"];
+    assert_eq!(data["action"], "unlock");
+    assert_eq!(data["source"], "operator");
+    assert!(data["action_id"].as_str().unwrap().starts_with("act_"));
+    assert!(data["duration_ms"].as_u64().is_some());
+    assert!(data["requested_at"].as_str().is_some() && data["completed_at"].as_str().is_some());
+    assert_eq!(data["device_type"], "lock");
+
+    // `zenedge devices` shows them.
+    let (code, out, _) = r.cli(&["devices"]).await;
+    assert_eq!(code, 0);
+    for d in ["front", "strike", "back", "panel"] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(d) && l.contains("online")),
+            "{out}"
+        );
+    }
+
+    // Offline paths, one per driver.
+    z2m_pub
+        .publish("zigbee2mqtt/front_door/availability", "offline", true)
+        .await;
+    r.wait_event("front", "device.offline", "availability")
+        .await;
+    let t2 = Peer::connect(port, "sim-tasmota-2").await;
+    t2.publish("tele/strike_1/LWT", "Offline", true).await;
+    r.wait_event("strike", "device.offline", "lwt").await;
+    t2.publish("home/back/availability", "offline", true).await;
+    r.wait_event("back", "device.offline", "availability").await;
+    panel
+        .publish("zenedge/edge-test/panels/panel/status", "offline", true)
+        .await;
+    r.wait_event("panel", "device.offline", "lwt").await;
+
+    // An offline device fails an unlock at once.
+    let (code, out, _) = r.cli(&["unlock", "strike"]).await;
+    assert_eq!(code, 1);
+    assert!(out.contains("device_offline"), "{out}");
+
+    // Bridge offline takes the Zigbee lock offline again after it came back.
+    z2m_pub
+        .publish("zigbee2mqtt/front_door/availability", "online", true)
+        .await;
+    let online_twice = |r: &[common::Recorded]| {
+        device_events(r, "front")
+            .iter()
+            .filter(|e| e.0 == "device.online")
+            .count()
+            == 2
+    };
+    r.rx.wait_until(WAIT, "front online again", online_twice)
+        .await;
+    z2m_pub
+        .publish("zigbee2mqtt/bridge/state", r#"{"state":"offline"}"#, true)
+        .await;
+    r.wait_event("front", "device.offline", "bridge_offline")
+        .await;
+
+    assert!(r.rx.requests().iter().all(|x| x.signatures_verify(SECRET)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_unlock_times_out() {
+    let r = rig(DEVICES).await;
+    let p = Peer::connect(r.broker.port, "quiet").await;
+    p.publish("tele/strike_1/LWT", "Online", true).await;
+    r.wait_event("strike", "device.online", "availability")
+        .await;
+    let (code, out, _) = r.cli(&["unlock", "strike"]).await;
+    assert_eq!(code, 1);
+    assert!(out.contains("timed_out"), "{out}");
+    r.wait_event("strike", "device.action_completed", "timed_out")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_restarting_is_survived_with_backoff_and_resubscription() {
+    let mut r = rig(DEVICES).await;
+    let p = Peer::connect(r.broker.port, "dev").await;
+    p.publish("tele/strike_1/LWT", "Online", true).await;
+    r.wait_event("strike", "device.online", "availability")
+        .await;
+    drop(p);
+
+    r.broker.kill();
+    let attempts = |s: &serde_json::Value| s["mqtt"]["connect_attempts"].as_u64().unwrap();
+    let down = Instant::now();
+    let (_, s0) = r.daemon.get("/v1/status").await;
+    let first = attempts(&s0);
+    // Wait for four more connection attempts.
+    let deadline = Instant::now() + WAIT;
+    let mut last;
+    loop {
+        let (_, s) = r.daemon.get("/v1/status").await;
+        last = attempts(&s);
+        if last >= first + 4 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no reconnect attempts");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Backoff starts at 200 ms (jittered to at least half) and doubles: four attempts take at
+    // least 100 + 200 + 400 ms. A tight loop would make thousands in that time.
+    assert!(
+        down.elapsed() >= Duration::from_millis(700),
+        "{} attempts in {:?}",
+        last - first,
+        down.elapsed()
+    );
+
+    r.broker.restart().await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, s) = r.daemon.get("/v1/status").await;
+        if s["mqtt"]["subscribed"] == true {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never resubscribed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Resubscribed: a change after the restart is seen.
+    let p = Peer::connect(r.broker.port, "dev2").await;
+    p.publish("tele/strike_1/LWT", "Offline", true).await;
+    r.wait_event("strike", "device.offline", "lwt").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flapping_faster_than_the_debounce_sends_nothing_and_a_real_outage_one_offline() {
+    let devices = DEVICES.replace("debounce = \"0s\"", "debounce = \"1s\"");
+    let r = rig(&devices).await;
+    let p = Peer::connect(r.broker.port, "flappy").await;
+    p.publish("home/back/availability", "online", true).await;
+    r.wait_event("back", "device.online", "availability").await;
+    for _ in 0..10 {
+        p.publish("home/back/availability", "offline", true).await;
+        p.publish("home/back/availability", "online", true).await;
+    }
+    p.publish("home/back/availability", "offline", true).await;
+    r.wait_event("back", "device.offline", "availability").await;
+    // Another device's event after the debounce, as a marker that everything before is in.
+    p.publish("tele/strike_1/LWT", "Online", true).await;
+    r.wait_event("strike", "device.online", "availability")
+        .await;
+    assert_eq!(
+        device_events(&r.rx.requests(), "back"),
+        vec![
+            ("device.online".to_string(), "availability".to_string()),
+            ("device.offline".to_string(), "availability".to_string())
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_every_topic_is_counted_and_harms_nothing() {
+    let r = rig(DEVICES).await;
+    let p = Peer::connect(r.broker.port, "vandal").await;
+    let topics = [
+        "zigbee2mqtt/front_door",
+        "zigbee2mqtt/front_door/availability",
+        "zigbee2mqtt/bridge/state",
+        "tele/strike_1/LWT",
+        "stat/strike_1/RESULT",
+        "stat/strike_1/POWER",
+        "home/back/state",
+        "home/back/availability",
+        "zenedge/edge-test/panels/panel/status",
+        "zenedge/edge-test/panels/panel/credential",
+        "zenedge/edge-test/panels/panel/action",
+    ];
+    let huge = vec![b'x'; 200 * 1024];
+    let garbage: Vec<Vec<u8>> = vec![
+        vec![0xff, 0x00, 0xfe],
+        br#"{"lock_state":"#.to_vec(),
+        br#"{"lock_state":42,"state":[1]}"#.to_vec(),
+        b"[]".to_vec(),
+        huge,
+    ];
+    for t in topics {
+        for g in &garbage {
+            p.publish(t, g.clone(), false).await;
+        }
+    }
+    // Garbage never says "online" or "offline", so the Home Assistant lock (whose topics
+    // take plain words only) is still unknown; a valid message afterwards still works.
+    p.publish("home/back/availability", "online", false).await;
+    r.wait_event("back", "device.online", "availability").await;
+    assert!(device_events(&r.rx.requests(), "back").len() == 1);
+    let (code, status) = r.daemon.get("/v1/status").await;
+    assert_eq!(code, 200);
+    let malformed = status["mqtt"]["malformed"].as_u64().unwrap();
+    // JSON objects with unknown keys on Tasmota RESULT and panel topics are valid messages
+    // (alive, nothing we use); everything else here is counted.
+    assert!(malformed >= 40, "malformed counted: {malformed}");
+    let (code, _) = r.daemon.get("/healthz").await;
+    assert_eq!(code, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_right_after_a_device_message_loses_nothing() {
+    let mut r = rig(DEVICES).await;
+    let p = Peer::connect(r.broker.port, "dev").await;
+    let admin = r.daemon.admin;
+    for round in 0..5 {
+        let word = if round % 2 == 0 { "online" } else { "offline" };
+        // Not retained: only the persistent session's redelivery or the outbox can carry it.
+        p.publish("home/back/availability", word, false).await;
+        r.daemon.sigkill();
+        r.daemon = Daemon::start(&r.config, admin).await;
+        let want = round + 1;
+        r.rx.wait_until(WAIT, &format!("event {want} of back"), |log| {
+            device_events(log, "back").len() >= want
+        })
+        .await;
+    }
+    let events = device_events(&r.rx.requests(), "back");
+    let kinds: Vec<&str> = events.iter().map(|(e, _)| e.as_str()).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            "device.online",
+            "device.offline",
+            "device.online",
+            "device.offline",
+            "device.online"
+        ],
+        "every transition once, in order"
+    );
+}

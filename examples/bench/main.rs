@@ -18,6 +18,8 @@ use zenedge::delivery::{self, policy::Policy, DeliveryState, Sender};
 use zenedge::event::{DeviceRef, EventKind, Millis, NewEvent, Origin};
 use zenedge::store::{Enqueued, Store};
 
+mod mqtt;
+
 fn main() -> anyhow::Result<()> {
     zenedge::limit_malloc_arenas();
     let args: Vec<String> = std::env::args().collect();
@@ -33,6 +35,16 @@ fn main() -> anyhow::Result<()> {
         );
         return rt.block_on(receiver(out));
     }
+    if args.get(1).map(String::as_str) == Some("mqtt") {
+        let n: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(50_000);
+        let base = PathBuf::from(
+            std::env::var("BENCH_DIR").unwrap_or_else(|_| "target/bench-mqtt".into()),
+        );
+        return rt.block_on(async {
+            zenedge::delivery::install_crypto_provider();
+            mqtt::run(base, n).await
+        });
+    }
     let n: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(50_000);
     rt.block_on(bench(n))
 }
@@ -45,24 +57,31 @@ fn now_ns() -> u128 {
 }
 
 async fn receiver(out: PathBuf) -> anyhow::Result<()> {
-    let log: Arc<Mutex<Vec<(String, u128)>>> = Arc::default();
+    let log: Arc<Mutex<Vec<(String, u128, String, String)>>> = Arc::default();
     let l2 = log.clone();
     let app = axum::Router::new().route(
         "/hook",
-        axum::routing::post(move |headers: axum::http::HeaderMap| {
-            let log = l2.clone();
-            async move {
-                let id = headers
-                    .get("x-webhook-id")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_string();
-                if let Ok(mut l) = log.lock() {
-                    l.push((id, now_ns()));
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let log = l2.clone();
+                async move {
+                    let t = now_ns();
+                    let id = headers
+                        .get("x-webhook-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string();
+                    let v: serde_json::Value =
+                        serde_json::from_slice(&body).unwrap_or_default();
+                    let device = v["data"]["device_id"].as_str().unwrap_or("-").to_string();
+                    let event = v["event"].as_str().unwrap_or("-").to_string();
+                    if let Ok(mut l) = log.lock() {
+                        l.push((id, t, device, event));
+                    }
+                    axum::http::StatusCode::OK
                 }
-                axum::http::StatusCode::OK
-            }
-        }),
+            },
+        ),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     println!("{}", listener.local_addr()?.port());
@@ -77,8 +96,8 @@ async fn receiver(out: PathBuf) -> anyhow::Result<()> {
     })
     .await?;
     let mut f = std::io::BufWriter::new(std::fs::File::create(&out)?);
-    for (id, t) in log.lock().map(|l| l.clone()).unwrap_or_default() {
-        writeln!(f, "{id} {t}")?;
+    for (id, t, device, event) in log.lock().map(|l| l.clone()).unwrap_or_default() {
+        writeln!(f, "{id} {t} {device} {event}")?;
     }
     f.flush()?;
     Ok(())
@@ -157,15 +176,28 @@ fn start_receiver(out: &Path) -> anyhow::Result<Child> {
     })
 }
 
-fn stop_receiver(mut c: Child) -> anyhow::Result<HashMap<String, u128>> {
+/// One request the receiver saw.
+pub struct Arrival {
+    pub id: String,
+    pub at_ns: u128,
+    pub device: String,
+    pub event: String,
+}
+
+fn stop_receiver(mut c: Child) -> anyhow::Result<Vec<Arrival>> {
     drop(c.child.stdin.take());
     c.child.wait()?;
     let text = std::fs::read_to_string(&c.out)?;
     Ok(text
         .lines()
         .filter_map(|l| {
-            let (id, t) = l.split_once(' ')?;
-            Some((id.to_string(), t.parse().ok()?))
+            let mut parts = l.split(' ');
+            Some(Arrival {
+                id: parts.next()?.to_string(),
+                at_ns: parts.next()?.parse().ok()?,
+                device: parts.next()?.to_string(),
+                event: parts.next()?.to_string(),
+            })
         })
         .collect())
 }
@@ -273,7 +305,10 @@ secret = "bench-secret"
     worker.await??;
     // Peak RSS of ZenEdge's own work, before this harness loads the receiver's arrival log.
     let rss_mib = vm_hwm_kib() as f64 / 1024.0;
-    let arrivals = stop_receiver(rx)?;
+    let arrivals: HashMap<String, u128> = stop_receiver(rx)?
+        .into_iter()
+        .map(|a| (a.id, a.at_ns))
+        .collect();
     let mut lat: Vec<f64> = sent_at
         .iter()
         .filter_map(|(id, t)| arrivals.get(id).map(|a| (*a as f64 - *t as f64) / 1e6))

@@ -420,3 +420,87 @@ async fn sigkill_right_after_a_device_message_loses_nothing() {
         "every transition once, in order"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zenedge_announces_itself_online_and_offline_on_clean_stop_and_crash() {
+    let mut r = rig(DEVICES).await;
+    let mut watcher = Peer::connect(r.broker.port, "watcher").await;
+    watcher.subscribe("zenedge/edge-test/status").await;
+    let (topic, payload, retained) = watcher.next(WAIT).await;
+    assert_eq!(
+        (topic.as_str(), payload.as_slice(), retained),
+        ("zenedge/edge-test/status", &b"online"[..], true)
+    );
+
+    // A clean stop says offline itself.
+    assert_eq!(r.daemon.sigterm().code(), Some(0));
+    let (_, payload, _) = watcher.next(WAIT).await;
+    assert_eq!(payload, b"offline");
+
+    // A crash leaves it to the Last Will.
+    let admin = r.daemon.admin;
+    r.daemon = Daemon::start(&r.config, admin).await;
+    let (_, payload, _) = watcher.next(WAIT).await;
+    assert_eq!(payload, b"online");
+    r.daemon.sigkill();
+    let (_, payload, _) = watcher.next(WAIT).await;
+    assert_eq!(payload, b"offline");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_credentials_from_a_password_file_and_a_clear_refusal() {
+    let rx = Receiver::start(|_| Reply::Status(200)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::with_password(dir.path(), "zenedge", "right-pass").await;
+    let pass_file = dir.path().join("mqtt.password");
+    std::fs::write(&pass_file, "right-pass\n").unwrap();
+    let admin = common::free_port();
+    let mqtt = format!(
+        "\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\nusername = \"zenedge\"\npassword_file = \"{}\"\n{DEVICES}",
+        broker.port,
+        pass_file.display()
+    );
+    let config = common::write_config(
+        dir.path(),
+        &common::config_text(dir.path(), &rx.url(), admin, &mqtt),
+    );
+    // Healthy means the broker took the credentials and acknowledged the subscriptions.
+    let mut daemon = Daemon::start(&config, admin).await;
+    daemon.sigterm();
+
+    // A wrong password: not ready, and the status says why.
+    std::fs::write(&pass_file, "wrong\n").unwrap();
+    let mut child = std::process::Command::new(common::bin())
+        .arg("--config")
+        .arg(&config)
+        .arg("run")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = common::client();
+    let deadline = Instant::now() + WAIT;
+    let error = loop {
+        if let Ok(r) = client.get(format!("http://{admin}/v1/status")).send().await {
+            let v: serde_json::Value = r.json().await.unwrap();
+            if let Some(e) = v["mqtt"]["last_error"].as_str() {
+                break e.to_string();
+            }
+        }
+        assert!(Instant::now() < deadline, "no MQTT error reported");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        error.to_lowercase().contains("refused")
+            || error.contains("NotAuthorized")
+            || error.contains("BadUserNamePassword"),
+        "{error}"
+    );
+    let health = client
+        .get(format!("http://{admin}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status().as_u16(), 503);
+    let _ = child.kill();
+    let _ = child.wait();
+}

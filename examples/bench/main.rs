@@ -57,7 +57,9 @@ fn now_ns() -> u128 {
 }
 
 async fn receiver(out: PathBuf) -> anyhow::Result<()> {
-    let log: Arc<Mutex<Vec<(String, u128, String, String)>>> = Arc::default();
+    // (event id, arrival ns, device id, event name)
+    type Log = Vec<(String, u128, String, String)>;
+    let log: Arc<Mutex<Log>> = Arc::default();
     let l2 = log.clone();
     let app = axum::Router::new().route(
         "/hook",
@@ -71,8 +73,7 @@ async fn receiver(out: PathBuf) -> anyhow::Result<()> {
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("")
                         .to_string();
-                    let v: serde_json::Value =
-                        serde_json::from_slice(&body).unwrap_or_default();
+                    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
                     let device = v["data"]["device_id"].as_str().unwrap_or("-").to_string();
                     let event = v["event"].as_str().unwrap_or("-").to_string();
                     if let Ok(mut l) = log.lock() {

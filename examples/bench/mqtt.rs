@@ -15,7 +15,9 @@ use crate::{now_ns, percentile, start_receiver, stop_receiver};
 const DEVICES: usize = 200;
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 struct Mosquitto(std::process::Child);
@@ -48,8 +50,14 @@ async fn mosquitto(dir: &Path, port: u16) -> anyhow::Result<Mosquitto> {
         .spawn()
         .map_err(|e| anyhow::anyhow!("mosquitto (scripts/setup-test-deps installs it): {e}"))?;
     let started = Instant::now();
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        anyhow::ensure!(started.elapsed() < Duration::from_secs(10), "mosquitto did not start");
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(10),
+            "mosquitto did not start"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     Ok(Mosquitto(child))
@@ -86,10 +94,18 @@ async fn delivered(admin: std::net::SocketAddr) -> anyhow::Result<u64> {
     Ok(v["store"]["counters"]["delivered"].as_u64().unwrap_or(0))
 }
 
-async fn wait_delivered(admin: std::net::SocketAddr, n: u64, limit: Duration) -> anyhow::Result<()> {
+async fn wait_delivered(
+    admin: std::net::SocketAddr,
+    n: u64,
+    limit: Duration,
+) -> anyhow::Result<()> {
     let start = Instant::now();
     while delivered(admin).await? < n {
-        anyhow::ensure!(start.elapsed() < limit, "only {} of {n} delivered", delivered(admin).await?);
+        anyhow::ensure!(
+            start.elapsed() < limit,
+            "only {} of {n} delivered",
+            delivered(admin).await?
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     Ok(())
@@ -200,7 +216,8 @@ debounce = "0s"
         .iter()
         .filter(|a| a.event == "device.online" || a.event == "device.offline")
         .count();
-    let distinct: std::collections::HashSet<&str> = arrivals.iter().map(|a| a.id.as_str()).collect();
+    let distinct: std::collections::HashSet<&str> =
+        arrivals.iter().map(|a| a.id.as_str()).collect();
     println!(
         "| MQTT availability → webhook p50 / p99 ({} changes at 100/s, debounce 0) | {:.2} ms / {:.2} ms | p99 ≤ 20 ms |",
         lat.len(),

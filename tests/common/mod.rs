@@ -387,6 +387,8 @@ pub struct Broker {
     child: Option<Child>,
     pub port: u16,
     dir: PathBuf,
+    /// Extra mosquitto.conf lines (e.g. a password file).
+    extra: String,
 }
 
 fn mosquitto_bin() -> &'static str {
@@ -399,6 +401,24 @@ fn mosquitto_bin() -> &'static str {
 
 impl Broker {
     pub async fn start(dir: &Path) -> Broker {
+        Broker::start_with(dir, "").await
+    }
+
+    /// A broker that only lets `user`/`password` in.
+    pub async fn with_password(dir: &Path, user: &str, password: &str) -> Broker {
+        let file = dir.join("mosquitto.passwd");
+        let status = Command::new("mosquitto_passwd")
+            .args(["-b", "-c"])
+            .arg(&file)
+            .args([user, password])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let extra = format!("password_file {}\n", file.display());
+        Broker::start_with(dir, &extra.replace("\\n", "\n")).await
+    }
+
+    async fn start_with(dir: &Path, extra: &str) -> Broker {
         let port = free_port().port();
         let dir = dir.join(format!("broker-{port}"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -406,6 +426,7 @@ impl Broker {
             child: None,
             port,
             dir,
+            extra: extra.to_string(),
         };
         b.spawn().await;
         b
@@ -416,10 +437,12 @@ impl Broker {
         std::fs::write(
             &conf,
             format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nautosave_interval 1\nuser root\nlog_dest file {}/mosquitto.log\nmax_queued_messages 100000\n",
+                "listener {} 127.0.0.1\nallow_anonymous {}\npersistence true\npersistence_location {}/\nautosave_interval 1\nuser root\nlog_dest file {}/mosquitto.log\nmax_queued_messages 100000\n{}",
                 self.port,
+                self.extra.is_empty(),
                 self.dir.display(),
-                self.dir.display()
+                self.dir.display(),
+                self.extra
             ),
         )
         .unwrap();

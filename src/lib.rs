@@ -4,6 +4,7 @@
 //! event durably; [`delivery`] sends each to ZenCore as a signed webhook, at least once and in
 //! order per device. See ARCHITECTURE.md for the code map and the invariants.
 
+pub mod access;
 pub mod admin;
 pub mod cli;
 pub mod config;

@@ -1,0 +1,358 @@
+//! Access: grants, the access decision, and the controller clock (DESIGN section 2).
+//!
+//! The decision is a pure function of (grants, presented credential, reader, devices, time):
+//! only SHA-256 hashes of tokens and PINs are stored, and a presented credential is hashed and
+//! compared in constant time.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::config::{Config, DeviceType};
+use crate::event::Millis;
+
+/// A magic-link access grant as stored. Never holds the token or PIN itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub grant_id: String,
+    pub booking_id: String,
+    pub meeting_space_id: String,
+    /// Hex SHA-256 of the magic-link token.
+    pub token_sha256: String,
+    /// Hex SHA-256 of the PIN, when the grant has one.
+    pub pin_sha256: Option<String>,
+    pub valid_from: Millis,
+    pub valid_until: Millis,
+    /// The doors it opens; every lock and strike of its room when absent.
+    pub device_ids: Option<Vec<String>>,
+    pub member_id: Option<String>,
+    pub revoked_at: Option<Millis>,
+}
+
+/// What was presented at a panel or reader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    MagicLink(String),
+    Pin(String),
+    Card(String),
+}
+
+impl Credential {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Credential::MagicLink(_) => "magic_link",
+            Credential::Pin(_) => "pin",
+            Credential::Card(_) => "card",
+        }
+    }
+
+    fn digest(&self) -> [u8; 32] {
+        let secret = match self {
+            Credential::MagicLink(s) | Credential::Pin(s) | Credential::Card(s) => s,
+        };
+        Sha256::digest(secret.as_bytes()).into()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DenyReason {
+    UnknownCredential,
+    OutsideWindow,
+    Revoked,
+    WrongRoom,
+}
+
+impl DenyReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DenyReason::UnknownCredential => "unknown_credential",
+            DenyReason::OutsideWindow => "outside_window",
+            DenyReason::Revoked => "revoked",
+            DenyReason::WrongRoom => "wrong_room",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Granted {
+        grant_id: String,
+        booking_id: String,
+        doors: Vec<String>,
+    },
+    Denied {
+        reason: DenyReason,
+        /// The matching grant's booking, when a grant matched.
+        booking_id: Option<String>,
+        grant_id: Option<String>,
+    },
+}
+
+/// A device as the decision needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place {
+    pub id: String,
+    pub kind: DeviceType,
+    pub meeting_space_id: String,
+}
+
+/// Every configured device with its room (its own, else the controller's).
+pub fn places(config: &Config) -> Vec<Place> {
+    config
+        .devices
+        .iter()
+        .map(|d| Place {
+            id: d.id.clone(),
+            kind: d.kind,
+            meeting_space_id: d
+                .meeting_space_id
+                .clone()
+                .unwrap_or_else(|| config.controller.meeting_space_id.clone()),
+        })
+        .collect()
+}
+
+fn hash_matches(stored_hex: &str, presented: &[u8; 32]) -> bool {
+    match hex::decode(stored_hex) {
+        Ok(stored) if stored.len() == 32 => stored.ct_eq(presented).into(),
+        _ => false,
+    }
+}
+
+/// Decides a presented credential at `reader` (a panel or reader device id).
+///
+/// Order of checks for a matching grant: revoked, wrong room, outside the window. With several
+/// matching grants (the same PIN in two bookings), any that grants wins; else the first
+/// denial in that order is reported.
+pub fn decide(
+    grants: &[Grant],
+    credential: &Credential,
+    reader: &str,
+    places: &[Place],
+    now: Millis,
+) -> Decision {
+    let presented = credential.digest();
+    let reader_room = places
+        .iter()
+        .find(|p| p.id == reader)
+        .map(|p| p.meeting_space_id.as_str());
+    let mut denial: Option<Decision> = None;
+    for g in grants {
+        let matched = match credential {
+            Credential::MagicLink(_) => hash_matches(&g.token_sha256, &presented),
+            Credential::Pin(_) | Credential::Card(_) => g
+                .pin_sha256
+                .as_deref()
+                .is_some_and(|h| hash_matches(h, &presented)),
+        };
+        if !matched {
+            continue;
+        }
+        let deny = |reason| Decision::Denied {
+            reason,
+            booking_id: Some(g.booking_id.clone()),
+            grant_id: Some(g.grant_id.clone()),
+        };
+        let verdict = if g.revoked_at.is_some() {
+            deny(DenyReason::Revoked)
+        } else if reader_room != Some(g.meeting_space_id.as_str()) {
+            deny(DenyReason::WrongRoom)
+        } else if now < g.valid_from || now >= g.valid_until {
+            deny(DenyReason::OutsideWindow)
+        } else {
+            let doors = match &g.device_ids {
+                Some(ids) => ids.clone(),
+                None => places
+                    .iter()
+                    .filter(|p| {
+                        p.meeting_space_id == g.meeting_space_id
+                            && matches!(p.kind, DeviceType::Lock | DeviceType::Strike)
+                    })
+                    .map(|p| p.id.clone())
+                    .collect(),
+            };
+            return Decision::Granted {
+                grant_id: g.grant_id.clone(),
+                booking_id: g.booking_id.clone(),
+                doors,
+            };
+        };
+        if denial.is_none() {
+            denial = Some(verdict);
+        }
+    }
+    denial.unwrap_or(Decision::Denied {
+        reason: DenyReason::UnknownCredential,
+        booking_id: None,
+        grant_id: None,
+    })
+}
+
+/// The controller clock as access decisions and inbound freshness checks see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClockReading {
+    /// The later of the system clock and the persisted floor.
+    pub now: Millis,
+    /// Synchronised (or not required) and not below the floor.
+    pub trusted: bool,
+}
+
+/// Pure: what to believe about the time.
+pub fn read_clock(system: Millis, floor: Millis, synced: bool, require_sync: bool) -> ClockReading {
+    ClockReading {
+        now: system.max(floor),
+        trusted: (synced || !require_sync) && system >= floor,
+    }
+}
+
+/// Whether the kernel says the clock is NTP-synchronised (adjtimex: not `TIME_ERROR`, no
+/// `STA_UNSYNC`). False where it cannot be asked.
+pub fn system_synchronised() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: adjtimex with modes = 0 only reads the kernel's clock state into `t`.
+        let mut t: libc::timex = unsafe { std::mem::zeroed() };
+        let state = unsafe { libc::adjtimex(&mut t) };
+        state >= 0 && state != libc::TIME_ERROR && t.status & libc::STA_UNSYNC == 0
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sha(s: &str) -> String {
+        hex::encode(Sha256::digest(s.as_bytes()))
+    }
+
+    fn places() -> Vec<Place> {
+        let p = |id: &str, kind, room: &str| Place {
+            id: id.into(),
+            kind,
+            meeting_space_id: room.into(),
+        };
+        vec![
+            p("front", DeviceType::Lock, "ms-1"),
+            p("strike", DeviceType::Strike, "ms-1"),
+            p("panel", DeviceType::Panel, "ms-1"),
+            p("other-panel", DeviceType::Panel, "ms-2"),
+            p("other-lock", DeviceType::Lock, "ms-2"),
+        ]
+    }
+
+    fn grant() -> Grant {
+        Grant {
+            grant_id: "g1".into(),
+            booking_id: "b1".into(),
+            meeting_space_id: "ms-1".into(),
+            token_sha256: sha("tok-123"),
+            pin_sha256: Some(sha("4711")),
+            valid_from: Millis(1000),
+            valid_until: Millis(2000),
+            device_ids: None,
+            member_id: None,
+            revoked_at: None,
+        }
+    }
+
+    fn reason(d: &Decision) -> Option<DenyReason> {
+        match d {
+            Decision::Denied { reason, .. } => Some(*reason),
+            Decision::Granted { .. } => None,
+        }
+    }
+
+    #[test]
+    fn the_decision_table() {
+        let tok = Credential::MagicLink("tok-123".into());
+        let pin = Credential::Pin("4711".into());
+        let wrong = Credential::MagicLink("tok-124".into());
+        let pin_as_token = Credential::MagicLink("4711".into());
+        let token_as_pin = Credential::Pin("tok-123".into());
+        let g = vec![grant()];
+        let revoked = vec![Grant {
+            revoked_at: Some(Millis(1500)),
+            ..grant()
+        }];
+        let door_list = vec![Grant {
+            device_ids: Some(vec!["strike".into()]),
+            ..grant()
+        }];
+        let cases: Vec<(&str, &[Grant], &Credential, &str, u64, Option<DenyReason>)> = vec![
+            ("token inside window", &g, &tok, "panel", 1500, None),
+            ("pin inside window", &g, &pin, "panel", 1500, None),
+            ("first millisecond", &g, &tok, "panel", 1000, None),
+            ("one before the window", &g, &tok, "panel", 999, Some(DenyReason::OutsideWindow)),
+            ("valid_until is exclusive", &g, &tok, "panel", 2000, Some(DenyReason::OutsideWindow)),
+            ("wrong token", &g, &wrong, "panel", 1500, Some(DenyReason::UnknownCredential)),
+            ("pin as token", &g, &pin_as_token, "panel", 1500, Some(DenyReason::UnknownCredential)),
+            ("token as pin", &g, &token_as_pin, "panel", 1500, Some(DenyReason::UnknownCredential)),
+            ("revoked", &revoked, &tok, "panel", 1500, Some(DenyReason::Revoked)),
+            ("other room's panel", &g, &tok, "other-panel", 1500, Some(DenyReason::WrongRoom)),
+            ("unknown reader", &g, &tok, "ghost", 1500, Some(DenyReason::WrongRoom)),
+            ("door list", &door_list, &tok, "panel", 1500, None),
+            ("no grants", &[], &tok, "panel", 1500, Some(DenyReason::UnknownCredential)),
+        ];
+        for (name, grants, cred, reader, now, want) in cases {
+            let d = decide(grants, cred, reader, &places(), Millis(now));
+            assert_eq!(reason(&d), want, "{name}: {d:?}");
+        }
+    }
+
+    #[test]
+    fn granted_opens_the_grants_doors_or_every_lock_and_strike_of_its_room() {
+        let d = decide(&[grant()], &Credential::Pin("4711".into()), "panel", &places(), Millis(1500));
+        assert_eq!(
+            d,
+            Decision::Granted {
+                grant_id: "g1".into(),
+                booking_id: "b1".into(),
+                doors: vec!["front".into(), "strike".into()]
+            }
+        );
+        let g = Grant {
+            device_ids: Some(vec!["strike".into()]),
+            ..grant()
+        };
+        match decide(&[g], &Credential::Pin("4711".into()), "panel", &places(), Millis(1500)) {
+            Decision::Granted { doors, .. } => assert_eq!(doors, vec!["strike".to_string()]),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_valid_grant_wins_over_a_revoked_one_with_the_same_pin() {
+        let old = Grant {
+            grant_id: "old".into(),
+            revoked_at: Some(Millis(1)),
+            ..grant()
+        };
+        let d = decide(&[old, grant()], &Credential::Pin("4711".into()), "panel", &places(), Millis(1500));
+        assert!(matches!(d, Decision::Granted { ref grant_id, .. } if grant_id == "g1"));
+    }
+
+    #[test]
+    fn a_malformed_stored_hash_never_matches() {
+        let g = Grant {
+            token_sha256: "zz".into(),
+            ..grant()
+        };
+        let d = decide(&[g], &Credential::MagicLink("tok-123".into()), "panel", &places(), Millis(1500));
+        assert_eq!(reason(&d), Some(DenyReason::UnknownCredential));
+    }
+
+    #[test]
+    fn clock_trust() {
+        let floor = Millis(10_000);
+        assert_eq!(read_clock(Millis(20_000), floor, true, true), ClockReading { now: Millis(20_000), trusted: true });
+        // Behind the floor: the floor is used, and the clock is not trusted.
+        assert_eq!(read_clock(Millis(5_000), floor, true, true), ClockReading { now: floor, trusted: false });
+        assert!(!read_clock(Millis(20_000), floor, false, true).trusted);
+        assert!(read_clock(Millis(20_000), floor, false, false).trusted);
+    }
+}

@@ -292,7 +292,10 @@ async fn device_action(
     let (reply, answer) = tokio::sync::oneshot::channel();
     s.mqtt
         .requests
-        .send(crate::devices::mqtt::HubRequest::Action { request, reply })
+        .send(crate::devices::mqtt::HubRequest::Action {
+            request,
+            reply: Some(reply),
+        })
         .await
         .map_err(|_| {
             ApiError(

@@ -30,6 +30,7 @@ const GC_INTERVAL: Duration = Duration::from_secs(3600);
 #[derive(Debug, Clone, Copy)]
 pub struct Bound {
     pub admin: SocketAddr,
+    pub inbound: SocketAddr,
 }
 
 /// Runs the daemon until `shutdown` resolves. `on_ready` is called once everything listens.
@@ -72,21 +73,54 @@ pub async fn run(
     };
     let config = Arc::new(config);
 
+    let clock = Arc::new(crate::access::Clock::new(
+        store.clone(),
+        config.clock.require_sync,
+    )?);
     let needs_mqtt = !devices::drivers::Routes::new(&config).is_empty();
-    let (mqtt, mqtt_run) =
-        devices::mqtt::start(config.clone(), store.clone(), stopped(shutdown_rx.clone()))
-            .map_err(|e| anyhow::anyhow!("MQTT setup: {e}"))?;
+    let (mqtt, mqtt_run) = devices::mqtt::start(
+        config.clone(),
+        store.clone(),
+        clock.clone(),
+        stopped(shutdown_rx.clone()),
+    )
+    .map_err(|e| anyhow::anyhow!("MQTT setup: {e}"))?;
     let mqtt_task = tokio::spawn(mqtt_run);
 
     let (requeue_tx, requeue_rx) = mpsc::unbounded_channel();
     let (delivery_tx, delivery_rx) = watch::channel(DeliveryState::default());
     let ready = Arc::new(AtomicBool::new(false));
 
+    let inbound_listener = TcpListener::bind(config.inbound.listen)
+        .await
+        .with_context(|| format!("cannot listen on inbound.listen {}", config.inbound.listen))?;
+    let inbound_keys = config
+        .inbound
+        .verifying_secrets()
+        .iter()
+        .map(|s| crate::signing::Key::from_secret(s.expose()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let inbound_state = crate::inbound::InboundState {
+        config: config.clone(),
+        keys: Arc::new(inbound_keys),
+        store: store.clone(),
+        clock: clock.clone(),
+        hub: mqtt.requests.clone(),
+    };
+    let inbound_addr = inbound_listener.local_addr()?;
+    let inbound_stop = stopped(shutdown_rx.clone());
+    let inbound_task = tokio::spawn(async move {
+        axum::serve(inbound_listener, crate::inbound::router(inbound_state))
+            .with_graceful_shutdown(inbound_stop)
+            .await
+    });
+
     let admin_listener = TcpListener::bind(config.admin.listen)
         .await
         .with_context(|| format!("cannot listen on admin.listen {}", config.admin.listen))?;
     let bound = Bound {
         admin: admin_listener.local_addr()?,
+        inbound: inbound_addr,
     };
     let admin_state = AdminState {
         store: store.clone(),
@@ -121,7 +155,14 @@ pub async fn run(
         tokio::spawn(async move {
             loop {
                 let s = store.clone();
-                match tokio::task::spawn_blocking(move || s.gc_delivered(Millis::now())).await {
+                match tokio::task::spawn_blocking(move || {
+                    let now = Millis::now();
+                    s.gc_dedup(now, crate::inbound::DEDUP_KEEP)?;
+                    s.gc_grants(now)?;
+                    s.gc_delivered(now)
+                })
+                .await
+                {
                     Ok(Ok(n)) if n > 0 => {
                         tracing::info!(
                             message = "Delivered events past retention removed.",
@@ -155,6 +196,7 @@ pub async fn run(
         message = "ZenEdge is running.",
         controller_id = %config.controller.id,
         admin = %bound.admin,
+        inbound = %bound.inbound,
         webhook_url = %config.zencore.webhook_url,
         last_sequence = store.last_sequence(),
     );
@@ -167,6 +209,7 @@ pub async fn run(
     let _ = shutdown_tx.send(true);
     let delivery_result = delivery_task.await;
     let _ = admin_task.await;
+    let _ = inbound_task.await;
     let _ = gc_task.await;
     match mqtt_task.await {
         Ok(Ok(())) => {}

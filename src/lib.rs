@@ -6,12 +6,14 @@
 
 pub mod access;
 pub mod admin;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod delivery;
 pub mod devices;
 pub mod event;
+pub mod inbound;
 pub mod logging;
 pub mod signing;
 pub mod store;

@@ -230,6 +230,10 @@ struct Inner {
     attempts: sled::Tree,
     meta: sled::Tree,
     presence: sled::Tree,
+    grants: sled::Tree,
+    dedup: sled::Tree,
+    audit: sled::Tree,
+    audit_lock: Mutex<()>,
     origin: Origin,
     floor_path: PathBuf,
     alloc: Arc<Mutex<Alloc>>,
@@ -314,6 +318,9 @@ impl Store {
         let attempts = db.open_tree("attempts")?;
         let meta = db.open_tree("meta")?;
         let presence = db.open_tree("presence")?;
+        let grants = db.open_tree("grants")?;
+        let dedup = db.open_tree("dedup")?;
+        let audit = db.open_tree("audit")?;
 
         let floor_path = state_dir.join(FLOOR_FILE);
         let floor = read_floor(&floor_path)?;
@@ -350,6 +357,10 @@ impl Store {
                 attempts,
                 meta,
                 presence,
+                grants,
+                dedup,
+                audit,
+                audit_lock: Mutex::new(()),
                 origin,
                 floor_path,
                 alloc,
@@ -434,6 +445,147 @@ impl Store {
     ) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(reported).unwrap_or_default();
         self.inner.presence.insert(device.as_bytes(), bytes)?;
+        Ok(())
+    }
+
+    /// Writes a grant (not yet durable: flush before answering).
+    pub fn put_grant(&self, grant: &crate::access::Grant) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(grant).unwrap_or_default();
+        self.inner.grants.insert(grant.grant_id.as_bytes(), bytes)?;
+        Ok(())
+    }
+
+    /// Every stored grant, revoked ones included (they are kept until `valid_until` so a late
+    /// attempt is denied as `revoked`).
+    pub fn grants(&self) -> Result<Vec<crate::access::Grant>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.inner.grants.iter() {
+            let (k, v) = item?;
+            match serde_json::from_slice(&v) {
+                Ok(g) => out.push(g),
+                Err(e) => tracing::error!(
+                    message = "Unreadable grant ignored.",
+                    grant_id = %String::from_utf8_lossy(&k),
+                    error = %e
+                ),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Marks every grant matching `which` revoked at `now`; returns their ids.
+    pub fn revoke_grants(
+        &self,
+        now: Millis,
+        which: impl Fn(&crate::access::Grant) -> bool,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut revoked = Vec::new();
+        for mut g in self.grants()? {
+            if g.revoked_at.is_none() && which(&g) {
+                g.revoked_at = Some(now);
+                self.put_grant(&g)?;
+                revoked.push(g.grant_id);
+            }
+        }
+        Ok(revoked)
+    }
+
+    /// Deletes grants whose window ended more than a day before `now`.
+    pub fn gc_grants(&self, now: Millis) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for g in self.grants()? {
+            if g.valid_until.saturating_add(Duration::from_secs(86_400)) < now {
+                self.inner.grants.remove(g.grant_id.as_bytes())?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// When an inbound command with this idempotency key was accepted, if it was.
+    pub fn dedup_seen(&self, key: &str) -> Result<Option<Millis>, StoreError> {
+        Ok(self
+            .inner
+            .dedup
+            .get(key.as_bytes())?
+            .map(|v| Millis(read_u64(Some(v)))))
+    }
+
+    /// Remembers an accepted command's key (durable with the next flush).
+    pub fn dedup_put(&self, key: &str, now: Millis) -> Result<(), StoreError> {
+        self.inner
+            .dedup
+            .insert(key.as_bytes(), &now.0.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// Forgets idempotency keys older than `keep` (DESIGN: at least 72 h).
+    pub fn gc_dedup(&self, now: Millis, keep: Duration) -> Result<usize, StoreError> {
+        let cutoff = now.0.saturating_sub(keep.as_millis() as u64);
+        let mut n = 0;
+        for item in self.inner.dedup.iter() {
+            let (k, v) = item?;
+            if read_u64(Some(v)) < cutoff {
+                self.inner.dedup.remove(k)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// The persisted clock floor (latest trusted time seen).
+    pub fn clock_floor(&self) -> Result<Millis, StoreError> {
+        Ok(Millis(read_u64(self.inner.meta.get(b"clock.floor")?)))
+    }
+
+    /// Raises the clock floor; never lowers it.
+    pub fn raise_clock_floor(&self, to: Millis) -> Result<(), StoreError> {
+        self.inner.meta.fetch_and_update(b"clock.floor", |old| {
+            let cur = read_u64(old.map(sled::IVec::from));
+            Some(cur.max(to.0).to_be_bytes().to_vec())
+        })?;
+        Ok(())
+    }
+
+    /// Appends an access decision to the hash-chained audit log (durable with the next flush).
+    pub fn audit_append(
+        &self,
+        entry: crate::audit::Entry,
+    ) -> Result<crate::audit::Record, StoreError> {
+        let _guard = self
+            .inner
+            .audit_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let prev = match self.inner.audit.last()? {
+            Some((_, v)) => serde_json::from_slice::<crate::audit::Record>(&v)
+                .map(|r| (r.seq, r.hash))
+                .map_err(|e| StoreError::Record {
+                    what: "last audit record".into(),
+                    error: e.to_string(),
+                })?,
+            None => (0, crate::audit::GENESIS.to_string()),
+        };
+        let record = crate::audit::Record::chain(prev.0 + 1, prev.1, entry);
+        let bytes = serde_json::to_vec(&record).unwrap_or_default();
+        self.inner.audit.insert(seq_key(record.seq), bytes)?;
+        Ok(record)
+    }
+
+    /// The audit log, oldest first, as stored (unparsed, so a tampered record still shows).
+    pub fn audit_raw(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.inner.audit.iter() {
+            let (k, v) = item?;
+            out.push((key_seq(&k).unwrap_or(0), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Test and repair hook: overwrites one audit record's bytes.
+    #[doc(hidden)]
+    pub fn audit_overwrite(&self, seq: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        self.inner.audit.insert(seq_key(seq), bytes)?;
         Ok(())
     }
 

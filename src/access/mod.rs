@@ -206,6 +206,51 @@ pub fn read_clock(system: Millis, floor: Millis, synced: bool, require_sync: boo
     }
 }
 
+/// The controller clock with its persisted floor, shared by the inbound endpoint and the
+/// credential path.
+pub struct Clock {
+    store: crate::store::Store,
+    require_sync: bool,
+    floor: std::sync::atomic::AtomicU64,
+}
+
+/// The floor is written to the store at most this often (it only needs to be roughly current:
+/// its job is to catch a clock that jumped back by hours or years).
+const FLOOR_STEP: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Clock {
+    pub fn new(
+        store: crate::store::Store,
+        require_sync: bool,
+    ) -> Result<Clock, crate::store::StoreError> {
+        let floor = store.clock_floor()?;
+        Ok(Clock {
+            store,
+            require_sync,
+            floor: std::sync::atomic::AtomicU64::new(floor.0),
+        })
+    }
+
+    /// Reads the clock, raising the persisted floor while the clock is trusted.
+    pub fn read(&self) -> ClockReading {
+        use std::sync::atomic::Ordering;
+        let floor = Millis(self.floor.load(Ordering::Relaxed));
+        let reading = read_clock(
+            Millis::now(),
+            floor,
+            system_synchronised(),
+            self.require_sync,
+        );
+        if reading.trusted && reading.now >= floor.saturating_add(FLOOR_STEP) {
+            self.floor.store(reading.now.0, Ordering::Relaxed);
+            if let Err(e) = self.store.raise_clock_floor(reading.now) {
+                crate::telemetry::store_error("clock floor", &e);
+            }
+        }
+        reading
+    }
+}
+
 /// Whether the kernel says the clock is NTP-synchronised (adjtimex: not `TIME_ERROR`, no
 /// `STA_UNSYNC`). False where it cannot be asked.
 pub fn system_synchronised() -> bool {
@@ -283,20 +328,92 @@ mod tests {
             device_ids: Some(vec!["strike".into()]),
             ..grant()
         }];
-        let cases: Vec<(&str, &[Grant], &Credential, &str, u64, Option<DenyReason>)> = vec![
+        // (name, grants, credential, reader, now, expected denial)
+        type Case<'a> = (
+            &'a str,
+            &'a [Grant],
+            &'a Credential,
+            &'a str,
+            u64,
+            Option<DenyReason>,
+        );
+        let cases: Vec<Case> = vec![
             ("token inside window", &g, &tok, "panel", 1500, None),
             ("pin inside window", &g, &pin, "panel", 1500, None),
             ("first millisecond", &g, &tok, "panel", 1000, None),
-            ("one before the window", &g, &tok, "panel", 999, Some(DenyReason::OutsideWindow)),
-            ("valid_until is exclusive", &g, &tok, "panel", 2000, Some(DenyReason::OutsideWindow)),
-            ("wrong token", &g, &wrong, "panel", 1500, Some(DenyReason::UnknownCredential)),
-            ("pin as token", &g, &pin_as_token, "panel", 1500, Some(DenyReason::UnknownCredential)),
-            ("token as pin", &g, &token_as_pin, "panel", 1500, Some(DenyReason::UnknownCredential)),
-            ("revoked", &revoked, &tok, "panel", 1500, Some(DenyReason::Revoked)),
-            ("other room's panel", &g, &tok, "other-panel", 1500, Some(DenyReason::WrongRoom)),
-            ("unknown reader", &g, &tok, "ghost", 1500, Some(DenyReason::WrongRoom)),
+            (
+                "one before the window",
+                &g,
+                &tok,
+                "panel",
+                999,
+                Some(DenyReason::OutsideWindow),
+            ),
+            (
+                "valid_until is exclusive",
+                &g,
+                &tok,
+                "panel",
+                2000,
+                Some(DenyReason::OutsideWindow),
+            ),
+            (
+                "wrong token",
+                &g,
+                &wrong,
+                "panel",
+                1500,
+                Some(DenyReason::UnknownCredential),
+            ),
+            (
+                "pin as token",
+                &g,
+                &pin_as_token,
+                "panel",
+                1500,
+                Some(DenyReason::UnknownCredential),
+            ),
+            (
+                "token as pin",
+                &g,
+                &token_as_pin,
+                "panel",
+                1500,
+                Some(DenyReason::UnknownCredential),
+            ),
+            (
+                "revoked",
+                &revoked,
+                &tok,
+                "panel",
+                1500,
+                Some(DenyReason::Revoked),
+            ),
+            (
+                "other room's panel",
+                &g,
+                &tok,
+                "other-panel",
+                1500,
+                Some(DenyReason::WrongRoom),
+            ),
+            (
+                "unknown reader",
+                &g,
+                &tok,
+                "ghost",
+                1500,
+                Some(DenyReason::WrongRoom),
+            ),
             ("door list", &door_list, &tok, "panel", 1500, None),
-            ("no grants", &[], &tok, "panel", 1500, Some(DenyReason::UnknownCredential)),
+            (
+                "no grants",
+                &[],
+                &tok,
+                "panel",
+                1500,
+                Some(DenyReason::UnknownCredential),
+            ),
         ];
         for (name, grants, cred, reader, now, want) in cases {
             let d = decide(grants, cred, reader, &places(), Millis(now));
@@ -306,7 +423,13 @@ mod tests {
 
     #[test]
     fn granted_opens_the_grants_doors_or_every_lock_and_strike_of_its_room() {
-        let d = decide(&[grant()], &Credential::Pin("4711".into()), "panel", &places(), Millis(1500));
+        let d = decide(
+            &[grant()],
+            &Credential::Pin("4711".into()),
+            "panel",
+            &places(),
+            Millis(1500),
+        );
         assert_eq!(
             d,
             Decision::Granted {
@@ -319,7 +442,13 @@ mod tests {
             device_ids: Some(vec!["strike".into()]),
             ..grant()
         };
-        match decide(&[g], &Credential::Pin("4711".into()), "panel", &places(), Millis(1500)) {
+        match decide(
+            &[g],
+            &Credential::Pin("4711".into()),
+            "panel",
+            &places(),
+            Millis(1500),
+        ) {
             Decision::Granted { doors, .. } => assert_eq!(doors, vec!["strike".to_string()]),
             other => panic!("{other:?}"),
         }
@@ -332,7 +461,13 @@ mod tests {
             revoked_at: Some(Millis(1)),
             ..grant()
         };
-        let d = decide(&[old, grant()], &Credential::Pin("4711".into()), "panel", &places(), Millis(1500));
+        let d = decide(
+            &[old, grant()],
+            &Credential::Pin("4711".into()),
+            "panel",
+            &places(),
+            Millis(1500),
+        );
         assert!(matches!(d, Decision::Granted { ref grant_id, .. } if grant_id == "g1"));
     }
 
@@ -342,16 +477,34 @@ mod tests {
             token_sha256: "zz".into(),
             ..grant()
         };
-        let d = decide(&[g], &Credential::MagicLink("tok-123".into()), "panel", &places(), Millis(1500));
+        let d = decide(
+            &[g],
+            &Credential::MagicLink("tok-123".into()),
+            "panel",
+            &places(),
+            Millis(1500),
+        );
         assert_eq!(reason(&d), Some(DenyReason::UnknownCredential));
     }
 
     #[test]
     fn clock_trust() {
         let floor = Millis(10_000);
-        assert_eq!(read_clock(Millis(20_000), floor, true, true), ClockReading { now: Millis(20_000), trusted: true });
+        assert_eq!(
+            read_clock(Millis(20_000), floor, true, true),
+            ClockReading {
+                now: Millis(20_000),
+                trusted: true
+            }
+        );
         // Behind the floor: the floor is used, and the clock is not trusted.
-        assert_eq!(read_clock(Millis(5_000), floor, true, true), ClockReading { now: floor, trusted: false });
+        assert_eq!(
+            read_clock(Millis(5_000), floor, true, true),
+            ClockReading {
+                now: floor,
+                trusted: false
+            }
+        );
         assert!(!read_clock(Millis(20_000), floor, false, true).trusted);
         assert!(read_clock(Millis(20_000), floor, false, false).trusted);
     }

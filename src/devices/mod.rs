@@ -34,6 +34,8 @@ pub struct Output {
     pub publish: Vec<Outgoing>,
     /// Actions that finished (their events are in `events`).
     pub completed: Vec<Completed>,
+    /// Access decisions for the audit log.
+    pub audit: Vec<crate::audit::Entry>,
 }
 
 impl Output {
@@ -42,6 +44,7 @@ impl Output {
         self.presence.extend(other.presence);
         self.publish.extend(other.publish);
         self.completed.extend(other.completed);
+        self.audit.extend(other.audit);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -79,6 +82,9 @@ pub struct Hub {
     actions: actions::Tracker,
     last_state: HashMap<String, (LockState, Millis)>,
     index: HashMap<String, usize>,
+    grants: Vec<crate::access::Grant>,
+    places: Vec<crate::access::Place>,
+    clock_trusted: bool,
     pub counters: Arc<HubCounters>,
 }
 
@@ -100,14 +106,27 @@ impl Hub {
             .map(|(i, d)| (d.id.clone(), i))
             .collect();
         Hub {
-            config,
             routes,
             presence,
             actions: actions::Tracker::default(),
             last_state: HashMap::new(),
             index,
+            grants: Vec::new(),
+            places: crate::access::places(&config),
+            clock_trusted: true,
+            config,
             counters: Arc::default(),
         }
+    }
+
+    pub fn set_grants(&mut self, grants: Vec<crate::access::Grant>) {
+        self.grants = grants;
+    }
+
+    /// Whether the time passed to [`Hub::message`] comes from a trusted clock (else it is the
+    /// floor, and access decisions say so in the audit log).
+    pub fn set_clock_trusted(&mut self, trusted: bool) {
+        self.clock_trusted = trusted;
     }
 
     pub fn routes(&self) -> &Routes {
@@ -180,7 +199,15 @@ impl Hub {
                         out.merge(self.completions(done));
                     }
                 }
-                Observation::Heard | Observation::Credential(_) | Observation::PanelAction(_) => {
+                Observation::Credential(v) => {
+                    // A retained credential would replay a guest's token to every restart.
+                    if !retained {
+                        let t = self.presence.heard(&id, now);
+                        out.merge(self.transitions(t, now));
+                        out.merge(self.credential(&id, &v, now));
+                    }
+                }
+                Observation::Heard | Observation::PanelAction(_) => {
                     if !retained {
                         let t = self.presence.heard(&id, now);
                         out.merge(self.transitions(t, now));
@@ -213,6 +240,117 @@ impl Hub {
             },
             Start::Done(c) => self.completions(vec![c]),
         }
+    }
+
+    /// A credential presented at panel `reader`: decide, unlock the grant's doors or deny, answer
+    /// the panel on `feedback`, and record the decision.
+    fn credential(&mut self, reader: &str, v: &Value, now: Millis) -> Output {
+        use crate::access::{decide, Credential, Decision};
+        let mut out = Output::default();
+        let request_id = v.get("request_id").cloned().unwrap_or(Value::Null);
+        let feedback_topic = format!("{}/feedback", drivers::panel_prefix(&self.config, reader));
+        let credential = match (v.get("type").and_then(Value::as_str), v) {
+            (Some("magic_link"), v) => v
+                .get("token")
+                .and_then(Value::as_str)
+                .map(|t| Credential::MagicLink(t.into())),
+            (Some("pin"), v) => v
+                .get("pin")
+                .and_then(Value::as_str)
+                .map(|p| Credential::Pin(p.into())),
+            _ => None,
+        };
+        let Some(credential) = credential else {
+            self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                message = "Malformed credential message ignored.",
+                device = reader
+            );
+            return out;
+        };
+        let decision = decide(&self.grants, &credential, reader, &self.places, now);
+        let (result, reason, grant_id, booking_id, doors) = match &decision {
+            Decision::Granted {
+                grant_id,
+                booking_id,
+                doors,
+            } => (
+                "granted",
+                None,
+                Some(grant_id.clone()),
+                Some(booking_id.clone()),
+                doors.clone(),
+            ),
+            Decision::Denied {
+                reason,
+                booking_id,
+                grant_id,
+            } => (
+                "denied",
+                Some(reason.as_str()),
+                grant_id.clone(),
+                booking_id.clone(),
+                Vec::new(),
+            ),
+        };
+        out.audit.push(crate::audit::Entry {
+            at: now.rfc3339(),
+            credential_type: credential.kind().into(),
+            reader: reader.into(),
+            doors: doors.clone(),
+            grant_id: grant_id.clone(),
+            booking_id: booking_id.clone(),
+            result: result.into(),
+            reason: reason.map(String::from),
+            clock_untrusted: !self.clock_trusted,
+        });
+        tracing::info!(
+            message = "Access decision.",
+            device = reader,
+            result,
+            reason = reason.unwrap_or(""),
+            credential_type = credential.kind()
+        );
+        out.publish.push(Outgoing {
+            topic: feedback_topic,
+            payload:
+                serde_json::json!({"request_id": request_id, "result": result, "reason": reason})
+                    .to_string()
+                    .into_bytes(),
+            retain: false,
+        });
+        match decision {
+            Decision::Granted {
+                grant_id,
+                booking_id,
+                doors,
+            } => {
+                for (i, door) in doors.into_iter().enumerate() {
+                    let request = Request {
+                        action_id: format!("{}:{i}", new_action_id()),
+                        device: door,
+                        command: Command::Unlock,
+                        source: actions::Source::LocalCredential,
+                        booking_id: Some(booking_id.clone()),
+                        grant_id: Some(grant_id.clone()),
+                    };
+                    out.merge(self.request(request, now));
+                }
+            }
+            Decision::Denied {
+                reason, booking_id, ..
+            } => {
+                if let Some(device) = self.device_ref(reader) {
+                    out.events.push(
+                        NewEvent::new(EventKind::AccessDenied, Some(device), now)
+                            .with("credential_type", credential.kind())
+                            .with("reason", reason.as_str())
+                            .with("booking_id", booking_id.map_or(Value::Null, Value::from)),
+                    );
+                }
+            }
+        }
+        out
     }
 
     pub fn knows(&self, device: &str) -> bool {

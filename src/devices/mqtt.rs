@@ -53,11 +53,15 @@ pub struct MqttStatus {
 
 /// A request to the hub from the admin API.
 pub enum HubRequest {
-    /// Start an action and answer when it has finished (its event durable).
+    /// Start an action; answer (when asked) once it has finished and its event is durable.
     Action {
         request: Request,
-        reply: oneshot::Sender<Completed>,
+        reply: Option<oneshot::Sender<Completed>>,
     },
+    /// The grants changed: here is the whole set.
+    Grants(Vec<crate::access::Grant>),
+    /// Publish a message (a panel's display).
+    Publish(super::drivers::Outgoing),
 }
 
 /// The handles other parts of the daemon hold.
@@ -125,6 +129,7 @@ fn options(config: &Config) -> Result<MqttOptions, String> {
 pub fn start(
     config: Arc<Config>,
     store: Store,
+    clock: Arc<crate::access::Clock>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(MqttHandle, impl Future<Output = Result<(), StoreError>>), String> {
     let opts = options(&config)?;
@@ -136,7 +141,8 @@ pub fn start(
     let attempts = Arc::new(AtomicU64::new(0));
     let poll = tokio::spawn(poll_loop(eventloop, incoming_tx, attempts.clone()));
     let reported = store.presence_all().map_err(|e| e.to_string())?;
-    let hub = Hub::new(config.clone(), reported, Millis::now());
+    let mut hub = Hub::new(config.clone(), reported, Millis::now());
+    hub.set_grants(store.grants().map_err(|e| e.to_string())?);
     let handle = MqttHandle {
         requests: requests_tx,
         views,
@@ -151,6 +157,7 @@ pub fn start(
         status: status_tx,
         attempts,
         waiters: HashMap::new(),
+        clock,
     };
     let run = async move {
         let result = shell.run(incoming_rx, requests_rx, shutdown).await;
@@ -220,6 +227,7 @@ struct Shell {
     status: watch::Sender<MqttStatus>,
     attempts: Arc<AtomicU64>,
     waiters: HashMap<String, oneshot::Sender<Completed>>,
+    clock: Arc<crate::access::Clock>,
 }
 
 impl Shell {
@@ -252,9 +260,15 @@ impl Shell {
                 Some(request) = requests.recv() => {
                     match request {
                         HubRequest::Action { request, reply } => {
-                            let id = request.action_id.clone();
-                            self.waiters.insert(id, reply);
+                            if let Some(reply) = reply {
+                                self.waiters.insert(request.action_id.clone(), reply);
+                            }
                             let out = self.hub.request(request, Millis::now());
+                            self.apply(out, Vec::new()).await?;
+                        }
+                        HubRequest::Grants(grants) => self.hub.set_grants(grants),
+                        HubRequest::Publish(o) => {
+                            let out = Output { publish: vec![o], ..Output::default() };
                             self.apply(out, Vec::new()).await?;
                         }
                     }
@@ -314,9 +328,9 @@ impl Shell {
                     });
                 }
                 Incoming::Message(p) => {
-                    let o = self
-                        .hub
-                        .message(&p.topic, &p.payload, p.retain, Millis::now());
+                    let clock = self.clock.read();
+                    self.hub.set_clock_trusted(clock.trusted);
+                    let o = self.hub.message(&p.topic, &p.payload, p.retain, clock.now);
                     out.merge(o);
                     if p.qos != QoS::AtMostOnce {
                         to_ack.push(p);
@@ -350,7 +364,7 @@ impl Shell {
 
     /// Stores what the hub produced, flushes, then acknowledges, publishes and answers.
     async fn apply(&mut self, out: Output, to_ack: Vec<Publish>) -> Result<(), StoreError> {
-        let durable = if out.events.is_empty() && out.presence.is_empty() {
+        let durable = if out.events.is_empty() && out.presence.is_empty() && out.audit.is_empty() {
             Ok(())
         } else {
             self.stage_and_flush(&out).await
@@ -405,6 +419,9 @@ impl Shell {
         // After the events: a crash between the two re-sends a transition, never loses one.
         for (device, reported) in &out.presence {
             self.store.put_presence(device, reported)?;
+        }
+        for entry in &out.audit {
+            self.store.audit_append(entry.clone())?;
         }
         self.store.flush_async().await
     }

@@ -1,0 +1,773 @@
+//! The ZenCore command endpoint, `POST /webhooks/zencore` on `inbound.listen` (DESIGN
+//! section 2).
+//!
+//! [`verify`] and [`parse_command`] are pure and run the checks in the documented order:
+//! size (the handler), signature, shape, freshness, then (in the handler, against the store)
+//! idempotency, then fields. A request that fails any step changes nothing. An accepted
+//! command is durable before the 202.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use crate::access::{ClockReading, Grant};
+use crate::config::{Config, DeviceType};
+use crate::devices::actions::{Request, Source};
+use crate::devices::drivers::{panel_prefix, Command as DeviceCommand, Outgoing};
+use crate::devices::mqtt::HubRequest;
+use crate::event::Millis;
+use crate::signing::Key;
+use crate::store::{Store, StoreError};
+
+/// Bodies above this are refused with 413 before anything else is looked at.
+pub const MAX_BODY: usize = 65_536;
+/// Idempotency keys are remembered at least this long.
+pub const DEDUP_KEEP: Duration = Duration::from_secs(72 * 3600);
+
+/// A refusal: the status and the reason, sent as `{"error": …}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub status: u16,
+    pub error: String,
+}
+
+fn reject(status: u16, error: impl Into<String>) -> Rejection {
+    Rejection {
+        status,
+        error: error.into(),
+    }
+}
+
+/// A request that passed signature, shape and freshness.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verified {
+    /// The idempotency key.
+    pub key: String,
+    pub event: String,
+    pub data: Map<String, Value>,
+}
+
+/// Steps 2–4 of DESIGN section 2, plus the idempotency key. `header` looks a header up by its
+/// lowercase name.
+pub fn verify<'a>(
+    keys: &[Key],
+    header: impl Fn(&str) -> Option<&'a str>,
+    body: &[u8],
+    clock: ClockReading,
+    tolerance: Duration,
+) -> Result<Verified, Rejection> {
+    // 2. Authenticity: either scheme, any active key.
+    let hex_ok = header("x-webhook-signature")
+        .is_some_and(|sig| keys.iter().any(|k| k.verify_hex(body, sig)));
+    let std_ok = || {
+        let (Some(id), Some(ts), Some(sig)) = (
+            header("webhook-id"),
+            header("webhook-timestamp"),
+            header("webhook-signature"),
+        ) else {
+            return false;
+        };
+        let Ok(ts) = ts.trim().parse::<i64>() else {
+            return false;
+        };
+        keys.iter().any(|k| k.verify_v1(id, ts, body, sig))
+    };
+    if !hex_ok && !std_ok() {
+        return Err(reject(401, "signature missing or invalid"));
+    }
+    // 3. Shape.
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| reject(400, format!("body is not JSON: {e}")))?;
+    let Value::Object(mut envelope) = value else {
+        return Err(reject(400, "body must be a JSON object"));
+    };
+    let event = match envelope.get("event") {
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => return Err(reject(400, "`event` must be a string")),
+        None => return Err(reject(400, "missing `event`")),
+    };
+    let timestamp = match envelope.get("timestamp") {
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => return Err(reject(400, "`timestamp` must be a string")),
+        None => return Err(reject(400, "missing `timestamp`")),
+    };
+    let data = match envelope.remove("data") {
+        Some(Value::Object(m)) => m,
+        Some(_) => return Err(reject(400, "`data` must be an object")),
+        None => return Err(reject(400, "missing `data`")),
+    };
+    let (std_id, x_id) = (header("webhook-id"), header("x-webhook-id"));
+    if let (Some(a), Some(b)) = (std_id, x_id) {
+        if a != b {
+            return Err(reject(400, "webhook-id and X-Webhook-Id differ"));
+        }
+    }
+    // 4. Freshness, on a clock we trust.
+    if !clock.trusted {
+        return Err(reject(503, "clock"));
+    }
+    let at = Millis::parse_rfc3339(&timestamp)
+        .ok_or_else(|| reject(400, "`timestamp` is not an RFC 3339 time"))?;
+    let off = |t: Millis| t.max(clock.now).saturating_sub(t.min(clock.now));
+    if off(at) > tolerance {
+        return Err(reject(401, "stale: `timestamp` is outside the tolerance"));
+    }
+    if let Some(ts) = header("webhook-timestamp") {
+        let secs: u64 = ts
+            .trim()
+            .parse()
+            .map_err(|_| reject(401, "stale: webhook-timestamp is not unix seconds"))?;
+        if off(Millis(secs.saturating_mul(1000))) > tolerance {
+            return Err(reject(
+                401,
+                "stale: webhook-timestamp is outside the tolerance",
+            ));
+        }
+    }
+    // 5. The idempotency key (checked against the store by the caller).
+    let key = std_id
+        .or(x_id)
+        .map(str::to_owned)
+        .or_else(|| {
+            envelope
+                .get("id")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| hex::encode(Sha256::digest(body)));
+    Ok(Verified { key, event, data })
+}
+
+/// What an accepted command does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    StoreGrant(Grant),
+    RevokeGrant(String),
+    RevokeBooking(String),
+    RevokeMember(String),
+    Unlock {
+        request: Request,
+        not_after: Millis,
+    },
+    /// Publish to the `display` of every panel in the room (retained: it is state).
+    Display {
+        meeting_space_id: String,
+        payload: Value,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Catalogued, but needs nothing from this controller.
+    Ignored,
+    Accepted(Vec<Effect>),
+}
+
+fn text(data: &Map<String, Value>, field: &str) -> Result<String, Rejection> {
+    match data.get(field) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        Some(_) => Err(reject(
+            400,
+            format!("data.{field} must be a non-empty string"),
+        )),
+        None => Err(reject(400, format!("missing data.{field}"))),
+    }
+}
+
+fn opt_text(data: &Map<String, Value>, field: &str) -> Result<Option<String>, Rejection> {
+    match data.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(_) => text(data, field).map(Some),
+    }
+}
+
+fn time(data: &Map<String, Value>, field: &str) -> Result<Millis, Rejection> {
+    let t = text(data, field)?;
+    Millis::parse_rfc3339(&t)
+        .ok_or_else(|| reject(400, format!("data.{field} is not an RFC 3339 time")))
+}
+
+fn sha_hex(data: &Map<String, Value>, field: &str) -> Result<Option<String>, Rejection> {
+    match opt_text(data, field)? {
+        None => Ok(None),
+        Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Ok(Some(h.to_ascii_lowercase()))
+        }
+        Some(_) => Err(reject(
+            400,
+            format!("data.{field} must be 64 hex digits (SHA-256)"),
+        )),
+    }
+}
+
+fn room(config: &Config, data: &Map<String, Value>) -> Result<String, Rejection> {
+    let room = text(data, "meeting_space_id")?;
+    let known = room == config.controller.meeting_space_id
+        || config
+            .devices
+            .iter()
+            .any(|d| d.meeting_space_id.as_deref() == Some(room.as_str()));
+    if known {
+        Ok(room)
+    } else {
+        Err(reject(
+            422,
+            format!("meeting_space_id `{room}` is not a room of this controller"),
+        ))
+    }
+}
+
+/// Step 6: the event's fields, against this controller's config.
+pub fn parse_command(
+    config: &Config,
+    event: &str,
+    data: &Map<String, Value>,
+    now: Millis,
+) -> Result<Command, Rejection> {
+    let accepted = |effects| Ok(Command::Accepted(effects));
+    match event {
+        "organization.updated" | "member.added" => Ok(Command::Ignored),
+        e if e.starts_with("device.") => Ok(Command::Ignored),
+        "booking.created" | "booking.confirmed" => {
+            // Validated now; the room's local schedule arrives with the scheduler issue.
+            text(data, "booking_id")?;
+            room(config, data)?;
+            time(data, "start_time")?;
+            time(data, "end_time")?;
+            accepted(vec![])
+        }
+        "booking.start" => {
+            let booking_id = text(data, "booking_id")?;
+            let space = room(config, data)?;
+            let start = time(data, "start_time")?;
+            let end = time(data, "end_time")?;
+            let state = match text(data, "phase")?.as_str() {
+                "T-15" => "reserved",
+                "T-0" => "in_use",
+                other => {
+                    return Err(reject(
+                        400,
+                        format!("data.phase `{other}`: use T-15 or T-0"),
+                    ))
+                }
+            };
+            accepted(vec![Effect::Display {
+                meeting_space_id: space,
+                payload: json!({"state": state, "booking_id": booking_id,
+                    "start_time": start.rfc3339(), "end_time": end.rfc3339(), "message": null}),
+            }])
+        }
+        "access.magic_link" => {
+            let grant_id = text(data, "grant_id")?;
+            let booking_id = text(data, "booking_id")?;
+            let space = room(config, data)?;
+            let token = sha_hex(data, "token_sha256")?
+                .ok_or_else(|| reject(400, "missing data.token_sha256"))?;
+            let pin = sha_hex(data, "pin_sha256")?;
+            let valid_from = time(data, "valid_from")?;
+            let valid_until = time(data, "valid_until")?;
+            if valid_until <= valid_from {
+                return Err(reject(
+                    400,
+                    "data.valid_until must be after data.valid_from",
+                ));
+            }
+            let device_ids = match data.get("device_ids") {
+                None | Some(Value::Null) => None,
+                Some(Value::Array(ids)) => {
+                    let mut out = Vec::new();
+                    for id in ids {
+                        let Some(id) = id.as_str() else {
+                            return Err(reject(400, "data.device_ids must be strings"));
+                        };
+                        let door = config.devices.iter().find(|d| d.id == id);
+                        if !door.is_some_and(|d| {
+                            matches!(d.kind, DeviceType::Lock | DeviceType::Strike)
+                        }) {
+                            return Err(reject(
+                                422,
+                                format!("device `{id}` is not a door of this controller"),
+                            ));
+                        }
+                        out.push(id.to_owned());
+                    }
+                    Some(out)
+                }
+                Some(_) => return Err(reject(400, "data.device_ids must be an array")),
+            };
+            accepted(vec![Effect::StoreGrant(Grant {
+                grant_id,
+                booking_id,
+                meeting_space_id: space,
+                token_sha256: token,
+                pin_sha256: pin,
+                valid_from,
+                valid_until,
+                device_ids,
+                member_id: opt_text(data, "member_id")?,
+                revoked_at: None,
+            })])
+        }
+        "access.unlock" => {
+            let action_id = text(data, "action_id")?;
+            let device_id = text(data, "device_id")?;
+            let booking_id = text(data, "booking_id")?;
+            let grant_id = opt_text(data, "grant_id")?;
+            let not_after = time(data, "not_after")?;
+            if let Some(d) = data.get("duration_s") {
+                if !d.is_null() && d.as_u64().is_none() {
+                    return Err(reject(
+                        400,
+                        "data.duration_s must be a whole number of seconds",
+                    ));
+                }
+            }
+            let door = config.devices.iter().find(|d| d.id == device_id);
+            if !door.is_some_and(|d| matches!(d.kind, DeviceType::Lock | DeviceType::Strike)) {
+                return Err(reject(
+                    422,
+                    format!("device `{device_id}` is not a door of this controller"),
+                ));
+            }
+            if not_after <= now {
+                return Err(reject(422, "expired: not_after has passed"));
+            }
+            accepted(vec![Effect::Unlock {
+                request: Request {
+                    action_id,
+                    device: device_id,
+                    command: DeviceCommand::Unlock,
+                    source: Source::Zencore,
+                    booking_id: Some(booking_id),
+                    grant_id,
+                },
+                not_after,
+            }])
+        }
+        "access.revoke" => match (opt_text(data, "grant_id")?, opt_text(data, "booking_id")?) {
+            (Some(g), _) => accepted(vec![Effect::RevokeGrant(g)]),
+            (None, Some(b)) => accepted(vec![Effect::RevokeBooking(b)]),
+            (None, None) => Err(reject(400, "missing data.grant_id or data.booking_id")),
+        },
+        "member.removed" => {
+            let member = text(data, "member_id")?;
+            text(data, "organization_id")?;
+            accepted(vec![Effect::RevokeMember(member)])
+        }
+        "booking.end" | "booking.cancelled" => {
+            let booking_id = text(data, "booking_id")?;
+            let space = room(config, data)?;
+            accepted(vec![
+                Effect::RevokeBooking(booking_id),
+                Effect::Display {
+                    meeting_space_id: space,
+                    payload: json!({"state": "available", "booking_id": null, "message": null}),
+                },
+            ])
+        }
+        "meeting.status_update" | "space.availability_changed" => {
+            let space = room(config, data)?;
+            let status = text(data, "status")?;
+            let booking_id = opt_text(data, "booking_id")?;
+            let message = data.get("message").cloned().unwrap_or(Value::Null);
+            accepted(vec![Effect::Display {
+                meeting_space_id: space,
+                payload: json!({"state": status, "booking_id": booking_id, "message": message}),
+            }])
+        }
+        other => Err(reject(400, format!("unknown event `{other}`"))),
+    }
+}
+
+#[derive(Clone)]
+pub struct InboundState {
+    pub config: Arc<Config>,
+    pub keys: Arc<Vec<Key>>,
+    pub store: Store,
+    pub clock: Arc<crate::access::Clock>,
+    pub hub: mpsc::Sender<HubRequest>,
+}
+
+pub fn router(state: InboundState) -> axum::Router {
+    axum::Router::new()
+        .route("/webhooks/zencore", axum::routing::post(handle))
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+fn answer(status: u16, body: Value) -> Response {
+    (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        Json(body),
+    )
+        .into_response()
+}
+
+impl From<Rejection> for Response {
+    fn from(r: Rejection) -> Response {
+        answer(r.status, json!({ "error": r.error }))
+    }
+}
+
+fn store_failure(e: StoreError) -> Response {
+    crate::telemetry::store_error("inbound command", &e);
+    answer(500, json!({"error": "store"}))
+}
+
+async fn handle(State(s): State<InboundState>, headers: HeaderMap, body: Body) -> Response {
+    // 1. Size, before anything else is looked at.
+    let body = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(b) => b,
+        Err(_) => return answer(413, json!({"error": "body larger than 65536 bytes"})),
+    };
+    let clock = s.clock.read();
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let verified = match verify(&s.keys, header, &body, clock, s.config.inbound.tolerance) {
+        Ok(v) => v,
+        Err(r) => {
+            tracing::warn!(message = "Inbound command refused.", status = r.status, error = %r.error);
+            return r.into();
+        }
+    };
+    match s.store.dedup_seen(&verified.key) {
+        Ok(Some(_)) => return answer(200, json!({"status": "duplicate", "id": verified.key})),
+        Ok(None) => {}
+        Err(e) => return store_failure(e),
+    }
+    let command = match parse_command(&s.config, &verified.event, &verified.data, clock.now) {
+        Ok(c) => c,
+        Err(r) => {
+            tracing::warn!(message = "Inbound command refused.", event = %verified.event, status = r.status, error = %r.error);
+            return r.into();
+        }
+    };
+    let effects = match command {
+        Command::Ignored => Vec::new(),
+        Command::Accepted(e) => e,
+    };
+    let mut grants_changed = false;
+    let mut after = Vec::new();
+    for effect in effects {
+        let result = match effect {
+            Effect::StoreGrant(g) => {
+                grants_changed = true;
+                s.store.put_grant(&g)
+            }
+            Effect::RevokeGrant(id) => {
+                grants_changed = true;
+                s.store
+                    .revoke_grants(clock.now, |g| g.grant_id == id)
+                    .map(|_| ())
+            }
+            Effect::RevokeBooking(id) => {
+                grants_changed = true;
+                s.store
+                    .revoke_grants(clock.now, |g| g.booking_id == id)
+                    .map(|_| ())
+            }
+            Effect::RevokeMember(id) => {
+                grants_changed = true;
+                s.store
+                    .revoke_grants(clock.now, |g| g.member_id.as_deref() == Some(id.as_str()))
+                    .map(|_| ())
+            }
+            Effect::Unlock { request, .. } => {
+                after.push(HubRequest::Action {
+                    request,
+                    reply: None,
+                });
+                Ok(())
+            }
+            Effect::Display {
+                meeting_space_id,
+                payload,
+            } => {
+                for panel in s.config.devices.iter().filter(|d| {
+                    d.kind == DeviceType::Panel
+                        && d.meeting_space_id
+                            .as_deref()
+                            .unwrap_or(&s.config.controller.meeting_space_id)
+                            == meeting_space_id
+                }) {
+                    after.push(HubRequest::Publish(Outgoing {
+                        topic: format!("{}/display", panel_prefix(&s.config, &panel.id)),
+                        payload: payload.to_string().into_bytes(),
+                        retain: true,
+                    }));
+                }
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            return store_failure(e);
+        }
+    }
+    if let Err(e) = s.store.dedup_put(&verified.key, clock.now) {
+        return store_failure(e);
+    }
+    if let Err(e) = s.store.flush_async().await {
+        return store_failure(e);
+    }
+    if grants_changed {
+        match s.store.grants() {
+            Ok(all) => after.push(HubRequest::Grants(all)),
+            Err(e) => return store_failure(e),
+        }
+    }
+    let ignored = after.is_empty()
+        && !grants_changed
+        && verified.event != "booking.created"
+        && verified.event != "booking.confirmed";
+    for r in after {
+        if s.hub.send(r).await.is_err() {
+            tracing::error!(message = "Device task stopped; accepted command not carried out.");
+        }
+    }
+    tracing::info!(message = "Inbound command accepted.", event = %verified.event, id = %verified.key);
+    if ignored {
+        answer(202, json!({"status": "ignored", "id": verified.key}))
+    } else {
+        answer(202, json!({"status": "accepted", "id": verified.key}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::path::Path;
+
+    const NOW: Millis = Millis(1_750_000_000_000);
+
+    fn config() -> Config {
+        let text = r#"
+[controller]
+id = "edge-1"
+organization_id = "org"
+meeting_space_id = "ms-1"
+[zencore]
+webhook_url = "http://127.0.0.1:9/hook"
+secret = "s3cret"
+[[devices]]
+id = "front"
+type = "lock"
+driver = "zigbee2mqtt"
+topic = "front_door"
+[[devices]]
+id = "panel"
+type = "panel"
+driver = "zenedge-panel"
+"#;
+        Config::from_toml(text, Path::new("t.toml")).unwrap()
+    }
+
+    fn keys() -> Vec<Key> {
+        vec![
+            Key::from_secret("s3cret").unwrap(),
+            Key::from_secret("old").unwrap(),
+        ]
+    }
+
+    fn trusted() -> ClockReading {
+        ClockReading {
+            now: NOW,
+            trusted: true,
+        }
+    }
+
+    fn body(event: &str, data: Value) -> Vec<u8> {
+        serde_json::to_vec(&json!({"event": event, "timestamp": NOW.rfc3339(), "data": data}))
+            .unwrap()
+    }
+
+    fn run(
+        headers: &HashMap<&str, String>,
+        body: &[u8],
+        clock: ClockReading,
+    ) -> Result<Verified, Rejection> {
+        verify(
+            &keys(),
+            |h| headers.get(h).map(String::as_str),
+            body,
+            clock,
+            Duration::from_secs(300),
+        )
+    }
+
+    fn hex_headers(body: &[u8], secret: &str) -> HashMap<&'static str, String> {
+        HashMap::from([(
+            "x-webhook-signature",
+            Key::from_secret(secret).unwrap().sign_hex(body),
+        )])
+    }
+
+    #[test]
+    fn both_schemes_and_rotated_keys_are_accepted() {
+        let b = body("access.revoke", json!({"grant_id": "g"}));
+        assert!(run(&hex_headers(&b, "s3cret"), &b, trusted()).is_ok());
+        assert!(run(&hex_headers(&b, "old"), &b, trusted()).is_ok());
+        let ts = NOW.unix_seconds();
+        let sig = Key::from_secret("s3cret").unwrap().sign_v1("msg_1", ts, &b);
+        let h = HashMap::from([
+            ("webhook-id", "msg_1".to_string()),
+            ("webhook-timestamp", ts.to_string()),
+            ("webhook-signature", sig),
+        ]);
+        assert_eq!(run(&h, &b, trusted()).unwrap().key, "msg_1");
+    }
+
+    #[test]
+    fn the_order_of_refusals() {
+        let b = body("access.revoke", json!({"grant_id": "g"}));
+        // Bad signature wins over everything after it, even on an untrusted clock.
+        let bad = hex_headers(&b, "wrong");
+        let untrusted = ClockReading {
+            now: NOW,
+            trusted: false,
+        };
+        assert_eq!(run(&bad, &b, untrusted).unwrap_err().status, 401);
+        assert_eq!(run(&HashMap::new(), &b, trusted()).unwrap_err().status, 401);
+        // Signed but malformed: 400 naming what is missing.
+        let nodata =
+            serde_json::to_vec(&json!({"event": "x", "timestamp": NOW.rfc3339()})).unwrap();
+        let r = run(&hex_headers(&nodata, "s3cret"), &nodata, untrusted).unwrap_err();
+        assert_eq!((r.status, r.error.as_str()), (400, "missing `data`"));
+        // Well-formed on an untrusted clock: 503 clock.
+        let r = run(&hex_headers(&b, "s3cret"), &b, untrusted).unwrap_err();
+        assert_eq!((r.status, r.error.as_str()), (503, "clock"));
+        // Stale.
+        let old = serde_json::to_vec(&json!({"event": "access.revoke",
+            "timestamp": Millis(NOW.0 - 301_000).rfc3339(), "data": {"grant_id": "g"}}))
+        .unwrap();
+        let r = run(&hex_headers(&old, "s3cret"), &old, trusted()).unwrap_err();
+        assert!(r.status == 401 && r.error.contains("stale"), "{r:?}");
+        // Two different ids.
+        let mut h = hex_headers(&b, "s3cret");
+        h.insert("webhook-id", "a".into());
+        h.insert("x-webhook-id", "b".into());
+        assert_eq!(run(&h, &b, trusted()).unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn idempotency_key_falls_back_to_the_body_id_then_its_hash() {
+        let b = serde_json::to_vec(&json!({"id": "cmd-7", "event": "member.added",
+            "timestamp": NOW.rfc3339(), "data": {}}))
+        .unwrap();
+        assert_eq!(
+            run(&hex_headers(&b, "s3cret"), &b, trusted()).unwrap().key,
+            "cmd-7"
+        );
+        let b = body("member.added", json!({}));
+        let key = run(&hex_headers(&b, "s3cret"), &b, trusted()).unwrap().key;
+        assert_eq!(key, hex::encode(Sha256::digest(&b)));
+    }
+
+    #[test]
+    fn fields_are_checked_against_this_controller() {
+        let c = config();
+        let grant = json!({"grant_id": "g1", "booking_id": "b1", "meeting_space_id": "ms-1",
+            "token_sha256": "ab".repeat(32), "valid_from": NOW.rfc3339(),
+            "valid_until": Millis(NOW.0 + 3_600_000).rfc3339()});
+        let data = |v: Value| v.as_object().unwrap().clone();
+        assert!(matches!(
+            parse_command(&c, "access.magic_link", &data(grant.clone()), NOW),
+            Ok(Command::Accepted(_))
+        ));
+        let mut wrong_room = grant.clone();
+        wrong_room["meeting_space_id"] = "ms-9".into();
+        assert_eq!(
+            parse_command(&c, "access.magic_link", &data(wrong_room), NOW)
+                .unwrap_err()
+                .status,
+            422
+        );
+        let mut bad_hash = grant.clone();
+        bad_hash["token_sha256"] = "xyz".into();
+        let r = parse_command(&c, "access.magic_link", &data(bad_hash), NOW).unwrap_err();
+        assert!(r.status == 400 && r.error.contains("token_sha256"), "{r:?}");
+        let mut no_id = grant;
+        no_id.as_object_mut().unwrap().remove("grant_id");
+        assert_eq!(
+            parse_command(&c, "access.magic_link", &data(no_id), NOW)
+                .unwrap_err()
+                .error,
+            "missing data.grant_id"
+        );
+
+        let unlock = json!({"action_id": "a1", "device_id": "front", "booking_id": "b1",
+            "not_after": Millis(NOW.0 + 60_000).rfc3339()});
+        assert!(parse_command(&c, "access.unlock", &data(unlock.clone()), NOW).is_ok());
+        let mut expired = unlock.clone();
+        expired["not_after"] = Millis(NOW.0 - 1).rfc3339().into();
+        let r = parse_command(&c, "access.unlock", &data(expired), NOW).unwrap_err();
+        assert_eq!((r.status, r.error.starts_with("expired")), (422, true));
+        let mut panel = unlock;
+        panel["device_id"] = "panel".into();
+        assert_eq!(
+            parse_command(&c, "access.unlock", &data(panel), NOW)
+                .unwrap_err()
+                .status,
+            422
+        );
+
+        assert_eq!(
+            parse_command(&c, "organization.updated", &Map::new(), NOW),
+            Ok(Command::Ignored)
+        );
+        assert_eq!(
+            parse_command(&c, "device.online", &Map::new(), NOW),
+            Ok(Command::Ignored)
+        );
+        assert_eq!(
+            parse_command(&c, "party.started", &Map::new(), NOW)
+                .unwrap_err()
+                .status,
+            400
+        );
+    }
+
+    #[test]
+    fn nothing_unsigned_is_ever_accepted_whatever_the_bytes() {
+        // Random and mutated bodies: no panic; nothing passes without a valid signature.
+        let good = body("access.revoke", json!({"grant_id": "g"}));
+        let sig = Key::from_secret("s3cret").unwrap().sign_hex(&good);
+        let mut x: u64 = 0x2545F4914F6CDD1D;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for i in 0..20_000 {
+            let mut b = good.clone();
+            let flips = 1 + (next() % 4) as usize;
+            for _ in 0..flips {
+                let pos = (next() as usize) % b.len();
+                b[pos] ^= (next() % 255 + 1) as u8;
+            }
+            if i % 3 == 0 {
+                b = (0..(next() % 200)).map(|_| next() as u8).collect();
+            }
+            let h = HashMap::from([("x-webhook-signature", sig.clone())]);
+            let r = run(&h, &b, trusted());
+            assert!(
+                r.is_err() || b == good,
+                "mutated body accepted: {:?}",
+                String::from_utf8_lossy(&b)
+            );
+            // And with its own valid signature, the parser must still never panic.
+            let h = hex_headers(&b, "s3cret");
+            if let Ok(v) = run(&h, &b, trusted()) {
+                let _ = parse_command(&config(), &v.event, &v.data, NOW);
+            }
+        }
+    }
+}

@@ -51,6 +51,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/queue/{id}/retry", post(retry_one))
         .route("/v1/test-webhook", post(test_webhook))
         .route("/v1/devices", get(devices))
+        .route("/v1/grants", get(grants))
+        .route("/v1/audit", get(audit))
         .route("/v1/devices/{id}/{action}", post(device_action))
         .with_state(state)
 }
@@ -319,4 +321,63 @@ async fn device_action(
             "no result from the device task".into(),
         )),
     }
+}
+
+/// Active and revoked grants, never the secrets (only their hashes are stored anyway, and
+/// those are left out too).
+async fn grants(AxState(s): AxState<AdminState>) -> Result<Response, ApiError> {
+    let store = s.store.clone();
+    let all = blocking(move || store.grants()).await?;
+    let now = Millis::now();
+    let rows: Vec<_> = all
+        .into_iter()
+        .map(|g| {
+            let state = if g.revoked_at.is_some() {
+                "revoked"
+            } else if now < g.valid_from {
+                "upcoming"
+            } else if now >= g.valid_until {
+                "expired"
+            } else {
+                "active"
+            };
+            json!({
+                "grant_id": g.grant_id, "booking_id": g.booking_id,
+                "meeting_space_id": g.meeting_space_id, "state": state,
+                "valid_from": g.valid_from, "valid_until": g.valid_until,
+                "device_ids": g.device_ids, "member_id": g.member_id,
+                "has_pin": g.pin_sha256.is_some(), "revoked_at": g.revoked_at,
+            })
+        })
+        .collect();
+    Ok(Json(rows).into_response())
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    verify: Option<bool>,
+}
+
+/// The audit log, oldest first; with `?verify=true` also the result of checking the chain.
+async fn audit(
+    AxState(s): AxState<AdminState>,
+    Query(q): Query<AuditQuery>,
+) -> Result<Response, ApiError> {
+    let store = s.store.clone();
+    let raw = blocking(move || store.audit_raw()).await?;
+    let records: Vec<serde_json::Value> = raw
+        .iter()
+        .map(|(seq, bytes)| {
+            serde_json::from_slice(bytes)
+                .unwrap_or_else(|_| json!({"seq": seq, "unreadable": true}))
+        })
+        .collect();
+    let verification = q
+        .verify
+        .unwrap_or(false)
+        .then(|| match crate::audit::verify(&raw) {
+            Ok(n) => json!({"valid": true, "records": n}),
+            Err((seq, problem)) => json!({"valid": false, "record": seq, "problem": problem}),
+        });
+    Ok(Json(json!({"records": records, "verification": verification})).into_response())
 }

@@ -61,6 +61,15 @@ pub enum Command {
     },
     /// Lock a door now (an operator action); waits for the device's answer.
     Lock { device: String },
+    /// List access grants (never their secrets).
+    Grants(JsonFlag),
+    /// List the access audit log; --verify checks its hash chain (exit 1 if broken).
+    Audit {
+        #[arg(long)]
+        verify: bool,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
     /// Queue `edge.test` events through the normal outbox.
     TestWebhook {
         #[arg(long, default_value_t = 1)]
@@ -255,6 +264,82 @@ async fn run_verb(cli: &Cli) -> Result<ExitCode, ExitCode> {
             device_action(cli, device, "unlock", body).await
         }
         Command::Lock { device } => device_action(cli, device, "lock", serde_json::json!({})).await,
+        Command::Grants(flag) => {
+            let client = AdminClient::new(&load_config(cli)?);
+            let rows: Vec<serde_json::Value> = client.get_json("/v1/grants").await?;
+            if flag.json {
+                print_json(&rows);
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "{:<20} {:<16} {:<9} {:<26} {:<26} DOORS",
+                "GRANT", "BOOKING", "STATE", "VALID FROM", "VALID UNTIL"
+            );
+            for g in &rows {
+                let s = |k: &str| g[k].as_str().unwrap_or("-").to_string();
+                let doors = g["device_ids"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|d| d.as_str())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .unwrap_or_else(|| "(room)".into());
+                println!(
+                    "{:<20} {:<16} {:<9} {:<26} {:<26} {doors}",
+                    s("grant_id"),
+                    s("booking_id"),
+                    s("state"),
+                    s("valid_from"),
+                    s("valid_until")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit { verify, json } => {
+            let client = AdminClient::new(&load_config(cli)?);
+            let answer: serde_json::Value = client
+                .get_json(&format!("/v1/audit?verify={verify}"))
+                .await?;
+            if json.json {
+                print_json(&answer);
+            } else {
+                for r in answer["records"].as_array().cloned().unwrap_or_default() {
+                    let s = |k: &str| r[k].as_str().unwrap_or("-").to_string();
+                    println!(
+                        "{:>6}  {}  {:<10} {:<7} {:<18} {:<16} grant {} booking {}{}",
+                        r["seq"],
+                        s("at"),
+                        s("credential_type"),
+                        s("result"),
+                        s("reason"),
+                        s("reader"),
+                        s("grant_id"),
+                        s("booking_id"),
+                        if r["clock_untrusted"] == true {
+                            " (clock untrusted)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+            }
+            if *verify {
+                let v = &answer["verification"];
+                if v["valid"] == true {
+                    println!("audit chain valid: {} record(s)", v["records"]);
+                } else {
+                    println!(
+                        "audit chain BROKEN at record {}: {}",
+                        v["record"],
+                        v["problem"].as_str().unwrap_or("?")
+                    );
+                    return Ok(ExitCode::from(exit::NEGATIVE));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::TestWebhook { count } => {
             let client = AdminClient::new(&load_config(cli)?);
             let answer: serde_json::Value = client

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{device_events, zenedge, Broker, Daemon, Peer, Receiver, Reply, SECRET};
+use common::{device_events, rig, Broker, Daemon, Peer, Receiver, Reply, SECRET};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -41,56 +41,6 @@ id = "panel"
 type = "panel"
 driver = "zenedge-panel"
 "#;
-
-struct Rig {
-    rx: Receiver,
-    broker: Broker,
-    daemon: Daemon,
-    config: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-async fn rig(devices: &str) -> Rig {
-    let rx = Receiver::start(|_| Reply::Status(200)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(dir.path()).await;
-    let admin = common::free_port();
-    let extra = format!("{}{}", broker.config(), devices);
-    let config = common::write_config(
-        dir.path(),
-        &common::config_text(dir.path(), &rx.url(), admin, &extra),
-    );
-    let daemon = Daemon::start(&config, admin).await;
-    Rig {
-        rx,
-        broker,
-        daemon,
-        config,
-        _dir: dir,
-    }
-}
-
-impl Rig {
-    async fn wait_event(&self, device: &str, event: &str, detail: &str) {
-        let want = (event.to_string(), detail.to_string());
-        self.rx
-            .wait_until(WAIT, &format!("{device} {event} {detail}"), |r| {
-                device_events(r, device).contains(&want)
-            })
-            .await;
-    }
-
-    async fn cli(&self, args: &[&str]) -> (i32, String, String) {
-        let cfg = self.config.clone();
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        tokio::task::spawn_blocking(move || {
-            let a: Vec<&str> = args.iter().map(String::as_str).collect();
-            zenedge(&cfg, &a)
-        })
-        .await
-        .unwrap()
-    }
-}
 
 /// A simulated device: answers each command on `command_topic` with what `answer` returns.
 fn simulate(

@@ -589,3 +589,99 @@ pub fn device_events(log: &[Recorded], device: &str) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// A whole room: receiver, broker, the real daemon, and a known inbound address.
+pub struct Rig {
+    pub rx: Receiver,
+    pub broker: Broker,
+    pub daemon: Daemon,
+    pub config: PathBuf,
+    pub inbound: SocketAddr,
+    pub dir: tempfile::TempDir,
+}
+
+pub async fn rig(devices: &str) -> Rig {
+    let rx = Receiver::start(|_| Reply::Status(200)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path()).await;
+    let admin = free_port();
+    let inbound = free_port();
+    let extra = format!("{}{}", broker.config(), devices);
+    let text = config_text(dir.path(), &rx.url(), admin, &extra).replace(
+        "[inbound]\nlisten = \"127.0.0.1:0\"",
+        &format!("[inbound]\nlisten = \"{inbound}\""),
+    );
+    let config = write_config(dir.path(), &text);
+    let daemon = Daemon::start(&config, admin).await;
+    Rig {
+        rx,
+        broker,
+        daemon,
+        config,
+        inbound,
+        dir,
+    }
+}
+
+impl Rig {
+    pub async fn wait_event(&self, device: &str, event: &str, detail: &str) {
+        let want = (event.to_string(), detail.to_string());
+        self.rx
+            .wait_until(
+                Duration::from_secs(30),
+                &format!("{device} {event} {detail}"),
+                |r| device_events(r, device).contains(&want),
+            )
+            .await;
+    }
+
+    pub async fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let cfg = self.config.clone();
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            zenedge(&cfg, &a)
+        })
+        .await
+        .unwrap()
+    }
+
+    pub async fn restart(&mut self) {
+        let admin = self.daemon.admin;
+        self.daemon.sigkill();
+        self.daemon = Daemon::start(&self.config, admin).await;
+    }
+
+    /// POSTs a command to the inbound endpoint; `sign` chooses the secret (None: unsigned).
+    pub async fn command(
+        &self,
+        body: &[u8],
+        sign: Option<&str>,
+        extra: &[(&str, String)],
+    ) -> (u16, serde_json::Value) {
+        let mut req = client()
+            .post(format!("http://{}/webhooks/zencore", self.inbound))
+            .header("content-type", "application/json")
+            .body(body.to_vec());
+        if let Some(secret) = sign {
+            let key = zenedge::signing::Key::from_secret(secret).unwrap();
+            req = req.header("x-webhook-signature", key.sign_hex(body));
+        }
+        for (k, v) in extra {
+            req = req.header(*k, v);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or_default())
+    }
+}
+
+/// An inbound command body stamped now.
+pub fn command_body(event: &str, data: serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "event": event,
+        "timestamp": zenedge::event::Millis::now().rfc3339(),
+        "data": data
+    }))
+    .unwrap()
+}

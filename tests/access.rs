@@ -1,0 +1,360 @@
+//! Access end to end: signed ZenCore commands, magic-link grants that work while ZenCore is
+//! unreachable, panel credentials, and the audit log — with the real binary, a real mosquitto,
+//! simulated lock and panel, and a loopback ZenCore.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{command_body, device_events, rig, Peer, Reply, SECRET};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use zenedge::event::Millis;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+const ROOM: &str = r#"
+[presence]
+debounce = "0s"
+
+[[devices]]
+id = "front"
+type = "lock"
+driver = "zigbee2mqtt"
+topic = "front_door"
+action_timeout = "3s"
+
+[[devices]]
+id = "panel"
+type = "panel"
+driver = "zenedge-panel"
+"#;
+
+fn sha(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+fn at(offset_s: i64) -> String {
+    let now = Millis::now().0 as i64;
+    Millis((now + offset_s * 1000) as u64).rfc3339()
+}
+
+fn grant(id: &str, token: &str, pin: Option<&str>, from_s: i64, until_s: i64) -> Vec<u8> {
+    command_body(
+        "access.magic_link",
+        json!({"grant_id": id, "booking_id": format!("b-{id}"), "meeting_space_id": "ms-test",
+               "token_sha256": sha(token), "pin_sha256": pin.map(sha),
+               "valid_from": at(from_s), "valid_until": at(until_s)}),
+    )
+}
+
+/// A simulated Zigbee lock that unlocks when told, counting the commands it got.
+async fn lock(
+    port: u16,
+) -> (
+    tokio::task::JoinHandle<()>,
+    tokio::sync::watch::Receiver<usize>,
+) {
+    let mut peer = Peer::connect(port, "sim-lock").await;
+    peer.subscribe("zigbee2mqtt/front_door/set").await;
+    let (tx, rx) = tokio::sync::watch::channel(0usize);
+    let task = tokio::spawn(async move {
+        loop {
+            let (_, payload, _) = peer.next(Duration::from_secs(3600)).await;
+            tx.send_modify(|n| *n += 1);
+            let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+            let state = if v["state"] == "UNLOCK" {
+                "unlocked"
+            } else {
+                "locked"
+            };
+            peer.publish(
+                "zigbee2mqtt/front_door",
+                format!(r#"{{"lock_state":"{state}"}}"#),
+                false,
+            )
+            .await;
+        }
+    });
+    (task, rx)
+}
+
+async fn commands_reach(rx: &mut tokio::sync::watch::Receiver<usize>, n: usize) {
+    tokio::time::timeout(WAIT, rx.wait_for(|c| *c >= n))
+        .await
+        .unwrap_or_else(|_| panic!("the lock never got command {n}"))
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_unlock_opens_the_door_and_every_bad_request_gets_its_answer() {
+    let r = rig(ROOM).await;
+    let (_sim, mut commands) = lock(r.broker.port).await;
+    let avail = Peer::connect(r.broker.port, "z2m").await;
+    avail
+        .publish("zigbee2mqtt/front_door/availability", "online", true)
+        .await;
+    r.wait_event("front", "device.online", "availability").await;
+
+    let (status, body) = r
+        .command(&grant("g1", "tok-1", None, -60, 3600), Some(SECRET), &[])
+        .await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (202, Some("accepted")),
+        "{body}"
+    );
+
+    let unlock = |id: &str, not_after_s: i64| {
+        command_body(
+            "access.unlock",
+            json!({"action_id": id, "device_id": "front", "booking_id": "b-g1",
+                   "grant_id": "g1", "not_after": at(not_after_s)}),
+        )
+    };
+    let first = unlock("act-1", 60);
+    let (status, body) = r.command(&first, Some(SECRET), &[]).await;
+    assert_eq!(status, 202, "{body}");
+    commands_reach(&mut commands, 1).await;
+    r.wait_event("front", "device.action_completed", "succeeded")
+        .await;
+    let done =
+        r.rx.requests()
+            .iter()
+            .map(|x| x.json())
+            .find(|j| j["event"] == "device.action_completed")
+            .unwrap();
+    assert_eq!(done["data"]["action_id"], "act-1");
+    assert_eq!(done["data"]["source"], "zencore");
+    assert_eq!(done["data"]["grant_id"], "g1");
+
+    // Each refusal: its documented answer, and no command to the lock.
+    let cases: Vec<(&str, Vec<u8>, Option<&str>, Vec<(&str, String)>, u16)> = vec![
+        ("bad signature", unlock("act-2", 60), Some("wrong-secret"), vec![], 401),
+        ("unsigned", unlock("act-3", 60), None, vec![], 401),
+        (
+            "stale",
+            serde_json::to_vec(&json!({"event": "access.unlock", "timestamp": at(-600),
+                "data": {"action_id": "act-4", "device_id": "front", "booking_id": "b", "not_after": at(60)}}))
+            .unwrap(),
+            Some(SECRET),
+            vec![],
+            401,
+        ),
+        ("oversized", vec![b' '; 70_000], Some(SECRET), vec![], 413),
+        ("malformed", b"{\"event\":\"access.unlock\"".to_vec(), Some(SECRET), vec![], 400),
+        ("duplicate", first.clone(), Some(SECRET), vec![], 200),
+        ("expired", unlock("act-5", -1), Some(SECRET), vec![], 422),
+        ("unknown device", command_body("access.unlock", json!({"action_id": "a", "device_id": "ghost", "booking_id": "b", "not_after": at(60)})), Some(SECRET), vec![], 422),
+    ];
+    for (name, body, sign, headers, want) in cases {
+        let (status, answer) = r.command(&body, sign, &headers).await;
+        assert_eq!(status, want, "{name}: {answer}");
+        if want == 200 {
+            assert_eq!(answer["status"], "duplicate", "{name}");
+        } else {
+            assert!(answer["error"].is_string(), "{name}: {answer}");
+        }
+    }
+    let (status, answer) = r.command(&unlock("act-5", -1), Some(SECRET), &[]).await;
+    assert!(status == 422 && answer["error"].as_str().unwrap().contains("expired"));
+    // A sentinel: the next command the lock sees is this one's, so none of the above sent one.
+    let (status, _) = r.command(&unlock("act-6", 60), Some(SECRET), &[]).await;
+    assert_eq!(status, 202);
+    commands_reach(&mut commands, 2).await;
+    let completions = || {
+        device_events(&r.rx.requests(), "front")
+            .into_iter()
+            .filter(|e| e.0 == "device.action_completed")
+            .count()
+    };
+    r.rx.wait_until(WAIT, "the sentinel's completion", |_| completions() == 2)
+        .await;
+    assert_eq!(*commands.borrow(), 2, "refused commands published nothing");
+
+    // Catalogued events that need nothing: 202 ignored.
+    let (status, answer) = r
+        .command(
+            &command_body("organization.updated", json!({})),
+            Some(SECRET),
+            &[],
+        )
+        .await;
+    assert_eq!((status, answer["status"].as_str()), (202, Some("ignored")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_door_opens_offline_and_denials_are_reported_when_zencore_returns() {
+    let r = rig(ROOM).await;
+    r.rx.set_script(|_| Reply::Status(503));
+    let (_sim, mut commands) = lock(r.broker.port).await;
+    let mut panel = Peer::connect(r.broker.port, "sim-panel").await;
+    panel
+        .subscribe("zenedge/edge-test/panels/panel/feedback")
+        .await;
+
+    // Grants arrive while ZenCore's webhook endpoint is down (commands still come in).
+    for body in [
+        grant("g-ok", "tok-good", Some("1234"), -60, 3600),
+        grant("g-later", "tok-later", Some("9999"), 3600, 7200),
+        grant("g-revoked", "tok-revoked", None, -60, 3600),
+    ] {
+        assert_eq!(r.command(&body, Some(SECRET), &[]).await.0, 202);
+    }
+    let revoke = command_body("access.revoke", json!({"grant_id": "g-revoked"}));
+    assert_eq!(r.command(&revoke, Some(SECRET), &[]).await.0, 202);
+
+    let present = |token: serde_json::Value| token.to_string();
+    let cases = [
+        (
+            json!({"type": "magic_link", "token": "tok-good", "request_id": "r1"}),
+            "granted",
+            None,
+        ),
+        (
+            json!({"type": "magic_link", "token": "tok-wrong", "request_id": "r2"}),
+            "denied",
+            Some("unknown_credential"),
+        ),
+        (
+            json!({"type": "pin", "pin": "9999", "request_id": "r3"}),
+            "denied",
+            Some("outside_window"),
+        ),
+        (
+            json!({"type": "magic_link", "token": "tok-revoked", "request_id": "r4"}),
+            "denied",
+            Some("revoked"),
+        ),
+        (
+            json!({"type": "pin", "pin": "1234", "request_id": "r5"}),
+            "granted",
+            None,
+        ),
+    ];
+    for (credential, result, reason) in cases {
+        panel
+            .publish(
+                "zenedge/edge-test/panels/panel/credential",
+                present(credential.clone()),
+                false,
+            )
+            .await;
+        let (_, payload, retained) = panel.next(WAIT).await;
+        assert!(!retained);
+        let fb: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(fb["request_id"], credential["request_id"]);
+        assert_eq!(fb["result"], result, "{credential}");
+        assert_eq!(fb["reason"].as_str(), reason, "{credential}");
+    }
+    commands_reach(&mut commands, 2).await;
+
+    // ZenCore comes back: the queued events arrive.
+    r.rx.set_script(|_| Reply::Status(200));
+    r.rx.wait_until(WAIT, "three access.denied and two unlocks", |log| {
+        let e = device_events(log, "panel");
+        let denied = e.iter().filter(|x| x.0 == "access.denied").count();
+        let done = device_events(log, "front")
+            .iter()
+            .filter(|x| x.0 == "device.action_completed" && x.1 == "succeeded")
+            .count();
+        denied == 3 && done == 2
+    })
+    .await;
+    let reasons: Vec<String> = device_events(&r.rx.requests(), "panel")
+        .into_iter()
+        .filter(|x| x.0 == "access.denied")
+        .map(|x| x.1)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(
+        reasons,
+        vec!["outside_window", "revoked", "unknown_credential"]
+    );
+    let done =
+        r.rx.requests()
+            .iter()
+            .map(|x| x.json())
+            .find(|j| j["event"] == "device.action_completed")
+            .unwrap();
+    assert_eq!(done["data"]["source"], "local_credential");
+    assert_eq!(done["data"]["grant_id"], "g-ok");
+
+    // Every decision is in the audit log, and the chain verifies.
+    let (code, out, err) = r.cli(&["audit", "--verify"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("audit chain valid: 5 record(s)"), "{out}");
+    let (code, out, _) = r.cli(&["grants"]).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("g-ok") && out.contains("revoked") && out.contains("upcoming"),
+        "{out}"
+    );
+    assert!(
+        !out.contains(&sha("tok-good")),
+        "grants never show credential hashes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_survives_sigkill_and_an_edited_audit_record_is_detected() {
+    let mut r = rig(ROOM).await;
+    let (_sim, mut commands) = lock(r.broker.port).await;
+    let mut panel = Peer::connect(r.broker.port, "sim-panel").await;
+    panel
+        .subscribe("zenedge/edge-test/panels/panel/feedback")
+        .await;
+    assert_eq!(
+        r.command(&grant("g1", "tok-1", None, -60, 3600), Some(SECRET), &[])
+            .await
+            .0,
+        202
+    );
+    r.restart().await;
+    panel
+        .publish(
+            "zenedge/edge-test/panels/panel/credential",
+            json!({"type": "magic_link", "token": "tok-1", "request_id": "x"}).to_string(),
+            false,
+        )
+        .await;
+    let (_, payload, _) = panel.next(WAIT).await;
+    let fb: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(fb["result"], "granted", "the grant survived the crash");
+    commands_reach(&mut commands, 1).await;
+    // Two more decisions, then tamper with the first record on disk (daemon stopped).
+    for token in ["nope-1", "nope-2"] {
+        panel
+            .publish(
+                "zenedge/edge-test/panels/panel/credential",
+                json!({"type": "magic_link", "token": token}).to_string(),
+                false,
+            )
+            .await;
+        panel.next(WAIT).await;
+    }
+    let (code, out, _) = r.cli(&["audit", "--verify"]).await;
+    assert_eq!(code, 0, "{out}");
+    r.daemon.sigterm();
+    {
+        let origin = zenedge::event::Origin {
+            controller_id: "edge-test".into(),
+            organization_id: "org-test".into(),
+            meeting_space_id: "ms-test".into(),
+        };
+        let store =
+            zenedge::store::Store::open(&r.dir.path().join("state"), origin, 1 << 30).unwrap();
+        let raw = store.audit_raw().unwrap();
+        let edited = String::from_utf8(raw[0].1.clone())
+            .unwrap()
+            .replace("\"granted\"", "\"denied\"");
+        store.audit_overwrite(raw[0].0, edited.as_bytes()).unwrap();
+        store.flush().unwrap();
+    }
+    let admin = r.daemon.admin;
+    r.daemon = common::Daemon::start(&r.config, admin).await;
+    let (code, out, _) = r.cli(&["audit", "--verify"]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("BROKEN at record 1"), "{out}");
+}

@@ -280,9 +280,7 @@ async fn device_action(
     let Some(device) = s.config.devices.iter().find(|d| d.id == id) else {
         return Err(ApiError(StatusCode::NOT_FOUND, format!("no device `{id}`")));
     };
-    // Relock after `duration_s` arrives with the access issue; accept and ignore it until then
-    // rather than refuse a documented CLI option.
-    let _ = body.unwrap_or_default().duration_s;
+    let duration_s = body.unwrap_or_default().duration_s;
     let request = crate::devices::actions::Request {
         action_id: crate::devices::new_action_id(),
         device: id.clone(),
@@ -290,6 +288,7 @@ async fn device_action(
         source: crate::devices::actions::Source::Operator,
         booking_id: None,
         grant_id: None,
+        duration_s,
     };
     let (reply, answer) = tokio::sync::oneshot::channel();
     s.mqtt

@@ -348,6 +348,7 @@ pub fn parse_command(
                     source: Source::Zencore,
                     booking_id: Some(booking_id),
                     grant_id,
+                    duration_s: data.get("duration_s").and_then(Value::as_u64),
                 },
                 not_after,
             }])
@@ -479,12 +480,20 @@ async fn handle(State(s): State<InboundState>, headers: HeaderMap, body: Body) -
                     .revoke_grants(clock.now, |g| g.member_id.as_deref() == Some(id.as_str()))
                     .map(|_| ())
             }
-            Effect::Unlock { request, .. } => {
+            Effect::Unlock { request, not_after } => {
+                let pending = crate::store::PendingUnlock {
+                    action_id: request.action_id.clone(),
+                    device: request.device.clone(),
+                    booking_id: request.booking_id.clone(),
+                    grant_id: request.grant_id.clone(),
+                    duration_s: request.duration_s,
+                    not_after,
+                };
                 after.push(HubRequest::Action {
                     request,
                     reply: None,
                 });
-                Ok(())
+                s.store.put_unlock(&pending)
             }
             Effect::Display {
                 meeting_space_id,

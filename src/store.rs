@@ -174,6 +174,31 @@ pub enum Enqueued {
     Dropped { seq: u64 },
 }
 
+/// An accepted `access.unlock` not yet completed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingUnlock {
+    pub action_id: String,
+    pub device: String,
+    pub booking_id: Option<String>,
+    pub grant_id: Option<String>,
+    pub duration_s: Option<u64>,
+    pub not_after: Millis,
+}
+
+impl PendingUnlock {
+    pub fn request(&self) -> crate::devices::actions::Request {
+        crate::devices::actions::Request {
+            action_id: self.action_id.clone(),
+            device: self.device.clone(),
+            command: crate::devices::drivers::Command::Unlock,
+            source: crate::devices::actions::Source::Zencore,
+            booking_id: self.booking_id.clone(),
+            grant_id: self.grant_id.clone(),
+            duration_s: self.duration_s,
+        }
+    }
+}
+
 /// Sequences dropped and not yet reported to ZenCore.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct Gap {
@@ -233,6 +258,7 @@ struct Inner {
     grants: sled::Tree,
     dedup: sled::Tree,
     audit: sled::Tree,
+    unlocks: sled::Tree,
     audit_lock: Mutex<()>,
     origin: Origin,
     floor_path: PathBuf,
@@ -321,6 +347,7 @@ impl Store {
         let grants = db.open_tree("grants")?;
         let dedup = db.open_tree("dedup")?;
         let audit = db.open_tree("audit")?;
+        let unlocks = db.open_tree("unlocks")?;
 
         let floor_path = state_dir.join(FLOOR_FILE);
         let floor = read_floor(&floor_path)?;
@@ -360,6 +387,7 @@ impl Store {
                 grants,
                 dedup,
                 audit,
+                unlocks,
                 audit_lock: Mutex::new(()),
                 origin,
                 floor_path,
@@ -578,6 +606,36 @@ impl Store {
         for item in self.inner.audit.iter() {
             let (k, v) = item?;
             out.push((key_seq(&k).unwrap_or(0), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Remembers an accepted ZenCore unlock until it completes, so that one pending at a crash
+    /// is carried out (or expired) after restart. Durable with the next flush.
+    pub fn put_unlock(&self, unlock: &PendingUnlock) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(unlock).unwrap_or_default();
+        self.inner
+            .unlocks
+            .insert(unlock.action_id.as_bytes(), bytes)?;
+        Ok(())
+    }
+
+    /// Forgets a completed unlock (staged: durable with the flush of its completion event).
+    pub fn remove_unlock(&self, action_id: &str) -> Result<(), StoreError> {
+        self.inner.unlocks.remove(action_id.as_bytes())?;
+        Ok(())
+    }
+
+    pub fn unlocks(&self) -> Result<Vec<PendingUnlock>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.inner.unlocks.iter() {
+            let (_, v) = item?;
+            match serde_json::from_slice(&v) {
+                Ok(u) => out.push(u),
+                Err(e) => {
+                    tracing::error!(message = "Unreadable pending unlock ignored.", error = %e)
+                }
+            }
         }
         Ok(out)
     }

@@ -359,3 +359,108 @@ async fn a_grant_survives_sigkill_and_an_edited_audit_record_is_detected() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("BROKEN at record 1"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsynchronised_clock_refuses_commands_and_marks_decisions() {
+    let r = rig(ROOM).await;
+    // Same room, now requiring a synchronised clock.
+    let text = std::fs::read_to_string(&r.config)
+        .unwrap()
+        .replace("require_sync = false", "require_sync = true");
+    std::fs::write(&r.config, text).unwrap();
+    let mut r = r;
+    r.restart().await;
+    let synced = zenedge::access::system_synchronised();
+    let (status, body) = r
+        .command(&grant("g1", "tok-1", None, -60, 3600), Some(SECRET), &[])
+        .await;
+    if synced {
+        // A host with NTP: the clock is trusted and the command accepted.
+        assert_eq!(status, 202, "{body}");
+        return;
+    }
+    // These machines report STA_UNSYNC: ZenCore is told to retry, rather than accepting or
+    // refusing on a clock that may be wrong.
+    assert_eq!((status, body["error"].as_str()), (503, Some("clock")));
+    // Local decisions still happen, on the floor, and say so.
+    let mut panel = Peer::connect(r.broker.port, "sim-panel").await;
+    panel
+        .subscribe("zenedge/edge-test/panels/panel/feedback")
+        .await;
+    panel
+        .publish(
+            "zenedge/edge-test/panels/panel/credential",
+            json!({"type": "pin", "pin": "0000"}).to_string(),
+            false,
+        )
+        .await;
+    panel.next(WAIT).await;
+    let (code, out, _) = r.cli(&["audit"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("(clock untrusted)"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unlock_pending_at_a_crash_is_carried_out_or_expired_after_restart() {
+    let mut r = rig(ROOM).await;
+    let unlock = |id: &str, not_after_s: i64| {
+        command_body(
+            "access.unlock",
+            json!({"action_id": id, "device_id": "front", "booking_id": "b1",
+                   "not_after": at(not_after_s)}),
+        )
+    };
+    // Nobody answers the lock yet, so both unlocks are still pending when the daemon dies.
+    assert_eq!(
+        r.command(&unlock("keep", 120), Some(SECRET), &[]).await.0,
+        202
+    );
+    assert_eq!(
+        r.command(&unlock("late", 1), Some(SECRET), &[]).await.0,
+        202
+    );
+    r.daemon.sigkill();
+    let (_sim, mut commands) = lock(r.broker.port).await;
+    // Let "late"'s not_after pass while ZenEdge is down.
+    let deadline = Millis::now().0 + 1500;
+    while Millis::now().0 < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let admin = r.daemon.admin;
+    r.daemon = common::Daemon::start(&r.config, admin).await;
+    commands_reach(&mut commands, 1).await;
+    let done = |id: &'static str| {
+        move |log: &[common::Recorded]| {
+            log.iter()
+                .map(|x| x.json())
+                .any(|j| j["event"] == "device.action_completed" && j["data"]["action_id"] == id)
+        }
+    };
+    r.rx.wait_until(WAIT, "keep completed", done("keep")).await;
+    r.rx.wait_until(WAIT, "late expired", done("late")).await;
+    let results: Vec<(String, String, String)> =
+        r.rx.requests()
+            .iter()
+            .map(|x| x.json())
+            .filter(|j| j["event"] == "device.action_completed")
+            .map(|j| {
+                let d = &j["data"];
+                let s = |k: &str| d[k].as_str().unwrap_or("").to_string();
+                (s("action_id"), s("status"), s("error"))
+            })
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+    assert_eq!(
+        results,
+        vec![
+            ("keep".into(), "succeeded".into(), "".into()),
+            ("late".into(), "failed".into(), "expired".into())
+        ]
+    );
+    // Exactly once: a later restart does not carry either out again.
+    r.restart().await;
+    let marker = command_body("organization.updated", json!({}));
+    r.command(&marker, Some(SECRET), &[]).await;
+    assert_eq!(*commands.borrow(), 1);
+}

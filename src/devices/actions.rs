@@ -37,6 +37,8 @@ pub struct Request {
     pub source: Source,
     pub booking_id: Option<String>,
     pub grant_id: Option<String>,
+    /// Unlocks: relock after this many seconds (Zigbee2MQTT and Home Assistant locks).
+    pub duration_s: Option<u64>,
 }
 
 fn ser_command<S: serde::Serializer>(c: &Command, s: S) -> Result<S::Ok, S::Error> {
@@ -239,6 +241,7 @@ mod tests {
             source: Source::Operator,
             booking_id: None,
             grant_id: None,
+            duration_s: None,
         }
     }
 

@@ -84,6 +84,8 @@ pub struct Hub {
     index: HashMap<String, usize>,
     grants: Vec<crate::access::Grant>,
     places: Vec<crate::access::Place>,
+    /// Locks to send again after an unlock's `duration_s`: (when, the lock request).
+    relocks: Vec<(Millis, Request)>,
     clock_trusted: bool,
     pub counters: Arc<HubCounters>,
 }
@@ -113,6 +115,7 @@ impl Hub {
             index,
             grants: Vec::new(),
             places: crate::access::places(&config),
+            relocks: Vec::new(),
             clock_trusted: true,
             config,
             counters: Arc::default(),
@@ -333,6 +336,7 @@ impl Hub {
                         source: actions::Source::LocalCredential,
                         booking_id: Some(booking_id.clone()),
                         grant_id: Some(grant_id.clone()),
+                        duration_s: None,
                     };
                     out.merge(self.request(request, now));
                 }
@@ -357,20 +361,43 @@ impl Hub {
         self.index.contains_key(device)
     }
 
-    /// Advances time: debounce, silence, action timeouts.
+    /// Advances time: debounce, silence, action timeouts, relocks.
     pub fn tick(&mut self, now: Millis) -> Output {
         let t = self.presence.tick(now);
         let mut out = self.transitions(t, now);
         let done = self.actions.tick(now);
         out.merge(self.completions(done));
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.relocks)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
+        self.relocks = later;
+        for (_, request) in due {
+            out.merge(self.request(request, now));
+        }
         out
     }
 
     pub fn next_deadline(&self) -> Option<Millis> {
-        match (self.presence.next_deadline(), self.actions.next_deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.presence.next_deadline(),
+            self.actions.next_deadline(),
+            self.relocks.iter().map(|(at, _)| *at).min(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Completes an action without trying it (an accepted unlock whose `not_after` passed
+    /// while ZenEdge was down).
+    pub fn fail(&mut self, request: Request, error: &'static str, now: Millis) -> Output {
+        self.completions(vec![Completed {
+            request,
+            status: actions::Status::Failed,
+            requested_at: now,
+            completed_at: now,
+            error: Some(error),
+        }])
     }
 
     fn transitions(&mut self, ts: Vec<Transition>, now: Millis) -> Output {
@@ -416,9 +443,10 @@ impl Hub {
         out
     }
 
-    fn completions(&self, done: Vec<Completed>) -> Output {
+    fn completions(&mut self, done: Vec<Completed>) -> Output {
         let mut out = Output::default();
         for c in done {
+            self.schedule_relock(&c);
             let Some(device) = self.device_ref(&c.request.device) else {
                 continue;
             };
@@ -443,6 +471,37 @@ impl Hub {
             out.completed.push(c);
         }
         out
+    }
+
+    /// DESIGN: for a `zigbee2mqtt` or `homeassistant` lock, an unlock with `duration_s` is
+    /// followed by `LOCK` that many seconds later, reported as its own action
+    /// (`<action_id>:relock`, same source). Relays time their own pulse.
+    fn schedule_relock(&mut self, c: &Completed) {
+        let Some(secs) = c.request.duration_s else {
+            return;
+        };
+        if c.request.command != Command::Unlock || c.status != actions::Status::Succeeded {
+            return;
+        }
+        let relockable = self
+            .index
+            .get(&c.request.device)
+            .and_then(|i| self.config.devices.get(*i))
+            .is_some_and(|d| matches!(d.driver, Driver::Zigbee2mqtt | Driver::Homeassistant));
+        if !relockable {
+            return;
+        }
+        let request = Request {
+            action_id: format!("{}:relock", c.request.action_id),
+            command: Command::Lock,
+            duration_s: None,
+            ..c.request.clone()
+        };
+        self.relocks.push((
+            c.completed_at
+                .saturating_add(std::time::Duration::from_secs(secs)),
+            request,
+        ));
     }
 
     pub fn views(&self) -> Vec<DeviceView> {
@@ -585,6 +644,7 @@ topic = "strike_1"
             source: actions::Source::Operator,
             booking_id: None,
             grant_id: None,
+            duration_s: None,
         };
         let out = hub.request(req, Millis(10));
         assert_eq!(out.publish.len(), 1);
@@ -605,6 +665,43 @@ topic = "strike_1"
     }
 
     #[test]
+    fn an_unlock_with_duration_relocks_a_zigbee_lock_as_its_own_action() {
+        let mut hub = Hub::new(config(), HashMap::new(), Millis(0));
+        let req = Request {
+            action_id: "z1".into(),
+            device: "front".into(),
+            command: Command::Unlock,
+            source: actions::Source::Zencore,
+            booking_id: Some("b1".into()),
+            grant_id: None,
+            duration_s: Some(5),
+        };
+        hub.request(req, Millis(0));
+        let out = hub.message(
+            "zigbee2mqtt/front_door",
+            br#"{"lock_state":"unlocked"}"#,
+            false,
+            Millis(100),
+        );
+        assert_eq!(out.completed.len(), 1);
+        assert_eq!(hub.next_deadline(), Some(Millis(5_100)));
+        assert!(hub.tick(Millis(5_099)).publish.is_empty());
+        let out = hub.tick(Millis(5_100));
+        assert_eq!(out.publish[0].payload, br#"{"state":"LOCK"}"#);
+        let out = hub.message(
+            "zigbee2mqtt/front_door",
+            br#"{"lock_state":"locked"}"#,
+            false,
+            Millis(5_300),
+        );
+        let e = &out.events[0];
+        assert_eq!(e.fields["action_id"], "z1:relock");
+        assert_eq!(e.fields["action"], "lock");
+        assert_eq!(e.fields["source"], "zencore");
+        assert_eq!(e.fields["status"], "succeeded");
+    }
+
+    #[test]
     fn an_offline_device_fails_at_once_and_malformed_is_counted() {
         let mut hub = Hub::new(config(), HashMap::new(), Millis(0));
         hub.message("tele/strike_1/LWT", b"Offline", false, Millis(1));
@@ -615,6 +712,7 @@ topic = "strike_1"
             source: actions::Source::Operator,
             booking_id: None,
             grant_id: None,
+            duration_s: None,
         };
         let out = hub.request(req, Millis(2));
         assert!(out.publish.is_empty());

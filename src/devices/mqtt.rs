@@ -239,6 +239,19 @@ impl Shell {
     ) -> Result<(), StoreError> {
         tokio::pin!(shutdown);
         self.publish_views();
+        // ZenCore unlocks accepted before a crash and never completed: carry them out, or
+        // report them expired.
+        let now = Millis::now();
+        for u in self.store.unlocks()? {
+            let out = if u.not_after <= now {
+                tracing::warn!(message = "Unlock accepted before a restart has expired.", action_id = %u.action_id);
+                self.hub.fail(u.request(), "expired", now)
+            } else {
+                tracing::info!(message = "Carrying out an unlock accepted before a restart.", action_id = %u.action_id);
+                self.hub.request(u.request(), now)
+            };
+            self.apply(out, Vec::new()).await?;
+        }
         loop {
             let sleep_for = self
                 .hub
@@ -364,7 +377,11 @@ impl Shell {
 
     /// Stores what the hub produced, flushes, then acknowledges, publishes and answers.
     async fn apply(&mut self, out: Output, to_ack: Vec<Publish>) -> Result<(), StoreError> {
-        let durable = if out.events.is_empty() && out.presence.is_empty() && out.audit.is_empty() {
+        let durable = if out.events.is_empty()
+            && out.presence.is_empty()
+            && out.audit.is_empty()
+            && out.completed.is_empty()
+        {
             Ok(())
         } else {
             self.stage_and_flush(&out).await
@@ -422,6 +439,13 @@ impl Shell {
         }
         for entry in &out.audit {
             self.store.audit_append(entry.clone())?;
+        }
+        // A finished ZenCore unlock is forgotten in the flush that stores its result, so a
+        // crash can neither lose the result nor carry the unlock out twice.
+        for c in &out.completed {
+            if c.request.source == super::actions::Source::Zencore {
+                self.store.remove_unlock(&c.request.action_id)?;
+            }
         }
         self.store.flush_async().await
     }

@@ -42,6 +42,9 @@ fn main() -> anyhow::Result<()> {
         );
         return rt.block_on(async {
             zenedge::delivery::install_crypto_provider();
+            if std::env::var("BENCH_TRACE").is_ok() {
+                zenedge::logging::init(true);
+            }
             mqtt::run(base, n).await
         });
     }

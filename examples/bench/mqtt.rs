@@ -34,7 +34,7 @@ async fn mosquitto(dir: &Path, port: u16) -> anyhow::Result<Mosquitto> {
     std::fs::write(
         &conf,
         format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\nuser root\nmax_queued_messages 1000000\nlog_dest none\n"
+            "listener {port} 127.0.0.1\nallow_anonymous true\nuser root\nmax_queued_messages 1000000\nlog_dest none\nset_tcp_nodelay true\n"
         ),
     )?;
     let bin = if Path::new("/usr/sbin/mosquitto").exists() {
@@ -134,9 +134,14 @@ listen = "127.0.0.1:0"
 port = {port}
 [presence]
 debounce = "0s"
+[clock]
+require_sync = false
 "#,
         base.join("state").display(),
         rx.port
+    );
+    text.push_str(
+        "[[devices]]\nid = \"door\"\ntype = \"lock\"\ndriver = \"zigbee2mqtt\"\ntopic = \"door\"\n[[devices]]\nid = \"panel\"\ntype = \"panel\"\ndriver = \"zenedge-panel\"\n",
     );
     for i in 0..DEVICES {
         text.push_str(&format!(
@@ -170,6 +175,8 @@ debounce = "0s"
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     wait_delivered(bound.admin, samples as u64, Duration::from_secs(60)).await?;
+    let access = access_latency(port, bound.inbound, 1000).await?;
+    let base_delivered = delivered(bound.admin).await?;
 
     // 2. Sustained: 200 devices, every message a transition, as fast as the publisher goes.
     let t0 = Instant::now();
@@ -191,7 +198,7 @@ debounce = "0s"
     let publish_secs = t0.elapsed().as_secs_f64();
     wait_delivered(
         bound.admin,
-        (samples + sustained) as u64,
+        base_delivered + sustained as u64,
         Duration::from_secs(300),
     )
     .await?;
@@ -212,10 +219,6 @@ debounce = "0s"
         .map(|(a, p)| (*a as f64 - *p as f64) / 1e6)
         .collect();
     lat.sort_by(|a, b| a.total_cmp(b));
-    let presence = arrivals
-        .iter()
-        .filter(|a| a.event == "device.online" || a.event == "device.offline")
-        .count();
     let distinct: std::collections::HashSet<&str> =
         arrivals.iter().map(|a| a.id.as_str()).collect();
     println!(
@@ -233,8 +236,155 @@ debounce = "0s"
     );
     println!(
         "| MQTT events lost | {} of {} | 0 |",
-        (samples + sustained).saturating_sub(distinct.len().min(presence)),
+        (samples + sustained).saturating_sub(distinct.len()),
         samples + sustained
     );
+    println!(
+        "| signed access.unlock POST → UNLOCK published, p50 / p99 ({} commands) | {:.2} ms / {:.2} ms | p99 ≤ 10 ms |",
+        access.0.len(),
+        percentile(&access.0, 0.5),
+        percentile(&access.0, 0.99)
+    );
+    println!(
+        "| panel credential → UNLOCK published, p50 / p99 ({} presentations) | {:.2} ms / {:.2} ms | p99 ≤ 10 ms |",
+        access.1.len(),
+        percentile(&access.1, 0.5),
+        percentile(&access.1, 0.99)
+    );
     Ok(())
+}
+
+/// A simulated lock answering every command, and a panel presenting a token: the time from a
+/// signed `access.unlock` POST, and from a credential publish, to the lock's UNLOCK arriving.
+async fn access_latency(
+    port: u16,
+    inbound: std::net::SocketAddr,
+    n: usize,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    use sha2::Digest;
+    let lock = lock_sim(port).await?;
+    let (client, mut commands) = lock;
+    let panel = publisher_named(port, "bench-panel").await?;
+    let http = reqwest::Client::new();
+    let key = zenedge::signing::Key::from_secret("bench-secret")?;
+    let post = |body: Vec<u8>| {
+        let sig = key.sign_hex(&body);
+        http.post(format!("http://{inbound}/webhooks/zencore"))
+            .header("x-webhook-signature", sig)
+            .body(body)
+            .send()
+    };
+    let now = zenedge::event::Millis::now();
+    let grant = serde_json::json!({"event": "access.magic_link", "timestamp": now.rfc3339(), "data": {
+        "grant_id": "g-bench", "booking_id": "b-bench", "meeting_space_id": "ms",
+        // Only the bench door: the 200 simulated locks share the room and would all open.
+        "device_ids": ["door"],
+        "token_sha256": hex::encode(sha2::Sha256::digest(b"bench-token")),
+        "valid_from": zenedge::event::Millis(now.0 - 60_000).rfc3339(),
+        "valid_until": zenedge::event::Millis(now.0 + 3_600_000).rfc3339()}});
+    let status = post(serde_json::to_vec(&grant)?).await?.status();
+    anyhow::ensure!(status.as_u16() == 202, "grant refused: {status}");
+    let mut unlock_ms = Vec::with_capacity(n);
+    for i in 0..n {
+        let body = serde_json::json!({"event": "access.unlock",
+            "timestamp": zenedge::event::Millis::now().rfc3339(),
+            "data": {"action_id": format!("bench-{i}"), "device_id": "door", "booking_id": "b-bench",
+                     "not_after": zenedge::event::Millis(zenedge::event::Millis::now().0 + 60_000).rfc3339()}});
+        let body = serde_json::to_vec(&body)?;
+        let t = Instant::now();
+        let status = post(body).await?.status();
+        anyhow::ensure!(status.as_u16() == 202, "unlock refused: {status}");
+        tokio::time::timeout(Duration::from_secs(10), commands.recv()).await?;
+        unlock_ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let mut credential_ms = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        if std::env::var("BENCH_TRACE").is_ok() {
+            eprintln!("{} publish credential", zenedge::event::Millis::now().0);
+        }
+        panel
+            .publish(
+                "zenedge/edge-bench/panels/panel/credential",
+                QoS::AtLeastOnce,
+                false,
+                r#"{"type":"magic_link","token":"bench-token"}"#,
+            )
+            .await?;
+        tokio::time::timeout(Duration::from_secs(10), commands.recv()).await?;
+        credential_ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    drop(client);
+    unlock_ms.sort_by(|a, b| a.total_cmp(b));
+    credential_ms.sort_by(|a, b| a.total_cmp(b));
+    Ok((unlock_ms, credential_ms))
+}
+
+async fn publisher_named(port: u16, id: &str) -> anyhow::Result<AsyncClient> {
+    let mut o = MqttOptions::new(id, "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(30));
+    let (client, mut eventloop) = AsyncClient::new(o, 1000);
+    // A panel that sends at once (with Nagle, every press would wait ~40 ms for a TCP ACK).
+    eventloop.network_options.set_tcp_nodelay(true);
+    let (tx, rx) = oneshot::channel();
+    let mut tx = Some(tx);
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), rx).await??;
+    Ok(client)
+}
+
+/// A Zigbee lock that reports `unlocked` for every command and tells the benchmark when a
+/// command arrived.
+async fn lock_sim(
+    port: u16,
+) -> anyhow::Result<(AsyncClient, tokio::sync::mpsc::UnboundedReceiver<()>)> {
+    let mut o = MqttOptions::new("bench-lock", "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(30));
+    let (client, mut eventloop) = AsyncClient::new(o, 1000);
+    eventloop.network_options.set_tcp_nodelay(true);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (sub_tx, sub_rx) = oneshot::channel();
+    let mut sub_tx = Some(sub_tx);
+    let answer = client.clone();
+    client
+        .subscribe("zigbee2mqtt/door/set", QoS::AtLeastOnce)
+        .await?;
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(s) = sub_tx.take() {
+                        let _ = s.send(());
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(_))) => {
+                    let _ = tx.send(());
+                    let _ = answer
+                        .publish(
+                            "zigbee2mqtt/door",
+                            QoS::AtMostOnce,
+                            false,
+                            r#"{"lock_state":"unlocked"}"#,
+                        )
+                        .await;
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), sub_rx).await??;
+    Ok((client, rx))
 }

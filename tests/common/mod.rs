@@ -437,7 +437,7 @@ impl Broker {
         std::fs::write(
             &conf,
             format!(
-                "listener {} 127.0.0.1\nallow_anonymous {}\npersistence true\npersistence_location {}/\nautosave_interval 1\nuser root\nlog_dest file {}/mosquitto.log\nmax_queued_messages 100000\n{}",
+                "listener {} 127.0.0.1\nallow_anonymous {}\npersistence true\npersistence_location {}/\nautosave_interval 1\nuser root\nlog_dest file {}/mosquitto.log\nmax_queued_messages 100000\nset_tcp_nodelay true\n{}",
                 self.port,
                 self.extra.is_empty(),
                 self.dir.display(),
@@ -509,6 +509,7 @@ impl Peer {
         o.set_keep_alive(Duration::from_secs(30));
         o.set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut eventloop) = rumqttc::AsyncClient::new(o, 1024);
+        eventloop.network_options.set_tcp_nodelay(true);
         let (tx, messages) = tokio::sync::mpsc::unbounded_channel();
         let (sub_tx, subacks) = watch::channel(0usize);
         let (conn_tx, mut connected) = watch::channel(false);

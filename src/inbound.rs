@@ -454,6 +454,10 @@ async fn handle(State(s): State<InboundState>, headers: HeaderMap, body: Body) -
         Command::Ignored => Vec::new(),
         Command::Accepted(e) => e,
     };
+    // DESIGN: a full store takes no new commands; doors keep working on the stored grants.
+    if !effects.is_empty() && s.store.is_full() {
+        return answer(507, json!({"error": "store_full"}));
+    }
     let mut grants_changed = false;
     let mut after = Vec::new();
     for effect in effects {

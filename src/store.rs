@@ -404,6 +404,11 @@ impl Store {
         Ok(store)
     }
 
+    /// True while the store is over its byte budget with nothing left that may be dropped.
+    pub fn is_full(&self) -> bool {
+        self.inner.full.load(Ordering::Relaxed)
+    }
+
     /// Where a corrupt store was moved to at open, if it was.
     pub fn quarantined(&self) -> Option<&Path> {
         self.inner.quarantined.as_deref()

@@ -269,6 +269,9 @@ struct Inner {
     /// Keys plus values of `events`, `status` and `attempts`: what the byte budget counts.
     live_bytes: AtomicU64,
     full: AtomicBool,
+    /// When a reclamation last found nothing to drop (ms); while full, the next scan waits a
+    /// second instead of running on every insert.
+    reclaim_failed_at: AtomicU64,
     /// Serialises space reclamation so two enqueues do not drop events twice.
     reclaim: Mutex<()>,
     quarantined: Option<PathBuf>,
@@ -397,6 +400,7 @@ impl Store {
                 max_bytes: AtomicU64::new(max_bytes),
                 live_bytes: AtomicU64::new(live),
                 full: AtomicBool::new(false),
+                reclaim_failed_at: AtomicU64::new(0),
                 reclaim: Mutex::new(()),
                 quarantined,
             }),
@@ -747,6 +751,12 @@ impl Store {
         if under(self) {
             return Ok(());
         }
+        let now = Millis::now().0;
+        if self.inner.full.load(Ordering::Relaxed)
+            && now.saturating_sub(self.inner.reclaim_failed_at.load(Ordering::Relaxed)) < 1000
+        {
+            return Ok(());
+        }
         for item in self.inner.status.iter() {
             let (k, v) = item?;
             let Some(seq) = key_seq(&k) else { continue };
@@ -795,7 +805,9 @@ impl Store {
                 max_store_bytes = self.inner.max_bytes.load(Ordering::Relaxed),
             );
         }
-        if !full {
+        if full {
+            self.inner.reclaim_failed_at.store(now, Ordering::Relaxed);
+        } else {
             self.inner.full.store(false, Ordering::Relaxed);
         }
         Ok(())

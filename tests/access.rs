@@ -464,3 +464,52 @@ async fn an_unlock_pending_at_a_crash_is_carried_out_or_expired_after_restart() 
     r.command(&marker, Some(SECRET), &[]).await;
     assert_eq!(*commands.borrow(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_store_refuses_new_commands_with_507_but_doors_keep_working() {
+    // max_store_bytes lives in [delivery], which the test config already has: patch it there.
+    let mut r = rig(ROOM).await;
+    let text = std::fs::read_to_string(&r.config)
+        .unwrap()
+        .replace("[delivery]\n", "[delivery]\nmax_store_bytes = \"1MiB\"\n");
+    std::fs::write(&r.config, text).unwrap();
+    r.rx.set_script(|_| Reply::Status(503));
+    r.restart().await;
+    let (_sim, mut commands) = lock(r.broker.port).await;
+    assert_eq!(
+        r.command(&grant("g1", "tok-1", None, -60, 3600), Some(SECRET), &[])
+            .await
+            .0,
+        202
+    );
+    // Fill the store with events that may not be dropped (edge.test), ZenCore being down.
+    for _ in 0..5 {
+        r.daemon
+            .post("/v1/test-webhook", json!({"count": 1000}))
+            .await;
+    }
+    let (_, status) = r.daemon.get("/v1/status").await;
+    assert_eq!(status["store"]["full"], true, "{status}");
+    let (code, body) = r
+        .command(&grant("g2", "tok-2", None, -60, 3600), Some(SECRET), &[])
+        .await;
+    assert_eq!((code, body["error"].as_str()), (507, Some("store_full")));
+    // The stored grant still opens the door.
+    let mut panel = Peer::connect(r.broker.port, "sim-panel").await;
+    panel
+        .subscribe("zenedge/edge-test/panels/panel/feedback")
+        .await;
+    panel
+        .publish(
+            "zenedge/edge-test/panels/panel/credential",
+            json!({"type": "magic_link", "token": "tok-1"}).to_string(),
+            false,
+        )
+        .await;
+    let (_, payload, _) = panel.next(WAIT).await;
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&payload).unwrap()["result"],
+        "granted"
+    );
+    commands_reach(&mut commands, 1).await;
+}

@@ -92,3 +92,16 @@ pub fn dead_lettered(seq: u64, reason: &str) {
 pub fn store_error(context: &str, error: &dyn std::fmt::Display) {
     tracing::error!(message = "Store operation failed.", context, error = %error);
 }
+
+/// An error with its causes, `outer: cause: root cause`: the last part usually says what really
+/// happened ("connection refused").
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

@@ -64,26 +64,7 @@ async fn mosquitto(dir: &Path, port: u16) -> anyhow::Result<Mosquitto> {
 }
 
 async fn publisher(port: u16) -> anyhow::Result<AsyncClient> {
-    let mut o = MqttOptions::new("bench-devices", "127.0.0.1", port);
-    o.set_keep_alive(Duration::from_secs(30)).set_inflight(200);
-    let (client, mut eventloop) = AsyncClient::new(o, 10_000);
-    let (tx, rx) = oneshot::channel();
-    let mut tx = Some(tx);
-    tokio::spawn(async move {
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(());
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-    });
-    tokio::time::timeout(Duration::from_secs(10), rx).await??;
-    Ok(client)
+    publisher_named(port, "bench-devices", 200).await
 }
 
 async fn delivered(admin: std::net::SocketAddr) -> anyhow::Result<u64> {
@@ -264,7 +245,7 @@ async fn access_latency(
     use sha2::Digest;
     let lock = lock_sim(port).await?;
     let (client, mut commands) = lock;
-    let panel = publisher_named(port, "bench-panel").await?;
+    let panel = publisher_named(port, "bench-panel", 100).await?;
     let http = reqwest::Client::new();
     let key = zenedge::signing::Key::from_secret("bench-secret")?;
     let post = |body: Vec<u8>| {
@@ -320,10 +301,11 @@ async fn access_latency(
     Ok((unlock_ms, credential_ms))
 }
 
-async fn publisher_named(port: u16, id: &str) -> anyhow::Result<AsyncClient> {
+async fn publisher_named(port: u16, id: &str, inflight: u16) -> anyhow::Result<AsyncClient> {
     let mut o = MqttOptions::new(id, "127.0.0.1", port);
-    o.set_keep_alive(Duration::from_secs(30));
-    let (client, mut eventloop) = AsyncClient::new(o, 1000);
+    o.set_keep_alive(Duration::from_secs(30))
+        .set_inflight(inflight);
+    let (client, mut eventloop) = AsyncClient::new(o, 10_000);
     // A panel that sends at once (with Nagle, every press would wait ~40 ms for a TCP ACK).
     eventloop.network_options.set_tcp_nodelay(true);
     let (tx, rx) = oneshot::channel();

@@ -177,21 +177,17 @@ impl Sender {
 
 /// A reqwest error with its causes, which say what really happened ("connection refused").
 fn error_text(e: &reqwest::Error) -> String {
-    use std::error::Error;
-    let mut text = if e.is_timeout() {
-        "timeout".to_string()
+    let chain = crate::telemetry::error_chain(e);
+    let first = e.to_string();
+    let rest = chain.strip_prefix(&first).unwrap_or(&chain);
+    let head = if e.is_timeout() {
+        "timeout"
     } else if e.is_connect() {
-        "connect error".to_string()
+        "connect error"
     } else {
-        e.to_string()
+        first.as_str()
     };
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
+    format!("{head}{rest}")
 }
 
 /// What the worker tells the rest of the daemon (status line, health).

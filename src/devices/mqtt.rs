@@ -210,15 +210,7 @@ async fn poll_loop(
 }
 
 fn describe(e: &ConnectionError) -> String {
-    use std::error::Error;
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
+    crate::telemetry::error_chain(e)
 }
 
 struct Shell {

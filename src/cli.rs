@@ -39,6 +39,13 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon.
     Run,
+    /// Everything on this machine: embedded broker, simulated devices, a ZenCore stand-in
+    /// that verifies signatures, and the real daemon, playing a short story.
+    Demo {
+        /// Play the story and exit: 0 only if every step was verified.
+        #[arg(long)]
+        once: bool,
+    },
     /// Validate the config and summarise what was loaded.
     CheckConfig,
     /// Sign a body the way ZenEdge signs webhooks.
@@ -182,7 +189,7 @@ pub async fn dispatch(cli: &Cli) -> ExitCode {
 
 async fn run_verb(cli: &Cli) -> Result<ExitCode, ExitCode> {
     match &cli.command {
-        Command::Run => unreachable!("main handles run"),
+        Command::Run | Command::Demo { .. } => unreachable!("main handles run and demo"),
         Command::CheckConfig => {
             let config = load_config(cli)?;
             println!("config {} is valid", config_path(cli).display());

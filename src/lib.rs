@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod delivery;
+pub mod demo;
 pub mod devices;
 pub mod event;
 pub mod inbound;

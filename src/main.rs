@@ -10,7 +10,11 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(code) => return code,
     };
-    zenedge::logging::init(matches!(cli.command, Command::Run));
+    zenedge::logging::init(match cli.command {
+        Command::Run => "info",
+        Command::Demo { .. } => "zenedge=error,rumqttd=off",
+        _ => "warn",
+    });
     zenedge::delivery::install_crypto_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -42,6 +46,16 @@ fn main() -> ExitCode {
                         error = format!("{e:#}")
                     );
                     eprintln!("zenedge: {e:#}");
+                    ExitCode::from(cli::exit::SOFTWARE)
+                }
+            }
+        }
+        Command::Demo { once } => {
+            match runtime.block_on(zenedge::demo::run(once, zenedge::daemon::stop_signal())) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(cli::exit::NEGATIVE),
+                Err(e) => {
+                    eprintln!("zenedge demo: {e:#}");
                     ExitCode::from(cli::exit::SOFTWARE)
                 }
             }

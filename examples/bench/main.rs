@@ -43,7 +43,7 @@ fn main() -> anyhow::Result<()> {
         return rt.block_on(async {
             zenedge::delivery::install_crypto_provider();
             if std::env::var("BENCH_TRACE").is_ok() {
-                zenedge::logging::init(true);
+                zenedge::logging::init("info");
             }
             mqtt::run(base, n).await
         });

@@ -272,6 +272,8 @@ impl Default for AdminConfig {
 pub struct MqttConfig {
     pub host: String,
     pub port: u16,
+    /// Run an embedded broker on `host:port` instead of using an external one.
+    pub embedded: bool,
     pub client_id: Option<String>,
     pub username: Option<String>,
     password: Option<Secret>,
@@ -295,6 +297,7 @@ impl Default for MqttConfig {
         MqttConfig {
             host: "127.0.0.1".into(),
             port: 1883,
+            embedded: false,
             client_id: None,
             username: None,
             password: None,
@@ -652,6 +655,20 @@ impl Config {
                 "mqtt.client_cert_file",
                 "client_cert_file and client_key_file go together",
             ));
+        }
+        if self.mqtt.embedded {
+            if self.mqtt.ca_file.is_some() || self.mqtt.username.is_some() {
+                return Err(ConfigError::key(
+                    "mqtt.embedded",
+                    "the embedded broker has no TLS and no logins: remove ca_file/username or use an external broker",
+                ));
+            }
+            if self.mqtt.host.parse::<std::net::IpAddr>().is_err() {
+                return Err(ConfigError::key(
+                    "mqtt.host",
+                    "with embedded = true, host is the address to listen on: an IP address",
+                ));
+            }
         }
         if self.mqtt.password().is_some() && self.mqtt.username.is_none() {
             return Err(ConfigError::key(

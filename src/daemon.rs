@@ -73,6 +73,15 @@ pub async fn run(
     };
     let config = Arc::new(config);
 
+    if config.mqtt.embedded {
+        let ip: std::net::IpAddr = config
+            .mqtt
+            .host
+            .parse()
+            .context("mqtt.host must be an IP address with embedded = true")?;
+        crate::broker::start(SocketAddr::new(ip, config.mqtt.port))?;
+        tracing::info!(message = "Embedded MQTT broker started.", host = %config.mqtt.host, port = config.mqtt.port);
+    }
     let clock = Arc::new(crate::access::Clock::new(
         store.clone(),
         config.clock.require_sync,

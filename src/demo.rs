@@ -4,7 +4,6 @@
 //! directory. It plays a short story, checking each step, then (without `--once`) keeps running
 //! for the newcomer to try the CLI against it.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -227,48 +226,6 @@ struct Ports {
     admin: u16,
 }
 
-fn start_broker(port: u16) -> anyhow::Result<()> {
-    let mut v4 = HashMap::new();
-    v4.insert(
-        "demo".to_string(),
-        rumqttd::ServerSettings {
-            name: "demo".into(),
-            listen: SocketAddr::from(([127, 0, 0, 1], port)),
-            tls: None,
-            next_connection_delay_ms: 1,
-            connections: rumqttd::ConnectionSettings {
-                connection_timeout_ms: 60_000,
-                max_payload_size: 256 * 1024,
-                max_inflight_count: 100,
-                auth: None,
-                external_auth: None,
-                dynamic_filters: true,
-            },
-        },
-    );
-    let config = rumqttd::Config {
-        id: 0,
-        router: rumqttd::RouterConfig {
-            max_connections: 100,
-            max_outgoing_packet_count: 200,
-            max_segment_size: 1 << 20,
-            max_segment_count: 10,
-            ..Default::default()
-        },
-        v4: Some(v4),
-        ..Default::default()
-    };
-    let mut broker = rumqttd::Broker::new(config);
-    std::thread::Builder::new()
-        .name("demo-broker".into())
-        .spawn(move || {
-            if let Err(e) = broker.start() {
-                eprintln!("zenedge demo: embedded broker stopped: {e}");
-            }
-        })?;
-    Ok(())
-}
-
 /// Waits until an event matching `want` arrives at the stand-in.
 async fn expect(
     events: &mut mpsc::UnboundedReceiver<Value>,
@@ -383,7 +340,7 @@ async fn play(
     println!("  ZenEdge admin          http://127.0.0.1:{}", ports.admin);
     println!("  simulated devices      front-door (Zigbee2MQTT lock), side-strike (Tasmota relay), room-panel");
 
-    start_broker(ports.mqtt)?;
+    crate::broker::start(SocketAddr::from(([127, 0, 0, 1], ports.mqtt)))?;
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let zencore = ZenCore {
         down: Arc::new(AtomicBool::new(false)),

@@ -454,3 +454,26 @@ async fn broker_credentials_from_a_password_file_and_a_clear_refusal() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_broker_serves_a_room_without_mosquitto() {
+    let rx = Receiver::start(|_| Reply::Status(200)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port().port();
+    let admin = common::free_port();
+    let extra =
+        format!("\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nembedded = true\n{DEVICES}");
+    let config = common::write_config(
+        dir.path(),
+        &common::config_text(dir.path(), &rx.url(), admin, &extra),
+    );
+    // Healthy means ZenEdge subscribed on its own broker.
+    let _daemon = Daemon::start(&config, admin).await;
+    let p = Peer::connect(port, "strike").await;
+    p.publish("tele/strike_1/LWT", "Online", true).await;
+    let want = ("device.online".to_string(), "availability".to_string());
+    rx.wait_until(WAIT, "strike online via the embedded broker", |r| {
+        device_events(r, "strike").contains(&want)
+    })
+    .await;
+}

@@ -1,0 +1,53 @@
+//! The embedded MQTT broker (rumqttd) for `zenedge demo` and for `[mqtt] embedded = true`:
+//! a single-room controller whose devices talk to the Pi directly can run without mosquitto.
+//!
+//! Limits, as documented in the README: sessions and retained messages live in memory, so a
+//! restart of ZenEdge loses them (devices re-announce themselves on reconnect; QoS 1 messages
+//! sent while ZenEdge was down are lost); no TLS and no authentication, so bind it to a
+//! trusted network only.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+/// Starts the broker on `listen` in its own thread; it runs until the process ends.
+pub fn start(listen: SocketAddr) -> anyhow::Result<()> {
+    let mut v4 = HashMap::new();
+    v4.insert(
+        "zenedge".to_string(),
+        rumqttd::ServerSettings {
+            name: "zenedge".into(),
+            listen,
+            tls: None,
+            next_connection_delay_ms: 1,
+            connections: rumqttd::ConnectionSettings {
+                connection_timeout_ms: 60_000,
+                max_payload_size: 256 * 1024,
+                max_inflight_count: 100,
+                auth: None,
+                external_auth: None,
+                dynamic_filters: true,
+            },
+        },
+    );
+    let config = rumqttd::Config {
+        id: 0,
+        router: rumqttd::RouterConfig {
+            max_connections: 100,
+            max_outgoing_packet_count: 200,
+            max_segment_size: 1 << 20,
+            max_segment_count: 10,
+            ..Default::default()
+        },
+        v4: Some(v4),
+        ..Default::default()
+    };
+    let mut broker = rumqttd::Broker::new(config);
+    std::thread::Builder::new()
+        .name("mqtt-broker".into())
+        .spawn(move || {
+            if let Err(e) = broker.start() {
+                tracing::error!(message = "Embedded MQTT broker stopped.", error = %e);
+            }
+        })?;
+    Ok(())
+}

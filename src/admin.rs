@@ -52,6 +52,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/test-webhook", post(test_webhook))
         .route("/v1/devices", get(devices))
         .route("/v1/grants", get(grants))
+        .route("/metrics", get(metrics))
         .route("/v1/audit", get(audit))
         .route("/v1/devices/{id}/{action}", post(device_action))
         .with_state(state)
@@ -379,4 +380,46 @@ async fn audit(
             Err((seq, problem)) => json!({"valid": false, "record": seq, "problem": problem}),
         });
     Ok(Json(json!({"records": records, "verification": verification})).into_response())
+}
+
+/// Prometheus text: counters from telemetry, gauges read now.
+async fn metrics(AxState(s): AxState<AdminState>) -> Result<Response, ApiError> {
+    let store = s.store.clone();
+    let stats = blocking(move || store.stats()).await?;
+    let d = s.delivery.borrow().clone();
+    let mqtt = s.mqtt.status.borrow().clone();
+    let views = s.mqtt.views.borrow().clone();
+    let oldest = stats
+        .oldest_pending_at
+        .as_deref()
+        .and_then(Millis::parse_rfc3339)
+        .map(|t| Millis::now().saturating_sub(t).as_secs_f64())
+        .unwrap_or(0.0);
+    let g = crate::telemetry::Gauges {
+        queue_pending: stats.pending,
+        queue_dead: stats.dead,
+        oldest_pending_age_seconds: oldest,
+        delivered_total: stats.counters.delivered,
+        dropped_total: stats.counters.dropped,
+        store_live_bytes: stats.live_bytes,
+        store_max_bytes: stats.max_store_bytes,
+        store_disk_bytes: stats.disk_bytes,
+        store_full: stats.full,
+        zencore_reachable: d.reachable,
+        devices_total: views.len() as u64,
+        devices_online: views.iter().filter(|v| v.online == Some(true)).count() as u64,
+        mqtt_connected: mqtt.connected,
+        mqtt_messages_total: mqtt.messages,
+        mqtt_malformed_total: mqtt.malformed,
+        mqtt_connect_attempts_total: mqtt.connect_attempts,
+        written_bytes_total: crate::telemetry::process_written_bytes(),
+    };
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::telemetry::prometheus(&g),
+    )
+        .into_response())
 }

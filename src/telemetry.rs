@@ -16,7 +16,16 @@ pub struct Metrics {
     pub attempts: AtomicU64,
     /// Sum of attempt durations in ms, for a mean.
     pub attempt_ms_total: AtomicU64,
+    /// Attempt durations: counts per bucket of [`LATENCY_BUCKETS`] (not cumulative).
+    pub attempt_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    pub access_granted: AtomicU64,
+    pub access_denied: AtomicU64,
 }
+
+/// Upper bounds (seconds) of the attempt latency histogram; the last bucket is +Inf.
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 
 pub fn metrics() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
@@ -44,6 +53,10 @@ pub fn attempt_finished(
     let m = metrics();
     inc(&m.attempts, 1);
     inc(&m.attempt_ms_total, duration_ms);
+    let secs = duration_ms as f64 / 1000.0;
+    if let Some(i) = LATENCY_BUCKETS.iter().position(|b| secs <= *b) {
+        inc(&m.attempt_buckets[i], 1);
+    }
     match outcome {
         Outcome::Delivered => {
             inc(&m.deliveries_succeeded, 1);
@@ -104,4 +117,250 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+/// An access decision at a panel or reader.
+pub fn access_decision(device: &str, result: &str, reason: Option<&str>, credential_type: &str) {
+    let m = metrics();
+    if result == "granted" {
+        inc(&m.access_granted, 1);
+    } else {
+        inc(&m.access_denied, 1);
+    }
+    tracing::info!(
+        message = "Access decision.",
+        device,
+        result,
+        reason = reason.unwrap_or(""),
+        credential_type
+    );
+}
+
+/// Values read at scrape time from the store, delivery and MQTT.
+#[derive(Debug, Clone, Default)]
+pub struct Gauges {
+    pub queue_pending: u64,
+    pub queue_dead: u64,
+    pub oldest_pending_age_seconds: f64,
+    pub delivered_total: u64,
+    pub dropped_total: u64,
+    pub store_live_bytes: u64,
+    pub store_max_bytes: u64,
+    pub store_disk_bytes: u64,
+    pub store_full: bool,
+    pub zencore_reachable: bool,
+    pub devices_total: u64,
+    pub devices_online: u64,
+    pub mqtt_connected: bool,
+    pub mqtt_messages_total: u64,
+    pub mqtt_malformed_total: u64,
+    pub mqtt_connect_attempts_total: u64,
+    pub written_bytes_total: u64,
+}
+
+/// The Prometheus text exposition of every metric.
+pub fn prometheus(g: &Gauges) -> String {
+    use std::fmt::Write;
+    let m = metrics();
+    let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+    };
+    let b = |x: bool| if x { 1.0 } else { 0.0 };
+    metric(
+        "zenedge_queue_pending_events",
+        "gauge",
+        "Events waiting for delivery.",
+        &[("", g.queue_pending as f64)],
+    );
+    metric(
+        "zenedge_queue_oldest_pending_age_seconds",
+        "gauge",
+        "Age of the oldest undelivered event.",
+        &[("", g.oldest_pending_age_seconds)],
+    );
+    metric(
+        "zenedge_dead_letters",
+        "gauge",
+        "Events in the dead-letter list.",
+        &[("", g.queue_dead as f64)],
+    );
+    metric(
+        "zenedge_deliveries_total",
+        "counter",
+        "Delivery attempts by outcome since start.",
+        &[
+            (
+                "{outcome=\"delivered\"}",
+                load(&m.deliveries_succeeded) as f64,
+            ),
+            ("{outcome=\"failed\"}", load(&m.deliveries_failed) as f64),
+            (
+                "{outcome=\"unreachable\"}",
+                load(&m.deliveries_unreachable) as f64,
+            ),
+        ],
+    );
+    metric(
+        "zenedge_events_delivered_total",
+        "counter",
+        "Events delivered (kept across restarts).",
+        &[("", g.delivered_total as f64)],
+    );
+    metric(
+        "zenedge_events_dropped_total",
+        "counter",
+        "Presence events dropped to stay inside the store budget.",
+        &[("", g.dropped_total as f64)],
+    );
+    metric(
+        "zenedge_events_stored_total",
+        "counter",
+        "Events stored since start.",
+        &[("", load(&m.events_enqueued) as f64)],
+    );
+    metric(
+        "zenedge_dead_lettered_total",
+        "counter",
+        "Events moved to the dead letters since start.",
+        &[("", load(&m.dead_lettered) as f64)],
+    );
+    // The attempt latency histogram.
+    let _ = writeln!(
+        out,
+        "# HELP zenedge_delivery_attempt_duration_seconds Duration of webhook delivery attempts."
+    );
+    let _ = writeln!(
+        out,
+        "# TYPE zenedge_delivery_attempt_duration_seconds histogram"
+    );
+    let mut cumulative = 0;
+    for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
+        cumulative += load(&m.attempt_buckets[i]);
+        let _ = writeln!(
+            out,
+            "zenedge_delivery_attempt_duration_seconds_bucket{{le=\"{le}\"}} {cumulative}"
+        );
+    }
+    let count = load(&m.attempts);
+    let _ = writeln!(
+        out,
+        "zenedge_delivery_attempt_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+    );
+    let _ = writeln!(
+        out,
+        "zenedge_delivery_attempt_duration_seconds_sum {}",
+        load(&m.attempt_ms_total) as f64 / 1000.0
+    );
+    let _ = writeln!(
+        out,
+        "zenedge_delivery_attempt_duration_seconds_count {count}"
+    );
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+    };
+    metric(
+        "zenedge_zencore_reachable",
+        "gauge",
+        "1 while ZenCore answers, 0 while it is probed.",
+        &[("", b(g.zencore_reachable))],
+    );
+    metric(
+        "zenedge_devices",
+        "gauge",
+        "Configured devices.",
+        &[("", g.devices_total as f64)],
+    );
+    metric(
+        "zenedge_devices_online",
+        "gauge",
+        "Devices believed online.",
+        &[("", g.devices_online as f64)],
+    );
+    metric(
+        "zenedge_mqtt_connected",
+        "gauge",
+        "1 while connected to the broker.",
+        &[("", b(g.mqtt_connected))],
+    );
+    metric(
+        "zenedge_mqtt_messages_total",
+        "counter",
+        "Device messages received.",
+        &[("", g.mqtt_messages_total as f64)],
+    );
+    metric(
+        "zenedge_mqtt_malformed_messages_total",
+        "counter",
+        "Device messages that could not be understood.",
+        &[("", g.mqtt_malformed_total as f64)],
+    );
+    metric(
+        "zenedge_mqtt_connect_attempts_total",
+        "counter",
+        "Connection attempts to the broker.",
+        &[("", g.mqtt_connect_attempts_total as f64)],
+    );
+    metric(
+        "zenedge_access_decisions_total",
+        "counter",
+        "Credentials decided at panels and readers, by result.",
+        &[
+            ("{result=\"granted\"}", load(&m.access_granted) as f64),
+            ("{result=\"denied\"}", load(&m.access_denied) as f64),
+        ],
+    );
+    metric(
+        "zenedge_store_data_bytes",
+        "gauge",
+        "Stored event data counted against max_store_bytes.",
+        &[("", g.store_live_bytes as f64)],
+    );
+    metric(
+        "zenedge_store_max_bytes",
+        "gauge",
+        "delivery.max_store_bytes.",
+        &[("", g.store_max_bytes as f64)],
+    );
+    metric(
+        "zenedge_store_disk_bytes",
+        "gauge",
+        "Size of the store's files.",
+        &[("", g.store_disk_bytes as f64)],
+    );
+    metric(
+        "zenedge_store_full",
+        "gauge",
+        "1 while the store is full of events that may not be dropped.",
+        &[("", b(g.store_full))],
+    );
+    metric(
+        "zenedge_process_written_bytes_total",
+        "counter",
+        "Bytes this process caused to be written to storage (/proc/self/io).",
+        &[("", g.written_bytes_total as f64)],
+    );
+    out
+}
+
+/// `write_bytes` of /proc/self/io: what this process made the kernel write to storage.
+pub fn process_written_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("write_bytes: ")
+                    .and_then(|v| v.trim().parse().ok())
+            })
+        })
+        .unwrap_or(0)
 }

@@ -477,3 +477,75 @@ async fn an_embedded_broker_serves_a_room_without_mosquitto() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_valid_prometheus_text() {
+    let r = rig(DEVICES).await;
+    let p = Peer::connect(r.broker.port, "dev").await;
+    p.publish("tele/strike_1/LWT", "Online", true).await;
+    p.publish("stat/strike_1/RESULT", b"{broken".to_vec(), false)
+        .await;
+    r.wait_event("strike", "device.online", "availability")
+        .await;
+    // Wait until the delivery's attempt is counted (the webhook arrived, the count follows).
+    let mut text = String::new();
+    for _ in 0..100 {
+        let resp = common::client()
+            .get(format!("http://{}/metrics", r.daemon.admin))
+            .send()
+            .await
+            .unwrap();
+        assert!(resp
+            .headers()
+            .get("content-type")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4"));
+        text = resp.text().await.unwrap();
+        if text.contains("zenedge_delivery_attempt_duration_seconds_count 1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
+    let value = |name: &str, label: Option<(&str, &str)>| -> f64 {
+        let s = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"));
+        match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => panic!("{name} is not a number"),
+        }
+    };
+    assert_eq!(value("zenedge_devices", None), 4.0);
+    assert_eq!(value("zenedge_devices_online", None), 1.0);
+    assert_eq!(value("zenedge_mqtt_connected", None), 1.0);
+    assert!(value("zenedge_mqtt_malformed_messages_total", None) >= 1.0);
+    assert!(value("zenedge_deliveries_total", Some(("outcome", "delivered"))) >= 1.0);
+    assert_eq!(value("zenedge_queue_pending_events", None), 0.0);
+    assert!(value("zenedge_store_data_bytes", None) > 0.0);
+    assert!(scrape
+        .samples
+        .iter()
+        .any(|s| s.metric == "zenedge_delivery_attempt_duration_seconds"
+            && matches!(s.value, prometheus_parse::Value::Histogram(_))));
+    // Names follow Prometheus conventions: prefixed, counters end in _total.
+    for (name, doc) in &scrape.docs {
+        assert!(name.starts_with("zenedge_"), "{name}: {doc}");
+    }
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("# TYPE") && l.ends_with("counter"))
+    {
+        assert!(
+            line.split(' ').nth(2).unwrap().ends_with("_total"),
+            "{line}"
+        );
+    }
+}

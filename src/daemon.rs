@@ -98,6 +98,14 @@ pub async fn run(
 
     let (requeue_tx, requeue_rx) = mpsc::unbounded_channel();
     let (delivery_tx, delivery_rx) = watch::channel(DeliveryState::default());
+    let delivery_state = delivery_rx.clone();
+    let mqtt_views = mqtt.views.clone();
+    if std::env::var("ZENEDGE_FAULT").as_deref() == Ok("wedge-delivery") {
+        tracing::warn!(message = "Fault hook: the delivery loop will stop going round.");
+        crate::telemetry::liveness()
+            .wedge_delivery
+            .store(true, Ordering::Relaxed);
+    }
     let ready = Arc::new(AtomicBool::new(false));
 
     let inbound_listener = TcpListener::bind(config.inbound.listen)
@@ -201,6 +209,45 @@ pub async fn run(
         }
     }
     ready.store(!stopping, Ordering::Release);
+    let status_line = {
+        let mqtt = mqtt.status.clone();
+        let views = mqtt_views.clone();
+        let delivery = delivery_state.clone();
+        move || {
+            let v = views.borrow();
+            let online = v.iter().filter(|d| d.online == Some(true)).count();
+            format!(
+                "mqtt {}, {online}/{} devices online, {} queued, zencore {}",
+                if mqtt.borrow().connected {
+                    "connected"
+                } else {
+                    "disconnected"
+                },
+                v.len(),
+                delivery.borrow().pending,
+                if delivery.borrow().reachable {
+                    "reachable"
+                } else {
+                    "unreachable"
+                },
+            )
+        }
+    };
+    if !stopping {
+        crate::systemd::ready(&status_line());
+    }
+    let watchdog_task = tokio::spawn(crate::systemd::watchdog(shutdown_rx.clone()));
+    let status_task = {
+        let mut stop = shutdown_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(10)) => crate::systemd::status(&status_line()),
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+            }
+        })
+    };
     tracing::info!(
         message = "ZenEdge is running.",
         controller_id = %config.controller.id,
@@ -214,12 +261,15 @@ pub async fn run(
         shutdown.await;
     }
     tracing::info!(message = "Stopping.");
+    crate::systemd::stopping();
     ready.store(false, Ordering::Release);
     let _ = shutdown_tx.send(true);
     let delivery_result = delivery_task.await;
     let _ = admin_task.await;
     let _ = inbound_task.await;
     let _ = gc_task.await;
+    let _ = watchdog_task.await;
+    let _ = status_task.await;
     match mqtt_task.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {

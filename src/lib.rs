@@ -19,6 +19,7 @@ pub mod inbound;
 pub mod logging;
 pub mod signing;
 pub mod store;
+pub mod systemd;
 pub mod telemetry;
 
 /// Caps glibc's malloc arenas at two. By default glibc gives each thread that allocates its own

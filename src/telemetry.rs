@@ -364,3 +364,19 @@ pub fn process_written_bytes() -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// Heartbeats of the critical loops. Each loop bumps its counter every time round (at least twice
+/// a second, from a timer of its own; so `WatchdogSec` must be 2 s or more), so a loop that stops going round stops its counter, and
+/// the systemd watchdog is withheld.
+#[derive(Debug, Default)]
+pub struct Liveness {
+    pub delivery: AtomicU64,
+    pub devices: AtomicU64,
+    /// Test hook (`ZENEDGE_FAULT=wedge-delivery`): the delivery loop stops going round.
+    pub wedge_delivery: std::sync::atomic::AtomicBool,
+}
+
+pub fn liveness() -> &'static Liveness {
+    static LIVENESS: OnceLock<Liveness> = OnceLock::new();
+    LIVENESS.get_or_init(Liveness::default)
+}

@@ -305,7 +305,20 @@ pub async fn run(
     let mut rng = rand::rngs::StdRng::from_os_rng();
     let mut in_flight: JoinSet<(u64, u32, AttemptResult)> = JoinSet::new();
     tokio::pin!(shutdown);
+    let mut heartbeat = tokio::time::interval(Duration::from_millis(500));
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let live = telemetry::liveness();
+        if live
+            .wedge_delivery
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            // The fault hook: stop going round (only a stop gets through).
+            (&mut shutdown).await;
+            break;
+        }
+        live.delivery
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         loader.refill(&store, &mut scheduler)?;
         let now = Millis::now();
         for action in scheduler.poll(now) {
@@ -367,6 +380,7 @@ pub async fn run(
                 loader.durable_upto = loader.durable_upto.max(*durable.borrow_and_update());
             }
             Some(p) = requeued.recv() => scheduler.add(p),
+            _ = heartbeat.tick() => {}
             _ = tokio::time::sleep(sleep_for.unwrap_or_default()), if sleep_for.is_some() => {}
         }
     }

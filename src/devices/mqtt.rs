@@ -247,7 +247,12 @@ impl Shell {
             };
             self.apply(out, Vec::new()).await?;
         }
+        let mut heartbeat = tokio::time::interval(Duration::from_millis(500));
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            crate::telemetry::liveness()
+                .devices
+                .fetch_add(1, Ordering::Relaxed);
             let sleep_for = self
                 .hub
                 .next_deadline()
@@ -265,6 +270,7 @@ impl Shell {
                     }
                     self.handle_batch(batch).await?;
                 }
+                _ = heartbeat.tick() => {}
                 Some(request) = requests.recv() => {
                     match request {
                         HubRequest::Action { request, reply } => {

@@ -1,0 +1,126 @@
+//! systemd notifications, read from a NOTIFY_SOCKET the test owns: READY=1 only once the
+//! listeners answer, WATCHDOG=1 while the loops go round and not when one is wedged (fault
+//! hook), STOPPING=1 on SIGTERM.
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{Receiver, Reply};
+
+struct Notified {
+    rx: mpsc::Receiver<String>,
+}
+
+impl Notified {
+    fn listen(path: &std::path::Path) -> Notified {
+        let sock = UnixDatagram::bind(path).unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = sock.recv(&mut buf) {
+                if tx
+                    .send(String::from_utf8_lossy(&buf[..n]).into_owned())
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Notified { rx }
+    }
+
+    /// The next message containing `what`, within `limit`.
+    fn wait(&self, what: &str, limit: Duration) -> Option<String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            match self.rx.recv_timeout(left) {
+                Ok(m) if m.contains(what) => return Some(m),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
+fn spawn(config: &std::path::Path, socket: &std::path::Path, fault: Option<&str>) -> Child {
+    // systemd names the watched process in WATCHDOG_PID; `exec` keeps the shell's pid.
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(r#"WATCHDOG_PID=$$ exec "$0" --config "$1" run"#)
+        .arg(common::bin())
+        .arg(config)
+        .env("NOTIFY_SOCKET", socket)
+        .env("WATCHDOG_USEC", "2000000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(f) = fault {
+        cmd.env("ZENEDGE_FAULT", f);
+    }
+    cmd.spawn().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_watchdog_and_stopping() {
+    let rx = Receiver::start(|_| Reply::Status(200)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let admin = common::free_port();
+    let config = common::write_config(
+        dir.path(),
+        &common::config_text(dir.path(), &rx.url(), admin, ""),
+    );
+    let socket = dir.path().join("notify.sock");
+    let notified = Notified::listen(&socket);
+    let mut child = spawn(&config, &socket, None);
+
+    let ready = tokio::task::block_in_place(|| notified.wait("READY=1", Duration::from_secs(30)))
+        .expect("READY=1");
+    assert!(ready.contains("STATUS="), "{ready}");
+    // READY came after the listeners were up: the admin API answers at once.
+    let health = common::client()
+        .get(format!("http://{admin}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    for _ in 0..3 {
+        tokio::task::block_in_place(|| notified.wait("WATCHDOG=1", Duration::from_secs(3)))
+            .expect("WATCHDOG=1 while healthy");
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    tokio::task::block_in_place(|| notified.wait("STOPPING=1", Duration::from_secs(10)))
+        .expect("STOPPING=1");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wedged_delivery_loop_stops_the_watchdog() {
+    let rx = Receiver::start(|_| Reply::Status(200)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let admin = common::free_port();
+    let config = common::write_config(
+        dir.path(),
+        &common::config_text(dir.path(), &rx.url(), admin, ""),
+    );
+    let socket = dir.path().join("notify.sock");
+    let notified = Notified::listen(&socket);
+    let mut child = spawn(&config, &socket, Some("wedge-delivery"));
+    tokio::task::block_in_place(|| notified.wait("READY=1", Duration::from_secs(30)))
+        .expect("READY=1");
+    // Healthy, the watchdog comes every second; wedged, not once in four.
+    let pet = tokio::task::block_in_place(|| notified.wait("WATCHDOG=1", Duration::from_secs(4)));
+    assert!(
+        pet.is_none(),
+        "watchdog petted while delivery is wedged: {pet:?}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

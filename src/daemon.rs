@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,9 +34,30 @@ pub struct Bound {
     pub inbound: SocketAddr,
 }
 
-/// Runs the daemon until `shutdown` resolves. `on_ready` is called once everything listens.
+/// Runs the daemon on `config` until `shutdown` resolves (no reload: used by the demo,
+/// benchmarks and in-process tests). `on_ready` is called once everything listens.
 pub async fn run(
     config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(Bound) + Send,
+) -> anyhow::Result<()> {
+    run_inner(config, None, shutdown, on_ready).await
+}
+
+/// Runs the daemon from the config file at `path`, re-reading it on SIGHUP: a valid new config
+/// replaces the running one (devices, secrets, delivery settings, listeners) without touching
+/// the store, so nothing queued is lost; an invalid one is logged and the old one keeps running.
+pub async fn run_reloadable(
+    path: PathBuf,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    run_inner(config, Some(path), shutdown, |_| {}).await
+}
+
+async fn run_inner(
+    config: Config,
+    path: Option<PathBuf>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_ready: impl FnOnce(Bound) + Send,
 ) -> anyhow::Result<()> {
@@ -65,14 +87,6 @@ pub async fn run(
             .with("quarantined_to", aside.display().to_string());
         store.enqueue(event).await?;
     }
-
-    let sender = Arc::new(Sender::from_config(&config.zencore)?);
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-    let config = Arc::new(config);
-
     if config.mqtt.embedded {
         let ip: std::net::IpAddr = config
             .mqtt
@@ -82,6 +96,90 @@ pub async fn run(
         crate::broker::start(SocketAddr::new(ip, config.mqtt.port))?;
         tracing::info!(message = "Embedded MQTT broker started.", host = %config.mqtt.host, port = config.mqtt.port);
     }
+    if std::env::var("ZENEDGE_FAULT").as_deref() == Ok("wedge-delivery") {
+        tracing::warn!(message = "Fault hook: the delivery loop will stop going round.");
+        crate::telemetry::liveness()
+            .wedge_delivery
+            .store(true, Ordering::Relaxed);
+    }
+    let mut hangup = match &path {
+        Some(_) => Some(
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .context("cannot install the SIGHUP handler")?,
+        ),
+        None => None,
+    };
+    tokio::pin!(shutdown);
+    let mut on_ready = Some(on_ready);
+    let mut config = Arc::new(config);
+    loop {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let serving = serve(config.clone(), store.clone(), stop_rx, &mut on_ready);
+        tokio::pin!(serving);
+        // Wait for a stop, or a reload with a config that is valid.
+        let next = loop {
+            let reload = async {
+                match hangup.as_mut() {
+                    Some(h) => {
+                        h.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                result = &mut serving => return result.and(Ok(store.flush()?)),
+                _ = &mut shutdown => break None,
+                _ = reload => {
+                    let Some(p) = &path else { continue };
+                    match Config::load(p) {
+                        Err(e) => tracing::error!(
+                            message = "New config rejected; the running one stays.",
+                            error = %e
+                        ),
+                        Ok(new) if new.controller.state_dir != config.controller.state_dir
+                            || new.mqtt.embedded != config.mqtt.embedded =>
+                        {
+                            tracing::error!(message = "controller.state_dir and mqtt.embedded change only with a restart; the running config stays.");
+                        }
+                        Ok(new) => break Some(new),
+                    }
+                }
+            }
+        };
+        match next {
+            None => {
+                tracing::info!(message = "Stopping.");
+                crate::systemd::stopping();
+                let _ = stop_tx.send(true);
+                serving.await?;
+                store.flush()?;
+                tracing::info!(message = "Stopped.");
+                return Ok(());
+            }
+            Some(new) => {
+                tracing::info!(message = "Reloading the config.", devices = new.devices.len());
+                crate::systemd::reloading();
+                let _ = stop_tx.send(true);
+                serving.await?;
+                store.set_max_bytes(new.delivery.max_store_bytes.0);
+                config = Arc::new(new);
+            }
+        }
+    }
+}
+
+/// Runs every component on `config` until `stop` turns true: the device hub and MQTT client,
+/// delivery, the inbound endpoint, the admin API. The store outlives it (reloads).
+async fn serve(
+    config: Arc<Config>,
+    store: Store,
+    shutdown_rx: watch::Receiver<bool>,
+    on_ready: &mut Option<impl FnOnce(Bound) + Send>,
+) -> anyhow::Result<()> {
+    let sender = Arc::new(Sender::from_config(&config.zencore)?);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
     let clock = Arc::new(crate::access::Clock::new(
         store.clone(),
         config.clock.require_sync,
@@ -100,12 +198,6 @@ pub async fn run(
     let (delivery_tx, delivery_rx) = watch::channel(DeliveryState::default());
     let delivery_state = delivery_rx.clone();
     let mqtt_views = mqtt.views.clone();
-    if std::env::var("ZENEDGE_FAULT").as_deref() == Ok("wedge-delivery") {
-        tracing::warn!(message = "Fault hook: the delivery loop will stop going round.");
-        crate::telemetry::liveness()
-            .wedge_delivery
-            .store(true, Ordering::Relaxed);
-    }
     let ready = Arc::new(AtomicBool::new(false));
 
     let inbound_listener = TcpListener::bind(config.inbound.listen)
@@ -199,13 +291,13 @@ pub async fn run(
 
     // Ready once the listeners are up and, when devices talk MQTT, the broker has acknowledged
     // the subscriptions.
-    tokio::pin!(shutdown);
     let mut stopping = false;
     if needs_mqtt {
         let mut status = mqtt.status.clone();
+        let mut stop = shutdown_rx.clone();
         tokio::select! {
             _ = status.wait_for(|s| s.subscribed) => {}
-            _ = &mut shutdown => stopping = true,
+            _ = stop.wait_for(|s| *s) => stopping = true,
         }
     }
     ready.store(!stopping, Ordering::Release);
@@ -257,13 +349,12 @@ pub async fn run(
         last_sequence = store.last_sequence(),
     );
     if !stopping {
-        on_ready(bound);
-        shutdown.await;
+        if let Some(f) = on_ready.take() {
+            f(bound);
+        }
+        stopped(shutdown_rx.clone()).await;
     }
-    tracing::info!(message = "Stopping.");
-    crate::systemd::stopping();
     ready.store(false, Ordering::Release);
-    let _ = shutdown_tx.send(true);
     let delivery_result = delivery_task.await;
     let _ = admin_task.await;
     let _ = inbound_task.await;
@@ -279,13 +370,12 @@ pub async fn run(
     }
     store.flush()?;
     match delivery_result {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(e).context("delivery stopped on a store error"),
-        Err(e) => return Err(e).context("delivery task failed"),
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e).context("delivery stopped on a store error"),
+        Err(e) => Err(e).context("delivery task failed"),
     }
-    tracing::info!(message = "Stopped.");
-    Ok(())
 }
+
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).
 pub async fn stop_signal() {

@@ -33,10 +33,10 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return cli::config_exit(&e),
             };
-            let result = runtime.block_on(zenedge::daemon::run(
+            let result = runtime.block_on(zenedge::daemon::run_reloadable(
+                cli::config_path(&cli),
                 config,
                 zenedge::daemon::stop_signal(),
-                |_| {},
             ));
             match result {
                 Ok(()) => ExitCode::SUCCESS,

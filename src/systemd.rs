@@ -24,6 +24,10 @@ pub fn status(status: &str) {
     notify(&[NotifyState::Status(status)]);
 }
 
+pub fn reloading() {
+    notify(&[NotifyState::Reloading, NotifyState::Status("reloading the config")]);
+}
+
 pub fn stopping() {
     notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
 }

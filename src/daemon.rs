@@ -157,7 +157,10 @@ async fn run_inner(
                 return Ok(());
             }
             Some(new) => {
-                tracing::info!(message = "Reloading the config.", devices = new.devices.len());
+                tracing::info!(
+                    message = "Reloading the config.",
+                    devices = new.devices.len()
+                );
                 crate::systemd::reloading();
                 let _ = stop_tx.send(true);
                 serving.await?;
@@ -375,7 +378,6 @@ async fn serve(
         Err(e) => Err(e).context("delivery task failed"),
     }
 }
-
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).
 pub async fn stop_signal() {

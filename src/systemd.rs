@@ -25,7 +25,10 @@ pub fn status(status: &str) {
 }
 
 pub fn reloading() {
-    notify(&[NotifyState::Reloading, NotifyState::Status("reloading the config")]);
+    notify(&[
+        NotifyState::Reloading,
+        NotifyState::Status("reloading the config"),
+    ]);
 }
 
 pub fn stopping() {

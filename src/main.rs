@@ -10,6 +10,16 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(code) => return code,
     };
+    if !matches!(cli.command, Command::Run | Command::Demo { .. }) {
+        // A CLI verb piped into `head` should end quietly, as Unix tools do, rather than
+        // panic on a closed stdout. Not for the daemon: there a closed socket must be an error
+        // to handle, not a signal that kills the process.
+        #[cfg(unix)]
+        // SAFETY: restoring the default disposition of SIGPIPE before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     zenedge::logging::init(match cli.command {
         Command::Run => "info",
         Command::Demo { .. } => "zenedge=error,rumqttd=off",

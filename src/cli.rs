@@ -77,6 +77,9 @@ pub enum Command {
         #[command(flatten)]
         json: JsonFlag,
     },
+    /// Check config, store, clock, MQTT, ZenCore and serial ports; one line each, exit 1 if any
+    /// fails.
+    Doctor,
     /// Queue `edge.test` events through the normal outbox.
     TestWebhook {
         #[arg(long, default_value_t = 1)]
@@ -236,6 +239,25 @@ async fn run_verb(cli: &Cli) -> Result<ExitCode, ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Queue(q) => queue(cli, q).await,
+        Command::Doctor => {
+            let config = load_config(cli)?;
+            let checks = crate::doctor::run(&config).await;
+            let mut failed = 0;
+            for c in &checks {
+                println!(
+                    "{:<4} {:<8} {}",
+                    if c.ok { "ok" } else { "FAIL" },
+                    c.name,
+                    c.detail
+                );
+                failed += usize::from(!c.ok);
+            }
+            Ok(ExitCode::from(if failed == 0 {
+                exit::OK
+            } else {
+                exit::NEGATIVE
+            }))
+        }
         Command::Devices(flag) => {
             let client = AdminClient::new(&load_config(cli)?);
             let rows: Vec<crate::devices::DeviceView> = client.get_json("/v1/devices").await?;

@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod delivery;
 pub mod demo;
 pub mod devices;
+pub mod doctor;
 pub mod event;
 pub mod inbound;
 pub mod logging;

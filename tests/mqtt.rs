@@ -549,3 +549,26 @@ async fn metrics_are_valid_prometheus_text() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_passes_on_a_healthy_controller_and_names_what_fails() {
+    let mut r = rig(DEVICES).await;
+    let (code, out, err) = r.cli(&["doctor"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    for name in ["config", "daemon", "store", "clock", "mqtt", "zencore"] {
+        assert!(
+            out.lines().any(|l| l.starts_with("ok") && l.contains(name)),
+            "{name} missing:\n{out}"
+        );
+    }
+    assert!(out.contains("accepted signed edge.test"), "{out}");
+    // The broker goes away: doctor says so and exits 1.
+    r.broker.kill();
+    let (code, out, _) = r.cli(&["doctor"]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("FAIL") && l.contains("mqtt")),
+        "{out}"
+    );
+}

@@ -1,0 +1,267 @@
+//! `zenedge doctor`: one line per check, so that an operator (or a fleet script) sees at once
+//! what is wrong on a controller. Exit 0 when every check passes, 1 otherwise.
+//!
+//! Checks: the config loads; the daemon answers (and its store is open, nothing quarantined, not
+//! full) — or, when it is not running, the store opens; the clock is trusted; the MQTT broker
+//! accepts a connection with the configured credentials; ZenCore accepts a signed `edge.test`
+//! (through the daemon's outbox when it runs, else sent directly); each serial port opens
+//! read-write.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::config::{Config, Driver};
+use crate::event::Millis;
+
+/// One check's verdict.
+pub struct Check {
+    pub name: &'static str,
+    pub ok: bool,
+    pub detail: String,
+}
+
+fn check(name: &'static str, ok: bool, detail: impl Into<String>) -> Check {
+    Check {
+        name,
+        ok,
+        detail: detail.into(),
+    }
+}
+
+pub async fn run(config: &Config) -> Vec<Check> {
+    let mut out = vec![check(
+        "config",
+        true,
+        format!("{} devices", config.devices.len()),
+    )];
+    let admin = {
+        let mut a = config.admin.listen;
+        if a.ip().is_unspecified() {
+            a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        format!("http://{a}")
+    };
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap_or_default();
+    let status: Option<Value> = match http.get(format!("{admin}/v1/status")).send().await {
+        Ok(r) => r.json().await.ok(),
+        Err(_) => None,
+    };
+    match &status {
+        Some(s) => {
+            let store = &s["store"];
+            let quarantined = store["quarantined"].as_str();
+            let full = store["full"] == true;
+            out.push(check(
+                "daemon",
+                true,
+                format!("running, version {}", s["version"].as_str().unwrap_or("?")),
+            ));
+            out.push(check(
+                "store",
+                quarantined.is_none() && !full,
+                match (quarantined, full) {
+                    (Some(q), _) => format!("a corrupt store was moved aside to {q}"),
+                    (None, true) => {
+                        "FULL: new presence events are dropped, commands get 507".into()
+                    }
+                    (None, false) => format!(
+                        "{} pending, {} dead, {} of {} bytes",
+                        store["pending"],
+                        store["dead"],
+                        store["live_bytes"],
+                        store["max_store_bytes"]
+                    ),
+                },
+            ));
+        }
+        None => {
+            out.push(check(
+                "daemon",
+                true,
+                "not running (checks run on their own)",
+            ));
+            let dir = config.controller.state_dir.clone();
+            let origin = crate::event::Origin::from_config(config);
+            let opened = tokio::task::spawn_blocking(move || {
+                crate::store::Store::open(&dir, origin, u64::MAX)
+                    .map(|s| s.quarantined().map(|p| p.display().to_string()))
+            })
+            .await;
+            out.push(match opened {
+                Ok(Ok(None)) => check(
+                    "store",
+                    true,
+                    format!("opens in {}", config.controller.state_dir.display()),
+                ),
+                Ok(Ok(Some(q))) => {
+                    check("store", false, format!("was corrupt; moved aside to {q}"))
+                }
+                Ok(Err(e)) => check("store", false, e.to_string()),
+                Err(e) => check("store", false, e.to_string()),
+            });
+        }
+    }
+    let synced = crate::access::system_synchronised();
+    out.push(check(
+        "clock",
+        synced || !config.clock.require_sync,
+        match (synced, config.clock.require_sync) {
+            (true, _) => "synchronised".to_string(),
+            (false, true) => {
+                "NOT synchronised: inbound commands get 503 clock (install systemd-timesyncd)"
+                    .into()
+            }
+            (false, false) => {
+                "not synchronised; trusted anyway (clock.require_sync = false)".into()
+            }
+        },
+    ));
+    out.push(mqtt(config).await);
+    out.push(zencore(config, &http, &admin, status.is_some()).await);
+    for d in &config.devices {
+        if !matches!(d.driver, Driver::ModbusRelay | Driver::Osdp) {
+            continue;
+        }
+        let Some(port) = &d.port else { continue };
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(port);
+        out.push(match opened {
+            Ok(_) => check(
+                "serial",
+                true,
+                format!("{}: {} opens read-write", d.id, port.display()),
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => check(
+                "serial",
+                false,
+                format!(
+                    "{}: {}: permission denied (add the user to dialout)",
+                    d.id,
+                    port.display()
+                ),
+            ),
+            Err(e) => check(
+                "serial",
+                false,
+                format!("{}: {}: {e}", d.id, port.display()),
+            ),
+        });
+    }
+    out
+}
+
+/// Connects with the configured client settings (a separate client id, so the daemon's session
+/// is left alone) and waits for the broker's answer.
+async fn mqtt(config: &Config) -> Check {
+    let mut o = rumqttc::MqttOptions::new(
+        format!("{}-doctor", config.mqtt_client_id()),
+        &config.mqtt.host,
+        config.mqtt.port,
+    );
+    o.set_keep_alive(Duration::from_secs(5));
+    if let Some(user) = &config.mqtt.username {
+        o.set_credentials(
+            user.clone(),
+            config
+                .mqtt
+                .password()
+                .map(|p| p.expose().to_owned())
+                .unwrap_or_default(),
+        );
+    }
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(o, 10);
+    let target = format!("{}:{}", config.mqtt.host, config.mqtt.port);
+    let answer = tokio::time::timeout(Duration::from_secs(5), eventloop.poll()).await;
+    let _ = client.disconnect().await;
+    match answer {
+        Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_)))) => {
+            check("mqtt", true, format!("{target} accepted the connection"))
+        }
+        Ok(Ok(other)) => check("mqtt", false, format!("{target}: unexpected {other:?}")),
+        Ok(Err(e)) => check(
+            "mqtt",
+            false,
+            format!("{target}: {}", crate::telemetry::error_chain(&e)),
+        ),
+        Err(_) => check("mqtt", false, format!("{target}: no answer within 5 s")),
+    }
+}
+
+async fn zencore(config: &Config, http: &reqwest::Client, admin: &str, daemon: bool) -> Check {
+    let url = &config.zencore.webhook_url;
+    if daemon {
+        // Through the outbox: proves the daemon's own path, signatures included.
+        let queued: Option<Value> = match http
+            .post(format!("{admin}/v1/test-webhook"))
+            .json(&serde_json::json!({"count": 1, "note": "zenedge doctor"}))
+            .send()
+            .await
+        {
+            Ok(r) => r.json().await.ok(),
+            Err(_) => None,
+        };
+        let Some(id) = queued
+            .as_ref()
+            .and_then(|q| q["events"][0]["id"].as_str())
+            .map(String::from)
+        else {
+            return check("zencore", false, "the daemon did not queue the test event");
+        };
+        let deadline = std::time::Instant::now() + config.zencore.timeout + Duration::from_secs(5);
+        loop {
+            let detail: Option<Value> =
+                match http.get(format!("{admin}/v1/queue/{id}")).send().await {
+                    Ok(r) => r.json().await.ok(),
+                    Err(_) => None,
+                };
+            if let Some(d) = &detail {
+                if d["state"] == "delivered" {
+                    return check(
+                        "zencore",
+                        true,
+                        format!("{url} accepted signed edge.test {id}"),
+                    );
+                }
+                if std::time::Instant::now() >= deadline {
+                    let last = d["attempts_log"].as_array().and_then(|a| a.last()).cloned();
+                    return check(
+                        "zencore",
+                        false,
+                        format!(
+                            "{url}: not delivered yet ({})",
+                            last.map(|l| l["error"].as_str().unwrap_or("?").to_string())
+                                .unwrap_or_else(|| "no attempt yet".into())
+                        ),
+                    );
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // No daemon: a signed edge.test sent directly, outside the outbox (sequence 0).
+    let sender = match crate::delivery::Sender::from_config(&config.zencore) {
+        Ok(s) => s,
+        Err(e) => return check("zencore", false, e.to_string()),
+    };
+    let id = format!("evt_doctor_{}", Millis::now().0);
+    let event = crate::event::NewEvent::new(crate::event::EventKind::EdgeTest, None, Millis::now())
+        .with("note", "zenedge doctor");
+    let body =
+        crate::event::render_body(&crate::event::Origin::from_config(config), &event, &id, 0);
+    let result = sender.send(&id, 1, body).await;
+    match (result.status, result.error) {
+        (Some(s), None) => check(
+            "zencore",
+            true,
+            format!("{url} accepted signed edge.test (HTTP {s})"),
+        ),
+        (_, Some(e)) => check("zencore", false, format!("{url}: {e}")),
+        (None, None) => check("zencore", false, format!("{url}: no answer")),
+    }
+}

@@ -159,26 +159,20 @@ pub async fn run(config: &Config) -> Vec<Check> {
 /// Connects with the configured client settings (a separate client id, so the daemon's session
 /// is left alone) and waits for the broker's answer.
 async fn mqtt(config: &Config) -> Check {
-    let mut o = rumqttc::MqttOptions::new(
+    let o = match crate::devices::mqtt::options(
+        config,
         format!("{}-doctor", config.mqtt_client_id()),
-        &config.mqtt.host,
-        config.mqtt.port,
-    );
-    o.set_keep_alive(Duration::from_secs(5));
-    if let Some(user) = &config.mqtt.username {
-        o.set_credentials(
-            user.clone(),
-            config
-                .mqtt
-                .password()
-                .map(|p| p.expose().to_owned())
-                .unwrap_or_default(),
-        );
-    }
+        false,
+    ) {
+        Ok(o) => o,
+        Err(e) => return check("mqtt", false, e),
+    };
     let (client, mut eventloop) = rumqttc::AsyncClient::new(o, 10);
     let target = format!("{}:{}", config.mqtt.host, config.mqtt.port);
     let answer = tokio::time::timeout(Duration::from_secs(5), eventloop.poll()).await;
+    // Send the DISCONNECT before dropping the connection.
     let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
     match answer {
         Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_)))) => {
             check("mqtt", true, format!("{target} accepted the connection"))

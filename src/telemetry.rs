@@ -158,39 +158,46 @@ pub struct Gauges {
     pub written_bytes_total: u64,
 }
 
+/// One metric in Prometheus text: its HELP, TYPE and samples (`labels` like `{outcome="x"}`).
+fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, f64)]) {
+    use std::fmt::Write;
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, v) in samples {
+        let _ = writeln!(out, "{name}{labels} {v}");
+    }
+}
+
 /// The Prometheus text exposition of every metric.
 pub fn prometheus(g: &Gauges) -> String {
     use std::fmt::Write;
     let m = metrics();
     let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
     let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for (labels, v) in samples {
-            let _ = writeln!(out, "{name}{labels} {v}");
-        }
-    };
     let b = |x: bool| if x { 1.0 } else { 0.0 };
     metric(
+        &mut out,
         "zenedge_queue_pending_events",
         "gauge",
         "Events waiting for delivery.",
         &[("", g.queue_pending as f64)],
     );
     metric(
+        &mut out,
         "zenedge_queue_oldest_pending_age_seconds",
         "gauge",
         "Age of the oldest undelivered event.",
         &[("", g.oldest_pending_age_seconds)],
     );
     metric(
+        &mut out,
         "zenedge_dead_letters",
         "gauge",
         "Events in the dead-letter list.",
         &[("", g.queue_dead as f64)],
     );
     metric(
+        &mut out,
         "zenedge_deliveries_total",
         "counter",
         "Delivery attempts by outcome since start.",
@@ -207,24 +214,28 @@ pub fn prometheus(g: &Gauges) -> String {
         ],
     );
     metric(
+        &mut out,
         "zenedge_events_delivered_total",
         "counter",
         "Events delivered (kept across restarts).",
         &[("", g.delivered_total as f64)],
     );
     metric(
+        &mut out,
         "zenedge_events_dropped_total",
         "counter",
         "Presence events dropped to stay inside the store budget.",
         &[("", g.dropped_total as f64)],
     );
     metric(
+        &mut out,
         "zenedge_events_stored_total",
         "counter",
         "Events stored since start.",
         &[("", load(&m.events_enqueued) as f64)],
     );
     metric(
+        &mut out,
         "zenedge_dead_lettered_total",
         "counter",
         "Events moved to the dead letters since start.",
@@ -261,56 +272,57 @@ pub fn prometheus(g: &Gauges) -> String {
         out,
         "zenedge_delivery_attempt_duration_seconds_count {count}"
     );
-    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for (labels, v) in samples {
-            let _ = writeln!(out, "{name}{labels} {v}");
-        }
-    };
     metric(
+        &mut out,
         "zenedge_zencore_reachable",
         "gauge",
         "1 while ZenCore answers, 0 while it is probed.",
         &[("", b(g.zencore_reachable))],
     );
     metric(
+        &mut out,
         "zenedge_devices",
         "gauge",
         "Configured devices.",
         &[("", g.devices_total as f64)],
     );
     metric(
+        &mut out,
         "zenedge_devices_online",
         "gauge",
         "Devices believed online.",
         &[("", g.devices_online as f64)],
     );
     metric(
+        &mut out,
         "zenedge_mqtt_connected",
         "gauge",
         "1 while connected to the broker.",
         &[("", b(g.mqtt_connected))],
     );
     metric(
+        &mut out,
         "zenedge_mqtt_messages_total",
         "counter",
         "Device messages received.",
         &[("", g.mqtt_messages_total as f64)],
     );
     metric(
+        &mut out,
         "zenedge_mqtt_malformed_messages_total",
         "counter",
         "Device messages that could not be understood.",
         &[("", g.mqtt_malformed_total as f64)],
     );
     metric(
+        &mut out,
         "zenedge_mqtt_connect_attempts_total",
         "counter",
         "Connection attempts to the broker.",
         &[("", g.mqtt_connect_attempts_total as f64)],
     );
     metric(
+        &mut out,
         "zenedge_access_decisions_total",
         "counter",
         "Credentials decided at panels and readers, by result.",
@@ -320,30 +332,35 @@ pub fn prometheus(g: &Gauges) -> String {
         ],
     );
     metric(
+        &mut out,
         "zenedge_store_data_bytes",
         "gauge",
         "Stored event data counted against max_store_bytes.",
         &[("", g.store_live_bytes as f64)],
     );
     metric(
+        &mut out,
         "zenedge_store_max_bytes",
         "gauge",
         "delivery.max_store_bytes.",
         &[("", g.store_max_bytes as f64)],
     );
     metric(
+        &mut out,
         "zenedge_store_disk_bytes",
         "gauge",
         "Size of the store's files.",
         &[("", g.store_disk_bytes as f64)],
     );
     metric(
+        &mut out,
         "zenedge_store_full",
         "gauge",
         "1 while the store is full of events that may not be dropped.",
         &[("", b(g.store_full))],
     );
     metric(
+        &mut out,
         "zenedge_process_written_bytes_total",
         "counter",
         "Bytes this process caused to be written to storage (/proc/self/io).",

@@ -79,21 +79,11 @@ enum Incoming {
     Disconnected(String),
 }
 
-fn options(config: &Config) -> Result<MqttOptions, String> {
-    let mut o = MqttOptions::new(config.mqtt_client_id(), &config.mqtt.host, config.mqtt.port);
-    o.set_keep_alive(Duration::from_secs(30))
-        // A persistent session: QoS 1 messages sent while ZenEdge was down arrive after it
-        // restarts.
-        .set_clean_session(false)
-        .set_manual_acks(true)
-        .set_max_packet_size(MAX_PACKET, MAX_PACKET)
-        .set_request_channel_capacity(1024)
-        .set_last_will(LastWill::new(
-            status_topic(config),
-            "offline",
-            QoS::AtLeastOnce,
-            true,
-        ));
+/// Client options from `[mqtt]`: credentials and TLS. The daemon's own client (`daemon`) also
+/// gets its persistent session, manual acks and Last Will; others (doctor) get none of them.
+pub fn options(config: &Config, client_id: String, daemon: bool) -> Result<MqttOptions, String> {
+    let mut o = MqttOptions::new(client_id, &config.mqtt.host, config.mqtt.port);
+    o.set_keep_alive(Duration::from_secs(30));
     if let Some(user) = &config.mqtt.username {
         o.set_credentials(
             user.clone(),
@@ -121,6 +111,22 @@ fn options(config: &Config) -> Result<MqttOptions, String> {
             client_auth,
         }));
     }
+    if !daemon {
+        return Ok(o);
+    }
+    o
+        // A persistent session: QoS 1 messages sent while ZenEdge was down arrive after it
+        // restarts.
+        .set_clean_session(false)
+        .set_manual_acks(true)
+        .set_max_packet_size(MAX_PACKET, MAX_PACKET)
+        .set_request_channel_capacity(1024)
+        .set_last_will(LastWill::new(
+            status_topic(config),
+            "offline",
+            QoS::AtLeastOnce,
+            true,
+        ));
     Ok(o)
 }
 
@@ -132,7 +138,7 @@ pub fn start(
     clock: Arc<crate::access::Clock>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(MqttHandle, impl Future<Output = Result<(), StoreError>>), String> {
-    let opts = options(&config)?;
+    let opts = options(&config, config.mqtt_client_id(), true)?;
     let (client, mut eventloop) = AsyncClient::new(opts, 1024);
     // Without TCP_NODELAY a command published right after an ack waits for the broker's
     // delayed ACK (Nagle): 40 ms added to a door opening, measured in BENCHMARKS.md.

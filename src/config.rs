@@ -948,7 +948,10 @@ fn leaf(key: &str) -> &str {
 fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     match span {
         Some(span) => {
-            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            // `get` rather than indexing: a span that is not on a char boundary gives no line
+            // number instead of a panic.
+            let before = text.get(..span.start.min(text.len())).unwrap_or("");
+            let line = before.matches('\n').count() + 1;
             format!(" (line {line})")
         }
         None => String::new(),

@@ -572,3 +572,68 @@ async fn doctor_passes_on_a_healthy_controller_and_names_what_fails() {
         "{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtts_with_a_private_ca_and_a_wrong_ca_fails_clearly_and_retries() {
+    let rx = Receiver::start(|_| Reply::Status(200)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, ca) = Broker::with_tls(dir.path()).await;
+    let admin = common::free_port();
+    let mqtt = |ca: &std::path::Path| {
+        format!(
+            "\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\nca_file = \"{}\"\n{DEVICES}",
+            broker.port,
+            ca.display()
+        )
+    };
+    let config = common::write_config(
+        dir.path(),
+        &common::config_text(dir.path(), &rx.url(), admin, &mqtt(&ca)),
+    );
+    // Healthy: the TLS handshake against the private CA worked and the broker acknowledged the
+    // subscriptions (the broker has no plaintext listener to fall back to).
+    let mut daemon = Daemon::start(&config, admin).await;
+    let (_, status) = daemon.get("/v1/status").await;
+    assert_eq!(status["mqtt"]["connected"], true);
+    daemon.sigterm();
+
+    // A CA that did not sign the broker's certificate: a clear error, retried, never healthy.
+    let other = Broker::unrelated_ca(dir.path());
+    let config = common::write_config(
+        dir.path(),
+        &common::config_text(dir.path(), &rx.url(), admin, &mqtt(&other)),
+    );
+    let mut child = std::process::Command::new(common::bin())
+        .arg("--config")
+        .arg(&config)
+        .arg("run")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = common::client();
+    let deadline = Instant::now() + WAIT;
+    let (error, attempts) = loop {
+        if let Ok(r) = client.get(format!("http://{admin}/v1/status")).send().await {
+            let v: serde_json::Value = r.json().await.unwrap();
+            let attempts = v["mqtt"]["connect_attempts"].as_u64().unwrap_or(0);
+            if let (Some(e), true) = (v["mqtt"]["last_error"].as_str(), attempts >= 3) {
+                break (e.to_string(), attempts);
+            }
+        }
+        assert!(Instant::now() < deadline, "no TLS error reported");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        error.contains("certificate") || error.contains("UnknownIssuer") || error.contains("Tls"),
+        "{error}"
+    );
+    assert!(attempts >= 3, "retried");
+    let health = client
+        .get(format!("http://{admin}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status().as_u16(), 503);
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -389,6 +389,7 @@ pub struct Broker {
     dir: PathBuf,
     /// Extra mosquitto.conf lines (e.g. a password file).
     extra: String,
+    anonymous: bool,
 }
 
 fn mosquitto_bin() -> &'static str {
@@ -401,7 +402,7 @@ fn mosquitto_bin() -> &'static str {
 
 impl Broker {
     pub async fn start(dir: &Path) -> Broker {
-        Broker::start_with(dir, "").await
+        Broker::start_with(dir, "", true).await
     }
 
     /// A broker that only lets `user`/`password` in.
@@ -415,10 +416,111 @@ impl Broker {
             .unwrap();
         assert!(status.success());
         let extra = format!("password_file {}\n", file.display());
-        Broker::start_with(dir, &extra.replace("\\n", "\n")).await
+        Broker::start_with(dir, &extra, false).await
     }
 
-    async fn start_with(dir: &Path, extra: &str) -> Broker {
+    /// A broker that speaks only MQTT over TLS, with a server certificate for 127.0.0.1 signed by
+    /// a CA made for the test. Returns the broker and the CA's PEM path.
+    pub async fn with_tls(dir: &Path) -> (Broker, PathBuf) {
+        let tls = dir.join("tls");
+        std::fs::create_dir_all(&tls).unwrap();
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&tls)
+                .output()
+                .expect("openssl is installed by scripts/setup-test-deps");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=ZenEdge Test CA",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        std::fs::write(
+            tls.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        let extra = format!(
+            "cafile {0}/ca.pem\ncertfile {0}/server.pem\nkeyfile {0}/server.key\n",
+            tls.display()
+        );
+        (
+            Broker::start_with(dir, &extra, true).await,
+            tls.join("ca.pem"),
+        )
+    }
+
+    /// A CA that signed nothing this broker presents (for the wrong-CA case).
+    pub fn unrelated_ca(dir: &Path) -> PathBuf {
+        let out = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "other.key",
+                "-out",
+                "other-ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=Someone Else",
+            ])
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        dir.join("other-ca.pem")
+    }
+
+    async fn start_with(dir: &Path, extra: &str, anonymous: bool) -> Broker {
         let port = free_port().port();
         let dir = dir.join(format!("broker-{port}"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -427,6 +529,7 @@ impl Broker {
             port,
             dir,
             extra: extra.to_string(),
+            anonymous,
         };
         b.spawn().await;
         b
@@ -439,7 +542,7 @@ impl Broker {
             format!(
                 "listener {} 127.0.0.1\nallow_anonymous {}\npersistence true\npersistence_location {}/\nautosave_interval 1\nuser root\nlog_dest file {}/mosquitto.log\nmax_queued_messages 100000\nset_tcp_nodelay true\n{}",
                 self.port,
-                self.extra.is_empty(),
+                self.anonymous,
                 self.dir.display(),
                 self.dir.display(),
                 self.extra

@@ -789,3 +789,99 @@ pub fn command_body(event: &str, data: serde_json::Value) -> Vec<u8> {
     }))
     .unwrap()
 }
+
+/// Test certificates made with openssl: a CA, a server certificate for 127.0.0.1 and a client
+/// certificate, all signed by the CA. Returns the folder holding ca.pem, server.pem/.key and
+/// client.pem/.key.
+pub fn make_certs(dir: &Path) -> PathBuf {
+    let tls = dir.join("certs");
+    std::fs::create_dir_all(&tls).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(&tls)
+            .output()
+            .expect("openssl is installed by scripts/setup-test-deps");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=ZenEdge Test CA",
+    ]);
+    for (name, ext) in [
+        ("server", "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"),
+        ("client", "subjectAltName=DNS:edge-test\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n"),
+    ] {
+        std::fs::write(tls.join(format!("{name}.cnf")), ext).unwrap();
+        run(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj", &format!("/CN={name}")]);
+        run(&["x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", &format!("{name}.pem"), "-days", "2", "-extfile", &format!("{name}.cnf")]);
+    }
+    tls
+}
+
+/// The receiver behind HTTPS: TLS on 127.0.0.1 with `certs`' server certificate; with
+/// `require_client`, only clients with a certificate signed by the test CA get through.
+pub async fn https_front(receiver: &Receiver, certs: &Path, require_client: bool) -> SocketAddr {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    zenedge::delivery::install_crypto_provider();
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(certs.join("server.pem"))
+            .unwrap()
+            .map(|c| c.unwrap())
+            .collect();
+    let key = PrivateKeyDer::from_pem_file(certs.join("server.key")).unwrap();
+    let builder = rustls::ServerConfig::builder();
+    let builder = if require_client {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(certs.join("ca.pem")).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        builder.with_client_cert_verifier(
+            rustls::server::WebPkiClientVerifier::builder(std::sync::Arc::new(roots))
+                .build()
+                .unwrap(),
+        )
+    } else {
+        builder.with_no_client_auth()
+    };
+    let config = std::sync::Arc::new(builder.with_single_cert(chain, key).unwrap());
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let upstream = receiver.addr;
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                // Terminate TLS and pass the bytes on to the plain receiver.
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    addr
+}

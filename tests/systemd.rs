@@ -47,7 +47,17 @@ impl Notified {
     }
 }
 
-fn spawn(config: &std::path::Path, socket: &std::path::Path, fault: Option<&str>) -> Child {
+/// The daemon, killed on drop so that a failing assertion leaves no process behind.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(config: &std::path::Path, socket: &std::path::Path, fault: Option<&str>) -> Guard {
     // systemd names the watched process in WATCHDOG_PID; `exec` keeps the shell's pid.
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
@@ -62,7 +72,7 @@ fn spawn(config: &std::path::Path, socket: &std::path::Path, fault: Option<&str>
     if let Some(f) = fault {
         cmd.env("ZENEDGE_FAULT", f);
     }
-    cmd.spawn().unwrap()
+    Guard(cmd.spawn().unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,12 +103,12 @@ async fn ready_watchdog_and_stopping() {
             .expect("WATCHDOG=1 while healthy");
     }
     Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status()
         .unwrap();
     tokio::task::block_in_place(|| notified.wait("STOPPING=1", Duration::from_secs(10)))
         .expect("STOPPING=1");
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(child.0.wait().unwrap().code(), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,7 +122,7 @@ async fn a_wedged_delivery_loop_stops_the_watchdog() {
     );
     let socket = dir.path().join("notify.sock");
     let notified = Notified::listen(&socket);
-    let mut child = spawn(&config, &socket, Some("wedge-delivery"));
+    let _child = spawn(&config, &socket, Some("wedge-delivery"));
     tokio::task::block_in_place(|| notified.wait("READY=1", Duration::from_secs(30)))
         .expect("READY=1");
     // Healthy, the watchdog comes every second; wedged, not once in four.
@@ -121,6 +131,4 @@ async fn a_wedged_delivery_loop_stops_the_watchdog() {
         pet.is_none(),
         "watchdog petted while delivery is wedged: {pet:?}"
     );
-    let _ = child.kill();
-    let _ = child.wait();
 }

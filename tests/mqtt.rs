@@ -420,39 +420,19 @@ async fn broker_credentials_from_a_password_file_and_a_clear_refusal() {
 
     // A wrong password: not ready, and the status says why.
     std::fs::write(&pass_file, "wrong\n").unwrap();
-    let mut child = std::process::Command::new(common::bin())
-        .arg("--config")
-        .arg(&config)
-        .arg("run")
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let client = common::client();
-    let deadline = Instant::now() + WAIT;
-    let error = loop {
-        if let Ok(r) = client.get(format!("http://{admin}/v1/status")).send().await {
-            let v: serde_json::Value = r.json().await.unwrap();
-            if let Some(e) = v["mqtt"]["last_error"].as_str() {
-                break e.to_string();
-            }
-        }
-        assert!(Instant::now() < deadline, "no MQTT error reported");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let daemon = Daemon::spawn(&config, admin);
+    let status = daemon
+        .wait_status("an MQTT error", |v| v["mqtt"]["last_error"].is_string())
+        .await;
+    let error = status["mqtt"]["last_error"].as_str().unwrap().to_string();
     assert!(
         error.to_lowercase().contains("refused")
             || error.contains("NotAuthorized")
             || error.contains("BadUserNamePassword"),
         "{error}"
     );
-    let health = client
-        .get(format!("http://{admin}/healthz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(health.status().as_u16(), 503);
-    let _ = child.kill();
-    let _ = child.wait();
+    let (health, _) = daemon.get("/healthz").await;
+    assert_eq!(health, 503);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -603,37 +583,20 @@ async fn mqtts_with_a_private_ca_and_a_wrong_ca_fails_clearly_and_retries() {
         dir.path(),
         &common::config_text(dir.path(), &rx.url(), admin, &mqtt(&other)),
     );
-    let mut child = std::process::Command::new(common::bin())
-        .arg("--config")
-        .arg(&config)
-        .arg("run")
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let client = common::client();
-    let deadline = Instant::now() + WAIT;
-    let (error, attempts) = loop {
-        if let Ok(r) = client.get(format!("http://{admin}/v1/status")).send().await {
-            let v: serde_json::Value = r.json().await.unwrap();
-            let attempts = v["mqtt"]["connect_attempts"].as_u64().unwrap_or(0);
-            if let (Some(e), true) = (v["mqtt"]["last_error"].as_str(), attempts >= 3) {
-                break (e.to_string(), attempts);
-            }
-        }
-        assert!(Instant::now() < deadline, "no TLS error reported");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let daemon = Daemon::spawn(&config, admin);
+    let status = daemon
+        .wait_status("a TLS error after three attempts", |v| {
+            v["mqtt"]["last_error"].is_string()
+                && v["mqtt"]["connect_attempts"].as_u64().unwrap_or(0) >= 3
+        })
+        .await;
+    let error = status["mqtt"]["last_error"].as_str().unwrap().to_string();
+    let attempts = status["mqtt"]["connect_attempts"].as_u64().unwrap();
     assert!(
         error.contains("certificate") || error.contains("UnknownIssuer") || error.contains("Tls"),
         "{error}"
     );
     assert!(attempts >= 3, "retried");
-    let health = client
-        .get(format!("http://{admin}/healthz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(health.status().as_u16(), 503);
-    let _ = child.kill();
-    let _ = child.wait();
+    let (health, _) = daemon.get("/healthz").await;
+    assert_eq!(health, 503);
 }

@@ -292,6 +292,46 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// Starts `zenedge run` without waiting for it to become healthy (for configs that must
+    /// not); killed on drop like any other.
+    pub fn spawn(config: &Path, admin: SocketAddr) -> Daemon {
+        let child = Command::new(bin())
+            .arg("--config")
+            .arg(config)
+            .arg("run")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Daemon { child, admin }
+    }
+
+    /// Waits until `/v1/status` satisfies `done`; returns that status.
+    pub async fn wait_status(
+        &self,
+        what: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = client()
+                .get(format!("http://{}/v1/status", self.admin))
+                .send()
+                .await
+            {
+                if let Ok(v) = r.json::<serde_json::Value>().await {
+                    if done(&v) {
+                        return v;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            // The status has no push channel; poll it briefly.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Starts `zenedge run` and waits until `/healthz` answers 200.
     pub async fn start(config: &Path, admin: SocketAddr) -> Daemon {
         let log = config.with_extension("log");
@@ -420,78 +460,16 @@ impl Broker {
     }
 
     /// A broker that speaks only MQTT over TLS, with a server certificate for 127.0.0.1 signed by
-    /// a CA made for the test. Returns the broker and the CA's PEM path.
+    /// a CA made for the test ([`make_certs`]). Returns the broker and the CA's PEM path.
     pub async fn with_tls(dir: &Path) -> (Broker, PathBuf) {
-        let tls = dir.join("tls");
-        std::fs::create_dir_all(&tls).unwrap();
-        let run = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(&tls)
-                .output()
-                .expect("openssl is installed by scripts/setup-test-deps");
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        run(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=ZenEdge Test CA",
-        ]);
-        run(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ]);
-        std::fs::write(
-            tls.join("ext.cnf"),
-            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
-        )
-        .unwrap();
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-        ]);
+        let certs = make_certs(dir);
         let extra = format!(
             "cafile {0}/ca.pem\ncertfile {0}/server.pem\nkeyfile {0}/server.key\n",
-            tls.display()
+            certs.display()
         );
         (
             Broker::start_with(dir, &extra, true).await,
-            tls.join("ca.pem"),
+            certs.join("ca.pem"),
         )
     }
 

@@ -396,6 +396,11 @@ impl Driver {
         }
     }
 
+    /// Drivers that speak over a serial port rather than MQTT.
+    pub fn is_serial(self) -> bool {
+        matches!(self, Driver::ModbusRelay | Driver::Osdp)
+    }
+
     /// Device types this driver can drive.
     fn types(self) -> &'static [DeviceType] {
         match self {
@@ -454,9 +459,30 @@ pub struct DeviceConfig {
     #[serde(default, with = "humantime_serde")]
     pub action_timeout: Option<Duration>,
     pub meeting_space_id: Option<String>,
+    /// `scbk_file`'s contents, read at load.
+    #[serde(skip)]
+    pub scbk_from_file: Option<Secret>,
 }
 
 impl DeviceConfig {
+    /// The OSDP Secure Channel key: `None` when the reader runs without Secure Channel.
+    pub fn scbk_key(&self) -> Result<Option<[u8; 16]>, String> {
+        let Some(text) = self.scbk.as_ref().or(self.scbk_from_file.as_ref()) else {
+            return Ok(None);
+        };
+        let bytes = hex::decode(text.expose().trim())
+            .map_err(|_| "scbk must be 32 hex digits".to_string())?;
+        <[u8; 16]>::try_from(bytes.as_slice())
+            .map(Some)
+            .map_err(|_| "scbk must be 32 hex digits".to_string())
+    }
+
+    /// Whether this device is an OSDP reader with a strike on its output (a door).
+    pub fn is_door(&self) -> bool {
+        matches!(self.kind, DeviceType::Lock | DeviceType::Strike)
+            || (self.driver == Driver::Osdp && self.pulse.is_some())
+    }
+
     /// Names of the driver-specific keys this entry sets.
     fn set_driver_keys(&self) -> Vec<&'static str> {
         let mut set = Vec::new();
@@ -545,6 +571,12 @@ impl Config {
             self.mqtt.password.take(),
             self.mqtt.password_file.as_deref(),
         )?;
+        for (i, d) in self.devices.iter_mut().enumerate() {
+            if d.scbk.is_none() {
+                d.scbk_from_file =
+                    one_secret(&format!("devices[{i}].scbk"), None, d.scbk_file.as_deref())?;
+            }
+        }
         Ok(())
     }
 
@@ -861,10 +893,13 @@ fn validate_device(i: usize, d: &DeviceConfig) -> Result<(), ConfigError> {
                     "insecure = true contradicts a Secure Channel key",
                 ));
             }
-            if let Some(scbk) = &d.scbk {
-                if scbk.expose().len() != 32 || hex::decode(scbk.expose()).is_err() {
-                    return Err(ConfigError::key(key("scbk"), "must be 32 hex digits"));
-                }
+            if let Err(e) = d.scbk_key() {
+                let which = if d.scbk.is_some() {
+                    "scbk"
+                } else {
+                    "scbk_file"
+                };
+                return Err(ConfigError::key(key(which), e));
             }
         }
     }

@@ -366,7 +366,110 @@ pub fn prometheus(g: &Gauges) -> String {
         "Bytes this process caused to be written to storage (/proc/self/io).",
         &[("", g.written_bytes_total as f64)],
     );
+    serial_metrics(&mut out);
     out
+}
+
+/// What one serial port's thread has seen (for `/metrics` and `/v1/status`).
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct SerialStats {
+    pub open: bool,
+    pub opens: u64,
+    pub losses: u64,
+    /// Valid frames from the device (OSDP).
+    pub frames: u64,
+    /// Frames with a bad CRC or an impossible length.
+    pub crc_errors: u64,
+    /// Bytes outside any frame.
+    pub noise_bytes: u64,
+    pub sc_failures: u64,
+    pub naks: u64,
+    pub last_error: Option<String>,
+}
+
+fn serial_table() -> &'static std::sync::Mutex<std::collections::BTreeMap<String, SerialStats>> {
+    static TABLE: OnceLock<std::sync::Mutex<std::collections::BTreeMap<String, SerialStats>>> =
+        OnceLock::new();
+    TABLE.get_or_init(Default::default)
+}
+
+/// Updates the stats of a serial device's port.
+pub fn serial_stats(device: &str, f: impl FnOnce(&mut SerialStats)) {
+    let mut t = serial_table().lock().unwrap_or_else(|p| p.into_inner());
+    f(t.entry(device.to_owned()).or_default());
+}
+
+/// A copy of every serial port's stats.
+pub fn serial_snapshot() -> std::collections::BTreeMap<String, SerialStats> {
+    serial_table()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+}
+
+fn serial_metrics(out: &mut String) {
+    let t = serial_snapshot();
+    if t.is_empty() {
+        return;
+    }
+    type Field = fn(&SerialStats) -> u64;
+    let series: [(&str, &str, &str, Field); 7] = [
+        (
+            "zenedge_serial_port_open",
+            "gauge",
+            "1 while the device's serial port is open.",
+            |s| s.open as u64,
+        ),
+        (
+            "zenedge_serial_port_opens_total",
+            "counter",
+            "Times the serial port was opened.",
+            |s| s.opens,
+        ),
+        (
+            "zenedge_serial_port_losses_total",
+            "counter",
+            "Times an open serial port was lost (unplugged, EIO, hang-up).",
+            |s| s.losses,
+        ),
+        (
+            "zenedge_serial_frames_total",
+            "counter",
+            "Valid frames received from the device.",
+            |s| s.frames,
+        ),
+        (
+            "zenedge_serial_frame_errors_total",
+            "counter",
+            "Frames dropped for a bad CRC or length.",
+            |s| s.crc_errors,
+        ),
+        (
+            "zenedge_serial_noise_bytes_total",
+            "counter",
+            "Bytes received outside any frame.",
+            |s| s.noise_bytes,
+        ),
+        (
+            "zenedge_serial_secure_channel_failures_total",
+            "counter",
+            "OSDP Secure Channel handshakes or MACs that failed.",
+            |s| s.sc_failures,
+        ),
+    ];
+    for (name, kind, help, field) in series {
+        let labels: Vec<(String, f64)> = t
+            .iter()
+            .map(|(d, s)| {
+                (
+                    format!("{{device=\"{}\"}}", d.replace('"', "")),
+                    field(s) as f64,
+                )
+            })
+            .collect();
+        let samples: Vec<(&str, f64)> = labels.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        metric(out, name, kind, help, &samples);
+    }
 }
 
 /// `write_bytes` of /proc/self/io: what this process made the kernel write to storage.

@@ -95,6 +95,8 @@ pub struct Place {
     pub id: String,
     pub kind: DeviceType,
     pub meeting_space_id: String,
+    /// A lock, a strike, or a reader with a strike on its output: what a grant opens.
+    pub door: bool,
 }
 
 /// Every configured device with its room (its own, else the controller's).
@@ -105,6 +107,7 @@ pub fn places(config: &Config) -> Vec<Place> {
         .map(|d| Place {
             id: d.id.clone(),
             kind: d.kind,
+            door: d.is_door(),
             meeting_space_id: d
                 .meeting_space_id
                 .clone()
@@ -165,10 +168,7 @@ pub fn decide(
                 Some(ids) => ids.clone(),
                 None => places
                     .iter()
-                    .filter(|p| {
-                        p.meeting_space_id == g.meeting_space_id
-                            && matches!(p.kind, DeviceType::Lock | DeviceType::Strike)
-                    })
+                    .filter(|p| p.meeting_space_id == g.meeting_space_id && p.door)
                     .map(|p| p.id.clone())
                     .collect(),
             };
@@ -280,6 +280,7 @@ mod tests {
             id: id.into(),
             kind,
             meeting_space_id: room.into(),
+            door: matches!(kind, DeviceType::Lock | DeviceType::Strike),
         };
         vec![
             p("front", DeviceType::Lock, "ms-1"),

@@ -175,6 +175,37 @@ impl Tracker {
         done
     }
 
+    /// A device that confirms commands itself (serial) refused or never answered one: the
+    /// oldest pending action with that command fails.
+    pub fn failed(
+        &mut self,
+        device: &str,
+        command: Command,
+        error: &'static str,
+        now: Millis,
+    ) -> Vec<Completed> {
+        let Some(queue) = self.pending.get_mut(device) else {
+            return Vec::new();
+        };
+        let Some(i) = queue.iter().position(|p| p.request.command == command) else {
+            return Vec::new();
+        };
+        let mut done = Vec::new();
+        if let Some(p) = queue.remove(i) {
+            done.push(Completed {
+                request: p.request,
+                status: Status::Failed,
+                requested_at: p.requested_at,
+                completed_at: now,
+                error: Some(error),
+            });
+        }
+        if queue.is_empty() {
+            self.pending.remove(device);
+        }
+        done
+    }
+
     /// The device went offline: its pending actions fail now rather than at their timeout.
     pub fn offline(&mut self, device: &str, now: Millis) -> Vec<Completed> {
         self.pending

@@ -19,6 +19,7 @@ use serde_json::Value;
 
 use crate::config::{Config, Driver};
 use crate::event::{DeviceRef, EventKind, Millis, NewEvent};
+use crate::serial::{Cmd as SerialCmd, CredentialKind, Happening, LinkReason};
 use actions::{Completed, Request, Start};
 use drivers::{AvailSource, Command, LockState, Observation, Outgoing, Routes, TopicKind};
 use presence::{Reason, Reported, Transition};
@@ -36,6 +37,8 @@ pub struct Output {
     pub completed: Vec<Completed>,
     /// Access decisions for the audit log.
     pub audit: Vec<crate::audit::Entry>,
+    /// Commands for serial devices.
+    pub serial: Vec<(String, SerialCmd)>,
 }
 
 impl Output {
@@ -45,10 +48,14 @@ impl Output {
         self.publish.extend(other.publish);
         self.completed.extend(other.completed);
         self.audit.extend(other.audit);
+        self.serial.extend(other.serial);
     }
 
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty() && self.publish.is_empty() && self.completed.is_empty()
+        self.events.is_empty()
+            && self.publish.is_empty()
+            && self.completed.is_empty()
+            && self.serial.is_empty()
     }
 }
 
@@ -99,7 +106,11 @@ impl Hub {
             config
                 .devices
                 .iter()
-                .map(|d| (d.id.clone(), d.offline_after, reported.get(&d.id).copied())),
+                // A serial device's silence is judged by its port thread, which polls it.
+                .map(|d| {
+                    let silence = d.offline_after.filter(|_| !d.driver.is_serial());
+                    (d.id.clone(), silence, reported.get(&d.id).copied())
+                }),
         );
         let index = config
             .devices
@@ -231,27 +242,32 @@ impl Hub {
             return Output::default();
         };
         let outgoing = drivers::command(&self.config, device, request.command);
+        // A relay board always has a coil; a reader only opens a door wired to its output.
+        let serial = match device.driver {
+            Driver::ModbusRelay => true,
+            Driver::Osdp => device.is_door(),
+            _ => false,
+        };
+        let serial_cmd = (request.device.clone(), serial_command(request.command));
         let timeout = device.action_timeout();
         let online = self.presence.is_online(&request.device);
         match self
             .actions
-            .request(request, online, outgoing.is_some(), timeout, now)
+            .request(request, online, outgoing.is_some() || serial, timeout, now)
         {
             Start::Send => Output {
                 publish: outgoing.into_iter().collect(),
+                serial: if serial { vec![serial_cmd] } else { Vec::new() },
                 ..Output::default()
             },
             Start::Done(c) => self.completions(vec![c]),
         }
     }
 
-    /// A credential presented at panel `reader`: decide, unlock the grant's doors or deny, answer
-    /// the panel on `feedback`, and record the decision.
+    /// A credential presented at panel `reader` (its JSON message).
     fn credential(&mut self, reader: &str, v: &Value, now: Millis) -> Output {
-        use crate::access::{decide, Credential, Decision};
-        let mut out = Output::default();
+        use crate::access::Credential;
         let request_id = v.get("request_id").cloned().unwrap_or(Value::Null);
-        let feedback_topic = format!("{}/feedback", drivers::panel_prefix(&self.config, reader));
         let credential = match (v.get("type").and_then(Value::as_str), v) {
             (Some("magic_link"), v) => v
                 .get("token")
@@ -269,8 +285,22 @@ impl Hub {
                 message = "Malformed credential message ignored.",
                 device = reader
             );
-            return out;
+            return Output::default();
         };
+        self.present(reader, credential, Answer::Panel(request_id), now)
+    }
+
+    /// Decides a presented credential, unlocks the grant's doors or denies, answers the panel
+    /// or reader, and records the decision.
+    fn present(
+        &mut self,
+        reader: &str,
+        credential: crate::access::Credential,
+        answer: Answer,
+        now: Millis,
+    ) -> Output {
+        use crate::access::{decide, Decision};
+        let mut out = Output::default();
         let decision = decide(&self.grants, &credential, reader, &self.places, now);
         let (result, reason, grant_id, booking_id, doors) = match &decision {
             Decision::Granted {
@@ -314,14 +344,21 @@ impl Hub {
             reason = reason.unwrap_or(""),
             credential_type = credential.kind()
         );
-        out.publish.push(Outgoing {
-            topic: feedback_topic,
-            payload:
-                serde_json::json!({"request_id": request_id, "result": result, "reason": reason})
+        match answer {
+            Answer::Panel(request_id) => out.publish.push(Outgoing {
+                topic: format!("{}/feedback", drivers::panel_prefix(&self.config, reader)),
+                payload: serde_json::json!({"request_id": request_id, "result": result, "reason": reason})
                     .to_string()
                     .into_bytes(),
-            retain: false,
-        });
+                retain: false,
+            }),
+            Answer::Reader => out.serial.push((
+                reader.to_owned(),
+                SerialCmd::Feedback {
+                    granted: result == "granted",
+                },
+            )),
+        }
         match decision {
             Decision::Granted {
                 grant_id,
@@ -355,6 +392,79 @@ impl Hub {
             }
         }
         out
+    }
+
+    /// What a serial device's port thread reports.
+    pub fn serial(&mut self, device: &str, happening: Happening, now: Millis) -> Output {
+        if !self.index.contains_key(device) {
+            return Output::default();
+        }
+        let reason = |r: LinkReason| match r {
+            LinkReason::PortOpened => Reason::PortOpened,
+            LinkReason::PortClosed => Reason::PortClosed,
+            LinkReason::PollReply => Reason::PollReply,
+            LinkReason::PollTimeout => Reason::PollTimeout,
+        };
+        match happening {
+            Happening::Online(r) => {
+                let t = self.presence.observe(device, true, reason(r), now);
+                self.transitions(t, now)
+            }
+            Happening::Offline(r) => {
+                let t = self.presence.observe(device, false, reason(r), now);
+                let mut out = self.transitions(t, now);
+                // Actions waiting on a device that is gone fail now, also while the offline
+                // transition itself is still being debounced.
+                let done = self.actions.offline(device, now);
+                out.merge(self.completions(done));
+                out
+            }
+            Happening::Relay { on } => {
+                let state = if on {
+                    LockState::Unlocked
+                } else {
+                    LockState::Locked
+                };
+                self.last_state.insert(device.to_owned(), (state, now));
+                Output::default()
+            }
+            Happening::Done { cmd, result } => {
+                let command = match cmd {
+                    SerialCmd::Unlock => Command::Unlock,
+                    SerialCmd::Lock => Command::Lock,
+                    SerialCmd::Feedback { .. } => return Output::default(),
+                };
+                let done = match result {
+                    Ok(()) => {
+                        let state = match command {
+                            Command::Unlock => LockState::Unlocked,
+                            Command::Lock => LockState::Locked,
+                        };
+                        self.last_state.insert(device.to_owned(), (state, now));
+                        self.actions.observe(device, state, now)
+                    }
+                    Err(error) => {
+                        tracing::warn!(message = "Serial device command failed.", device, command = command.as_str(), %error);
+                        let error = match error.as_str() {
+                            "timeout" => "timeout",
+                            "port_closed" => "port_closed",
+                            "device_offline" => "device_offline",
+                            _ => "device_error",
+                        };
+                        self.actions.failed(device, command, error, now)
+                    }
+                };
+                self.completions(done)
+            }
+            Happening::Credential { kind, value } => {
+                use crate::access::Credential;
+                let credential = match kind {
+                    CredentialKind::Pin => Credential::Pin(value),
+                    CredentialKind::Card => Credential::Card(value),
+                };
+                self.present(device, credential, Answer::Reader, now)
+            }
+        }
     }
 
     pub fn knows(&self, device: &str) -> bool {
@@ -530,6 +640,21 @@ impl Hub {
                 }
             })
             .collect()
+    }
+}
+
+/// Where the answer to a presented credential goes.
+enum Answer {
+    /// A panel's `feedback` topic, with the panel's `request_id`.
+    Panel(Value),
+    /// A reader's LED and buzzer.
+    Reader,
+}
+
+fn serial_command(c: Command) -> SerialCmd {
+    match c {
+        Command::Unlock => SerialCmd::Unlock,
+        Command::Lock => SerialCmd::Lock,
     }
 }
 

@@ -77,6 +77,8 @@ enum Incoming {
     Subscribed,
     Message(Publish),
     Disconnected(String),
+    /// From a serial port's thread.
+    Serial(crate::serial::Report),
 }
 
 /// Client options from `[mqtt]`: credentials and TLS. The daemon's own client (`daemon`) also
@@ -148,6 +150,10 @@ pub fn start(
     let (views_tx, views) = watch::channel(Vec::new());
     let (status_tx, status) = watch::channel(MqttStatus::default());
     let attempts = Arc::new(AtomicU64::new(0));
+    let serial_tx = incoming_tx.clone();
+    let ports = crate::serial::Ports::start(&config, move |r| {
+        serial_tx.send(Incoming::Serial(r)).is_ok()
+    })?;
     let poll = tokio::spawn(poll_loop(eventloop, incoming_tx, attempts.clone()));
     let reported = store.presence_all().map_err(|e| e.to_string())?;
     let mut hub = Hub::new(config.clone(), reported, Millis::now());
@@ -167,6 +173,7 @@ pub fn start(
         attempts,
         waiters: HashMap::new(),
         clock,
+        ports: Some(ports),
     };
     let run = async move {
         let result = shell.run(incoming_rx, requests_rx, shutdown).await;
@@ -229,6 +236,7 @@ struct Shell {
     attempts: Arc<AtomicU64>,
     waiters: HashMap<String, oneshot::Sender<Completed>>,
     clock: Arc<crate::access::Clock>,
+    ports: Option<crate::serial::Ports>,
 }
 
 impl Shell {
@@ -299,6 +307,10 @@ impl Shell {
                 }
             }
         }
+        // Serial threads switch off what they drive and close their ports.
+        if let Some(ports) = self.ports.take() {
+            let _ = tokio::task::spawn_blocking(move || ports.stop()).await;
+        }
         // A clean stop says so itself rather than leaving it to the Last Will.
         let _ = self
             .client
@@ -346,6 +358,11 @@ impl Shell {
                         s.subscribed = false;
                         s.last_error = Some(error);
                     });
+                }
+                Incoming::Serial(r) => {
+                    let clock = self.clock.read();
+                    self.hub.set_clock_trusted(clock.trusted);
+                    out.merge(self.hub.serial(&r.device, r.happening, clock.now));
                 }
                 Incoming::Message(p) => {
                     let clock = self.clock.read();
@@ -411,6 +428,13 @@ impl Shell {
                 .await
             {
                 tracing::error!(message = "MQTT publish failed.", topic = %o.topic, error = %e);
+            }
+        }
+        if let Some(ports) = &self.ports {
+            for (device, cmd) in out.serial {
+                if !ports.send(&device, cmd) {
+                    tracing::error!(message = "Serial device thread is gone.", %device);
+                }
             }
         }
         for c in out.completed {

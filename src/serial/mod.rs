@@ -1,0 +1,495 @@
+//! Serial devices (DESIGN section 4): Modbus RTU relay boards and OSDP readers.
+//!
+//! The protocols are pure state machines (`modbus::Relay`, `osdp::Cp`). This module is their
+//! shell: one OS thread per port, so blocking serial I/O never runs on the async runtime's
+//! workers. The thread opens the port (reopening with backoff after `EIO`, a hang-up or a
+//! vanished device), waits in `poll(2)` on the port and on a wake-up socket (so a command is
+//! written the moment it arrives, not at the next timeout), feeds the machine, writes what it
+//! asks, and reports what happened to the device hub through a callback.
+
+pub mod modbus;
+pub mod osdp;
+pub mod sc;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::config::{Config, DeviceConfig, Driver};
+use modbus::{Relay, RelaySettings, Step};
+use osdp::{Cp, ReaderSettings};
+
+/// A command for a serial device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cmd {
+    Unlock,
+    Lock,
+    /// LED and buzzer on a reader after an access decision.
+    Feedback {
+        granted: bool,
+    },
+}
+
+/// Why a serial device went online or offline (the event's `reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkReason {
+    PortOpened,
+    PortClosed,
+    PollReply,
+    PollTimeout,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialKind {
+    Pin,
+    Card,
+}
+
+/// What a serial machine reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Happening {
+    Online(LinkReason),
+    Offline(LinkReason),
+    /// A command finished: written and confirmed by the device, or not.
+    Done {
+        cmd: Cmd,
+        result: Result<(), String>,
+    },
+    /// The relay's coil as the board reported it.
+    Relay {
+        on: bool,
+    },
+    /// A PIN typed (terminated by `#`) or a card read on a reader.
+    Credential {
+        kind: CredentialKind,
+        value: String,
+    },
+}
+
+/// One report to the hub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub device: String,
+    pub happening: Happening,
+}
+
+enum Machine {
+    Relay(Box<Relay>),
+    Reader(Box<Cp>),
+}
+
+impl Machine {
+    fn for_device(d: &DeviceConfig) -> Result<Machine, String> {
+        let address = d.address.unwrap_or(1);
+        let pulse = d.pulse.unwrap_or(Duration::from_secs(5));
+        match d.driver {
+            Driver::ModbusRelay => {
+                let mut s = RelaySettings::new(
+                    address,
+                    d.coil.unwrap_or(0),
+                    pulse,
+                    d.flash.unwrap_or(false),
+                );
+                if let Some(t) = d.offline_after {
+                    s.offline_after = t;
+                }
+                Ok(Machine::Relay(Box::new(Relay::new(s))))
+            }
+            Driver::Osdp => {
+                let scbk = match d.scbk_key() {
+                    Ok(k) => k,
+                    Err(e) => return Err(format!("devices `{}`: {e}", d.id)),
+                };
+                let s = ReaderSettings::new(address, scbk, pulse);
+                Ok(Machine::Reader(Box::new(Cp::new(
+                    s,
+                    Box::new(rand::random::<[u8; 8]>),
+                ))))
+            }
+            _ => Err(format!("device `{}` is not a serial device", d.id)),
+        }
+    }
+
+    fn opened(&mut self, now: Instant) -> Step {
+        match self {
+            Machine::Relay(m) => m.opened(now),
+            Machine::Reader(m) => m.opened(now),
+        }
+    }
+    fn closed(&mut self) -> Step {
+        match self {
+            Machine::Relay(m) => m.closed(),
+            Machine::Reader(m) => m.closed(),
+        }
+    }
+    fn command(&mut self, cmd: Cmd, now: Instant) -> Step {
+        match self {
+            Machine::Relay(m) => m.command(cmd, now),
+            Machine::Reader(m) => m.command(cmd, now),
+        }
+    }
+    fn bytes(&mut self, data: &[u8], now: Instant) -> Step {
+        match self {
+            Machine::Relay(m) => m.bytes(data, now),
+            Machine::Reader(m) => m.bytes(data, now),
+        }
+    }
+    fn tick(&mut self, now: Instant) -> Step {
+        match self {
+            Machine::Relay(m) => m.tick(now),
+            Machine::Reader(m) => m.tick(now),
+        }
+    }
+    fn shutdown(&mut self, now: Instant) -> Step {
+        match self {
+            Machine::Relay(m) => m.shutdown(now),
+            Machine::Reader(m) => m.shutdown(now),
+        }
+    }
+    fn idle(&self) -> bool {
+        match self {
+            Machine::Relay(m) => m.idle(),
+            Machine::Reader(m) => m.idle(),
+        }
+    }
+    fn next_deadline(&self) -> Option<Instant> {
+        match self {
+            Machine::Relay(m) => m.next_deadline(),
+            Machine::Reader(m) => m.next_deadline(),
+        }
+    }
+    fn stats(&self, s: &mut crate::telemetry::SerialStats) {
+        match self {
+            Machine::Relay(m) => s.noise_bytes = m.noise_bytes,
+            Machine::Reader(m) => {
+                s.noise_bytes = m.noise_bytes();
+                s.frames = m.counters.frames;
+                s.crc_errors = m.counters.crc_errors + m.counters.length_errors;
+                s.sc_failures = m.counters.sc_failures;
+                s.naks = m.counters.naks;
+            }
+        }
+    }
+}
+
+struct Port {
+    commands: mpsc::Sender<Cmd>,
+    wake: UnixStream,
+    thread: JoinHandle<()>,
+}
+
+/// The running serial devices.
+pub struct Ports {
+    ports: HashMap<String, Port>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Ports {
+    /// Starts one thread per serial device in `config`. `report` is called from those threads.
+    pub fn start(
+        config: &Config,
+        report: impl Fn(Report) -> bool + Send + Clone + 'static,
+    ) -> Result<Ports, String> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut ports = HashMap::new();
+        for d in config.devices.iter().filter(|d| d.driver.is_serial()) {
+            let machine = Machine::for_device(d)?;
+            let (tx, rx) = mpsc::channel();
+            let (wake, wake_rx) =
+                UnixStream::pair().map_err(|e| format!("serial wake-up socket: {e}"))?;
+            wake_rx
+                .set_nonblocking(true)
+                .map_err(|e| format!("serial wake-up socket: {e}"))?;
+            let shell = Shell {
+                device: d.id.clone(),
+                path: d.port.clone().unwrap_or_default(),
+                baud: d.baud.unwrap_or(9600),
+                machine,
+                commands: rx,
+                wake: wake_rx,
+                stop: stop.clone(),
+                report: report.clone(),
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("serial-{}", d.id))
+                .spawn(move || shell.run())
+                .map_err(|e| format!("cannot start the serial thread for `{}`: {e}", d.id))?;
+            ports.insert(
+                d.id.clone(),
+                Port {
+                    commands: tx,
+                    wake,
+                    thread,
+                },
+            );
+        }
+        Ok(Ports { ports, stop })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ports.is_empty()
+    }
+
+    /// Hands a command to the device's thread and wakes it.
+    pub fn send(&self, device: &str, cmd: Cmd) -> bool {
+        let Some(p) = self.ports.get(device) else {
+            return false;
+        };
+        if p.commands.send(cmd).is_err() {
+            return false;
+        }
+        let _ = (&p.wake).write(&[1]);
+        true
+    }
+
+    /// Stops every thread (a relay without flash is switched off first) and waits for them.
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for p in self.ports.values() {
+            let _ = (&p.wake).write(&[0]);
+        }
+        for (_, p) in self.ports {
+            let _ = p.thread.join();
+        }
+    }
+}
+
+struct Shell<F> {
+    device: String,
+    path: std::path::PathBuf,
+    baud: u32,
+    machine: Machine,
+    commands: mpsc::Receiver<Cmd>,
+    wake: UnixStream,
+    stop: Arc<AtomicBool>,
+    report: F,
+}
+
+const MIN_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a stopping thread waits for its last command (a relay's OFF) to be answered.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
+
+enum Wait {
+    Readable,
+    Woken,
+    Timeout,
+    Lost(String),
+}
+
+impl<F: Fn(Report) -> bool> Shell<F> {
+    fn run(mut self) {
+        let mut backoff = MIN_BACKOFF;
+        let mut told_closed = false;
+        while !self.stop.load(Ordering::SeqCst) {
+            let port = serialport::new(self.path.to_string_lossy(), self.baud)
+                .timeout(Duration::from_millis(1))
+                .open_native();
+            let mut port = match port {
+                Ok(p) => p,
+                Err(error) => {
+                    if !told_closed {
+                        tracing::warn!(message = "Serial port cannot be opened; retrying with backoff.", device = %self.device, port = %self.path.display(), %error);
+                        self.emit(Happening::Offline(LinkReason::PortClosed));
+                        told_closed = true;
+                    }
+                    self.stats(|s| s.last_error = Some(error.to_string()));
+                    self.fail_waiting_commands("port_closed");
+                    self.sleep(backoff);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            };
+            tracing::info!(message = "Serial port opened.", device = %self.device, port = %self.path.display());
+            self.stats(|s| {
+                s.opens += 1;
+                s.open = true;
+                s.last_error = None;
+            });
+            backoff = MIN_BACKOFF;
+            let error = self.serve(&mut port);
+            let step = self.machine.closed();
+            self.apply_happenings(step.happened);
+            self.stats(|s| s.open = false);
+            match error {
+                None => break,
+                Some(error) => {
+                    tracing::warn!(message = "Serial port lost; reopening.", device = %self.device, port = %self.path.display(), %error);
+                    self.stats(|s| {
+                        s.losses += 1;
+                        s.last_error = Some(error.clone());
+                    });
+                    self.emit(Happening::Offline(LinkReason::PortClosed));
+                    told_closed = true;
+                    drop(port);
+                    self.sleep(backoff);
+                }
+            }
+        }
+    }
+
+    /// Runs the machine on an open port until it is lost (`Some(error)`) or the daemon stops.
+    fn serve(&mut self, port: &mut serialport::TTYPort) -> Option<String> {
+        let step = self.machine.opened(Instant::now());
+        if let Err(e) = self.apply(port, step) {
+            return Some(e);
+        }
+        let mut stopping: Option<Instant> = None;
+        let mut buf = [0u8; 512];
+        loop {
+            let now = Instant::now();
+            if stopping.is_none() && self.stop.load(Ordering::SeqCst) {
+                stopping = Some(now + SHUTDOWN_GRACE);
+                let step = self.machine.shutdown(now);
+                if let Err(e) = self.apply(port, step) {
+                    return Some(e);
+                }
+            }
+            if let Some(until) = stopping {
+                if self.machine.idle() || now >= until {
+                    return None;
+                }
+            }
+            while let Ok(cmd) = self.commands.try_recv() {
+                let step = self.machine.command(cmd, now);
+                if let Err(e) = self.apply(port, step) {
+                    return Some(e);
+                }
+            }
+            let step = self.machine.tick(now);
+            if let Err(e) = self.apply(port, step) {
+                return Some(e);
+            }
+            let timeout = self
+                .machine
+                .next_deadline()
+                .map(|t| t.saturating_duration_since(Instant::now()))
+                .unwrap_or(Duration::from_millis(100))
+                .clamp(Duration::from_millis(1), Duration::from_millis(100));
+            match wait(port.as_raw_fd(), self.wake.as_raw_fd(), timeout) {
+                Wait::Lost(e) => return Some(e),
+                Wait::Timeout => {}
+                Wait::Woken => {
+                    let mut sink = [0u8; 64];
+                    while matches!((&self.wake).read(&mut sink), Ok(n) if n > 0) {}
+                }
+                Wait::Readable => match port.read(&mut buf) {
+                    Ok(0) => return Some("end of file".into()),
+                    Ok(n) => {
+                        let step = self.machine.bytes(&buf[..n], Instant::now());
+                        if let Err(e) = self.apply(port, step) {
+                            return Some(e);
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Some(e.to_string()),
+                },
+            }
+        }
+    }
+
+    fn apply(&mut self, port: &mut serialport::TTYPort, step: Step) -> Result<(), String> {
+        for frame in &step.send {
+            port.write_all(frame).map_err(|e| e.to_string())?;
+        }
+        self.apply_happenings(step.happened);
+        let machine = &self.machine;
+        self.stats(|s| machine.stats(s));
+        Ok(())
+    }
+
+    fn apply_happenings(&mut self, happened: Vec<Happening>) {
+        for h in happened {
+            self.emit(h);
+        }
+    }
+
+    fn emit(&self, happening: Happening) {
+        let _ = (self.report)(Report {
+            device: self.device.clone(),
+            happening,
+        });
+    }
+
+    fn fail_waiting_commands(&self, error: &str) {
+        while let Ok(cmd) = self.commands.try_recv() {
+            if !matches!(cmd, Cmd::Feedback { .. }) {
+                self.emit(Happening::Done {
+                    cmd,
+                    result: Err(error.into()),
+                });
+            }
+        }
+    }
+
+    /// Sleeps up to `d`, returning early when woken (a command to fail, or the stop).
+    fn sleep(&self, d: Duration) {
+        let deadline = Instant::now() + d;
+        while !self.stop.load(Ordering::SeqCst) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            let mut fds = [libc::pollfd {
+                fd: self.wake.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            let ms = left.as_millis().min(1000) as libc::c_int;
+            // SAFETY: one valid pollfd for the duration of the call.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, ms) };
+            if n > 0 {
+                let mut sink = [0u8; 64];
+                while matches!((&self.wake).read(&mut sink), Ok(n) if n > 0) {}
+                self.fail_waiting_commands("port_closed");
+            }
+        }
+    }
+
+    fn stats(&self, f: impl FnOnce(&mut crate::telemetry::SerialStats)) {
+        crate::telemetry::serial_stats(&self.device, f);
+    }
+}
+
+/// Waits for the port to be readable or the wake-up socket to be written.
+fn wait(port: i32, wake: i32, timeout: Duration) -> Wait {
+    let mut fds = [
+        libc::pollfd {
+            fd: port,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: wake,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    let ms = timeout.as_millis().min(1000) as libc::c_int;
+    // SAFETY: two valid pollfds for the duration of the call.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() == std::io::ErrorKind::Interrupted {
+            return Wait::Timeout;
+        }
+        return Wait::Lost(e.to_string());
+    }
+    let p = fds[0].revents;
+    if p & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 && p & libc::POLLIN == 0 {
+        return Wait::Lost("hang-up (device unplugged)".into());
+    }
+    if p & libc::POLLIN != 0 {
+        return Wait::Readable;
+    }
+    if fds[1].revents != 0 {
+        return Wait::Woken;
+    }
+    Wait::Timeout
+}

@@ -104,6 +104,9 @@ pub struct StatusReport {
     pub ready: bool,
     pub store: crate::store::StoreStats,
     pub delivery: DeliveryReport,
+    /// Serial ports by device id.
+    #[serde(default)]
+    pub serial: std::collections::BTreeMap<String, crate::telemetry::SerialStats>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -125,6 +128,7 @@ async fn status(AxState(s): AxState<AdminState>) -> Result<Json<StatusReport>, A
         started_at: s.started.rfc3339(),
         ready: s.ready.load(Ordering::Acquire),
         store: stats,
+        serial: crate::telemetry::serial_snapshot(),
         delivery: DeliveryReport {
             pending: d.pending,
             in_flight: d.in_flight,

@@ -98,6 +98,8 @@ impl Machine {
                 if let Some(t) = d.offline_after {
                     s.offline_after = t;
                 }
+                // Three polls fit in the silence allowed, so one lost answer is not an outage.
+                s.poll_every = s.poll_every.min(s.offline_after / 3);
                 Ok(Machine::Relay(Box::new(Relay::new(s))))
             }
             Driver::Osdp => {

@@ -2,6 +2,8 @@
 //! binary as a child process.
 #![allow(dead_code)]
 
+pub mod serial;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -706,15 +708,28 @@ pub async fn rig(devices: &str) -> Rig {
 }
 
 impl Rig {
+    /// Waits for `event` with `detail` from `device`; on timeout the panic shows the device's
+    /// events and the daemon's status.
     pub async fn wait_event(&self, device: &str, event: &str, detail: &str) {
         let want = (event.to_string(), detail.to_string());
-        self.rx
-            .wait_until(
-                Duration::from_secs(30),
-                &format!("{device} {event} {detail}"),
-                |r| device_events(r, device).contains(&want),
-            )
-            .await;
+        let mut changed = self.rx.shared.changed.subscribe();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if device_events(&self.rx.requests(), device).contains(&want) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, changed.changed())
+                .await
+                .is_err()
+            {
+                let (_, status) = self.daemon.get("/v1/status").await;
+                let (_, devices) = self.daemon.get("/v1/devices").await;
+                panic!(
+                    "timed out waiting for {device} {event} {detail}; its events: {:?}; status: {status}; devices: {devices}",
+                    device_events(&self.rx.requests(), device)
+                );
+            }
+        }
     }
 
     pub async fn cli(&self, args: &[&str]) -> (i32, String, String) {

@@ -1,0 +1,317 @@
+//! Serial devices for tests: pty pairs standing in for USB–RS-485 adapters, a Modbus relay
+//! board simulator, and an OSDP reader run by libosdp (the reference implementation) in PD mode.
+//!
+//! The daemon opens a stable symlink (like `/dev/serial/by-id/...`) that points at the pty's
+//! slave; the simulator holds the master. Dropping the simulator closes the master: to the
+//! daemon that is an unplugged adapter. A new pty linked at the same path is the replug.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// A pty whose slave is reachable at `link`.
+pub struct Pty {
+    pub master: File,
+    pub slave: PathBuf,
+}
+
+impl Pty {
+    pub fn at(link: &Path) -> Pty {
+        // Opened close-on-exec in one call: a daemon another test spawns at this moment must
+        // not inherit the master, or closing ours would not hang up the line. No slave fd is
+        // opened here, so none can leak either.
+        // SAFETY: plain libc calls on an fd we own; the name buffer is ours and NUL-terminated.
+        let (master, name) = unsafe {
+            let master = libc::open(
+                c"/dev/ptmx".as_ptr(),
+                libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC | libc::O_NONBLOCK,
+            );
+            assert!(
+                master >= 0,
+                "/dev/ptmx: {}",
+                std::io::Error::last_os_error()
+            );
+            assert_eq!(libc::grantpt(master), 0);
+            assert_eq!(libc::unlockpt(master), 0);
+            let mut t: libc::termios = std::mem::zeroed();
+            libc::tcgetattr(master, &mut t);
+            libc::cfmakeraw(&mut t);
+            libc::tcsetattr(master, libc::TCSANOW, &t);
+            let mut buf = [0 as libc::c_char; 128];
+            assert_eq!(libc::ptsname_r(master, buf.as_mut_ptr(), buf.len()), 0);
+            let name = std::ffi::CStr::from_ptr(buf.as_ptr())
+                .to_string_lossy()
+                .into_owned();
+            (master, name)
+        };
+        let tmp = link.with_extension("new");
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&name, &tmp).unwrap();
+        std::fs::rename(&tmp, link).unwrap();
+        Pty {
+            // SAFETY: `master` is an fd we own from here on.
+            master: unsafe { File::from_raw_fd(master) },
+            slave: PathBuf::from(name),
+        }
+    }
+}
+
+/// Waits until the master has bytes (or the timeout); true when readable.
+fn readable(f: &File, timeout_ms: i32) -> bool {
+    let mut fds = [libc::pollfd {
+        fd: f.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, timeout_ms) };
+    n > 0 && fds[0].revents & libc::POLLIN != 0
+}
+
+/// Reads what is there; an unopened slave (EIO) reads as nothing.
+fn read_some(f: &mut File, buf: &mut [u8]) -> usize {
+    if !readable(f, 5) {
+        std::thread::sleep(Duration::from_millis(2));
+        return 0;
+    }
+    match f.read(buf) {
+        Ok(n) => n,
+        Err(_) => {
+            std::thread::sleep(Duration::from_millis(5));
+            0
+        }
+    }
+}
+
+/// What a simulated relay board was told, in order: (register address, value).
+pub type Writes = Arc<Mutex<Vec<(u16, u16)>>>;
+
+/// A Modbus RTU relay board at `address` on a pty linked at `link`.
+pub struct Board {
+    pub writes: Writes,
+    /// While set, the board answers nothing (a dead board, a cut A/B pair).
+    pub silent: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Board {
+    pub fn start(link: &Path, address: u8) -> Board {
+        let mut pty = Pty::at(link);
+        let writes: Writes = Arc::default();
+        let silent = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (w, s, st) = (writes.clone(), silent.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut coils: u8 = 0;
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 256];
+            while !st.load(Ordering::SeqCst) {
+                let n = read_some(&mut pty.master, &mut chunk);
+                buf.extend_from_slice(&chunk[..n]);
+                // Every request ZenEdge sends (FC01, FC05) is 8 bytes.
+                while buf.len() >= 8 {
+                    let f: Vec<u8> = buf[..8].to_vec();
+                    let crc = zenedge::serial::modbus::crc16(&f[..6]);
+                    if f[0] != address || crc.to_le_bytes() != [f[6], f[7]] {
+                        buf.remove(0);
+                        continue;
+                    }
+                    buf.drain(..8);
+                    if s.load(Ordering::SeqCst) {
+                        continue;
+                    }
+                    let reg = u16::from_be_bytes([f[2], f[3]]);
+                    let value = u16::from_be_bytes([f[4], f[5]]);
+                    let reply = match f[1] {
+                        0x01 => {
+                            let mut r = vec![address, 0x01, 1, coils];
+                            let crc = zenedge::serial::modbus::crc16(&r);
+                            r.extend_from_slice(&crc.to_le_bytes());
+                            r
+                        }
+                        0x05 => {
+                            w.lock().unwrap().push((reg, value));
+                            if reg < 8 {
+                                if value == 0xFF00 {
+                                    coils |= 1 << reg;
+                                } else {
+                                    coils &= !(1 << reg);
+                                }
+                            }
+                            f.clone()
+                        }
+                        _ => continue,
+                    };
+                    let _ = pty.master.write_all(&reply);
+                }
+            }
+            // Dropping the master here is the unplug.
+        });
+        Board {
+            writes,
+            silent,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn writes(&self) -> Vec<(u16, u16)> {
+        self.writes.lock().unwrap().clone()
+    }
+
+    /// Closes the pty master: the adapter is unplugged.
+    pub fn unplug(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+impl Drop for Board {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The pty master as libosdp's channel. libosdp keeps the channel for the life of the process
+/// (the Rust binding leaks it), so the file sits behind a shared slot the test empties to
+/// close it.
+struct MasterChannel(Arc<Mutex<Option<File>>>);
+
+impl libosdp::Channel for MasterChannel {
+    fn get_id(&self) -> i32 {
+        0
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, libosdp::ChannelError> {
+        let mut slot = self.0.lock().unwrap();
+        let Some(f) = slot.as_mut() else {
+            return Err(libosdp::ChannelError::TransportError);
+        };
+        match f.read(buf) {
+            Ok(n) => Ok(n),
+            // No slave open yet (EIO) or nothing to read: nothing this time.
+            Err(_) => Err(libosdp::ChannelError::WouldBlock),
+        }
+    }
+
+    fn write(&mut self, buf: &[u8]) -> Result<usize, libosdp::ChannelError> {
+        let mut slot = self.0.lock().unwrap();
+        let Some(f) = slot.as_mut() else {
+            return Err(libosdp::ChannelError::TransportError);
+        };
+        f.write_all(buf)
+            .map(|_| buf.len())
+            .map_err(|_| libosdp::ChannelError::TransportError)
+    }
+
+    fn flush(&mut self) -> Result<(), libosdp::ChannelError> {
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<(), libosdp::ChannelError> {
+        Ok(())
+    }
+}
+
+/// An OSDP reader: libosdp's own peripheral-device implementation on a pty linked at `link`,
+/// with Secure Channel enforced when `scbk` is given.
+pub struct Reader {
+    /// Every command the reader carried out (LED, BUZ, OUT), as libosdp decoded it.
+    pub commands: Arc<Mutex<Vec<libosdp::OsdpCommand>>>,
+    keys: mpsc::Sender<Vec<u8>>,
+    online: Arc<AtomicBool>,
+    sc_active: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Reader {
+    pub fn start(link: &Path, address: i32, scbk: Option<[u8; 16]>) -> Reader {
+        use libosdp::{OsdpFlag, PdCapEntity, PdCapability, PdInfoBuilder};
+        let pty = Pty::at(link);
+        let commands: Arc<Mutex<Vec<libosdp::OsdpCommand>>> = Arc::default();
+        let (keys, key_rx) = mpsc::channel::<Vec<u8>>();
+        let online = Arc::new(AtomicBool::new(false));
+        let sc_active = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (c, on, sc, st) = (
+            commands.clone(),
+            online.clone(),
+            sc_active.clone(),
+            stop.clone(),
+        );
+        std::thread::spawn(move || {
+            let mut info = PdInfoBuilder::new()
+                .name("test reader")
+                .unwrap()
+                .address(address)
+                .unwrap()
+                .baud_rate(9600)
+                .unwrap()
+                .capability(PdCapability::OutputControl(PdCapEntity::new(1, 1)))
+                .capability(PdCapability::LedControl(PdCapEntity::new(1, 1)))
+                .capability(PdCapability::AudibleOutput(PdCapEntity::new(1, 1)))
+                .capability(PdCapability::CheckCharacterSupport(PdCapEntity::new(1, 0)));
+            if let Some(key) = scbk {
+                info = info
+                    .flag(OsdpFlag::EnforceSecure)
+                    .capability(PdCapability::CommunicationSecurity(PdCapEntity::new(1, 1)))
+                    .secure_channel_key(key);
+            }
+            let master = Arc::new(Mutex::new(Some(pty.master)));
+            let mut pd =
+                libosdp::PeripheralDevice::new(info, Box::new(MasterChannel(master.clone())))
+                    .unwrap();
+            pd.set_command_callback(move |cmd| {
+                c.lock().unwrap().push(cmd.clone());
+                0
+            });
+            while !st.load(Ordering::SeqCst) {
+                pd.refresh();
+                on.store(pd.is_online(), Ordering::SeqCst);
+                sc.store(pd.is_sc_active(), Ordering::SeqCst);
+                while let Ok(k) = key_rx.try_recv() {
+                    let _ = pd.notify_event(libosdp::OsdpEvent::KeyPress(
+                        libosdp::OsdpEventKeyPress::new(k),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            // The unplug.
+            master.lock().unwrap().take();
+        });
+        Reader {
+            commands,
+            keys,
+            online,
+            sc_active,
+            stop,
+        }
+    }
+
+    /// Types `keys` on the reader's keypad.
+    pub fn type_keys(&self, keys: &[u8]) {
+        self.keys.send(keys.to_vec()).unwrap();
+    }
+
+    pub fn sc_active(&self) -> bool {
+        self.sc_active.load(Ordering::SeqCst)
+    }
+
+    pub fn commands(&self) -> Vec<libosdp::OsdpCommand> {
+        self.commands.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,286 @@
+//! Serial devices end to end: the real binary talking over pty pairs to a simulated Modbus
+//! relay board and to libosdp's reference OSDP reader (Secure Channel), with a real mosquitto
+//! and a loopback ZenCore.
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::serial::{Board, Reader};
+use common::{command_body, rig, SECRET};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use zenedge::event::Millis;
+
+/// Waits (polling shared state, bounded) until `done` holds.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn relay(id: &str, link: &Path, address: u8, coil: u16, extra: &str) -> String {
+    format!(
+        r#"
+[[devices]]
+id = "{id}"
+type = "strike"
+driver = "modbus-relay"
+port = "{port}"
+address = {address}
+coil = {coil}
+offline_after = "1s"
+{extra}
+"#,
+        port = link.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_pulse_their_coil_go_offline_when_silent_and_survive_an_unplug() {
+    let ports = tempfile::tempdir().unwrap();
+    let link_a = ports.path().join("usb-relay-a");
+    let link_b = ports.path().join("usb-relay-b");
+    let board_a = Board::start(&link_a, 1);
+    let board_b = Board::start(&link_b, 2);
+    let devices = format!(
+        "[presence]\ndebounce = \"0s\"\n{}{}",
+        relay("strike-a", &link_a, 1, 3, "pulse = \"1s\""),
+        relay("strike-b", &link_b, 2, 1, "pulse = \"700ms\"\nflash = true"),
+    );
+    let r = rig(&devices).await;
+    r.wait_event("strike-a", "device.online", "port_opened")
+        .await;
+    r.wait_event("strike-b", "device.online", "port_opened")
+        .await;
+    // A board without flash is switched OFF as soon as its port opens (a crash may have left
+    // it energised).
+    assert_eq!(board_a.writes().first(), Some(&(3, 0x0000)));
+
+    // Unlock without flash: coil 3 ON, confirmed, then OFF after the pulse.
+    let (code, out, err) = r.cli(&["unlock", "strike-a"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    r.wait_event("strike-a", "device.action_completed", "succeeded")
+        .await;
+    until("coil 3 OFF after the pulse", || {
+        let w = board_a.writes();
+        let on = w.iter().position(|&x| x == (3, 0xFF00));
+        on.is_some_and(|i| w[i..].contains(&(3, 0x0000)))
+    })
+    .await;
+
+    // Unlock with flash: one board-timed write at 0x0200 + coil, 700 ms = 7.
+    let (code, out, err) = r.cli(&["unlock", "strike-b"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    r.wait_event("strike-b", "device.action_completed", "succeeded")
+        .await;
+    assert!(
+        board_b.writes().contains(&(0x0201, 7)),
+        "{:?}",
+        board_b.writes()
+    );
+    assert!(!board_b.writes().contains(&(1, 0xFF00)));
+
+    // A board that stops answering is offline after its poll timeout, and back when it answers.
+    board_a.silent.store(true, Ordering::SeqCst);
+    r.wait_event("strike-a", "device.offline", "poll_timeout")
+        .await;
+    let (code, _, _) = r.cli(&["unlock", "strike-a"]).await;
+    assert_ne!(code, 0, "an unlock of an offline relay fails");
+    board_a.silent.store(false, Ordering::SeqCst);
+    r.wait_event("strike-a", "device.online", "poll_reply")
+        .await;
+
+    // Unplug: the pty master closes; the daemon sees the hang-up.
+    board_a.unplug();
+    r.wait_event("strike-a", "device.offline", "port_closed")
+        .await;
+    // Replug: a new pty at the same path, no restart.
+    let board_a = Board::start(&link_a, 1);
+    r.rx.wait_until(Duration::from_secs(30), "strike-a online again", |log| {
+        common::device_events(log, "strike-a")
+            .iter()
+            .filter(|e| e.0 == "device.online" && e.1 == "port_opened")
+            .count()
+            == 2
+    })
+    .await;
+    let (code, out, err) = r.cli(&["unlock", "strike-a"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    until("the replugged board got the unlock", || {
+        board_a.writes().contains(&(3, 0xFF00))
+    })
+    .await;
+
+    let metrics = reqwest::get(format!("http://{}/metrics", r.daemon.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("zenedge_serial_port_losses_total{device=\"strike-a\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("zenedge_serial_port_open{device=\"strike-b\"} 1"));
+    drop(board_b);
+}
+
+fn sha(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+fn at(offset_s: i64) -> String {
+    Millis((Millis::now().0 as i64 + offset_s * 1000) as u64).rfc3339()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pin_typed_on_libosdps_reader_opens_the_door_over_secure_channel() {
+    let ports = tempfile::tempdir().unwrap();
+    let link = ports.path().join("usb-osdp");
+    let scbk: [u8; 16] = *b"zenedge-test-key";
+    let reader = Reader::start(&link, 101, Some(scbk));
+    let devices = format!(
+        r#"
+[presence]
+debounce = "0s"
+
+[[devices]]
+id = "door-reader"
+type = "reader"
+driver = "osdp"
+port = "{port}"
+address = 101
+scbk = "{key}"
+pulse = "2s"
+"#,
+        port = link.display(),
+        key = hex::encode(scbk)
+    );
+    let r = rig(&devices).await;
+    r.wait_event("door-reader", "device.online", "port_opened")
+        .await;
+    until("libosdp reports Secure Channel active", || {
+        reader.sc_active()
+    })
+    .await;
+
+    let body = command_body(
+        "access.magic_link",
+        json!({"grant_id": "g-pin", "booking_id": "b-pin", "meeting_space_id": "ms-test",
+               "token_sha256": sha("tok"), "pin_sha256": sha("1234"),
+               "valid_from": at(-60), "valid_until": at(3600)}),
+    );
+    let (status, answer) = r.command(&body, Some(SECRET), &[]).await;
+    assert_eq!(status, 202, "{answer}");
+
+    // A valid PIN: the reader's output pulses (2 s = 20 × 100 ms) and its LED turns green.
+    reader.type_keys(b"1234#");
+    r.wait_event("door-reader", "device.action_completed", "succeeded")
+        .await;
+    let done =
+        r.rx.requests()
+            .iter()
+            .map(|x| x.json())
+            .find(|j| j["event"] == "device.action_completed")
+            .unwrap();
+    assert_eq!(done["data"]["source"], "local_credential");
+    assert_eq!(done["data"]["grant_id"], "g-pin");
+    until("OUT pulse and green LED at the reader", || {
+        let c = reader.commands();
+        let out = c.iter().any(|c| {
+            matches!(c, libosdp::OsdpCommand::Output(o)
+                if o.output_no == 0 && o.control_code == 5 && o.timer_count == 20)
+        });
+        let green = c.iter().any(|c| {
+            matches!(c, libosdp::OsdpCommand::Led(l)
+                if l.temporary.on_color == libosdp::OsdpLedColor::Green)
+        });
+        out && green
+    })
+    .await;
+
+    // A wrong PIN: denied, red LED, no second pulse.
+    reader.type_keys(b"9999#");
+    r.wait_event("door-reader", "access.denied", "unknown_credential")
+        .await;
+    until("red LED at the reader", || {
+        reader.commands().iter().any(|c| {
+            matches!(c, libosdp::OsdpCommand::Led(l)
+                if l.temporary.on_color == libosdp::OsdpLedColor::Red)
+        })
+    })
+    .await;
+    let pulses = reader
+        .commands()
+        .iter()
+        .filter(|c| matches!(c, libosdp::OsdpCommand::Output(_)))
+        .count();
+    assert_eq!(pulses, 1);
+
+    // Unplug the reader, plug a new one in at the same path: back online without a restart.
+    drop(reader);
+    r.wait_event("door-reader", "device.offline", "port_closed")
+        .await;
+    let reader = Reader::start(&link, 101, Some(scbk));
+    r.rx.wait_until(Duration::from_secs(30), "door-reader online again", |log| {
+        common::device_events(log, "door-reader")
+            .iter()
+            .filter(|e| e.0 == "device.online")
+            .count()
+            == 2
+    })
+    .await;
+    until("Secure Channel up again", || reader.sc_active()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_with_another_key_never_comes_online() {
+    let ports = tempfile::tempdir().unwrap();
+    let link = ports.path().join("usb-osdp");
+    let reader = Reader::start(&link, 3, Some(*b"the-readers-key!"));
+    let devices = format!(
+        r#"
+[presence]
+debounce = "0s"
+
+[[devices]]
+id = "reader"
+type = "reader"
+driver = "osdp"
+port = "{port}"
+address = 3
+scbk = "{key}"
+"#,
+        port = link.display(),
+        key = hex::encode(b"not-the-same-key")
+    );
+    let r = rig(&devices).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = reqwest::get(format!("http://{}/metrics", r.daemon.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.contains("zenedge_serial_secure_channel_failures_total{device=\"reader\"} ")
+            && !text.contains("zenedge_serial_secure_channel_failures_total{device=\"reader\"} 0")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no Secure Channel failure counted: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!reader.sc_active());
+    assert!(!common::device_events(&r.rx.requests(), "reader")
+        .iter()
+        .any(|e| e.0 == "device.online"));
+}

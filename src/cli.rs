@@ -522,6 +522,25 @@ fn print_status(r: &crate::admin::StatusReport) {
     if let Some(q) = &s.quarantined {
         println!("WARNING      a corrupt store was moved aside to {q}");
     }
+    for (device, p) in &r.serial {
+        println!(
+            "serial       {device}: port {}, opened {}×, lost {}×, {} frame errors, {} noise bytes{}{}",
+            if p.open { "open" } else { "CLOSED" },
+            p.opens,
+            p.losses,
+            p.crc_errors,
+            p.noise_bytes,
+            if p.sc_failures > 0 {
+                format!(", {} Secure Channel failures", p.sc_failures)
+            } else {
+                String::new()
+            },
+            p.last_error
+                .as_ref()
+                .map(|e| format!(", last error: {e}"))
+                .unwrap_or_default()
+        );
+    }
 }
 
 fn key_for(cli: &Cli, args: &SecretArgs) -> Result<Key, ExitCode> {

@@ -225,8 +225,8 @@ impl libosdp::Channel for MasterChannel {
 /// with Secure Channel enforced when `scbk` is given.
 pub struct Reader {
     /// Every command the reader carried out (LED, BUZ, OUT), as libosdp decoded it.
-    pub commands: Arc<Mutex<Vec<libosdp::OsdpCommand>>>,
-    keys: mpsc::Sender<Vec<u8>>,
+    pub commands: Arc<Mutex<Vec<(std::time::Instant, libosdp::OsdpCommand)>>>,
+    events: mpsc::Sender<libosdp::OsdpEvent>,
     online: Arc<AtomicBool>,
     sc_active: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
@@ -236,8 +236,8 @@ impl Reader {
     pub fn start(link: &Path, address: i32, scbk: Option<[u8; 16]>) -> Reader {
         use libosdp::{OsdpFlag, PdCapEntity, PdCapability, PdInfoBuilder};
         let pty = Pty::at(link);
-        let commands: Arc<Mutex<Vec<libosdp::OsdpCommand>>> = Arc::default();
-        let (keys, key_rx) = mpsc::channel::<Vec<u8>>();
+        let commands: Arc<Mutex<Vec<(std::time::Instant, libosdp::OsdpCommand)>>> = Arc::default();
+        let (events, event_rx) = mpsc::channel::<libosdp::OsdpEvent>();
         let online = Arc::new(AtomicBool::new(false));
         let sc_active = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
@@ -270,17 +270,17 @@ impl Reader {
                 libosdp::PeripheralDevice::new(info, Box::new(MasterChannel(master.clone())))
                     .unwrap();
             pd.set_command_callback(move |cmd| {
-                c.lock().unwrap().push(cmd.clone());
+                c.lock()
+                    .unwrap()
+                    .push((std::time::Instant::now(), cmd.clone()));
                 0
             });
             while !st.load(Ordering::SeqCst) {
                 pd.refresh();
                 on.store(pd.is_online(), Ordering::SeqCst);
                 sc.store(pd.is_sc_active(), Ordering::SeqCst);
-                while let Ok(k) = key_rx.try_recv() {
-                    let _ = pd.notify_event(libosdp::OsdpEvent::KeyPress(
-                        libosdp::OsdpEventKeyPress::new(k),
-                    ));
+                while let Ok(e) = event_rx.try_recv() {
+                    let _ = pd.notify_event(e);
                 }
                 std::thread::sleep(Duration::from_millis(2));
             }
@@ -289,7 +289,7 @@ impl Reader {
         });
         Reader {
             commands,
-            keys,
+            events,
             online,
             sc_active,
             stop,
@@ -298,7 +298,14 @@ impl Reader {
 
     /// Types `keys` on the reader's keypad.
     pub fn type_keys(&self, keys: &[u8]) {
-        self.keys.send(keys.to_vec()).unwrap();
+        let e = libosdp::OsdpEvent::KeyPress(libosdp::OsdpEventKeyPress::new(keys.to_vec()));
+        self.events.send(e).unwrap();
+    }
+
+    /// Presents a card whose raw data is `data`.
+    pub fn present_card(&self, data: &[u8]) {
+        let e = libosdp::OsdpEvent::CardRead(libosdp::OsdpEventCardRead::new_raw(data.to_vec()));
+        self.events.send(e).unwrap();
     }
 
     pub fn sc_active(&self) -> bool {
@@ -306,7 +313,22 @@ impl Reader {
     }
 
     pub fn commands(&self) -> Vec<libosdp::OsdpCommand> {
-        self.commands.lock().unwrap().clone()
+        self.commands
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, c)| c.clone())
+            .collect()
+    }
+
+    /// When the first OUT command reached the reader.
+    pub fn first_output_at(&self) -> Option<std::time::Instant> {
+        self.commands
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(_, c)| matches!(c, libosdp::OsdpCommand::Output(_)))
+            .map(|(t, _)| *t)
     }
 }
 

@@ -25,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
         let mut r = Relay::new(RelaySettings::new(1, 2, Duration::from_secs(1), flash));
         let t = Instant::now();
         r.opened(t);
-        r.command(Cmd::Unlock, t);
+        r.command(Cmd::Unlock { pulse: None }, t);
         for (i, chunk) in data.chunks(5).enumerate() {
             let now = t + Duration::from_millis(i as u64 * 100);
             r.bytes(chunk, now);

@@ -248,7 +248,15 @@ impl Hub {
             Driver::Osdp => device.is_door(),
             _ => false,
         };
-        let serial_cmd = (request.device.clone(), serial_command(request.command));
+        let serial_cmd = (
+            request.device.clone(),
+            match request.command {
+                Command::Unlock => SerialCmd::Unlock {
+                    pulse: request.duration_s.map(std::time::Duration::from_secs),
+                },
+                Command::Lock => SerialCmd::Lock,
+            },
+        );
         let timeout = device.action_timeout();
         let online = self.presence.is_online(&request.device);
         match self
@@ -430,7 +438,7 @@ impl Hub {
             }
             Happening::Done { cmd, result } => {
                 let command = match cmd {
-                    SerialCmd::Unlock => Command::Unlock,
+                    SerialCmd::Unlock { .. } => Command::Unlock,
                     SerialCmd::Lock => Command::Lock,
                     SerialCmd::Feedback { .. } => return Output::default(),
                 };
@@ -449,6 +457,7 @@ impl Hub {
                             "timeout" => "timeout",
                             "port_closed" => "port_closed",
                             "device_offline" => "device_offline",
+                            e if e.starts_with("reader refused") => "nak",
                             _ => "device_error",
                         };
                         self.actions.failed(device, command, error, now)
@@ -649,13 +658,6 @@ enum Answer {
     Panel(Value),
     /// A reader's LED and buzzer.
     Reader,
-}
-
-fn serial_command(c: Command) -> SerialCmd {
-    match c {
-        Command::Unlock => SerialCmd::Unlock,
-        Command::Lock => SerialCmd::Lock,
-    }
 }
 
 /// A new action id for operator actions: `act_` + a ULID.

@@ -27,7 +27,10 @@ use osdp::{Cp, ReaderSettings};
 /// A command for a serial device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cmd {
-    Unlock,
+    /// Unlock for `pulse` (an `access.unlock`'s `duration_s`), else the device's `pulse`.
+    Unlock {
+        pulse: Option<Duration>,
+    },
     Lock,
     /// LED and buzzer on a reader after an access decision.
     Feedback {

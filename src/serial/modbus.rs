@@ -264,8 +264,8 @@ impl Relay {
 
     pub fn command(&mut self, cmd: Cmd, now: Instant) -> Step {
         let op = match cmd {
-            Cmd::Unlock if self.s.flash => Op::Flash { cmd },
-            Cmd::Unlock => Op::Write {
+            Cmd::Unlock { .. } if self.s.flash => Op::Flash { cmd },
+            Cmd::Unlock { .. } => Op::Write {
                 on: true,
                 cmd: Some(cmd),
             },
@@ -367,8 +367,8 @@ impl Relay {
             Op::Write { on, cmd } => {
                 if result.is_ok() {
                     step.happened.push(Happening::Relay { on });
-                    if on && cmd == Some(Cmd::Unlock) {
-                        self.off_at = Some(now + self.s.pulse);
+                    if let (true, Some(Cmd::Unlock { pulse })) = (on, cmd) {
+                        self.off_at = Some(now + pulse.unwrap_or(self.s.pulse));
                     }
                     if !on {
                         self.off_at = None;
@@ -442,7 +442,13 @@ impl Relay {
         let frame = match op {
             Op::Poll => read_coils(a, self.s.coil - self.s.coil % 8, 8),
             Op::Write { on, .. } => write_coil(a, self.s.coil, on),
-            Op::Flash { .. } => flash(a, self.s.coil, pulse_tenths(self.s.pulse)),
+            Op::Flash { cmd } => {
+                let pulse = match cmd {
+                    Cmd::Unlock { pulse: Some(p) } => p,
+                    _ => self.s.pulse,
+                };
+                flash(a, self.s.coil, pulse_tenths(pulse))
+            }
         };
         if op == Op::Poll {
             self.next_poll = Some(now + self.s.poll_every);
@@ -605,11 +611,11 @@ mod tests {
         assert_eq!(s.send, vec![read_coils(1, 0, 8)]);
         let s = r.bytes(&answer(&s.send[0]), t0);
         assert!(s.send.is_empty());
-        let s = r.command(Cmd::Unlock, t0);
+        let s = r.command(Cmd::Unlock { pulse: None }, t0);
         assert_eq!(s.send, vec![write_coil(1, 3, true)]);
         let s = r.bytes(&answer(&s.send[0]), t0);
         assert!(s.happened.contains(&Happening::Done {
-            cmd: Cmd::Unlock,
+            cmd: Cmd::Unlock { pulse: None },
             result: Ok(())
         }));
         assert!(r
@@ -635,18 +641,26 @@ mod tests {
         let s = r.opened(t0);
         assert_eq!(s.send, vec![read_coils(1, 0, 8)]);
         r.bytes(&answer(&s.send[0]), t0);
-        let s = r.command(Cmd::Unlock, t0);
+        let s = r.command(Cmd::Unlock { pulse: None }, t0);
         assert_eq!(s.send, vec![flash(1, 3, 50)]);
         let s = r.bytes(&answer(&s.send[0]), t0);
         assert_eq!(
             s.happened,
             vec![Happening::Done {
-                cmd: Cmd::Unlock,
+                cmd: Cmd::Unlock { pulse: None },
                 result: Ok(())
             }]
         );
         assert!(r.off_at.is_none());
         assert!(r.shutdown(t0).send.is_empty());
+        // An access.unlock's duration_s overrides the configured pulse.
+        let s = r.command(
+            Cmd::Unlock {
+                pulse: Some(Duration::from_secs(2)),
+            },
+            t0,
+        );
+        assert_eq!(s.send, vec![flash(1, 3, 20)]);
     }
 
     #[test]
@@ -655,7 +669,7 @@ mod tests {
         let mut r = Relay::new(settings(true));
         let s = r.opened(t0);
         r.bytes(&answer(&s.send[0]), t0);
-        let s = r.command(Cmd::Unlock, t0);
+        let s = r.command(Cmd::Unlock { pulse: None }, t0);
         let frame = s.send[0].clone();
         let ms = |n| t0 + Duration::from_millis(n);
         assert_eq!(r.tick(ms(300)).send, vec![frame.clone()]);
@@ -664,7 +678,7 @@ mod tests {
         assert_eq!(
             s.happened,
             vec![Happening::Done {
-                cmd: Cmd::Unlock,
+                cmd: Cmd::Unlock { pulse: None },
                 result: Err("timeout".into())
             }]
         );
@@ -714,10 +728,10 @@ mod tests {
         let mut r = Relay::new(settings(false));
         let s = r.opened(t0);
         r.bytes(&answer(&s.send[0]), t0);
-        r.command(Cmd::Unlock, t0);
+        r.command(Cmd::Unlock { pulse: None }, t0);
         let s = r.closed();
         assert!(s.happened.contains(&Happening::Done {
-            cmd: Cmd::Unlock,
+            cmd: Cmd::Unlock { pulse: None },
             result: Err("port_closed".into())
         }));
         assert!(s

@@ -427,8 +427,9 @@ impl Cp {
             return step;
         }
         match cmd {
-            Cmd::Unlock => {
-                let tenths = u16::try_from(self.s.pulse.as_millis().div_ceil(100))
+            Cmd::Unlock { pulse } => {
+                let pulse = pulse.unwrap_or(self.s.pulse);
+                let tenths = u16::try_from(pulse.as_millis().div_ceil(100))
                     .unwrap_or(u16::MAX)
                     .max(1);
                 let t = tenths.to_le_bytes();
@@ -919,7 +920,7 @@ mod tests {
         cp.opened(t0);
         cp.bytes(&reply(1, 0, code::PDID, &[0; 12]), t0);
         cp.bytes(&reply(1, 1, code::PDCAP, &[]), t0);
-        let unlock = cp.command(Cmd::Unlock, t0);
+        let unlock = cp.command(Cmd::Unlock { pulse: None }, t0);
         assert!(unlock.send.is_empty(), "a POLL is in flight");
         let ms = |n| t0 + Duration::from_millis(n);
         let poll_retry = cp.tick(ms(200));
@@ -931,7 +932,7 @@ mod tests {
             .happened
             .contains(&Happening::Offline(LinkReason::PollTimeout)));
         assert!(s.happened.contains(&Happening::Done {
-            cmd: Cmd::Unlock,
+            cmd: Cmd::Unlock { pulse: None },
             result: Err("device_offline".into())
         }));
         assert!(cp.tick(ms(1_500)).send.is_empty());

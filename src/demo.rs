@@ -502,9 +502,12 @@ async fn story(
         2,
         "A booking starts: ZenCore sends booking.start at T-15 and at T-0",
     );
-    let start = Millis::now();
-    let end = start.saturating_add(Duration::from_secs(3600));
-    for (phase, shown) in [("T-15", "reserved"), ("T-0", "in_use")] {
+    // The demo cannot wait fifteen minutes: at T-15 the booking starts in 15 minutes; at T-0
+    // ZenCore says it starts now (the room's schedule follows the times it is given).
+    let now = Millis::now();
+    for (phase, shown, lead) in [("T-15", "reserved", 15 * 60), ("T-0", "in_use", 0)] {
+        let start = now.saturating_add(Duration::from_secs(lead));
+        let end = start.saturating_add(Duration::from_secs(3600));
         let code = command(&http, ports.inbound, "booking.start", json!({"booking_id": "bk-42",
             "meeting_space_id": ROOM, "start_time": start.rfc3339(), "end_time": end.rfc3339(), "phase": phase})).await?;
         if code != 202 {
@@ -528,7 +531,7 @@ async fn story(
         "access.magic_link",
         json!({"grant_id": "gr-7", "booking_id": "bk-42",
         "meeting_space_id": ROOM, "token_sha256": hex::encode(Sha256::digest(token.as_bytes())),
-        "valid_from": start.rfc3339(), "valid_until": end.rfc3339()}),
+        "valid_from": now.rfc3339(), "valid_until": now.saturating_add(Duration::from_secs(3600)).rfc3339()}),
     )
     .await?;
     if code != 202 {

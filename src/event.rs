@@ -92,6 +92,11 @@ pub struct NewEvent {
     pub at: Millis,
     /// The event's extra `data` fields, in the order they should appear.
     pub fields: Map<String, Value>,
+    /// A preset id, for events whose id must be the same if they are ever made again
+    /// (a schedule moment re-emitted after a torn flush). Else the store assigns a ULID.
+    pub id: Option<String>,
+    /// The room, when the event has no device (a booking's status); else the device's room.
+    pub space: Option<String>,
 }
 
 impl NewEvent {
@@ -101,7 +106,19 @@ impl NewEvent {
             device,
             at,
             fields: Map::new(),
+            id: None,
+            space: None,
         }
+    }
+
+    pub fn with_id(mut self, id: String) -> NewEvent {
+        self.id = Some(id);
+        self
+    }
+
+    pub fn in_space(mut self, meeting_space_id: &str) -> NewEvent {
+        self.space = Some(meeting_space_id.to_owned());
+        self
     }
 
     pub fn with(mut self, key: &str, value: impl Into<Value>) -> NewEvent {
@@ -109,11 +126,34 @@ impl NewEvent {
         self
     }
 
-    /// The ordering lane: events of one device are delivered in order; events without a
-    /// device have no ordering constraint.
-    pub fn lane(&self) -> Option<&str> {
-        self.device.as_ref().map(|d| d.id.as_str())
+    /// The ordering lane: events of one device are delivered in order; a booking's status
+    /// updates are delivered in order whatever their source; other events without a device
+    /// have no ordering constraint.
+    pub fn lane(&self) -> Option<String> {
+        lane(
+            Some(self.kind),
+            self.device.as_ref().map(|d| d.id.as_str()),
+            self.fields.get("booking_id").and_then(Value::as_str),
+        )
     }
+}
+
+fn lane(kind: Option<EventKind>, device: Option<&str>, booking: Option<&str>) -> Option<String> {
+    match (kind, booking) {
+        (Some(EventKind::MeetingStatusUpdate), Some(b)) => Some(format!("booking:{b}")),
+        _ => device.map(str::to_owned),
+    }
+}
+
+/// A stable event id for one moment of one booking: `evt_` + a ULID whose time is the moment
+/// and whose random part is a hash of the controller, booking and status.
+pub fn moment_id(controller: &str, booking_id: &str, status: &str, at: Millis) -> String {
+    use sha2::{Digest, Sha256};
+    let h = Sha256::digest(format!("{controller}\n{booking_id}\n{status}").as_bytes());
+    let mut r = [0u8; 16];
+    r[6..].copy_from_slice(&h[..10]);
+    let ulid = ulid::Ulid::from_parts(at.0, u128::from_be_bytes(r));
+    format!("evt_{ulid}")
 }
 
 /// Milliseconds since the Unix epoch, UTC. The resolution of every timestamp ZenEdge writes.
@@ -221,9 +261,14 @@ pub fn render_body(origin: &Origin, event: &NewEvent, id: &str, sequence: u64) -
         origin.organization_id.clone().into(),
     );
     let space = event
-        .device
-        .as_ref()
-        .and_then(|d| d.meeting_space_id.clone())
+        .space
+        .clone()
+        .or_else(|| {
+            event
+                .device
+                .as_ref()
+                .and_then(|d| d.meeting_space_id.clone())
+        })
         .unwrap_or_else(|| origin.meeting_space_id.clone());
     data.insert("meeting_space_id".into(), space.into());
     if let Some(device) = &event.device {
@@ -267,11 +312,17 @@ pub fn body_info(body: &[u8]) -> Option<BodyInfo> {
     struct Data {
         sequence: u64,
         device_id: Option<String>,
+        booking_id: Option<String>,
     }
     let env: Envelope = serde_json::from_slice(body).ok()?;
+    let kind = EventKind::parse(&env.event);
     Some(BodyInfo {
-        kind: EventKind::parse(&env.event),
-        lane: env.data.device_id,
+        kind,
+        lane: lane(
+            kind,
+            env.data.device_id.as_deref(),
+            env.data.booking_id.as_deref(),
+        ),
         sequence: env.data.sequence,
         at: Millis::parse_rfc3339(&env.timestamp)?,
         id: env.id,

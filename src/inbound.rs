@@ -157,6 +157,13 @@ pub enum Effect {
         request: Request,
         not_after: Millis,
     },
+    /// A booking created, confirmed or started: into the room's schedule.
+    Booking(crate::schedule::Booking),
+    /// `booking.end` / `booking.cancelled`: the booking stops holding the room now.
+    CloseBooking {
+        booking_id: String,
+        meeting_space_id: String,
+    },
     /// Publish to the `display` of every panel in the room (retained: it is state).
     Display {
         meeting_space_id: String,
@@ -236,34 +243,33 @@ pub fn parse_command(
     match event {
         "organization.updated" | "member.added" => Ok(Command::Ignored),
         e if e.starts_with("device.") => Ok(Command::Ignored),
-        "booking.created" | "booking.confirmed" => {
-            // Validated now; the room's local schedule arrives with the scheduler issue.
-            text(data, "booking_id")?;
-            room(config, data)?;
-            time(data, "start_time")?;
-            time(data, "end_time")?;
-            accepted(vec![])
-        }
-        "booking.start" => {
+        "booking.created" | "booking.confirmed" | "booking.start" => {
             let booking_id = text(data, "booking_id")?;
             let space = room(config, data)?;
             let start = time(data, "start_time")?;
             let end = time(data, "end_time")?;
-            let state = match text(data, "phase")?.as_str() {
-                "T-15" => "reserved",
-                "T-0" => "in_use",
-                other => {
+            if end <= start {
+                return Err(reject(400, "data.end_time must be after data.start_time"));
+            }
+            if event == "booking.start" {
+                // The phase is ZenCore's view of the moment; the schedule shows it from the
+                // times (reserved from T-15, in use from T-0), so it is only checked.
+                let phase = text(data, "phase")?;
+                if phase != "T-15" && phase != "T-0" {
                     return Err(reject(
                         400,
-                        format!("data.phase `{other}`: use T-15 or T-0"),
-                    ))
+                        format!("data.phase `{phase}`: use T-15 or T-0"),
+                    ));
                 }
-            };
-            accepted(vec![Effect::Display {
+            }
+            accepted(vec![Effect::Booking(crate::schedule::Booking {
+                booking_id,
                 meeting_space_id: space,
-                payload: json!({"state": state, "booking_id": booking_id,
-                    "start_time": start.rfc3339(), "end_time": end.rfc3339(), "message": null}),
-            }])
+                start,
+                end,
+                title: opt_text(data, "title")?,
+                closed: None,
+            })])
         }
         "access.magic_link" => {
             let grant_id = text(data, "grant_id")?;
@@ -289,9 +295,7 @@ pub fn parse_command(
                             return Err(reject(400, "data.device_ids must be strings"));
                         };
                         let door = config.devices.iter().find(|d| d.id == id);
-                        if !door.is_some_and(|d| {
-                            matches!(d.kind, DeviceType::Lock | DeviceType::Strike)
-                        }) {
+                        if !door.is_some_and(|d| d.is_door()) {
                             return Err(reject(
                                 422,
                                 format!("device `{id}` is not a door of this controller"),
@@ -367,10 +371,10 @@ pub fn parse_command(
             let booking_id = text(data, "booking_id")?;
             let space = room(config, data)?;
             accepted(vec![
-                Effect::RevokeBooking(booking_id),
-                Effect::Display {
+                Effect::RevokeBooking(booking_id.clone()),
+                Effect::CloseBooking {
+                    booking_id,
                     meeting_space_id: space,
-                    payload: json!({"state": "available", "booking_id": null, "message": null}),
                 },
             ])
         }
@@ -385,6 +389,23 @@ pub fn parse_command(
             }])
         }
         other => Err(reject(400, format!("unknown event `{other}`"))),
+    }
+}
+
+/// Queues `payload` for the `display` of every panel in `room`.
+fn publish_display(config: &Config, room: &str, payload: &Value, after: &mut Vec<HubRequest>) {
+    for panel in config.devices.iter().filter(|d| {
+        d.kind == DeviceType::Panel
+            && d.meeting_space_id
+                .as_deref()
+                .unwrap_or(&config.controller.meeting_space_id)
+                == room
+    }) {
+        after.push(HubRequest::Publish(Outgoing {
+            topic: format!("{}/display", panel_prefix(config, &panel.id)),
+            payload: payload.to_string().into_bytes(),
+            retain: true,
+        }));
     }
 }
 
@@ -499,23 +520,45 @@ async fn handle(State(s): State<InboundState>, headers: HeaderMap, body: Body) -
                 });
                 s.store.put_unlock(&pending)
             }
+            Effect::Booking(mut b) => {
+                // Another command may already have told more (a title, a cancellation).
+                match s.store.booking(&b.booking_id) {
+                    Ok(Some(old)) => {
+                        b.title = b.title.or(old.title);
+                        b.closed = old.closed;
+                    }
+                    Ok(None) => {}
+                    Err(e) => return store_failure(e),
+                }
+                after.push(HubRequest::Booking(b.clone()));
+                s.store.put_booking(&b)
+            }
+            Effect::CloseBooking {
+                booking_id,
+                meeting_space_id,
+            } => match s.store.booking(&booking_id) {
+                Ok(Some(mut b)) => {
+                    b.closed = b.closed.or(Some(clock.now));
+                    after.push(HubRequest::Booking(b.clone()));
+                    s.store.put_booking(&b)
+                }
+                Ok(None) => {
+                    // Unknown here: the panels still learn the room is free.
+                    publish_display(
+                        &s.config,
+                        &meeting_space_id,
+                        &json!({"state": "available", "booking_id": null, "message": null}),
+                        &mut after,
+                    );
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
             Effect::Display {
                 meeting_space_id,
                 payload,
             } => {
-                for panel in s.config.devices.iter().filter(|d| {
-                    d.kind == DeviceType::Panel
-                        && d.meeting_space_id
-                            .as_deref()
-                            .unwrap_or(&s.config.controller.meeting_space_id)
-                            == meeting_space_id
-                }) {
-                    after.push(HubRequest::Publish(Outgoing {
-                        topic: format!("{}/display", panel_prefix(&s.config, &panel.id)),
-                        payload: payload.to_string().into_bytes(),
-                        retain: true,
-                    }));
-                }
+                publish_display(&s.config, &meeting_space_id, &payload, &mut after);
                 Ok(())
             }
         };
@@ -535,10 +578,7 @@ async fn handle(State(s): State<InboundState>, headers: HeaderMap, body: Body) -
             Err(e) => return store_failure(e),
         }
     }
-    let ignored = after.is_empty()
-        && !grants_changed
-        && verified.event != "booking.created"
-        && verified.event != "booking.confirmed";
+    let ignored = after.is_empty() && !grants_changed;
     for r in after {
         if s.hub.send(r).await.is_err() {
             tracing::error!(message = "Device task stopped; accepted command not carried out.");

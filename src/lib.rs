@@ -18,6 +18,7 @@ pub mod doctor;
 pub mod event;
 pub mod inbound;
 pub mod logging;
+pub mod schedule;
 pub mod serial;
 pub mod signing;
 pub mod store;

@@ -259,6 +259,8 @@ struct Inner {
     dedup: sled::Tree,
     audit: sled::Tree,
     unlocks: sled::Tree,
+    bookings: sled::Tree,
+    booking_marks: sled::Tree,
     audit_lock: Mutex<()>,
     origin: Origin,
     floor_path: PathBuf,
@@ -281,6 +283,26 @@ struct Inner {
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
+}
+
+/// Every record of a JSON tree, keyed by its key as text; unreadable records are logged and
+/// skipped (one bad record must not take the rest with it).
+fn json_values<T: serde::de::DeserializeOwned>(
+    tree: &sled::Tree,
+    what: &str,
+) -> Result<Vec<(String, T)>, StoreError> {
+    let mut out = Vec::new();
+    for item in tree.iter() {
+        let (k, v) = item?;
+        let key = String::from_utf8_lossy(&k).into_owned();
+        match serde_json::from_slice(&v) {
+            Ok(x) => out.push((key, x)),
+            Err(e) => {
+                tracing::error!(message = "Unreadable record ignored.", record = what, key = %key, error = %e)
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn seq_key(seq: u64) -> [u8; 8] {
@@ -351,6 +373,8 @@ impl Store {
         let dedup = db.open_tree("dedup")?;
         let audit = db.open_tree("audit")?;
         let unlocks = db.open_tree("unlocks")?;
+        let bookings = db.open_tree("bookings")?;
+        let booking_marks = db.open_tree("booking_marks")?;
 
         let floor_path = state_dir.join(FLOOR_FILE);
         let floor = read_floor(&floor_path)?;
@@ -391,6 +415,8 @@ impl Store {
                 dedup,
                 audit,
                 unlocks,
+                bookings,
+                booking_marks,
                 audit_lock: Mutex::new(()),
                 origin,
                 floor_path,
@@ -537,6 +563,53 @@ impl Store {
             }
         }
         Ok(n)
+    }
+
+    /// Writes a booking as ZenCore described it (flush before answering). Only the inbound
+    /// endpoint writes these.
+    pub fn put_booking(&self, b: &crate::schedule::Booking) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(b).unwrap_or_default();
+        self.inner.bookings.insert(b.booking_id.as_bytes(), bytes)?;
+        Ok(())
+    }
+
+    pub fn booking(&self, id: &str) -> Result<Option<crate::schedule::Booking>, StoreError> {
+        Ok(match self.inner.bookings.get(id.as_bytes())? {
+            Some(v) => serde_json::from_slice(&v).ok(),
+            None => None,
+        })
+    }
+
+    pub fn bookings(&self) -> Result<Vec<crate::schedule::Booking>, StoreError> {
+        Ok(json_values(&self.inner.bookings, "booking")?
+            .into_iter()
+            .map(|(_, b)| b)
+            .collect())
+    }
+
+    /// Writes a booking's marks, durable with the next flush — the one that stores the status
+    /// events they record. Only the device hub writes these.
+    pub fn put_booking_marks(
+        &self,
+        booking_id: &str,
+        marks: &crate::schedule::Marks,
+    ) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(marks).unwrap_or_default();
+        self.inner
+            .booking_marks
+            .insert(booking_id.as_bytes(), bytes)?;
+        Ok(())
+    }
+
+    pub fn booking_marks(&self) -> Result<Vec<(String, crate::schedule::Marks)>, StoreError> {
+        json_values(&self.inner.booking_marks, "booking marks")
+    }
+
+    /// Forgets a booking long over.
+    pub fn forget_booking(&self, booking_id: &str) -> Result<(), StoreError> {
+        self.inner.bookings.remove(booking_id.as_bytes())?;
+        self.inner.booking_marks.remove(booking_id.as_bytes())?;
+        Ok(())
     }
 
     /// When an inbound command with this idempotency key was accepted, if it was.
@@ -722,7 +795,10 @@ impl Store {
         let mut alloc = self.lock_alloc();
         let seq = alloc.next_seq;
         self.reserve(&mut alloc, seq)?;
-        let id = alloc.ids.next(SystemTime::now());
+        let id = match &event.id {
+            Some(id) => id.clone(),
+            None => alloc.ids.next(SystemTime::now()),
+        };
         let body = render_body(&self.inner.origin, event, &id, seq);
         let size = 8 + body.len() as u64;
         self.inner.events.insert(seq_key(seq), body)?;

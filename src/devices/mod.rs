@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::config::{Config, Driver};
 use crate::event::{DeviceRef, EventKind, Millis, NewEvent};
@@ -39,6 +39,10 @@ pub struct Output {
     pub audit: Vec<crate::audit::Entry>,
     /// Commands for serial devices.
     pub serial: Vec<(String, SerialCmd)>,
+    /// Booking marks to store with the events (the status moments they record).
+    pub marks: Vec<(String, crate::schedule::Marks)>,
+    /// Bookings long over, to delete.
+    pub forget: Vec<String>,
 }
 
 impl Output {
@@ -49,6 +53,8 @@ impl Output {
         self.completed.extend(other.completed);
         self.audit.extend(other.audit);
         self.serial.extend(other.serial);
+        self.marks.extend(other.marks);
+        self.forget.extend(other.forget);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -94,6 +100,11 @@ pub struct Hub {
     /// Locks to send again after an unlock's `duration_s`: (when, the lock request).
     relocks: Vec<(Millis, Request)>,
     clock_trusted: bool,
+    schedule: crate::schedule::Schedule,
+    /// What each panel's `display` last got from the schedule.
+    displays: HashMap<String, Value>,
+    /// The latest time the hub was given (for the schedule's next deadline).
+    last_now: Millis,
     pub counters: Arc<HubCounters>,
 }
 
@@ -128,9 +139,151 @@ impl Hub {
             places: crate::access::places(&config),
             relocks: Vec::new(),
             clock_trusted: true,
+            schedule: crate::schedule::Schedule::default(),
+            displays: HashMap::new(),
+            last_now: now,
             config,
             counters: Arc::default(),
         }
+    }
+
+    /// The rooms' schedule as stored (bookings and their marks).
+    pub fn set_schedule(&mut self, schedule: crate::schedule::Schedule) {
+        self.schedule = schedule;
+    }
+
+    /// A booking as ZenCore now describes it.
+    pub fn set_booking(&mut self, booking: crate::schedule::Booking, now: Millis) -> Output {
+        self.schedule.set(booking);
+        self.tick(now)
+    }
+
+    fn room_of(&self, device: &str) -> String {
+        self.index
+            .get(device)
+            .and_then(|i| self.config.devices.get(*i))
+            .and_then(|d| d.meeting_space_id.clone())
+            .unwrap_or_else(|| self.config.controller.meeting_space_id.clone())
+    }
+
+    /// The schedule's moments due at `now`, and the displays that changed.
+    fn schedule_tick(&mut self, now: Millis) -> Output {
+        let updates = self.schedule.tick(now);
+        let mut out = self.status_events(updates);
+        for id in self.schedule.expired(now) {
+            self.schedule.forget(&id);
+            out.forget.push(id);
+        }
+        out.marks = self.schedule.take_dirty();
+        out.publish.extend(self.displays(now));
+        out
+    }
+
+    /// `display` messages for panels whose schedule view changed (all of them the first time).
+    fn displays(&mut self, now: Millis) -> Vec<Outgoing> {
+        let panels: Vec<String> = self
+            .config
+            .devices
+            .iter()
+            .filter(|d| d.driver == Driver::ZenedgePanel)
+            .map(|d| d.id.clone())
+            .collect();
+        let mut out = Vec::new();
+        for panel in panels {
+            let view = self.schedule.display(&self.room_of(&panel), now);
+            if self.displays.get(&panel) == Some(&view) {
+                continue;
+            }
+            out.push(Outgoing {
+                topic: format!("{}/display", drivers::panel_prefix(&self.config, &panel)),
+                payload: view.to_string().into_bytes(),
+                retain: true,
+            });
+            self.displays.insert(panel, view);
+        }
+        out
+    }
+
+    fn status_events(&self, updates: Vec<crate::schedule::StatusUpdate>) -> Output {
+        use crate::schedule::Source;
+        let mut out = Output::default();
+        for u in updates {
+            let device = u.device_id.as_deref().and_then(|d| self.device_ref(d));
+            let mut e = NewEvent::new(EventKind::MeetingStatusUpdate, device, u.at)
+                .in_space(&u.meeting_space_id)
+                .with("booking_id", u.booking_id.clone())
+                .with("status", u.status)
+                .with("source", u.source.as_str())
+                .with(
+                    "device_id",
+                    u.device_id.clone().map_or(Value::Null, Value::from),
+                );
+            if let Some(end) = u.end_time {
+                e = e.with("end_time", end.rfc3339());
+            }
+            if u.source == Source::Scheduler {
+                // The same moment made again (a flush torn by a crash) keeps its id.
+                e = e.with_id(crate::event::moment_id(
+                    &self.config.controller.id,
+                    &u.booking_id,
+                    u.status,
+                    u.at,
+                ));
+            }
+            tracing::info!(message = "Room status.", booking_id = %u.booking_id, status = u.status, source = u.source.as_str());
+            out.events.push(e);
+        }
+        out
+    }
+
+    /// A panel's `check_in` / `end_meeting` / `extend`.
+    fn panel_action(&mut self, panel: &str, v: &Value, now: Millis) -> Output {
+        use crate::schedule::Action;
+        let request_id = v.get("request_id").cloned().unwrap_or(Value::Null);
+        let name = v.get("action").and_then(Value::as_str).unwrap_or("");
+        let action = match name {
+            "check_in" => Some(Action::CheckIn),
+            "end_meeting" => Some(Action::EndMeeting),
+            "extend" => v
+                .get("minutes")
+                .and_then(Value::as_u64)
+                .map(|minutes| Action::Extend { minutes }),
+            _ => None,
+        };
+        let booking_id = v.get("booking_id").and_then(Value::as_str);
+        let result = match action {
+            Some(a) => self
+                .schedule
+                .action(&self.room_of(panel), panel, booking_id, a, now)
+                .map_err(|r| r.as_str()),
+            None => {
+                self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    message = "Malformed panel action ignored.",
+                    device = panel,
+                    action = name
+                );
+                Err("malformed")
+            }
+        };
+        let (mut out, answer) = match result {
+            Ok(updates) => (
+                self.status_events(updates),
+                json!({"request_id": request_id, "action": name, "result": "ok", "reason": null}),
+            ),
+            Err(reason) => (
+                Output::default(),
+                json!({"request_id": request_id, "action": name, "result": "refused", "reason": reason}),
+            ),
+        };
+        out.publish.push(Outgoing {
+            topic: format!("{}/feedback", drivers::panel_prefix(&self.config, panel)),
+            payload: answer.to_string().into_bytes(),
+            retain: false,
+        });
+        out.marks = self.schedule.take_dirty();
+        out.publish.extend(self.displays(now));
+        out
     }
 
     pub fn set_grants(&mut self, grants: Vec<crate::access::Grant>) {
@@ -221,10 +374,18 @@ impl Hub {
                         out.merge(self.credential(&id, &v, now));
                     }
                 }
-                Observation::Heard | Observation::PanelAction(_) => {
+                Observation::Heard => {
                     if !retained {
                         let t = self.presence.heard(&id, now);
                         out.merge(self.transitions(t, now));
+                    }
+                }
+                Observation::PanelAction(v) => {
+                    // A retained action would be replayed at every restart.
+                    if !retained {
+                        let t = self.presence.heard(&id, now);
+                        out.merge(self.transitions(t, now));
+                        out.merge(self.panel_action(&id, &v, now));
                     }
                 }
             }
@@ -480,8 +641,9 @@ impl Hub {
         self.index.contains_key(device)
     }
 
-    /// Advances time: debounce, silence, action timeouts, relocks.
+    /// Advances time: debounce, silence, action timeouts, relocks, the rooms' schedule.
     pub fn tick(&mut self, now: Millis) -> Output {
+        self.last_now = now;
         let t = self.presence.tick(now);
         let mut out = self.transitions(t, now);
         let done = self.actions.tick(now);
@@ -493,6 +655,7 @@ impl Hub {
         for (_, request) in due {
             out.merge(self.request(request, now));
         }
+        out.merge(self.schedule_tick(now));
         out
     }
 
@@ -501,6 +664,7 @@ impl Hub {
             self.presence.next_deadline(),
             self.actions.next_deadline(),
             self.relocks.iter().map(|(at, _)| *at).min(),
+            self.schedule.next_deadline(self.last_now),
         ]
         .into_iter()
         .flatten()

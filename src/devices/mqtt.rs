@@ -62,6 +62,8 @@ pub enum HubRequest {
     Grants(Vec<crate::access::Grant>),
     /// Publish a message (a panel's display).
     Publish(super::drivers::Outgoing),
+    /// A booking as ZenCore now describes it (already durable).
+    Booking(crate::schedule::Booking),
 }
 
 /// The handles other parts of the daemon hold.
@@ -158,6 +160,11 @@ pub fn start(
     let reported = store.presence_all().map_err(|e| e.to_string())?;
     let mut hub = Hub::new(config.clone(), reported, Millis::now());
     hub.set_grants(store.grants().map_err(|e| e.to_string())?);
+    hub.set_schedule(crate::schedule::Schedule::new(
+        store.bookings().map_err(|e| e.to_string())?,
+        store.booking_marks().map_err(|e| e.to_string())?,
+        config.scheduler.no_show_release,
+    ));
     let handle = MqttHandle {
         requests: requests_tx,
         views,
@@ -261,6 +268,10 @@ impl Shell {
             };
             self.apply(out, Vec::new()).await?;
         }
+        // The rooms' schedule as stored: moments due while ZenCore or ZenEdge was down, and
+        // every panel's display right away.
+        let out = self.hub.tick(self.clock.read().now);
+        self.apply(out, Vec::new()).await?;
         let mut heartbeat = tokio::time::interval(Duration::from_millis(500));
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -295,6 +306,10 @@ impl Shell {
                             self.apply(out, Vec::new()).await?;
                         }
                         HubRequest::Grants(grants) => self.hub.set_grants(grants),
+                        HubRequest::Booking(b) => {
+                            let out = self.hub.set_booking(b, self.clock.read().now);
+                            self.apply(out, Vec::new()).await?;
+                        }
                         HubRequest::Publish(o) => {
                             let out = Output { publish: vec![o], ..Output::default() };
                             self.apply(out, Vec::new()).await?;
@@ -405,6 +420,8 @@ impl Shell {
             && out.presence.is_empty()
             && out.audit.is_empty()
             && out.completed.is_empty()
+            && out.marks.is_empty()
+            && out.forget.is_empty()
         {
             Ok(())
         } else {
@@ -470,6 +487,14 @@ impl Shell {
         }
         for entry in &out.audit {
             self.store.audit_append(entry.clone())?;
+        }
+        // After the status events they record: a crash between the two re-makes a moment
+        // (with the same event id), never loses one.
+        for (id, marks) in &out.marks {
+            self.store.put_booking_marks(id, marks)?;
+        }
+        for id in &out.forget {
+            self.store.forget_booking(id)?;
         }
         // A finished ZenCore unlock is forgotten in the flush that stores its result, so a
         // crash can neither lose the result nor carry the unlock out twice.

@@ -771,6 +771,32 @@ driver = "zenedge-panel"
             422
         );
 
+        let booking = json!({"booking_id": "b1", "meeting_space_id": "ms-1",
+            "start_time": Millis(NOW.0 + 60_000).rfc3339(), "end_time": Millis(NOW.0 + 120_000).rfc3339()});
+        match parse_command(&c, "booking.created", &data(booking.clone()), NOW) {
+            Ok(Command::Accepted(e)) => {
+                assert!(
+                    matches!(&e[..], [Effect::Booking(b)] if b.booking_id == "b1" && b.closed.is_none())
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut backwards = booking.clone();
+        backwards["end_time"] = backwards["start_time"].clone();
+        assert_eq!(
+            parse_command(&c, "booking.confirmed", &data(backwards), NOW)
+                .unwrap_err()
+                .status,
+            400
+        );
+        let mut phase = booking;
+        phase["phase"] = "T-5".into();
+        assert_eq!(
+            parse_command(&c, "booking.start", &data(phase), NOW)
+                .unwrap_err()
+                .status,
+            400
+        );
         assert_eq!(
             parse_command(&c, "organization.updated", &Map::new(), NOW),
             Ok(Command::Ignored)

@@ -276,6 +276,9 @@ struct Inner {
     reclaim_failed_at: AtomicU64,
     /// Serialises space reclamation so two enqueues do not drop events twice.
     reclaim: Mutex<()>,
+    /// Events whose body is on its way to ZenCore: reclaim leaves them alone, so a gap never
+    /// names an event ZenCore receives.
+    sending: Mutex<std::collections::HashSet<u64>>,
     quarantined: Option<PathBuf>,
 }
 
@@ -428,6 +431,7 @@ impl Store {
                 full: AtomicBool::new(false),
                 reclaim_failed_at: AtomicU64::new(0),
                 reclaim: Mutex::new(()),
+                sending: Mutex::default(),
                 quarantined,
             }),
         };
@@ -853,7 +857,14 @@ impl Store {
             if !presence {
                 continue;
             }
+            // Checked and removed under the lock `begin_send` takes: either the event is on
+            // its way (and kept) or it is gone before anyone reads it.
+            let sending = self.inner.sending.lock().unwrap_or_else(|p| p.into_inner());
+            if sending.contains(&seq) {
+                continue;
+            }
             self.remove_event(seq)?;
+            drop(sending);
             let one = Gap {
                 from: seq,
                 to: seq,
@@ -1013,6 +1024,25 @@ impl Store {
             }
         }
         Ok(upto)
+    }
+
+    /// The body of an event about to be sent, marked as sending until [`Store::end_send`]
+    /// (so it cannot be dropped for space meanwhile). `None` when it was dropped already.
+    pub fn begin_send(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut sending = self.inner.sending.lock().unwrap_or_else(|p| p.into_inner());
+        let body = self.body(seq)?;
+        if body.is_some() {
+            sending.insert(seq);
+        }
+        Ok(body)
+    }
+
+    pub fn end_send(&self, seq: u64) {
+        self.inner
+            .sending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&seq);
     }
 
     pub fn body(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {

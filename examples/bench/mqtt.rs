@@ -14,13 +14,13 @@ use crate::{now_ns, percentile, start_receiver, stop_receiver};
 
 const DEVICES: usize = 200;
 
-fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
 }
 
-struct Mosquitto(std::process::Child);
+pub struct Mosquitto(std::process::Child);
 
 impl Drop for Mosquitto {
     fn drop(&mut self) {
@@ -29,7 +29,7 @@ impl Drop for Mosquitto {
     }
 }
 
-async fn mosquitto(dir: &Path, port: u16) -> anyhow::Result<Mosquitto> {
+pub async fn mosquitto(dir: &Path, port: u16) -> anyhow::Result<Mosquitto> {
     let conf = dir.join("mosquitto.conf");
     std::fs::write(
         &conf,
@@ -301,7 +301,7 @@ async fn access_latency(
     Ok((unlock_ms, credential_ms))
 }
 
-async fn publisher_named(port: u16, id: &str, inflight: u16) -> anyhow::Result<AsyncClient> {
+pub async fn publisher_named(port: u16, id: &str, inflight: u16) -> anyhow::Result<AsyncClient> {
     let mut o = MqttOptions::new(id, "127.0.0.1", port);
     o.set_keep_alive(Duration::from_secs(30))
         .set_inflight(inflight);

@@ -46,9 +46,22 @@ fuzz_target!(|data: &[u8]| {
         trusted: true,
     };
     let unsigned: HashMap<&str, String> = HashMap::new();
-    assert!(verify(&keys, |h| unsigned.get(h).map(String::as_str), data, clock, Duration::from_secs(300)).is_err());
+    assert!(verify(
+        &keys,
+        |h| unsigned.get(h).map(String::as_str),
+        data,
+        clock,
+        Duration::from_secs(300)
+    )
+    .is_err());
     let signed = HashMap::from([("x-webhook-signature", key.sign_hex(data))]);
-    if let Ok(v) = verify(&keys, |h| signed.get(h).map(String::as_str), data, clock, Duration::from_secs(300)) {
+    if let Ok(v) = verify(
+        &keys,
+        |h| signed.get(h).map(String::as_str),
+        data,
+        clock,
+        Duration::from_secs(300),
+    ) {
         let _ = parse_command(config(), &v.event, &v.data, clock.now);
     }
 });

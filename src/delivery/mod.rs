@@ -323,7 +323,7 @@ pub async fn run(
         let now = Millis::now();
         for action in scheduler.poll(now) {
             match action {
-                Action::Send { seq, attempt } => match store.body(seq) {
+                Action::Send { seq, attempt } => match store.begin_send(seq) {
                     Ok(Some(body)) => {
                         let id = body_info(&body).map(|i| i.id).unwrap_or_default();
                         let sender = sender.clone();
@@ -417,6 +417,7 @@ fn finish(
     result: AttemptResult,
     unit: f64,
 ) -> Result<(), StoreError> {
+    store.end_send(seq);
     let outcome = classify(result.status, result.retry_after);
     let now = Millis::now();
     telemetry::attempt_finished(

@@ -355,6 +355,11 @@ impl Scheduler {
                         next_probe: now.saturating_add(delay),
                     };
                 }
+                // The event that was told to wait waits, even if another request in flight
+                // finds ZenCore healthy again a moment later.
+                if let (Some(ra), Some(e)) = (retry_after, self.entries.get_mut(&seq)) {
+                    e.next_at = e.next_at.max(now.saturating_add(ra));
+                }
                 self.make_ready(seq);
                 Decision::Waiting
             }
@@ -541,6 +546,26 @@ mod tests {
         );
         let later = NOW.saturating_add(Duration::from_secs(2));
         assert_eq!(s.poll(later), vec![Action::Send { seq: 1, attempt: 2 }]);
+    }
+
+    #[test]
+    fn retry_after_holds_its_event_even_when_another_request_succeeds() {
+        let mut s = Scheduler::new(policy());
+        s.add(pending(1, Some("a")));
+        s.add(pending(2, Some("b")));
+        assert_eq!(sends(&s.poll(NOW)), vec![1, 2]);
+        let ra = Some(Duration::from_secs(2));
+        s.complete(1, Outcome::Unreachable { retry_after: ra }, NOW, 0.0);
+        // The other request was already on the wire and succeeds: ZenCore is healthy again.
+        s.complete(2, Outcome::Delivered, NOW, 0.0);
+        assert!(s.is_reachable());
+        assert!(s
+            .poll(NOW.saturating_add(Duration::from_millis(1_999)))
+            .is_empty());
+        assert_eq!(
+            sends(&s.poll(NOW.saturating_add(Duration::from_secs(2)))),
+            vec![1]
+        );
     }
 
     #[test]

@@ -353,8 +353,7 @@ async fn a_grant_survives_sigkill_and_an_edited_audit_record_is_detected() {
         store.audit_overwrite(raw[0].0, edited.as_bytes()).unwrap();
         store.flush().unwrap();
     }
-    let admin = r.daemon.admin;
-    r.daemon = common::Daemon::start(&r.config, admin).await;
+    r.start_daemon().await;
     let (code, out, _) = r.cli(&["audit", "--verify"]).await;
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("BROKEN at record 1"), "{out}");
@@ -426,8 +425,7 @@ async fn an_unlock_pending_at_a_crash_is_carried_out_or_expired_after_restart() 
     while Millis::now().0 < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let admin = r.daemon.admin;
-    r.daemon = common::Daemon::start(&r.config, admin).await;
+    r.start_daemon().await;
     commands_reach(&mut commands, 1).await;
     let done = |id: &'static str| {
         move |log: &[common::Recorded]| {

@@ -374,8 +374,7 @@ async fn store_over_its_budget_drops_oldest_presence_and_says_exactly_what() {
     // A clean restart, so what was delivered before is known as delivered (after a SIGKILL it
     // could be sent again — or, under pressure, reported in a gap although ZenCore has it).
     assert!(r.daemon.sigterm().success());
-    let admin = r.daemon.admin;
-    r.daemon = common::Daemon::start(&r.config, admin).await;
+    r.start_daemon().await;
     let stream = Stream::start(r.broker.port).await;
     // Access events among the presence flood: wrong PINs at the panel.
     let peer = common::Peer::connect(r.broker.port, "fault-panel").await;
@@ -474,8 +473,7 @@ async fn corrupted_store_is_quarantined_under_a_stream() {
             std::fs::write(&path, vec![0x5Au8; 8192]).unwrap();
         }
     }
-    let admin = r.daemon.admin;
-    r.daemon = common::Daemon::start(&r.config, admin).await;
+    r.start_daemon().await;
     let (_, status) = r.daemon.get("/v1/status").await;
     assert!(status["store"]["quarantined"].is_string(), "{status}");
     stream.pause.store(false, Ordering::SeqCst);

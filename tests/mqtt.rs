@@ -343,13 +343,11 @@ async fn garbage_on_every_topic_is_counted_and_harms_nothing() {
 async fn sigkill_right_after_a_device_message_loses_nothing() {
     let mut r = rig(DEVICES).await;
     let p = Peer::connect(r.broker.port, "dev").await;
-    let admin = r.daemon.admin;
     for round in 0..5 {
         let word = if round % 2 == 0 { "online" } else { "offline" };
         // Not retained: only the persistent session's redelivery or the outbox can carry it.
         p.publish("home/back/availability", word, false).await;
-        r.daemon.sigkill();
-        r.daemon = Daemon::start(&r.config, admin).await;
+        r.restart().await;
         let want = round + 1;
         r.rx.wait_until(WAIT, &format!("event {want} of back"), |log| {
             device_events(log, "back").len() >= want
@@ -388,8 +386,7 @@ async fn zenedge_announces_itself_online_and_offline_on_clean_stop_and_crash() {
     assert_eq!(payload, b"offline");
 
     // A crash leaves it to the Last Will.
-    let admin = r.daemon.admin;
-    r.daemon = Daemon::start(&r.config, admin).await;
+    r.start_daemon().await;
     let (_, payload, _) = watcher.next(WAIT).await;
     assert_eq!(payload, b"online");
     r.daemon.sigkill();

@@ -254,8 +254,7 @@ async fn a_daemon_killed_mid_booking_shows_it_again_and_repeats_nothing() {
     p.publish(&format!("{PANEL}/display"), "", true).await;
     drop(p);
     let mut p = panel(&r).await;
-    let admin = r.daemon.admin;
-    r.daemon = common::Daemon::start(&r.config, admin).await;
+    r.start_daemon().await;
     let v = display(&mut p, |v| v["state"] == "in_use").await;
     assert_eq!(v["booking_id"], "b-4");
 

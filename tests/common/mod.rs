@@ -743,9 +743,21 @@ impl Rig {
         .unwrap()
     }
 
+    /// SIGKILLs the daemon and starts it again.
     pub async fn restart(&mut self) {
-        let admin = self.daemon.admin;
         self.daemon.sigkill();
+        self.start_daemon().await;
+    }
+
+    /// Starts the daemon (after it was stopped or killed) on fresh admin and inbound ports: a
+    /// port freed a moment ago may already be another test's, or an outgoing connection's.
+    pub async fn start_daemon(&mut self) {
+        let (admin, inbound) = (free_port(), free_port());
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let text = set_listen(&text, "[admin]", admin);
+        let text = set_listen(&text, "[inbound]", inbound);
+        std::fs::write(&self.config, text).unwrap();
+        self.inbound = inbound;
         self.daemon = Daemon::start(&self.config, admin).await;
     }
 
@@ -771,6 +783,23 @@ impl Rig {
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or_default())
     }
+}
+
+/// `text` with the `listen` line of `section` set to `addr`.
+fn set_listen(text: &str, section: &str, addr: SocketAddr) -> String {
+    let mut out = Vec::new();
+    let mut in_section = false;
+    for line in text.lines() {
+        if line.starts_with('[') {
+            in_section = line.trim() == section;
+        }
+        if in_section && line.trim_start().starts_with("listen") {
+            out.push(format!("listen = \"{addr}\""));
+        } else {
+            out.push(line.to_owned());
+        }
+    }
+    out.join("\n") + "\n"
 }
 
 /// An inbound command body stamped now.

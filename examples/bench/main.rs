@@ -54,6 +54,7 @@ fn main() -> anyhow::Result<()> {
         let base = PathBuf::from(
             std::env::var("BENCH_DIR").unwrap_or_else(|_| "target/bench-idle".into()),
         );
+        zenedge::delivery::install_crypto_provider();
         return rt.block_on(idle::run(base, std::time::Duration::from_secs(secs)));
     }
     let n: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(100_000);

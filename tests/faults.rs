@@ -364,7 +364,8 @@ async fn zencore_down_slow_failing_and_rate_limiting() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_over_its_budget_drops_oldest_presence_and_says_exactly_what() {
     let started = Instant::now();
-    let panel = "[[devices]]\nid = \"panel\"\ntype = \"panel\"\ndriver = \"zenedge-panel\"\n";
+    let panel = "[[devices]]\nid = \"panel\"\ntype = \"panel\"\ndriver = \"zenedge-panel\"\n\
+        [[devices]]\nid = \"door\"\ntype = \"strike\"\ndriver = \"tasmota\"\ntopic = \"door\"\naction_timeout = \"1s\"\n";
     let mut r = rig(&(devices_config("") + panel)).await;
     let text = std::fs::read_to_string(&r.config)
         .unwrap()
@@ -379,7 +380,19 @@ async fn store_over_its_budget_drops_oldest_presence_and_says_exactly_what() {
     // Access events among the presence flood: wrong PINs at the panel.
     let peer = common::Peer::connect(r.broker.port, "fault-panel").await;
     let mut denials = 0u64;
+    let mut actions = Vec::new();
     loop {
+        if denials % 20 == 0 {
+            // Action events too: unlocks of a strike that never answers (timed_out).
+            let url = format!("http://{}/v1/devices/door/unlock", r.daemon.admin);
+            actions.push(tokio::spawn(async move {
+                let _ = common::client()
+                    .post(url)
+                    .json(&serde_json::json!({}))
+                    .send()
+                    .await;
+            }));
+        }
         peer.publish(
             "zenedge/edge-test/panels/panel/credential",
             r#"{"type":"pin","pin":"0000"}"#,
@@ -394,6 +407,13 @@ async fn store_over_its_budget_drops_oldest_presence_and_says_exactly_what() {
         }
     }
     let toggles = stream.finish().await;
+    let actions = {
+        let n = actions.len() as u64;
+        for a in actions {
+            let _ = a.await;
+        }
+        n
+    };
     r.rx.set_script(|_| Reply::Status(200));
     r.rx.wait_until(
         Duration::from_secs(120),
@@ -444,8 +464,25 @@ async fn store_over_its_budget_drops_oldest_presence_and_says_exactly_what() {
     );
     let denied = d.iter().filter(|j| j["event"] == "access.denied").count() as u64;
     assert_eq!(denied, denials, "every access.denied kept");
+    let done = d
+        .iter()
+        .filter(|j| j["event"] == "device.action_completed")
+        .count() as u64;
+    assert_eq!(done, actions, "every device.action_completed kept");
+    // Oldest first: no presence event older than the newest dropped one was kept, but for the
+    // probe that was on the wire (ZenCore was down the whole time).
+    let newest_dropped = missing.iter().copied().max().unwrap_or(0);
+    let older_kept = d
+        .iter()
+        .filter(|j| j["event"] == "device.online" || j["event"] == "device.offline")
+        .filter(|j| j["data"]["sequence"].as_u64().unwrap_or(0) < newest_dropped)
+        .count();
+    assert!(
+        older_kept <= 1,
+        "{older_kept} presence events older than a dropped one were kept"
+    );
     let dropped = counted;
-    let sent = toggles.iter().sum::<u64>() + denials;
+    let sent = toggles.iter().sum::<u64>() + denials + actions;
     report(
         &format!("store over budget ({} gaps)", gaps.len()),
         sent,

@@ -67,6 +67,23 @@ pub enum TopicKind {
     PanelAction,
 }
 
+impl TopicKind {
+    /// Every kind, for tests and fuzzing that must cover each payload mapper.
+    pub const ALL: [TopicKind; 11] = [
+        TopicKind::Z2mState,
+        TopicKind::Z2mAvailability,
+        TopicKind::Z2mBridge,
+        TopicKind::TasmotaLwt,
+        TopicKind::TasmotaResult,
+        TopicKind::TasmotaPower,
+        TopicKind::HaState,
+        TopicKind::HaAvailability,
+        TopicKind::PanelStatus,
+        TopicKind::PanelCredential,
+        TopicKind::PanelAction,
+    ];
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PayloadError {
     #[error("payload is not UTF-8")]
@@ -435,19 +452,7 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error_never_a_panic() {
-        let kinds = [
-            TopicKind::Z2mState,
-            TopicKind::Z2mAvailability,
-            TopicKind::Z2mBridge,
-            TopicKind::TasmotaLwt,
-            TopicKind::TasmotaResult,
-            TopicKind::TasmotaPower,
-            TopicKind::HaState,
-            TopicKind::HaAvailability,
-            TopicKind::PanelStatus,
-            TopicKind::PanelCredential,
-            TopicKind::PanelAction,
-        ];
+        let kinds = TopicKind::ALL;
         let huge = vec![b'{'; MAX_PAYLOAD + 1];
         let garbage: &[&[u8]] = &[
             b"",

@@ -163,25 +163,9 @@ impl Session {
         Ok(())
     }
 
-    /// Encrypts command data: 0x80 end marker, zero padding, AES-CBC with IV = !R-MAC.
+    /// Encrypts command data with IV = !R-MAC.
     pub fn encrypt_command(&self, data: &[u8]) -> Vec<u8> {
-        let mut buf = data.to_vec();
-        buf.push(0x80);
-        while buf.len() % 16 != 0 {
-            buf.push(0);
-        }
-        let cipher = Aes128::new(GenericArray::from_slice(&self.s_enc));
-        let mut chain = not(&self.r_mac);
-        for chunk in buf.chunks_mut(16) {
-            let mut b = [0u8; 16];
-            b.copy_from_slice(chunk);
-            xor(&mut b, &chain);
-            let mut g = GenericArray::from(b);
-            cipher.encrypt_block(&mut g);
-            chain = g.into();
-            chunk.copy_from_slice(&chain);
-        }
-        buf
+        encrypt(&self.s_enc, &not(&self.r_mac), data)
     }
 
     /// Decrypts reply data (IV = !C-MAC) and strips the padding.
@@ -208,6 +192,27 @@ impl Session {
         }
         Ok(out)
     }
+}
+
+/// 0x80 end marker, zero padding to whole blocks, AES-128-CBC.
+fn encrypt(key: &Block, iv: &Block, data: &[u8]) -> Vec<u8> {
+    let mut buf = data.to_vec();
+    buf.push(0x80);
+    while buf.len() % 16 != 0 {
+        buf.push(0);
+    }
+    let cipher = Aes128::new(GenericArray::from_slice(key));
+    let mut chain = *iv;
+    for chunk in buf.chunks_mut(16) {
+        let mut b = [0u8; 16];
+        b.copy_from_slice(chunk);
+        xor(&mut b, &chain);
+        let mut g = GenericArray::from(b);
+        cipher.encrypt_block(&mut g);
+        chain = g.into();
+        chunk.copy_from_slice(&chain);
+    }
+    buf
 }
 
 fn constant_eq(a: &[u8], b: &[u8]) -> bool {
@@ -251,23 +256,7 @@ pub mod pd {
     }
 
     pub fn encrypt_reply(s: &Session, data: &[u8]) -> Vec<u8> {
-        let mut buf = data.to_vec();
-        buf.push(0x80);
-        while buf.len() % 16 != 0 {
-            buf.push(0);
-        }
-        let cipher = Aes128::new(GenericArray::from_slice(&s.s_enc));
-        let mut chain = not(&s.c_mac);
-        for chunk in buf.chunks_mut(16) {
-            let mut b = [0u8; 16];
-            b.copy_from_slice(chunk);
-            xor(&mut b, &chain);
-            let mut g = GenericArray::from(b);
-            cipher.encrypt_block(&mut g);
-            chain = g.into();
-            chunk.copy_from_slice(&chain);
-        }
-        buf
+        encrypt(&s.s_enc, &not(&s.c_mac), data)
     }
 }
 

@@ -6,9 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{command_body, device_events, rig, Peer, Reply, SECRET};
+use common::{at, command_body, device_events, rig, sha, Peer, Reply, SECRET};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use zenedge::event::Millis;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -29,15 +28,6 @@ id = "panel"
 type = "panel"
 driver = "zenedge-panel"
 "#;
-
-fn sha(s: &str) -> String {
-    hex::encode(Sha256::digest(s.as_bytes()))
-}
-
-fn at(offset_s: i64) -> String {
-    let now = Millis::now().0 as i64;
-    Millis((now + offset_s * 1000) as u64).rfc3339()
-}
 
 fn grant(id: &str, token: &str, pin: Option<&str>, from_s: i64, until_s: i64) -> Vec<u8> {
     command_body(
@@ -118,12 +108,7 @@ async fn a_signed_unlock_opens_the_door_and_every_bad_request_gets_its_answer() 
     commands_reach(&mut commands, 1).await;
     r.wait_event("front", "device.action_completed", "succeeded")
         .await;
-    let done =
-        r.rx.requests()
-            .iter()
-            .map(|x| x.json())
-            .find(|j| j["event"] == "device.action_completed")
-            .unwrap();
+    let done = r.first("device.action_completed");
     assert_eq!(done["data"]["action_id"], "act-1");
     assert_eq!(done["data"]["source"], "zencore");
     assert_eq!(done["data"]["grant_id"], "g1");
@@ -273,12 +258,7 @@ async fn the_door_opens_offline_and_denials_are_reported_when_zencore_returns() 
         reasons,
         vec!["outside_window", "revoked", "unknown_credential"]
     );
-    let done =
-        r.rx.requests()
-            .iter()
-            .map(|x| x.json())
-            .find(|j| j["event"] == "device.action_completed")
-            .unwrap();
+    let done = r.first("device.action_completed");
     assert_eq!(done["data"]["source"], "local_credential");
     assert_eq!(done["data"]["grant_id"], "g-ok");
 

@@ -9,10 +9,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::serial::{Board, Reader};
-use common::{command_body, rig, SECRET};
+use common::{at, command_body, rig, sha, SECRET};
 use serde_json::json;
-use sha2::{Digest, Sha256};
-use zenedge::event::Millis;
 
 /// Waits (polling shared state, bounded) until `done` holds.
 async fn until(what: &str, done: impl Fn() -> bool) {
@@ -142,14 +140,6 @@ async fn relays_pulse_their_coil_go_offline_when_silent_and_survive_an_unplug() 
     drop(board_b);
 }
 
-fn sha(s: &str) -> String {
-    hex::encode(Sha256::digest(s.as_bytes()))
-}
-
-fn at(offset_s: i64) -> String {
-    Millis((Millis::now().0 as i64 + offset_s * 1000) as u64).rfc3339()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pin_typed_on_libosdps_reader_opens_the_door_over_secure_channel() {
     let ports = tempfile::tempdir().unwrap();
@@ -199,12 +189,7 @@ pulse = "2s"
         // Reported, not asserted: timing belongs to benchmarks.
         eprintln!("PIN typed -> OUT at the reader: {:?}", out - typed);
     }
-    let done =
-        r.rx.requests()
-            .iter()
-            .map(|x| x.json())
-            .find(|j| j["event"] == "device.action_completed")
-            .unwrap();
+    let done = r.first("device.action_completed");
     assert_eq!(done["data"]["source"], "local_credential");
     assert_eq!(done["data"]["grant_id"], "g-pin");
     until("OUT pulse and green LED at the reader", || {

@@ -708,6 +708,16 @@ pub async fn rig(devices: &str) -> Rig {
 }
 
 impl Rig {
+    /// The first delivered event of this kind (its JSON body).
+    pub fn first(&self, event: &str) -> serde_json::Value {
+        self.rx
+            .requests()
+            .iter()
+            .map(|x| x.json())
+            .find(|j| j["event"] == event)
+            .unwrap_or_else(|| panic!("no {event} delivered"))
+    }
+
     /// Waits for `event` with `detail` from `device`; on timeout the panic shows the device's
     /// events and the daemon's status.
     pub async fn wait_event(&self, device: &str, event: &str, detail: &str) {
@@ -800,6 +810,18 @@ fn set_listen(text: &str, section: &str, addr: SocketAddr) -> String {
         }
     }
     out.join("\n") + "\n"
+}
+
+/// Lowercase hex SHA-256 of a token or PIN, as ZenCore sends it.
+pub fn sha(s: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(s.as_bytes()))
+}
+
+/// RFC 3339 time `offset_s` seconds from now.
+pub fn at(offset_s: i64) -> String {
+    let now = zenedge::event::Millis::now().0 as i64;
+    zenedge::event::Millis((now + offset_s * 1000) as u64).rfc3339()
 }
 
 /// An inbound command body stamped now.

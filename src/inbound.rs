@@ -327,15 +327,17 @@ pub fn parse_command(
             let grant_id = opt_text(data, "grant_id")?;
             let not_after = time(data, "not_after")?;
             if let Some(d) = data.get("duration_s") {
-                if !d.is_null() && d.as_u64().is_none() {
+                // An hour bounds what a door may be held open for, and keeps a hostile or
+                // mistaken value from overflowing a timer.
+                if !d.is_null() && !d.as_u64().is_some_and(|s| (1..=3600).contains(&s)) {
                     return Err(reject(
                         400,
-                        "data.duration_s must be a whole number of seconds",
+                        "data.duration_s must be a whole number of seconds, 1..=3600",
                     ));
                 }
             }
             let door = config.devices.iter().find(|d| d.id == device_id);
-            if !door.is_some_and(|d| matches!(d.kind, DeviceType::Lock | DeviceType::Strike)) {
+            if !door.is_some_and(|d| d.is_door()) {
                 return Err(reject(
                     422,
                     format!("device `{device_id}` is not a door of this controller"),
@@ -758,6 +760,21 @@ driver = "zenedge-panel"
         let unlock = json!({"action_id": "a1", "device_id": "front", "booking_id": "b1",
             "not_after": Millis(NOW.0 + 60_000).rfc3339()});
         assert!(parse_command(&c, "access.unlock", &data(unlock.clone()), NOW).is_ok());
+        for bad in [
+            json!(0),
+            json!(3601),
+            json!(u64::MAX),
+            json!(1.5),
+            json!("5"),
+        ] {
+            let mut long = unlock.clone();
+            long["duration_s"] = bad.clone();
+            let r = parse_command(&c, "access.unlock", &data(long), NOW).unwrap_err();
+            assert!(
+                r.status == 400 && r.error.contains("duration_s"),
+                "{bad}: {r:?}"
+            );
+        }
         let mut expired = unlock.clone();
         expired["not_after"] = Millis(NOW.0 - 1).rfc3339().into();
         let r = parse_command(&c, "access.unlock", &data(expired), NOW).unwrap_err();

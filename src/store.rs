@@ -486,21 +486,9 @@ impl Store {
         &self,
     ) -> Result<std::collections::HashMap<String, crate::devices::presence::Reported>, StoreError>
     {
-        let mut out = std::collections::HashMap::new();
-        for item in self.inner.presence.iter() {
-            let (k, v) = item?;
-            match serde_json::from_slice(&v) {
-                Ok(r) => {
-                    out.insert(String::from_utf8_lossy(&k).into_owned(), r);
-                }
-                Err(e) => tracing::warn!(
-                    message = "Unreadable presence record ignored.",
-                    device = %String::from_utf8_lossy(&k),
-                    error = %e
-                ),
-            }
-        }
-        Ok(out)
+        Ok(json_values(&self.inner.presence, "presence")?
+            .into_iter()
+            .collect())
     }
 
     /// Records what was reported for a device. Written like [`Store::stage`]: durable with the
@@ -525,19 +513,10 @@ impl Store {
     /// Every stored grant, revoked ones included (they are kept until `valid_until` so a late
     /// attempt is denied as `revoked`).
     pub fn grants(&self) -> Result<Vec<crate::access::Grant>, StoreError> {
-        let mut out = Vec::new();
-        for item in self.inner.grants.iter() {
-            let (k, v) = item?;
-            match serde_json::from_slice(&v) {
-                Ok(g) => out.push(g),
-                Err(e) => tracing::error!(
-                    message = "Unreadable grant ignored.",
-                    grant_id = %String::from_utf8_lossy(&k),
-                    error = %e
-                ),
-            }
-        }
-        Ok(out)
+        Ok(json_values(&self.inner.grants, "grant")?
+            .into_iter()
+            .map(|(_, g)| g)
+            .collect())
     }
 
     /// Marks every grant matching `which` revoked at `now`; returns their ids.

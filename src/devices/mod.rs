@@ -158,11 +158,12 @@ impl Hub {
         self.tick(now)
     }
 
+    /// The device's room, as the access decision sees it (`places`).
     fn room_of(&self, device: &str) -> String {
-        self.index
-            .get(device)
-            .and_then(|i| self.config.devices.get(*i))
-            .and_then(|d| d.meeting_space_id.clone())
+        self.places
+            .iter()
+            .find(|p| p.id == device)
+            .map(|p| p.meeting_space_id.clone())
             .unwrap_or_else(|| self.config.controller.meeting_space_id.clone())
     }
 

@@ -379,10 +379,7 @@ impl<F: Fn(Report) -> bool> Shell<F> {
             match wait(port.as_raw_fd(), self.wake.as_raw_fd(), timeout) {
                 Wait::Lost(e) => return Some(e),
                 Wait::Timeout => {}
-                Wait::Woken => {
-                    let mut sink = [0u8; 64];
-                    while matches!((&self.wake).read(&mut sink), Ok(n) if n > 0) {}
-                }
+                Wait::Woken => self.drain_wake(),
                 Wait::Readable => match port.read(&mut buf) {
                     Ok(0) => return Some("end of file".into()),
                     Ok(n) => {
@@ -450,11 +447,16 @@ impl<F: Fn(Report) -> bool> Shell<F> {
             // SAFETY: one valid pollfd for the duration of the call.
             let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, ms) };
             if n > 0 {
-                let mut sink = [0u8; 64];
-                while matches!((&self.wake).read(&mut sink), Ok(n) if n > 0) {}
+                self.drain_wake();
                 self.fail_waiting_commands("port_closed");
             }
         }
+    }
+
+    /// Empties the wake-up socket (its bytes only say "look at the commands").
+    fn drain_wake(&self) {
+        let mut sink = [0u8; 64];
+        while matches!((&self.wake).read(&mut sink), Ok(n) if n > 0) {}
     }
 
     fn stats(&self, f: impl FnOnce(&mut crate::telemetry::SerialStats)) {

@@ -197,6 +197,8 @@ pub struct Relay {
     answered_since_open: bool,
     /// When the software-timed pulse must end (boards without flash).
     off_at: Option<Instant>,
+    /// The coil as last reported: the once-a-second poll reports only a change.
+    reported_on: Option<bool>,
     pub noise_bytes: u64,
 }
 
@@ -219,6 +221,7 @@ impl Relay {
             online: false,
             answered_since_open: false,
             off_at: None,
+            reported_on: None,
             noise_bytes: 0,
         }
     }
@@ -229,6 +232,7 @@ impl Relay {
         self.buf.clear();
         self.inflight = None;
         self.answered_since_open = false;
+        self.reported_on = None;
         self.last_reply = Some(now);
         self.next_poll = Some(now);
         if !self.s.flash {
@@ -357,7 +361,7 @@ impl Relay {
                 let on = bits
                     .first()
                     .is_some_and(|b| b & (1 << (self.s.coil % 8)) != 0);
-                step.happened.push(Happening::Relay { on });
+                self.report_coil(on, step);
                 Ok(())
             }
             Response::Wrote { .. } => Ok(()),
@@ -366,9 +370,14 @@ impl Relay {
             Op::Poll => {}
             Op::Write { on, cmd } => {
                 if result.is_ok() {
-                    step.happened.push(Happening::Relay { on });
+                    self.report_coil(on, step);
                     if let (true, Some(Cmd::Unlock { pulse })) = (on, cmd) {
-                        self.off_at = Some(now + pulse.unwrap_or(self.s.pulse));
+                        // A pulse too long for the clock (never from a valid config or
+                        // command) ends at once rather than never.
+                        self.off_at = Some(
+                            now.checked_add(pulse.unwrap_or(self.s.pulse))
+                                .unwrap_or(now),
+                        );
                     }
                     if !on {
                         self.off_at = None;
@@ -379,6 +388,13 @@ impl Relay {
                 }
             }
             Op::Flash { cmd } => step.happened.push(Happening::Done { cmd, result }),
+        }
+    }
+
+    fn report_coil(&mut self, on: bool, step: &mut Step) {
+        if self.reported_on != Some(on) {
+            self.reported_on = Some(on);
+            step.happened.push(Happening::Relay { on });
         }
     }
 

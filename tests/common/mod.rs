@@ -336,6 +336,14 @@ impl Daemon {
 
     /// Starts `zenedge run` and waits until `/healthz` answers 200.
     pub async fn start(config: &Path, admin: SocketAddr) -> Daemon {
+        match Daemon::try_start(config, admin).await {
+            Ok(d) => d,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Like [`Daemon::start`]; an early exit is an error carrying the daemon's log.
+    pub async fn try_start(config: &Path, admin: SocketAddr) -> Result<Daemon, String> {
         let log = config.with_extension("log");
         let stderr = std::fs::OpenOptions::new()
             .create(true)
@@ -353,24 +361,24 @@ impl Daemon {
             .spawn()
             .unwrap();
         let mut d = Daemon { child, admin };
-        d.wait_healthy(&log).await;
-        d
+        d.wait_healthy(&log).await?;
+        Ok(d)
     }
 
-    async fn wait_healthy(&mut self, log: &Path) {
+    async fn wait_healthy(&mut self, log: &Path) -> Result<(), String> {
         let client = client();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
+                return Err(format!(
                     "daemon exited with {status} before it was healthy:\n{}",
                     std::fs::read_to_string(log).unwrap_or_default()
-                );
+                ));
             }
             let url = format!("http://{}/healthz", self.admin);
             if let Ok(r) = client.get(&url).send().await {
                 if r.status() == 200 {
-                    return;
+                    return Ok(());
                 }
             }
             assert!(Instant::now() < deadline, "daemon never became healthy");
@@ -688,15 +696,12 @@ pub async fn rig(devices: &str) -> Rig {
     let rx = Receiver::start(|_| Reply::Status(200)).await;
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path()).await;
-    let admin = free_port();
-    let inbound = free_port();
     let extra = format!("{}{}", broker.config(), devices);
-    let text = config_text(dir.path(), &rx.url(), admin, &extra).replace(
-        "[inbound]\nlisten = \"127.0.0.1:0\"",
-        &format!("[inbound]\nlisten = \"{inbound}\""),
-    );
+    // The ports are chosen (and chosen again if taken) by `start_on_fresh_ports`.
+    let text = config_text(dir.path(), &rx.url(), free_port(), &extra);
     let config = write_config(dir.path(), &text);
-    let daemon = Daemon::start(&config, admin).await;
+    let mut inbound = free_port();
+    let daemon = start_on_fresh_ports(&config, &mut inbound).await;
     Rig {
         rx,
         broker,
@@ -762,13 +767,7 @@ impl Rig {
     /// Starts the daemon (after it was stopped or killed) on fresh admin and inbound ports: a
     /// port freed a moment ago may already be another test's, or an outgoing connection's.
     pub async fn start_daemon(&mut self) {
-        let (admin, inbound) = (free_port(), free_port());
-        let text = std::fs::read_to_string(&self.config).unwrap();
-        let text = set_listen(&text, "[admin]", admin);
-        let text = set_listen(&text, "[inbound]", inbound);
-        std::fs::write(&self.config, text).unwrap();
-        self.inbound = inbound;
-        self.daemon = Daemon::start(&self.config, admin).await;
+        self.daemon = start_on_fresh_ports(&self.config, &mut self.inbound).await;
     }
 
     /// POSTs a command to the inbound endpoint; `sign` chooses the secret (None: unsigned).
@@ -793,6 +792,27 @@ impl Rig {
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or_default())
     }
+}
+
+/// Starts the daemon of `config` on newly chosen admin and inbound ports. `free_port` only says
+/// a port was free a moment ago; when a parallel test took it meanwhile ("already in use"),
+/// try again with others.
+async fn start_on_fresh_ports(config: &Path, inbound: &mut SocketAddr) -> Daemon {
+    let mut last = String::new();
+    for _ in 0..3 {
+        let (admin, new_inbound) = (free_port(), free_port());
+        let text = std::fs::read_to_string(config).unwrap();
+        let text = set_listen(&text, "[admin]", admin);
+        let text = set_listen(&text, "[inbound]", new_inbound);
+        std::fs::write(config, text).unwrap();
+        *inbound = new_inbound;
+        match Daemon::try_start(config, admin).await {
+            Ok(d) => return d,
+            Err(e) if e.contains("already in use") => last = e,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    panic!("no free ports after three tries: {last}")
 }
 
 /// `text` with the `listen` line of `section` set to `addr`.

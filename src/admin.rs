@@ -331,11 +331,11 @@ async fn device_action(
 /// those are left out too).
 async fn grants(AxState(s): AxState<AdminState>) -> Result<Response, ApiError> {
     let store = s.store.clone();
-    let all = blocking(move || store.grants()).await?;
+    let all = blocking(move || store.records::<crate::access::Grant>()).await?;
     let now = Millis::now();
     let rows: Vec<_> = all
         .into_iter()
-        .map(|g| {
+        .map(|(_, g)| {
             let state = if g.revoked_at.is_some() {
                 "revoked"
             } else if now < g.valid_from {
@@ -368,7 +368,7 @@ async fn audit(
     Query(q): Query<AuditQuery>,
 ) -> Result<Response, ApiError> {
     let store = s.store.clone();
-    let raw = blocking(move || store.audit_raw()).await?;
+    let raw = blocking(move || crate::audit::raw(&store)).await?;
     let records: Vec<serde_json::Value> = raw
         .iter()
         .map(|(seq, bytes)| {
@@ -409,6 +409,14 @@ async fn metrics(AxState(s): AxState<AdminState>) -> Result<Response, ApiError> 
         store_max_bytes: stats.max_store_bytes,
         store_disk_bytes: stats.disk_bytes,
         store_full: stats.full,
+        store_undecodable_records: stats.undecodable_records,
+        store_kept_records: stats.kept_records,
+        store_in_flight: stats.in_flight,
+        queue_pending_by_kind: stats
+            .pending_by_kind
+            .iter()
+            .map(|(k, n)| (k.clone(), *n))
+            .collect(),
         zencore_reachable: d.reachable,
         devices_total: views.len() as u64,
         devices_online: views.iter().filter(|v| v.online == Some(true)).count() as u64,

@@ -34,6 +34,59 @@ pub struct Record {
     pub hash: String,
 }
 
+impl crate::store::Record for Record {
+    const FAMILY: &'static str = "audit";
+    const VERSION: u32 = 1;
+}
+
+impl Record {
+    /// The record's key in the store: its sequence, zero-padded so keys sort in order.
+    pub fn key(seq: u64) -> String {
+        format!("{seq:020}")
+    }
+}
+
+/// Appends an access decision to the chain, inside a store commit: the previous record and
+/// the new one are read and written in one transaction, so two appends never fork the chain.
+pub fn append(commit: &mut crate::store::Commit, entry: Entry) {
+    commit.step(move |tx| {
+        let prev = match tx.last::<Record>()? {
+            Some((_, Ok(r))) => (r.seq, r.hash),
+            Some((key, Err(error))) => {
+                return Err(crate::store::StoreError::Record {
+                    what: format!("last audit record {key}"),
+                    error,
+                })
+            }
+            None => (0, GENESIS.to_string()),
+        };
+        let record = Record::chain(prev.0 + 1, prev.1, entry.clone());
+        tx.put(&Record::key(record.seq), &record)
+    });
+}
+
+/// The log as stored, oldest first: (sequence, the record's JSON), unparsed so that a
+/// tampered record still shows.
+pub fn raw(store: &crate::store::Store) -> Result<Vec<(u64, Vec<u8>)>, crate::store::StoreError> {
+    Ok(store
+        .records_json(<Record as crate::store::Record>::FAMILY)?
+        .into_iter()
+        .map(|(k, v)| (k.parse().unwrap_or(0), v))
+        .collect())
+}
+
+/// Test and repair hook: overwrites one record's JSON.
+#[doc(hidden)]
+pub fn overwrite(
+    store: &crate::store::Store,
+    seq: u64,
+    json: &[u8],
+) -> Result<(), crate::store::StoreError> {
+    let mut c = crate::store::Commit::new();
+    c.put_json::<Record>(&Record::key(seq), json);
+    store.commit_blocking(c).map(|_| ())
+}
+
 fn digest(seq: u64, prev: &str, entry: &Entry) -> String {
     let mut h = Sha256::new();
     h.update(seq.to_be_bytes());

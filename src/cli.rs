@@ -522,6 +522,21 @@ fn print_status(r: &crate::admin::StatusReport) {
     if let Some(q) = &s.quarantined {
         println!("WARNING      a corrupt store was moved aside to {q}");
     }
+    if s.undecodable_records > 0 {
+        println!(
+            "WARNING      {} stored record(s) cannot be decoded by this build (kept, not used):",
+            s.undecodable_records
+        );
+        for u in &s.undecodable {
+            println!("               {} {}: {}", u.family, u.key, u.error);
+        }
+    }
+    if s.kept_records > 0 {
+        println!(
+            "NOTE         {} undecodable record(s) were kept aside before being replaced",
+            s.kept_records
+        );
+    }
     for (device, p) in &r.serial {
         println!(
             "serial       {device}: port {}, opened {}×, lost {}×, {} frame errors, {} noise bytes{}{}",

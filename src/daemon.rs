@@ -76,6 +76,13 @@ async fn run_inner(
                 )
             })?
     };
+    let undecodable = store.read(|s| check_records(s)).await?;
+    if undecodable > 0 {
+        tracing::error!(
+            message = "Some stored records cannot be decoded; they are kept and not used (zenedge status lists them).",
+            count = undecodable
+        );
+    }
     if let Some(aside) = store.quarantined() {
         // The old store's undelivered events are lost to us; say so to ZenCore, with the
         // sequences that may be missing (everything after the last one we can vouch for).
@@ -127,7 +134,7 @@ async fn run_inner(
                 }
             };
             tokio::select! {
-                result = &mut serving => return result.and(Ok(store.flush()?)),
+                result = &mut serving => return result.and(Ok(store.sync().await?)),
                 _ = &mut shutdown => break None,
                 _ = reload => {
                     let Some(p) = &path else { continue };
@@ -152,7 +159,7 @@ async fn run_inner(
                 crate::systemd::stopping();
                 let _ = stop_tx.send(true);
                 serving.await?;
-                store.flush()?;
+                store.sync().await?;
                 tracing::info!(message = "Stopped.");
                 return Ok(());
             }
@@ -183,10 +190,14 @@ async fn serve(
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let clock = Arc::new(crate::access::Clock::new(
-        store.clone(),
-        config.clock.require_sync,
-    )?);
+    let clock = {
+        let require_sync = config.clock.require_sync;
+        Arc::new(
+            store
+                .read(move |s| crate::access::Clock::new(s.clone(), require_sync))
+                .await?,
+        )
+    };
     let needs_mqtt = !devices::drivers::Routes::new(&config).is_empty();
     let (mqtt, mqtt_run) = devices::mqtt::start(
         config.clone(),
@@ -194,6 +205,7 @@ async fn serve(
         clock.clone(),
         stopped(shutdown_rx.clone()),
     )
+    .await
     .map_err(|e| anyhow::anyhow!("MQTT setup: {e}"))?;
     let mqtt_task = tokio::spawn(mqtt_run);
 
@@ -266,23 +278,20 @@ async fn serve(
         let mut stop = shutdown_rx.clone();
         tokio::spawn(async move {
             loop {
-                let s = store.clone();
-                match tokio::task::spawn_blocking(move || {
-                    let now = Millis::now();
-                    s.gc_dedup(now, crate::inbound::DEDUP_KEEP)?;
-                    s.gc_grants(now)?;
-                    s.gc_delivered(now)
-                })
-                .await
-                {
-                    Ok(Ok(n)) if n > 0 => {
+                let now = Millis::now();
+                let mut c = crate::store::Commit::lazy();
+                crate::inbound::gc_dedup(&mut c, now);
+                crate::access::gc_grants(&mut c, now);
+                Store::gc_delivered(&mut c, now);
+                match store.commit(c).await {
+                    Ok(done) if done.removed > 0 => {
                         tracing::info!(
                             message = "Delivered events past retention removed.",
-                            count = n
+                            count = done.removed
                         )
                     }
-                    Ok(Err(e)) => crate::telemetry::store_error("gc", &e),
-                    _ => {}
+                    Ok(_) => {}
+                    Err(e) => crate::telemetry::store_error("gc", &e),
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(GC_INTERVAL) => {}
@@ -371,12 +380,27 @@ async fn serve(
         }
         Err(e) => tracing::error!(message = "Device task failed.", error = %e),
     }
-    store.flush()?;
+    store.sync().await?;
     match delivery_result {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e).context("delivery stopped on a store error"),
         Err(e) => Err(e).context("delivery task failed"),
     }
+}
+
+/// Decodes every stored record family once, so that a record this build cannot read is
+/// counted and shown from the start, not only when it is first needed. Returns how many are
+/// undecodable.
+pub fn check_records(store: &Store) -> Result<usize, crate::store::StoreError> {
+    store.records::<crate::access::Grant>()?;
+    store.records::<crate::access::ClockFloor>()?;
+    store.records::<crate::schedule::Booking>()?;
+    store.records::<crate::schedule::Marks>()?;
+    store.records::<crate::devices::presence::Reported>()?;
+    store.records::<crate::devices::actions::PendingUnlock>()?;
+    store.records::<crate::inbound::DedupKey>()?;
+    store.records::<crate::audit::Record>()?;
+    Ok(store.undecodable().len())
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).

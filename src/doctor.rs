@@ -55,6 +55,7 @@ pub async fn run(config: &Config) -> Vec<Check> {
             let store = &s["store"];
             let quarantined = store["quarantined"].as_str();
             let full = store["full"] == true;
+            let undecodable = store["undecodable_records"].as_u64().unwrap_or(0);
             out.push(check(
                 "daemon",
                 true,
@@ -62,9 +63,12 @@ pub async fn run(config: &Config) -> Vec<Check> {
             ));
             out.push(check(
                 "store",
-                quarantined.is_none() && !full,
+                quarantined.is_none() && !full && undecodable == 0,
                 match (quarantined, full) {
                     (Some(q), _) => format!("a corrupt store was moved aside to {q}"),
+                    (None, _) if undecodable > 0 => format!(
+                        "{undecodable} stored record(s) cannot be decoded (zenedge status names them)"
+                    ),
                     (None, true) => {
                         "FULL: new presence events are dropped, commands get 507".into()
                     }
@@ -87,17 +91,34 @@ pub async fn run(config: &Config) -> Vec<Check> {
             let dir = config.controller.state_dir.clone();
             let origin = crate::event::Origin::from_config(config);
             let opened = tokio::task::spawn_blocking(move || {
-                crate::store::Store::open(&dir, origin, u64::MAX)
-                    .map(|s| s.quarantined().map(|p| p.display().to_string()))
+                let s = crate::store::Store::open(&dir, origin, u64::MAX)?;
+                crate::daemon::check_records(&s)?;
+                Ok::<_, crate::store::StoreError>((
+                    s.quarantined().map(|p| p.display().to_string()),
+                    s.undecodable(),
+                ))
             })
             .await;
             out.push(match opened {
-                Ok(Ok(None)) => check(
+                Ok(Ok((None, bad))) if bad.is_empty() => check(
                     "store",
                     true,
                     format!("opens in {}", config.controller.state_dir.display()),
                 ),
-                Ok(Ok(Some(q))) => {
+                Ok(Ok((None, bad))) => check(
+                    "store",
+                    false,
+                    format!(
+                        "{} record(s) cannot be decoded: {}",
+                        bad.len(),
+                        bad.iter()
+                            .take(5)
+                            .map(|u| format!("{} {} ({})", u.family, u.key, u.error))
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ),
+                ),
+                Ok(Ok((Some(q), _))) => {
                     check("store", false, format!("was corrupt; moved aside to {q}"))
                 }
                 Ok(Err(e)) => check("store", false, e.to_string()),

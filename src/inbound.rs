@@ -14,18 +14,19 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::access::{ClockReading, Grant};
 use crate::config::{Config, DeviceType};
-use crate::devices::actions::{Request, Source};
+use crate::devices::actions::{PendingUnlock, Request, Source};
 use crate::devices::drivers::{panel_prefix, Command as DeviceCommand, Outgoing};
 use crate::devices::mqtt::HubRequest;
 use crate::event::Millis;
 use crate::signing::Key;
-use crate::store::{Store, StoreError};
+use crate::store::{Commit, Store, StoreError};
 
 /// Bodies above this are refused with 413 before anything else is looked at.
 pub const MAX_BODY: usize = 65_536;
@@ -441,6 +442,160 @@ impl From<Rejection> for Response {
     }
 }
 
+/// An accepted command's idempotency key, kept for [`DEDUP_KEEP`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DedupKey {
+    pub accepted: Millis,
+}
+
+impl crate::store::Record for DedupKey {
+    const FAMILY: &'static str = "dedup";
+    const VERSION: u32 = 1;
+}
+
+/// A commit step that forgets idempotency keys older than [`DEDUP_KEEP`].
+pub fn gc_dedup(commit: &mut Commit, now: Millis) {
+    let cutoff = Millis(now.0.saturating_sub(DEDUP_KEEP.as_millis() as u64));
+    commit.step(move |tx| tx.retain::<DedupKey>(|_, d| d.accepted >= cutoff).map(|_| ()));
+}
+
+fn duplicate(key: &str) -> Response {
+    answer(200, json!({"status": "duplicate", "id": key}))
+}
+
+/// What the device hub is told once the command is durable. A booking's final form is known
+/// only inside the commit (it merges with what is stored), so it comes back through a slot.
+enum Later {
+    Now(HubRequest),
+    Booking(Slot),
+    Close {
+        slot: Slot,
+        meeting_space_id: String,
+    },
+    Display {
+        meeting_space_id: String,
+        payload: Value,
+    },
+}
+
+type Slot = Arc<std::sync::Mutex<Option<crate::schedule::Booking>>>;
+
+fn take(slot: &Slot) -> Option<crate::schedule::Booking> {
+    slot.lock().unwrap_or_else(|p| p.into_inner()).take()
+}
+
+/// Adds an effect's writes to the command's commit. Returns whether grants changed and what
+/// to tell the device hub afterwards.
+fn apply(
+    commit: &mut Commit,
+    effect: Effect,
+    now: Millis,
+) -> Result<(bool, Vec<Later>), StoreError> {
+    let revoke = |commit: &mut Commit, which: Box<dyn Fn(&Grant) -> bool + Send>| {
+        commit.step(move |tx| {
+            for (key, mut g) in tx.all::<Grant>()? {
+                if g.revoked_at.is_none() && which(&g) {
+                    g.revoked_at = Some(now);
+                    tx.put(&key, &g)?;
+                }
+            }
+            Ok(())
+        });
+    };
+    Ok(match effect {
+        Effect::StoreGrant(g) => {
+            commit.put(&g.grant_id, &g)?;
+            (true, Vec::new())
+        }
+        Effect::RevokeGrant(id) => {
+            revoke(commit, Box::new(move |g| g.grant_id == id));
+            (true, Vec::new())
+        }
+        Effect::RevokeBooking(id) => {
+            revoke(commit, Box::new(move |g| g.booking_id == id));
+            (true, Vec::new())
+        }
+        Effect::RevokeMember(id) => {
+            revoke(
+                commit,
+                Box::new(move |g| g.member_id.as_deref() == Some(id.as_str())),
+            );
+            (true, Vec::new())
+        }
+        Effect::Unlock { request, not_after } => {
+            let pending = PendingUnlock {
+                action_id: request.action_id.clone(),
+                device: request.device.clone(),
+                booking_id: request.booking_id.clone(),
+                grant_id: request.grant_id.clone(),
+                duration_s: request.duration_s,
+                not_after,
+            };
+            commit.put(&pending.action_id, &pending)?;
+            (
+                false,
+                vec![Later::Now(HubRequest::Action {
+                    request,
+                    reply: None,
+                })],
+            )
+        }
+        Effect::Booking(b) => {
+            let slot = Slot::default();
+            let out = slot.clone();
+            commit.step(move |tx| {
+                let mut b = b.clone();
+                // Another command may already have told more (a title, a cancellation).
+                if let Some(old) = tx.get::<crate::schedule::Booking>(&b.booking_id)? {
+                    b.title = b.title.or(old.title);
+                    b.closed = old.closed;
+                }
+                tx.put(&b.booking_id, &b)?;
+                *out.lock().unwrap_or_else(|p| p.into_inner()) = Some(b);
+                Ok(())
+            });
+            (false, vec![Later::Booking(slot)])
+        }
+        Effect::CloseBooking {
+            booking_id,
+            meeting_space_id,
+        } => {
+            let slot = Slot::default();
+            let out = slot.clone();
+            commit.step(move |tx| {
+                let found = tx.get::<crate::schedule::Booking>(&booking_id)?;
+                let closed = match found {
+                    Some(mut b) => {
+                        b.closed = b.closed.or(Some(now));
+                        tx.put(&booking_id, &b)?;
+                        Some(b)
+                    }
+                    None => None,
+                };
+                *out.lock().unwrap_or_else(|p| p.into_inner()) = closed;
+                Ok(())
+            });
+            (
+                false,
+                vec![Later::Close {
+                    slot,
+                    meeting_space_id,
+                }],
+            )
+        }
+        Effect::Display {
+            meeting_space_id,
+            payload,
+        } => (
+            false,
+            vec![Later::Display {
+                meeting_space_id,
+                payload,
+            }],
+        ),
+    })
+}
+
 fn store_failure(e: StoreError) -> Response {
     crate::telemetry::store_error("inbound command", &e);
     answer(500, json!({"error": "store"}))
@@ -461,8 +616,12 @@ async fn handle(State(s): State<InboundState>, headers: HeaderMap, body: Body) -
             return r.into();
         }
     };
-    match s.store.dedup_seen(&verified.key) {
-        Ok(Some(_)) => return answer(200, json!({"status": "duplicate", "id": verified.key})),
+    let seen = {
+        let key = verified.key.clone();
+        s.store.read(move |st| st.record::<DedupKey>(&key)).await
+    };
+    match seen {
+        Ok(Some(_)) => return duplicate(&verified.key),
         Ok(None) => {}
         Err(e) => return store_failure(e),
     }
@@ -481,70 +640,52 @@ async fn handle(State(s): State<InboundState>, headers: HeaderMap, body: Body) -
     if !effects.is_empty() && s.store.is_full() {
         return answer(507, json!({"error": "store_full"}));
     }
+    // The command's writes and its idempotency key are one commit, and the key goes in only if
+    // it is new: of two copies racing past the check above, exactly one is accepted.
+    let mut commit = Commit::new();
+    if let Err(e) = commit.insert_new(
+        &verified.key,
+        &DedupKey {
+            accepted: clock.now,
+        },
+    ) {
+        return store_failure(e);
+    }
     let mut grants_changed = false;
-    let mut after = Vec::new();
+    let mut later = Vec::new();
     for effect in effects {
-        let result = match effect {
-            Effect::StoreGrant(g) => {
-                grants_changed = true;
-                s.store.put_grant(&g)
+        match apply(&mut commit, effect, clock.now) {
+            Ok((changed, l)) => {
+                grants_changed |= changed;
+                later.extend(l);
             }
-            Effect::RevokeGrant(id) => {
-                grants_changed = true;
-                s.store
-                    .revoke_grants(clock.now, |g| g.grant_id == id)
-                    .map(|_| ())
-            }
-            Effect::RevokeBooking(id) => {
-                grants_changed = true;
-                s.store
-                    .revoke_grants(clock.now, |g| g.booking_id == id)
-                    .map(|_| ())
-            }
-            Effect::RevokeMember(id) => {
-                grants_changed = true;
-                s.store
-                    .revoke_grants(clock.now, |g| g.member_id.as_deref() == Some(id.as_str()))
-                    .map(|_| ())
-            }
-            Effect::Unlock { request, not_after } => {
-                let pending = crate::store::PendingUnlock {
-                    action_id: request.action_id.clone(),
-                    device: request.device.clone(),
-                    booking_id: request.booking_id.clone(),
-                    grant_id: request.grant_id.clone(),
-                    duration_s: request.duration_s,
-                    not_after,
-                };
-                after.push(HubRequest::Action {
-                    request,
-                    reply: None,
-                });
-                s.store.put_unlock(&pending)
-            }
-            Effect::Booking(mut b) => {
-                // Another command may already have told more (a title, a cancellation).
-                match s.store.booking(&b.booking_id) {
-                    Ok(Some(old)) => {
-                        b.title = b.title.or(old.title);
-                        b.closed = old.closed;
-                    }
-                    Ok(None) => {}
-                    Err(e) => return store_failure(e),
-                }
-                after.push(HubRequest::Booking(b.clone()));
-                s.store.put_booking(&b)
-            }
-            Effect::CloseBooking {
-                booking_id,
+            Err(e) => return store_failure(e),
+        }
+    }
+    match s.store.commit(commit).await {
+        Ok(_) => {}
+        Err(StoreError::Exists { .. }) => return duplicate(&verified.key),
+        Err(e) => return store_failure(e),
+    }
+    let mut after = Vec::new();
+    for l in later {
+        match l {
+            Later::Now(r) => after.push(r),
+            Later::Display {
                 meeting_space_id,
-            } => match s.store.booking(&booking_id) {
-                Ok(Some(mut b)) => {
-                    b.closed = b.closed.or(Some(clock.now));
-                    after.push(HubRequest::Booking(b.clone()));
-                    s.store.put_booking(&b)
+                payload,
+            } => publish_display(&s.config, &meeting_space_id, &payload, &mut after),
+            Later::Booking(slot) => {
+                if let Some(b) = take(&slot) {
+                    after.push(HubRequest::Booking(b));
                 }
-                Ok(None) => {
+            }
+            Later::Close {
+                slot,
+                meeting_space_id,
+            } => match take(&slot) {
+                Some(b) => after.push(HubRequest::Booking(b)),
+                None => {
                     // Unknown here: the panels still learn the room is free.
                     publish_display(
                         &s.config,
@@ -552,31 +693,15 @@ async fn handle(State(s): State<InboundState>, headers: HeaderMap, body: Body) -
                         &json!({"state": "available", "booking_id": null, "message": null}),
                         &mut after,
                     );
-                    Ok(())
                 }
-                Err(e) => Err(e),
             },
-            Effect::Display {
-                meeting_space_id,
-                payload,
-            } => {
-                publish_display(&s.config, &meeting_space_id, &payload, &mut after);
-                Ok(())
-            }
-        };
-        if let Err(e) = result {
-            return store_failure(e);
         }
     }
-    if let Err(e) = s.store.dedup_put(&verified.key, clock.now) {
-        return store_failure(e);
-    }
-    if let Err(e) = s.store.flush_async().await {
-        return store_failure(e);
-    }
     if grants_changed {
-        match s.store.grants() {
-            Ok(all) => after.push(HubRequest::Grants(all)),
+        match s.store.read(|st| st.records::<Grant>()).await {
+            Ok(all) => after.push(HubRequest::Grants(
+                all.into_iter().map(|(_, g)| g).collect(),
+            )),
             Err(e) => return store_failure(e),
         }
     }

@@ -38,6 +38,11 @@ pub struct Booking {
     pub closed: Option<Millis>,
 }
 
+impl crate::store::Record for Booking {
+    const FAMILY: &'static str = "booking";
+    const VERSION: u32 = 1;
+}
+
 /// What happened to a booking in the room, and which moments were reported.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Marks {
@@ -47,6 +52,11 @@ pub struct Marks {
     pub in_use: bool,
     pub no_show: bool,
     pub available: bool,
+}
+
+impl crate::store::Record for Marks {
+    const FAMILY: &'static str = "booking.marks";
+    const VERSION: u32 = 1;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -148,6 +148,11 @@ pub struct Gauges {
     pub store_max_bytes: u64,
     pub store_disk_bytes: u64,
     pub store_full: bool,
+    pub store_undecodable_records: u64,
+    pub store_kept_records: u64,
+    pub store_in_flight: u64,
+    /// Pending events by kind.
+    pub queue_pending_by_kind: Vec<(String, u64)>,
     pub zencore_reachable: bool,
     pub devices_total: u64,
     pub devices_online: u64,
@@ -358,6 +363,40 @@ pub fn prometheus(g: &Gauges) -> String {
         "gauge",
         "1 while the store is full of events that may not be dropped.",
         &[("", b(g.store_full))],
+    );
+    metric(
+        &mut out,
+        "zenedge_store_undecodable_records",
+        "gauge",
+        "Stored records this build cannot decode (kept in place; zenedge status names them).",
+        &[("", g.store_undecodable_records as f64)],
+    );
+    metric(
+        &mut out,
+        "zenedge_store_kept_records",
+        "gauge",
+        "Undecodable records whose bytes were kept aside before a write replaced them.",
+        &[("", g.store_kept_records as f64)],
+    );
+    metric(
+        &mut out,
+        "zenedge_queue_in_flight",
+        "gauge",
+        "Events whose body is on its way to ZenCore.",
+        &[("", g.store_in_flight as f64)],
+    );
+    let by_kind: Vec<(String, f64)> = g
+        .queue_pending_by_kind
+        .iter()
+        .map(|(k, n)| (format!("{{event=\"{k}\"}}"), *n as f64))
+        .collect();
+    let by_kind: Vec<(&str, f64)> = by_kind.iter().map(|(l, n)| (l.as_str(), *n)).collect();
+    metric(
+        &mut out,
+        "zenedge_queue_pending_by_event",
+        "gauge",
+        "Events waiting for delivery, by event kind.",
+        &by_kind,
     );
     metric(
         &mut out,

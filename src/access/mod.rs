@@ -29,6 +29,33 @@ pub struct Grant {
     pub revoked_at: Option<Millis>,
 }
 
+impl crate::store::Record for Grant {
+    const FAMILY: &'static str = "grant";
+    const VERSION: u32 = 1;
+}
+
+/// The latest trusted time seen, persisted so that a clock that jumps back is noticed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClockFloor(pub Millis);
+
+impl crate::store::Record for ClockFloor {
+    const FAMILY: &'static str = "clock.floor";
+    const VERSION: u32 = 1;
+}
+
+impl ClockFloor {
+    const KEY: &'static str = "floor";
+}
+
+/// A commit step that deletes grants whose window ended more than a day ago (a revoked or
+/// expired grant is kept that long so a late attempt is denied with the right reason).
+pub fn gc_grants(commit: &mut crate::store::Commit, now: Millis) {
+    commit.step(move |tx| {
+        tx.retain::<Grant>(|_, g| g.valid_until.saturating_add(std::time::Duration::from_secs(86_400)) >= now)
+            .map(|_| ())
+    });
+}
+
 /// What was presented at a panel or reader.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credential {
@@ -223,7 +250,9 @@ impl Clock {
         store: crate::store::Store,
         require_sync: bool,
     ) -> Result<Clock, crate::store::StoreError> {
-        let floor = store.clock_floor()?;
+        let floor = store
+            .record::<ClockFloor>(ClockFloor::KEY)?
+            .map_or(Millis(0), |f| f.0);
         Ok(Clock {
             store,
             require_sync,
@@ -243,9 +272,14 @@ impl Clock {
         );
         if reading.trusted && reading.now >= floor.saturating_add(FLOOR_STEP) {
             self.floor.store(reading.now.0, Ordering::Relaxed);
-            if let Err(e) = self.store.raise_clock_floor(reading.now) {
-                crate::telemetry::store_error("clock floor", &e);
-            }
+            // Lazy and not waited for: the floor only needs to be roughly current.
+            let to = reading.now;
+            let mut c = crate::store::Commit::lazy();
+            c.step(move |tx| {
+                let cur = tx.get::<ClockFloor>(ClockFloor::KEY)?.map_or(Millis(0), |f| f.0);
+                tx.put(ClockFloor::KEY, &ClockFloor(cur.max(to)))
+            });
+            self.store.submit(c);
         }
         reading
     }

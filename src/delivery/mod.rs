@@ -229,30 +229,43 @@ struct Loader {
 }
 
 impl Loader {
-    fn refill(&mut self, store: &Store, scheduler: &mut Scheduler) -> Result<(), StoreError> {
-        self.rescan_overflow(store, scheduler)?;
-        if scheduler.pending() >= WINDOW / 2 || self.loaded_upto >= self.durable_upto {
+    /// Reads more of the backlog when the window has room. The reads run on the blocking pool.
+    async fn refill(&mut self, store: &Store, scheduler: &mut Scheduler) -> Result<(), StoreError> {
+        self.rescan_overflow(store, scheduler).await?;
+        if scheduler.pending() >= WINDOW / 2 {
             return Ok(());
         }
         let room = WINDOW - scheduler.pending();
         let mut added = 0;
-        let overflow = &mut self.overflow;
-        self.loaded_upto = store.visit_pending(self.loaded_upto, self.durable_upto, |p| {
-            if let Some(lane) = &p.lane {
-                if overflow.contains_key(lane) || scheduler.lane_len(lane) >= LANE_CAP {
-                    overflow.entry(lane.clone()).or_insert(p.seq);
-                    return true;
+        while added < room && self.loaded_upto < self.durable_upto {
+            let (after, upto, limit) = (self.loaded_upto, self.durable_upto, room - added);
+            let (batch, end) = store
+                .read(move |s| {
+                    let mut batch = Vec::new();
+                    let end = s.visit_pending(after, upto, |p| {
+                        batch.push(p);
+                        batch.len() < limit
+                    })?;
+                    Ok((batch, end))
+                })
+                .await?;
+            for p in batch {
+                if let Some(lane) = &p.lane {
+                    if self.overflow.contains_key(lane) || scheduler.lane_len(lane) >= LANE_CAP {
+                        self.overflow.entry(lane.clone()).or_insert(p.seq);
+                        continue;
+                    }
                 }
+                scheduler.add(p);
+                added += 1;
             }
-            scheduler.add(p);
-            added += 1;
-            added < room
-        })?;
+            self.loaded_upto = end;
+        }
         Ok(())
     }
 
     /// Takes in more events of capped devices once their share of the window has drained.
-    fn rescan_overflow(
+    async fn rescan_overflow(
         &mut self,
         store: &Store,
         scheduler: &mut Scheduler,
@@ -264,18 +277,25 @@ impl Loader {
             .map(|(l, s)| (l.clone(), *s))
             .collect();
         for (lane, from) in ready {
-            let mut next_skipped = None;
-            store.visit_pending(from.saturating_sub(1), self.loaded_upto, |p| {
-                if p.lane.as_deref() != Some(lane.as_str()) {
-                    return true;
-                }
-                if scheduler.lane_len(&lane) >= LANE_CAP {
-                    next_skipped = Some(p.seq);
-                    return false;
-                }
+            let want = LANE_CAP - scheduler.lane_len(&lane);
+            let upto = self.loaded_upto;
+            let wanted = lane.clone();
+            let batch = store
+                .read(move |s| {
+                    let mut batch = Vec::new();
+                    s.visit_pending(from.saturating_sub(1), upto, |p| {
+                        if p.lane.as_deref() == Some(wanted.as_str()) {
+                            batch.push(p);
+                        }
+                        batch.len() <= want
+                    })?;
+                    Ok(batch)
+                })
+                .await?;
+            let next_skipped = batch.get(want).map(|p| p.seq);
+            for p in batch.into_iter().take(want) {
                 scheduler.add(p);
-                true
-            })?;
+            }
             match next_skipped {
                 Some(seq) => self.overflow.insert(lane, seq),
                 None => self.overflow.remove(&lane),
@@ -319,11 +339,11 @@ pub async fn run(
         }
         live.delivery
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        loader.refill(&store, &mut scheduler)?;
+        loader.refill(&store, &mut scheduler).await?;
         let now = Millis::now();
         for action in scheduler.poll(now) {
             match action {
-                Action::Send { seq, attempt } => match store.begin_send(seq) {
+                Action::Send { seq, attempt } => match store.read(move |s| s.begin_send(seq)).await {
                     Ok(Some(body)) => {
                         let id = body_info(&body).map(|i| i.id).unwrap_or_default();
                         let sender = sender.clone();
@@ -344,8 +364,7 @@ pub async fn run(
                     }
                 },
                 Action::Expire { seq } => {
-                    let status = store.status(seq)?.unwrap_or_else(Status::untried);
-                    store.set_dead(seq, status, "max_age")?;
+                    store.set_dead(seq, "max_age");
                     telemetry::dead_lettered(seq, "max_age");
                 }
             }
@@ -370,7 +389,7 @@ pub async fn run(
             _ = &mut shutdown => break,
             Some(joined) = in_flight.join_next() => {
                 if let Ok((seq, attempt, result)) = joined {
-                    finish(&store, &mut scheduler, seq, attempt, result, rng.random())?;
+                    finish(&store, &mut scheduler, seq, attempt, result, rng.random());
                 }
             }
             changed = durable.changed() => {
@@ -388,7 +407,7 @@ pub async fn run(
     let drained = tokio::time::timeout(grace, async {
         while let Some(joined) = in_flight.join_next().await {
             if let Ok((seq, attempt, result)) = joined {
-                finish(&store, &mut scheduler, seq, attempt, result, 0.5)?;
+                finish(&store, &mut scheduler, seq, attempt, result, 0.5);
             }
         }
         Ok::<(), StoreError>(())
@@ -405,10 +424,12 @@ pub async fn run(
             in_flight.abort_all();
         }
     }
-    store.flush()?;
+    store.sync().await?;
     Ok(())
 }
 
+/// Judges a finished attempt, tells the scheduler, and logs it in the store (which also ends
+/// the event's send, so from then on it may be dropped for space).
 fn finish(
     store: &Store,
     scheduler: &mut Scheduler,
@@ -416,8 +437,7 @@ fn finish(
     attempt: u32,
     result: AttemptResult,
     unit: f64,
-) -> Result<(), StoreError> {
-    store.end_send(seq);
+) {
     let outcome = classify(result.status, result.retry_after);
     let now = Millis::now();
     telemetry::attempt_finished(
@@ -429,8 +449,9 @@ fn finish(
         &outcome,
     );
     let decision = scheduler.complete(seq, outcome, now, unit);
-    let mut status = store.status(seq)?.unwrap_or_else(Status::untried);
-    status.attempts = status.attempts.max(attempt);
+    // The store keeps the larger attempt count of this and what it has.
+    let mut status = Status::untried();
+    status.attempts = attempt;
     status.last_error = result.error.clone();
     match decision {
         Decision::Delivered => {
@@ -460,8 +481,5 @@ fn finish(
         status: result.status,
         error: result.error,
     };
-    if !store.record_attempt(seq, &logged, &status)? {
-        scheduler.remove(seq);
-    }
-    Ok(())
+    store.record_attempt(seq, logged, status);
 }

@@ -41,6 +41,38 @@ pub struct Request {
     pub duration_s: Option<u64>,
 }
 
+/// An accepted ZenCore unlock not yet completed, kept until the commit that stores its
+/// `device.action_completed`, so that one pending at a crash is carried out (or expired)
+/// after the restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct PendingUnlock {
+    pub action_id: String,
+    pub device: String,
+    pub booking_id: Option<String>,
+    pub grant_id: Option<String>,
+    pub duration_s: Option<u64>,
+    pub not_after: Millis,
+}
+
+impl crate::store::Record for PendingUnlock {
+    const FAMILY: &'static str = "unlock";
+    const VERSION: u32 = 1;
+}
+
+impl PendingUnlock {
+    pub fn request(&self) -> Request {
+        Request {
+            action_id: self.action_id.clone(),
+            device: self.device.clone(),
+            command: Command::Unlock,
+            source: Source::Zencore,
+            booking_id: self.booking_id.clone(),
+            grant_id: self.grant_id.clone(),
+            duration_s: self.duration_s,
+        }
+    }
+}
+
 fn ser_command<S: serde::Serializer>(c: &Command, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(c.as_str())
 }

@@ -29,7 +29,8 @@ use super::drivers::status_topic;
 use super::{DeviceView, Hub, Output};
 use crate::config::Config;
 use crate::event::Millis;
-use crate::store::{Enqueued, Store, StoreError};
+use super::actions::PendingUnlock;
+use crate::store::{Commit, Enqueued, Store, StoreError};
 
 /// First reconnect delay; doubles per failed attempt up to [`MAX_BACKOFF`].
 const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
@@ -136,7 +137,7 @@ pub fn options(config: &Config, client_id: String, daemon: bool) -> Result<MqttO
 
 /// Starts the MQTT client and the hub. Returns the handles and a future that runs until
 /// `shutdown`, then publishes ZenEdge's `offline` and disconnects.
-pub fn start(
+pub async fn start(
     config: Arc<Config>,
     store: Store,
     clock: Arc<crate::access::Clock>,
@@ -157,12 +158,22 @@ pub fn start(
         serial_tx.send(Incoming::Serial(r)).is_ok()
     })?;
     let poll = tokio::spawn(poll_loop(eventloop, incoming_tx, attempts.clone()));
-    let reported = store.presence_all().map_err(|e| e.to_string())?;
-    let mut hub = Hub::new(config.clone(), reported, Millis::now());
-    hub.set_grants(store.grants().map_err(|e| e.to_string())?);
+    let (reported, grants, bookings, marks) = store
+        .read(|s| {
+            Ok((
+                s.records::<crate::devices::presence::Reported>()?,
+                s.records::<crate::access::Grant>()?,
+                s.records::<crate::schedule::Booking>()?,
+                s.records::<crate::schedule::Marks>()?,
+            ))
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut hub = Hub::new(config.clone(), reported.into_iter().collect(), Millis::now());
+    hub.set_grants(grants.into_iter().map(|(_, g)| g).collect());
     hub.set_schedule(crate::schedule::Schedule::new(
-        store.bookings().map_err(|e| e.to_string())?,
-        store.booking_marks().map_err(|e| e.to_string())?,
+        bookings.into_iter().map(|(_, b)| b),
+        marks,
         config.scheduler.no_show_release,
     ));
     let handle = MqttHandle {
@@ -258,7 +269,8 @@ impl Shell {
         // ZenCore unlocks accepted before a crash and never completed: carry them out, or
         // report them expired.
         let now = Millis::now();
-        for u in self.store.unlocks()? {
+        let unlocks = self.store.read(|s| s.records::<PendingUnlock>()).await?;
+        for (_, u) in unlocks {
             let out = if u.not_after <= now {
                 tracing::warn!(message = "Unlock accepted before a restart has expired.", action_id = %u.action_id);
                 self.hub.fail(u.request(), "expired", now)
@@ -475,35 +487,42 @@ impl Shell {
         Ok(())
     }
 
+    /// Everything the hub's output asks to keep, as one commit: the events first, then what
+    /// records them (presence, marks, audit, finished unlocks). One commit means a crash keeps
+    /// all of it or none; ordered this way, a torn commit could only re-make events, never
+    /// lose them (the same ids are re-derived for schedule moments).
     async fn stage_and_flush(&self, out: &Output) -> Result<(), StoreError> {
+        let mut c = Commit::new();
         for e in &out.events {
-            if let Enqueued::Stored { seq, id } = self.store.stage(e.clone())? {
-                crate::telemetry::event_enqueued(seq, &id, e.kind.as_str());
-            }
+            c.event(e.clone());
         }
-        // After the events: a crash between the two re-sends a transition, never loses one.
         for (device, reported) in &out.presence {
-            self.store.put_presence(device, reported)?;
+            c.put(device, reported)?;
         }
         for entry in &out.audit {
-            self.store.audit_append(entry.clone())?;
+            crate::audit::append(&mut c, entry.clone());
         }
-        // After the status events they record: a crash between the two re-makes a moment
-        // (with the same event id), never loses one.
         for (id, marks) in &out.marks {
-            self.store.put_booking_marks(id, marks)?;
+            c.put(id, marks)?;
         }
         for id in &out.forget {
-            self.store.forget_booking(id)?;
+            c.remove::<crate::schedule::Booking>(id);
+            c.remove::<crate::schedule::Marks>(id);
         }
-        // A finished ZenCore unlock is forgotten in the flush that stores its result, so a
+        // A finished ZenCore unlock is forgotten in the commit that stores its result, so a
         // crash can neither lose the result nor carry the unlock out twice.
-        for c in &out.completed {
-            if c.request.source == super::actions::Source::Zencore {
-                self.store.remove_unlock(&c.request.action_id)?;
+        for done in &out.completed {
+            if done.request.source == super::actions::Source::Zencore {
+                c.remove::<PendingUnlock>(&done.request.action_id);
             }
         }
-        self.store.flush_async().await
+        let committed = self.store.commit(c).await?;
+        for (e, stored) in out.events.iter().zip(&committed.events) {
+            if let Enqueued::Stored { seq, id } = stored {
+                crate::telemetry::event_enqueued(*seq, id, e.kind.as_str());
+            }
+        }
+        Ok(())
     }
 
     fn publish_views(&self) {

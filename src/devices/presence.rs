@@ -56,6 +56,11 @@ pub struct Reported {
     pub last_seen: Option<Millis>,
 }
 
+impl crate::store::Record for Reported {
+    const FAMILY: &'static str = "presence";
+    const VERSION: u32 = 1;
+}
+
 /// A transition to report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transition {

@@ -1,0 +1,1118 @@
+//! The durable store: the only module that touches redb.
+//!
+//! One file, `<state_dir>/store/zenedge.redb`, with these tables:
+//! - `events`: sequence → the event's body bytes, written once at enqueue and never changed.
+//! - `pending`: sequence → event kind, for every event delivery still has to work on.
+//! - `status`: sequence → [`Status`], once an event has been tried, dead-lettered or delivered.
+//! - `attempts`: (sequence, attempt number) → [`Attempt`], the log of every attempt.
+//! - `records`: (family, key) → a typed [`Record`] of a domain module (grants, bookings and
+//!   their marks, presence, dedup keys, pending unlocks, the audit log, the clock floor) and the
+//!   store's own counters. The store knows their families, never their types.
+//! - `kept`: the bytes of undecodable records that a write would otherwise have replaced.
+//!
+//! Writes: every change is a [`Commit`] applied by the one writer thread ([`writer`]), which
+//! groups waiting commits into one durable redb commit. [`Store::commit`] returns once its
+//! commit is durable; delivery learns of new events through [`Store::durable`] and never sees
+//! one a crash could still take back. Reads open a redb read transaction on the caller's
+//! thread: async code reads through [`Store::read`], which runs them on tokio's blocking pool.
+//!
+//! Sequences are never reused: the high-water mark is written in the commit of each event, and
+//! a floor reserved ahead in a small file beside the store (`sequence.floor`) keeps numbering
+//! above anything handed out even when a corrupt store has to be replaced by a fresh one.
+
+pub mod record;
+pub mod writer;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{oneshot, watch};
+
+use crate::event::{body_info, EventKind, IdGenerator, Millis, NewEvent, Origin};
+pub use record::{Record, Undecodable};
+pub use writer::{Commit, Committed, Step, Tx};
+
+pub(crate) const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+pub(crate) const PENDING: TableDefinition<u64, &str> = TableDefinition::new("pending");
+pub(crate) const STATUS: TableDefinition<u64, &[u8]> = TableDefinition::new("status");
+pub(crate) const ATTEMPTS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("attempts");
+pub(crate) const RECORDS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("records");
+pub(crate) const KEPT: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("kept");
+
+/// redb's page cache. A Pi 3 has 1 GiB shared with everything else; the outbox is written
+/// once and read once per event (soon after), so a large cache buys nothing (BENCHMARKS.md).
+const CACHE_SIZE: usize = 4 << 20;
+const FLOOR_FILE: &str = "sequence.floor";
+const STORE_DIR: &str = "store";
+const STORE_FILE: &str = "zenedge.redb";
+/// How long a delivered event and its attempt log stay readable.
+pub const DELIVERED_RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// How many undecodable records `zenedge status` lists by name (all are counted).
+const UNDECODABLE_SHOWN: usize = 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Redb(#[from] redb::Error),
+    #[error("store file {path}: {source}")]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the store's writer has stopped")]
+    WriterGone,
+    #[error("stored record {what} is unreadable: {error}")]
+    Record { what: String, error: String },
+    #[error("cannot encode a {family} record: {error}")]
+    Encode { family: &'static str, error: String },
+    #[error("a {family} record with key {key} exists already")]
+    Exists { family: &'static str, key: String },
+    #[error("store task: {0}")]
+    Task(String),
+}
+
+macro_rules! redb_errors {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Redb(e.into())
+            }
+        }
+    )*};
+}
+redb_errors!(
+    redb::StorageError,
+    redb::TableError,
+    redb::TransactionError,
+    redb::CommitError,
+    redb::SetDurabilityError,
+    redb::DatabaseError
+);
+
+/// The delivery state of an event that has left the untried-pending state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Pending,
+    Dead,
+    Delivered,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Dead => "dead",
+            State::Delivered => "delivered",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub state: State,
+    /// Attempts made so far; the next attempt is number `attempts + 1`.
+    pub attempts: u32,
+    /// When a pending event may be tried again (ms since the epoch).
+    #[serde(default)]
+    pub next_attempt_ms: Option<u64>,
+    #[serde(default)]
+    pub dead_reason: Option<String>,
+    #[serde(default)]
+    pub delivered_ms: Option<u64>,
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+impl Record for Status {
+    const FAMILY: &'static str = "status";
+    const VERSION: u32 = 1;
+}
+
+impl Status {
+    /// The status of an event that has not been tried yet.
+    pub fn untried() -> Status {
+        Status {
+            state: State::Pending,
+            attempts: 0,
+            next_attempt_ms: None,
+            dead_reason: None,
+            delivered_ms: None,
+            last_error: None,
+        }
+    }
+}
+
+/// One delivery attempt, as logged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub attempt: u32,
+    /// Start of the attempt, RFC 3339.
+    pub started_at: String,
+    pub duration_ms: u64,
+    /// The HTTP status, when a response arrived.
+    pub status: Option<u16>,
+    /// What went wrong, when something did (connection error, timeout, non-2xx).
+    pub error: Option<String>,
+}
+
+impl Record for Attempt {
+    const FAMILY: &'static str = "attempt";
+    const VERSION: u32 = 1;
+}
+
+/// An event that delivery has to work on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingEvent {
+    pub seq: u64,
+    pub lane: Option<String>,
+    pub kind: Option<EventKind>,
+    pub at: Millis,
+    pub attempts: u32,
+    pub next_attempt: Option<Millis>,
+}
+
+/// One row of `zenedge queue list`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventSummary {
+    pub sequence: u64,
+    pub id: String,
+    pub event: String,
+    pub device_id: Option<String>,
+    pub timestamp: String,
+    pub state: State,
+    pub attempts: u32,
+    pub next_attempt_at: Option<String>,
+    pub dead_reason: Option<String>,
+    pub last_error: Option<String>,
+}
+
+/// `zenedge queue show`: the event, its body and its attempt log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventDetail {
+    #[serde(flatten)]
+    pub summary: EventSummary,
+    pub body: serde_json::Value,
+    pub attempts_log: Vec<Attempt>,
+}
+
+/// What the store did with an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Durable and queued for delivery.
+    Stored { seq: u64, id: String },
+    /// A presence event refused because the store is full of events that may not be dropped.
+    /// Its sequence is reported in the next `edge.data_gap`.
+    Dropped { seq: u64 },
+}
+
+/// Sequences dropped and not yet reported to ZenCore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Gap {
+    from: u64,
+    to: u64,
+    count: u64,
+}
+
+impl Gap {
+    fn merge(self, other: Gap) -> Gap {
+        Gap {
+            from: self.from.min(other.from),
+            to: self.to.max(other.to),
+            count: self.count + other.count,
+        }
+    }
+}
+
+/// The store's own counters, kept as records are written (in the same commit), so that
+/// `/metrics` and `zenedge status` never walk the outbox.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Meta {
+    /// The highest sequence handed out.
+    hwm: u64,
+    pending: u64,
+    dead: u64,
+    delivered_retained: u64,
+    /// Keys plus values of `events`, `status` and `attempts`: what the byte budget counts.
+    live_bytes: u64,
+    delivered_total: u64,
+    dead_total: u64,
+    dropped_total: u64,
+    pending_by_kind: BTreeMap<String, u64>,
+    gap: Option<Gap>,
+}
+
+impl Record for Meta {
+    const FAMILY: &'static str = "store.meta";
+    const VERSION: u32 = 1;
+}
+
+impl Meta {
+    const KEY: &'static str = "outbox";
+}
+
+/// Counters kept in the store, so they survive restarts.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Counters {
+    pub delivered: u64,
+    pub dead: u64,
+    pub dropped: u64,
+}
+
+/// What `zenedge status` shows about the store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoreStats {
+    pub pending: u64,
+    pub dead: u64,
+    pub delivered_retained: u64,
+    /// Events whose body is on its way to ZenCore now.
+    #[serde(default)]
+    pub in_flight: u64,
+    #[serde(default)]
+    pub pending_by_kind: BTreeMap<String, u64>,
+    pub oldest_pending_at: Option<String>,
+    pub last_sequence: u64,
+    pub live_bytes: u64,
+    pub max_store_bytes: u64,
+    pub disk_bytes: u64,
+    pub full: bool,
+    pub counters: Counters,
+    pub quarantined: Option<String>,
+    /// Records that could not be decoded (kept in place, never skipped silently).
+    #[serde(default)]
+    pub undecodable_records: u64,
+    /// The first of them, by family and key.
+    #[serde(default)]
+    pub undecodable: Vec<Undecodable>,
+    /// Undecodable records copied aside before a write replaced them.
+    #[serde(default)]
+    pub kept_records: u64,
+}
+
+/// Events being sent, and events a commit in progress is dropping for space.
+#[derive(Default)]
+pub(crate) struct Sending {
+    /// Sequence → sends in progress.
+    sending: HashMap<u64, u32>,
+    doomed: HashSet<u64>,
+}
+
+/// What the handles and the writer thread share.
+pub(crate) struct Shared {
+    db: redb::Database,
+    /// Undecodable records seen, by (family, key), with why.
+    notes: Mutex<BTreeMap<(String, String), String>>,
+    /// The counters as of the last commit.
+    meta: Mutex<Meta>,
+    sending: Mutex<Sending>,
+    full: AtomicBool,
+    max_bytes: AtomicU64,
+}
+
+/// Counts and logs (once) a record that cannot be decoded.
+pub(crate) fn note_undecodable(shared: &Shared, family: &str, key: &str, error: &str) {
+    let mut notes = shared.notes.lock().unwrap_or_else(|p| p.into_inner());
+    let fresh = notes
+        .insert((family.to_owned(), key.to_owned()), error.to_owned())
+        .is_none();
+    if fresh {
+        tracing::error!(
+            message = "A stored record cannot be decoded; it is kept as it is and not used.",
+            family,
+            key,
+            error,
+        );
+    }
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    jobs: Mutex<Option<std::sync::mpsc::Sender<writer::Job>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    durable: watch::Receiver<u64>,
+    file: PathBuf,
+    quarantined: Option<PathBuf>,
+}
+
+impl Drop for Inner {
+    /// Stops the writer (it finishes what is queued) and waits for it, so that the store's
+    /// file is released when the last handle goes: a reopen in the same process must not find
+    /// it still open.
+    fn drop(&mut self) {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = self
+            .thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A handle to the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+enum OpenFailure {
+    Corrupt(String),
+    Other(StoreError),
+}
+
+impl Store {
+    /// Opens (or creates) the store under `state_dir`. A store that redb cannot open because
+    /// it is corrupt is renamed to `store.corrupt-<unix time>` and a fresh one is created, so
+    /// the daemon comes up instead of crash-looping; the caller learns of it through
+    /// [`Store::quarantined`] and reports it. A sled store left by an earlier build is moved
+    /// aside as `store.sled-old` (no release with it was ever installed, so nothing migrates).
+    pub fn open(state_dir: &Path, origin: Origin, max_bytes: u64) -> Result<Store, StoreError> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| StoreError::File { path, source }
+        };
+        std::fs::create_dir_all(state_dir).map_err(io(state_dir))?;
+        let dir = state_dir.join(STORE_DIR);
+        if dir.join("conf").is_file() && dir.join("db").is_file() {
+            let aside = free_name(state_dir, &format!("{STORE_DIR}.sled-old"));
+            tracing::warn!(
+                message = "Found a sled store from an earlier build; moving it aside (its events are not migrated).",
+                path = %dir.display(),
+                moved_to = %aside.display(),
+            );
+            std::fs::rename(&dir, &aside).map_err(io(&dir))?;
+        }
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        sync_dir(state_dir)?;
+        let file = dir.join(STORE_FILE);
+        let (db, quarantined) = match open_redb(&file) {
+            Ok(db) => (db, None),
+            Err(OpenFailure::Corrupt(reason)) => {
+                let aside = free_name(
+                    state_dir,
+                    &format!("{STORE_DIR}.corrupt-{}", Millis::now().unix_seconds()),
+                );
+                tracing::error!(
+                    message = "Store is corrupt; moving it aside and starting a fresh one.",
+                    path = %dir.display(),
+                    moved_to = %aside.display(),
+                    error = %reason,
+                );
+                std::fs::rename(&dir, &aside).map_err(io(&dir))?;
+                std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+                sync_dir(state_dir)?;
+                let db = open_redb(&file).map_err(|e| match e {
+                    OpenFailure::Corrupt(reason) => StoreError::Record {
+                        what: "fresh store".into(),
+                        error: reason,
+                    },
+                    OpenFailure::Other(e) => e,
+                })?;
+                (db, Some(aside))
+            }
+            Err(OpenFailure::Other(e)) => return Err(e),
+        };
+        sync_dir(&dir)?;
+        let shared = Arc::new(Shared {
+            db,
+            notes: Mutex::default(),
+            meta: Mutex::default(),
+            sending: Mutex::default(),
+            full: AtomicBool::new(false),
+            max_bytes: AtomicU64::new(max_bytes),
+        });
+        let mut meta = {
+            let txn = shared.db.begin_read()?;
+            let stored = txn
+                .open_table(RECORDS)?
+                .get((Meta::FAMILY, Meta::KEY))?
+                .map(|v| record::decode::<Meta>(v.value()));
+            match stored {
+                Some(Ok(m)) => m,
+                None => writer::recount(&txn)?,
+                Some(Err(e)) => {
+                    note_undecodable(&shared, Meta::FAMILY, Meta::KEY, &e);
+                    writer::recount(&txn)?
+                }
+            }
+        };
+        let floor_path = state_dir.join(FLOOR_FILE);
+        let floor = read_floor(&floor_path)?;
+        // A fresh store after quarantine starts above everything the old one may have used.
+        if quarantined.is_some() {
+            meta.hwm = meta.hwm.max(floor);
+        }
+        *shared.meta.lock().unwrap_or_else(|p| p.into_inner()) = meta.clone();
+        let (durable_tx, durable) = watch::channel(meta.hwm);
+        let (jobs, rx) = std::sync::mpsc::channel();
+        let w = writer::Writer {
+            shared: shared.clone(),
+            reserved: floor.max(meta.hwm),
+            meta,
+            origin,
+            floor_path,
+            ids: IdGenerator::default(),
+            durable: durable_tx,
+            reclaim_failed_at: 0,
+        };
+        let thread = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || w.run(rx))
+            .map_err(|source| StoreError::File {
+                path: file.clone(),
+                source,
+            })?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                shared,
+                jobs: Mutex::new(Some(jobs)),
+                thread: Mutex::new(Some(thread)),
+                durable,
+                file,
+                quarantined,
+            }),
+        })
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.inner.shared
+    }
+
+    fn meta(&self) -> Meta {
+        self.shared()
+            .meta
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn send(&self, commit: Commit, reply: writer::Reply) -> Result<(), StoreError> {
+        let jobs = self.inner.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        jobs.as_ref()
+            .ok_or(StoreError::WriterGone)?
+            .send(writer::Job { commit, reply })
+            .map_err(|_| StoreError::WriterGone)
+    }
+
+    /// Applies a commit; returns once it is durable (or, for [`Commit::lazy`], applied).
+    pub async fn commit(&self, commit: Commit) -> Result<Committed, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(commit, writer::Reply::Async(tx))?;
+        rx.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// [`Store::commit`] for threads that may block (never an async worker).
+    pub fn commit_blocking(&self, commit: Commit) -> Result<Committed, StoreError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.send(commit, writer::Reply::Sync(tx))?;
+        rx.recv().map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Queues a commit without waiting for it; a failure is logged.
+    pub fn submit(&self, commit: Commit) {
+        if let Err(e) = self.send(commit, writer::Reply::Detached) {
+            crate::telemetry::store_error("queue a commit", &e);
+        }
+    }
+
+    /// Runs store reads on tokio's blocking pool, off the async workers.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// Stores an event durably and returns its sequence and id.
+    pub async fn enqueue(&self, event: NewEvent) -> Result<Enqueued, StoreError> {
+        let mut c = Commit::new();
+        c.event(event);
+        self.commit(c)
+            .await?
+            .events
+            .pop()
+            .ok_or(StoreError::WriterGone)
+    }
+
+    /// Stores several events in one commit.
+    pub async fn enqueue_many(&self, events: Vec<NewEvent>) -> Result<Vec<Enqueued>, StoreError> {
+        let mut c = Commit::new();
+        for e in events {
+            c.event(e);
+        }
+        Ok(self.commit(c).await?.events)
+    }
+
+    /// Makes everything committed so far durable.
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        self.commit(Commit::new()).await.map(|_| ())
+    }
+
+    /// [`Store::sync`] for threads that may block.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.commit_blocking(Commit::new()).map(|_| ())
+    }
+
+    /// Logs one attempt and the event's new status, and ends its send ([`Store::begin_send`]).
+    /// Lazy: a power cut may take it back, which re-sends the event.
+    pub fn record_attempt(&self, seq: u64, attempt: Attempt, status: Status) {
+        let mut c = Commit::lazy();
+        c.attempt(seq, attempt, status);
+        self.submit(c);
+    }
+
+    /// Moves an event to the dead letters without an attempt (e.g. older than `max_age`).
+    pub fn set_dead(&self, seq: u64, reason: &str) {
+        let mut c = Commit::lazy();
+        c.set_dead(seq, reason);
+        self.submit(c);
+    }
+
+    /// Puts a dead letter back in the queue; it keeps its id, bytes and attempt count.
+    /// Returns the pending event, or `None` if `seq` is not a dead letter. Blocks.
+    pub fn requeue(&self, seq: u64) -> Result<Option<PendingEvent>, StoreError> {
+        let mut c = Commit::new();
+        c.requeue(seq);
+        Ok(self
+            .commit_blocking(c)?
+            .requeued
+            .pop()
+            .flatten())
+    }
+
+    /// A commit step that deletes delivered events whose retention has passed.
+    pub fn gc_delivered(commit: &mut Commit, now: Millis) {
+        commit.gc_delivered(now.0.saturating_sub(DELIVERED_RETENTION.as_millis() as u64));
+    }
+
+    /// True while the store is over its byte budget with nothing left that may be dropped.
+    pub fn is_full(&self) -> bool {
+        self.shared().full.load(Ordering::Relaxed)
+    }
+
+    /// Where a corrupt store was moved to at open, if it was.
+    pub fn quarantined(&self) -> Option<&Path> {
+        self.inner.quarantined.as_deref()
+    }
+
+    /// The highest sequence handed out (after a quarantine: at least the floor).
+    pub fn last_sequence(&self) -> u64 {
+        self.meta().hwm
+    }
+
+    pub fn set_max_bytes(&self, max_bytes: u64) {
+        self.shared().max_bytes.store(max_bytes, Ordering::Relaxed);
+    }
+
+    /// A watch of the highest sequence known to be durable. Delivery scans up to it.
+    pub fn durable(&self) -> watch::Receiver<u64> {
+        self.inner.durable.clone()
+    }
+
+    fn begin_read(&self) -> Result<redb::ReadTransaction, StoreError> {
+        Ok(self.shared().db.begin_read()?)
+    }
+
+    /// Every decodable record of a family, by key. Undecodable ones are counted and logged
+    /// (see [`record`]) and left in place.
+    pub fn records<T: Record>(&self) -> Result<Vec<(String, T)>, StoreError> {
+        let txn = self.begin_read()?;
+        let table = txn.open_table(RECORDS)?;
+        let mut out = Vec::new();
+        for item in table.range((T::FAMILY, "")..)? {
+            let (k, v) = item?;
+            let (family, key) = k.value();
+            if family != T::FAMILY {
+                break;
+            }
+            match record::decode::<T>(v.value()) {
+                Ok(r) => out.push((key.to_owned(), r)),
+                Err(e) => note_undecodable(self.shared(), T::FAMILY, key, &e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every record of a family as its stored JSON, decodable or not (the audit log shows a
+    /// tampered record as it is).
+    pub fn records_json(&self, family: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let txn = self.begin_read()?;
+        let table = txn.open_table(RECORDS)?;
+        let mut out = Vec::new();
+        for item in table.range((family, "")..)? {
+            let (k, v) = item?;
+            let (f, key) = k.value();
+            if f != family {
+                break;
+            }
+            let json = record::split(v.value())
+                .map(|(_, j)| j.to_vec())
+                .unwrap_or_else(|_| v.value().to_vec());
+            out.push((key.to_owned(), json));
+        }
+        Ok(out)
+    }
+
+    pub fn record<T: Record>(&self, key: &str) -> Result<Option<T>, StoreError> {
+        let txn = self.begin_read()?;
+        let table = txn.open_table(RECORDS)?;
+        let Some(v) = table.get((T::FAMILY, key))? else {
+            return Ok(None);
+        };
+        match record::decode::<T>(v.value()) {
+            Ok(r) => Ok(Some(r)),
+            Err(e) => {
+                note_undecodable(self.shared(), T::FAMILY, key, &e);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Undecodable records seen so far, by family and key.
+    pub fn undecodable(&self) -> Vec<Undecodable> {
+        self.shared()
+            .notes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|((family, key), error)| Undecodable {
+                family: family.clone(),
+                key: key.clone(),
+                error: error.clone(),
+            })
+            .collect()
+    }
+
+    /// Every event delivery still has to work on, oldest first (used at start-up).
+    pub fn load_pending(&self) -> Result<Vec<PendingEvent>, StoreError> {
+        self.scan_pending(0, u64::MAX)
+    }
+
+    /// Pending events with `after < seq <= upto`, oldest first.
+    pub fn scan_pending(&self, after: u64, upto: u64) -> Result<Vec<PendingEvent>, StoreError> {
+        let mut out = Vec::new();
+        self.visit_pending(after, upto, |p| {
+            out.push(p);
+            true
+        })?;
+        Ok(out)
+    }
+
+    /// Visits pending events with `after < seq <= upto`, oldest first, until `f` returns false,
+    /// without collecting them. Returns the highest sequence visited: `upto` when the walk ran
+    /// to the end, else the sequence `f` stopped at. An event whose body cannot be read is
+    /// moved to the dead letters (`unreadable`), where an operator sees it.
+    pub fn visit_pending(
+        &self,
+        after: u64,
+        upto: u64,
+        mut f: impl FnMut(PendingEvent) -> bool,
+    ) -> Result<u64, StoreError> {
+        if after >= upto {
+            return Ok(after);
+        }
+        let txn = self.begin_read()?;
+        let pending = txn.open_table(PENDING)?;
+        let events = txn.open_table(EVENTS)?;
+        let status = txn.open_table(STATUS)?;
+        for item in pending.range(after + 1..=upto)? {
+            let (k, _) = item?;
+            let seq = k.value();
+            let st = match status.get(seq)? {
+                Some(v) => match record::decode::<Status>(v.value()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        note_undecodable(self.shared(), "status", &seq.to_string(), &e);
+                        Status::untried()
+                    }
+                },
+                None => Status::untried(),
+            };
+            let info = events.get(seq)?.and_then(|b| body_info(b.value()));
+            let Some(info) = info else {
+                tracing::error!(
+                    message = "Stored event is unreadable; moving it to dead letters.",
+                    sequence = seq
+                );
+                self.set_dead(seq, "unreadable");
+                continue;
+            };
+            let more = f(PendingEvent {
+                seq,
+                lane: info.lane,
+                kind: info.kind,
+                at: info.at,
+                attempts: st.attempts,
+                next_attempt: st.next_attempt_ms.map(Millis),
+            });
+            if !more {
+                return Ok(seq);
+            }
+        }
+        Ok(upto)
+    }
+
+    /// The body of an event about to be sent, marked as sending until its attempt is recorded
+    /// ([`Store::record_attempt`]), so it cannot be dropped for space meanwhile. `None` when it
+    /// was dropped already.
+    pub fn begin_send(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut s = self
+            .shared()
+            .sending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if s.doomed.contains(&seq) {
+            return Ok(None);
+        }
+        let body = self.body(seq)?;
+        if body.is_some() {
+            *s.sending.entry(seq).or_default() += 1;
+        }
+        Ok(body)
+    }
+
+    /// Ends a send whose attempt will not be recorded (the request never went out).
+    pub fn end_send(&self, seq: u64) {
+        let mut s = self
+            .shared()
+            .sending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = s.sending.get_mut(&seq) {
+            *n -= 1;
+            if *n == 0 {
+                s.sending.remove(&seq);
+            }
+        }
+    }
+
+    pub fn body(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.begin_read()?;
+        let events = txn.open_table(EVENTS)?;
+        Ok(events.get(seq)?.map(|v| v.value().to_vec()))
+    }
+
+    pub fn status(&self, seq: u64) -> Result<Option<Status>, StoreError> {
+        let txn = self.begin_read()?;
+        let table = txn.open_table(STATUS)?;
+        let Some(v) = table.get(seq)? else {
+            return Ok(None);
+        };
+        record::decode::<Status>(v.value())
+            .map(Some)
+            .map_err(|error| StoreError::Record {
+                what: format!("status of sequence {seq}"),
+                error,
+            })
+    }
+
+    /// Every dead letter's sequence, oldest first.
+    pub fn dead_sequences(&self) -> Result<Vec<u64>, StoreError> {
+        Ok(self
+            .list(State::Dead, usize::MAX)?
+            .into_iter()
+            .map(|s| s.sequence)
+            .collect())
+    }
+
+    fn summary(seq: u64, body: &[u8], status: Option<Status>) -> EventSummary {
+        let status = status.unwrap_or_else(Status::untried);
+        let info = body_info(body);
+        EventSummary {
+            sequence: seq,
+            id: info.as_ref().map(|i| i.id.clone()).unwrap_or_default(),
+            event: info
+                .as_ref()
+                .and_then(|i| i.kind)
+                .map(|k| k.as_str().to_owned())
+                .unwrap_or_else(|| "unknown".into()),
+            device_id: info.as_ref().and_then(|i| i.lane.clone()),
+            timestamp: info.map(|i| i.at.rfc3339()).unwrap_or_default(),
+            state: status.state,
+            attempts: status.attempts,
+            next_attempt_at: status.next_attempt_ms.map(|m| Millis(m).rfc3339()),
+            dead_reason: status.dead_reason,
+            last_error: status.last_error,
+        }
+    }
+
+    /// Events in `state`, oldest first, at most `limit`.
+    pub fn list(&self, state: State, limit: usize) -> Result<Vec<EventSummary>, StoreError> {
+        let txn = self.begin_read()?;
+        let events = txn.open_table(EVENTS)?;
+        let status = txn.open_table(STATUS)?;
+        let decode = |seq: u64, v: &[u8]| {
+            record::decode::<Status>(v)
+                .map_err(|e| note_undecodable(self.shared(), "status", &seq.to_string(), &e))
+                .ok()
+        };
+        let mut out = Vec::new();
+        if state == State::Pending {
+            let pending = txn.open_table(PENDING)?;
+            for item in pending.iter()? {
+                if out.len() >= limit {
+                    break;
+                }
+                let (k, _) = item?;
+                let seq = k.value();
+                let Some(body) = events.get(seq)? else { continue };
+                let st = status.get(seq)?.and_then(|v| decode(seq, v.value()));
+                out.push(Self::summary(seq, body.value(), st));
+            }
+            return Ok(out);
+        }
+        for item in status.iter()? {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item?;
+            let seq = k.value();
+            let Some(st) = decode(seq, v.value()) else {
+                continue;
+            };
+            if st.state != state {
+                continue;
+            }
+            let Some(body) = events.get(seq)? else { continue };
+            out.push(Self::summary(seq, body.value(), Some(st)));
+        }
+        Ok(out)
+    }
+
+    /// Finds an event by id (`evt_…`) or sequence number.
+    pub fn find(&self, key: &str) -> Result<Option<EventDetail>, StoreError> {
+        let Some(seq) = self.seq_of(key)? else {
+            return Ok(None);
+        };
+        let Some(body) = self.body(seq)? else {
+            return Ok(None);
+        };
+        let status = self.status(seq)?;
+        let summary = Self::summary(seq, &body, status);
+        let txn = self.begin_read()?;
+        let attempts = txn.open_table(ATTEMPTS)?;
+        let mut attempts_log = Vec::new();
+        for item in attempts.range((seq, 0)..=(seq, u32::MAX))? {
+            let (_, v) = item?;
+            attempts_log.push(record::decode::<Attempt>(v.value()).map_err(|error| {
+                StoreError::Record {
+                    what: format!("attempt of sequence {seq}"),
+                    error,
+                }
+            })?);
+        }
+        let body = serde_json::from_slice(&body)
+            .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into()));
+        Ok(Some(EventDetail {
+            summary,
+            body,
+            attempts_log,
+        }))
+    }
+
+    /// Resolves an event id or a sequence number to a stored event's sequence.
+    pub fn seq_of(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        if let Ok(seq) = key.parse::<u64>() {
+            return Ok(self.body(seq)?.map(|_| seq));
+        }
+        // Bodies start with `{"id":"<id>"`, so a prefix test finds the event without parsing.
+        let prefix = format!("{{\"id\":\"{key}\"");
+        let txn = self.begin_read()?;
+        let events = txn.open_table(EVENTS)?;
+        for item in events.iter()? {
+            let (k, body) = item?;
+            if body.value().starts_with(prefix.as_bytes()) {
+                return Ok(Some(k.value()));
+            }
+        }
+        Ok(None)
+    }
+
+    pub fn counters(&self) -> Counters {
+        let m = self.meta();
+        Counters {
+            delivered: m.delivered_total,
+            dead: m.dead_total,
+            dropped: m.dropped_total,
+        }
+    }
+
+    /// The store's numbers. Costs O(log n): the counters are kept as records are written.
+    pub fn stats(&self) -> Result<StoreStats, StoreError> {
+        let m = self.meta();
+        let oldest_pending_at = {
+            let txn = self.begin_read()?;
+            let pending = txn.open_table(PENDING)?;
+            let events = txn.open_table(EVENTS)?;
+            let first = pending.first()?.map(|(k, _)| k.value());
+            let at = match first {
+                Some(seq) => events
+                    .get(seq)?
+                    .and_then(|b| body_info(b.value()))
+                    .map(|i| i.at.rfc3339()),
+                None => None,
+            };
+            at
+        };
+        let kept_records = self.begin_read()?.open_table(KEPT)?.len()?;
+        let in_flight = self
+            .shared()
+            .sending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sending
+            .len() as u64;
+        let undecodable = self.undecodable();
+        Ok(StoreStats {
+            pending: m.pending,
+            dead: m.dead,
+            delivered_retained: m.delivered_retained,
+            in_flight,
+            pending_by_kind: m.pending_by_kind.clone(),
+            oldest_pending_at,
+            last_sequence: m.hwm,
+            live_bytes: m.live_bytes,
+            max_store_bytes: self.shared().max_bytes.load(Ordering::Relaxed),
+            disk_bytes: std::fs::metadata(&self.inner.file)
+                .map(|md| md.len())
+                .unwrap_or(0),
+            full: self.is_full(),
+            counters: Counters {
+                delivered: m.delivered_total,
+                dead: m.dead_total,
+                dropped: m.dropped_total,
+            },
+            quarantined: self
+                .inner
+                .quarantined
+                .as_ref()
+                .map(|p| p.display().to_string()),
+            undecodable_records: undecodable.len() as u64,
+            undecodable: undecodable.into_iter().take(UNDECODABLE_SHOWN).collect(),
+            kept_records,
+        })
+    }
+}
+
+/// `base`, or `base-2`, `base-3`, … whichever does not exist yet under `dir`.
+fn free_name(dir: &Path, base: &str) -> PathBuf {
+    let mut path = dir.join(base);
+    let mut n = 1;
+    while path.exists() {
+        n += 1;
+        path = dir.join(format!("{base}-{n}"));
+    }
+    path
+}
+
+fn open_redb(file: &Path) -> Result<redb::Database, OpenFailure> {
+    // redb reports corruption as an error, but a damaged file might also make it panic; both
+    // mean the same thing here: this store cannot be read.
+    let opened = std::panic::catch_unwind(|| {
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_SIZE)
+            .set_repair_callback(|session| {
+                if session.progress() == 0.0 {
+                    tracing::warn!(
+                        message = "The store was not closed cleanly; checking and repairing it."
+                    );
+                }
+            })
+            .create(file)?;
+        // Create every table, and touch each one's ends so damage in the index shows now.
+        let txn = db.begin_write()?;
+        {
+            let t = txn.open_table(EVENTS)?;
+            t.first()?;
+            t.last()?;
+            txn.open_table(PENDING)?.first()?;
+            txn.open_table(STATUS)?.first()?;
+            txn.open_table(ATTEMPTS)?.first()?;
+            txn.open_table(RECORDS)?.first()?;
+            txn.open_table(KEPT)?.first()?;
+        }
+        txn.commit()?;
+        Ok::<_, redb::Error>(db)
+    });
+    match opened {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(e)) => match e {
+            redb::Error::Corrupted(reason) => Err(OpenFailure::Corrupt(reason)),
+            redb::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
+                Err(OpenFailure::Corrupt(io.to_string()))
+            }
+            redb::Error::TableTypeMismatch { .. } | redb::Error::TypeDefinitionChanged { .. } => {
+                Err(OpenFailure::Corrupt(e.to_string()))
+            }
+            // Already open, an older file format, an I/O failure: moving the file aside would
+            // lose its events, so refuse loudly instead.
+            other => Err(OpenFailure::Other(StoreError::Redb(other))),
+        },
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "redb panicked while opening".into());
+            Err(OpenFailure::Corrupt(what))
+        }
+    }
+}
+
+fn read_floor(path: &Path) -> Result<u64, StoreError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(text.trim().parse().unwrap_or_else(|_| {
+            tracing::warn!(
+                message = "Sequence floor file is unreadable; ignoring it.",
+                path = %path.display()
+            );
+            0
+        })),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(source) => Err(StoreError::File {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Writes the floor atomically (temp file, fsync, rename, fsync of the directory) so a crash
+/// or a power cut leaves the old value or the new one.
+pub(crate) fn write_floor(path: &Path, value: u64) -> Result<(), StoreError> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let io = |source| StoreError::File {
+        path: path.to_owned(),
+        source,
+    };
+    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    f.write_all(format!("{value}\n").as_bytes()).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// fsyncs a directory, so that a file created or renamed in it survives a power cut.
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    let io = |source| StoreError::File {
+        path: dir.to_owned(),
+        source,
+    };
+    std::fs::File::open(dir).map_err(io)?.sync_all().map_err(io)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1069 @@
+//! The store's one writer: a thread that applies [`Commit`]s, several at a time.
+//!
+//! redb allows one write transaction at a time, and a durable commit costs an fsync. So every
+//! change to the store is a `Commit` sent to this thread, which takes every commit waiting when
+//! it wakes, applies them all in one redb transaction and makes that transaction durable once
+//! (group commit): a burst of N producers costs one fsync, not N. A commit whose writes fail is
+//! never half-applied: the group's transaction is dropped and its commits are applied again one
+//! by one, so a bad commit fails alone.
+//!
+//! Commits that only record delivery progress (attempts, dead letters) are *lazy*: they are
+//! applied at once but made durable by the next durable commit, or within [`LAZY_SYNC`]. A
+//! power cut can take such a record back, which re-sends an event (at least once), never loses
+//! one.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use redb::{Durability, ReadableTable, WriteTransaction};
+use tokio::sync::{oneshot, watch};
+
+use super::record::{self, Record};
+use super::{
+    note_undecodable, Attempt, Enqueued, Gap, Meta, PendingEvent, Shared, State, Status,
+    StoreError, ATTEMPTS, EVENTS, KEPT, PENDING, RECORDS, STATUS,
+};
+use crate::event::{body_info, render_body, EventKind, IdGenerator, Millis, NewEvent, Origin};
+
+/// The longest a lazy commit waits for a durable one.
+pub const LAZY_SYNC: Duration = Duration::from_millis(500);
+/// The most commits applied in one transaction.
+const MAX_GROUP: usize = 4096;
+/// How far ahead of use the sequence floor file is written.
+const SEQUENCE_RESERVATION: u64 = 100_000;
+
+/// A step of a commit that reads and writes records in the commit's transaction. It may run
+/// more than once (a failed group is applied again commit by commit), so it must change
+/// nothing but the store, through `tx`, and report results by overwriting, not appending.
+pub type Step = Box<dyn Fn(&mut Tx<'_>) -> Result<(), StoreError> + Send>;
+
+/// A batch of writes that land together or not at all.
+pub struct Commit {
+    pub(super) ops: Vec<Op>,
+    pub(super) durable: bool,
+}
+
+pub(super) enum Op {
+    Event(NewEvent),
+    Put {
+        family: &'static str,
+        key: String,
+        bytes: Vec<u8>,
+        check: fn(&[u8]) -> bool,
+    },
+    Remove {
+        family: &'static str,
+        key: String,
+        check: fn(&[u8]) -> bool,
+    },
+    InsertNew {
+        family: &'static str,
+        key: String,
+        bytes: Vec<u8>,
+    },
+    Attempt {
+        seq: u64,
+        attempt: Attempt,
+        status: Status,
+    },
+    SetDead {
+        seq: u64,
+        reason: String,
+    },
+    Requeue {
+        seq: u64,
+    },
+    GcDelivered {
+        cutoff_ms: u64,
+    },
+    Step(Step),
+}
+
+impl Default for Commit {
+    fn default() -> Self {
+        Commit::new()
+    }
+}
+
+impl Commit {
+    /// A commit that is durable when [`super::Store::commit`] returns.
+    pub fn new() -> Commit {
+        Commit {
+            ops: Vec::new(),
+            durable: true,
+        }
+    }
+
+    /// A commit made durable by the next durable one, or within [`LAZY_SYNC`].
+    pub fn lazy() -> Commit {
+        Commit {
+            ops: Vec::new(),
+            durable: false,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Stores an event: it gets its sequence and id, its body is rendered once, and delivery
+    /// learns of it once the commit is durable. Makes the commit durable.
+    pub fn event(&mut self, event: NewEvent) -> &mut Commit {
+        self.durable = true;
+        self.ops.push(Op::Event(event));
+        self
+    }
+
+    /// Writes a record (replacing one with the same key).
+    pub fn put<T: Record>(&mut self, key: &str, value: &T) -> Result<&mut Commit, StoreError> {
+        let bytes = record::encode(value)?;
+        self.ops.push(Op::Put {
+            family: T::FAMILY,
+            key: key.to_owned(),
+            bytes,
+            check: record::decodes::<T>,
+        });
+        Ok(self)
+    }
+
+    /// Writes the JSON of a record as it is, with the current schema version (a test and
+    /// repair hook: it can write what `put` never would).
+    #[doc(hidden)]
+    pub fn put_json<T: Record>(&mut self, key: &str, json: &[u8]) -> &mut Commit {
+        let mut bytes = T::VERSION.to_be_bytes().to_vec();
+        bytes.extend_from_slice(json);
+        self.ops.push(Op::Put {
+            family: T::FAMILY,
+            key: key.to_owned(),
+            bytes,
+            check: |_| true,
+        });
+        self
+    }
+
+    pub fn remove<T: Record>(&mut self, key: &str) -> &mut Commit {
+        self.ops.push(Op::Remove {
+            family: T::FAMILY,
+            key: key.to_owned(),
+            check: record::decodes::<T>,
+        });
+        self
+    }
+
+    /// Writes a record that must not exist yet. If it does, the whole commit is refused with
+    /// [`StoreError::Exists`] and writes nothing: the check and the insert are one step, so of
+    /// two racing commits with the same key exactly one lands.
+    pub fn insert_new<T: Record>(
+        &mut self,
+        key: &str,
+        value: &T,
+    ) -> Result<&mut Commit, StoreError> {
+        let bytes = record::encode(value)?;
+        self.ops.push(Op::InsertNew {
+            family: T::FAMILY,
+            key: key.to_owned(),
+            bytes,
+        });
+        Ok(self)
+    }
+
+    /// A read-modify-write step, run inside the commit's transaction (see [`Step`]).
+    pub fn step(
+        &mut self,
+        f: impl Fn(&mut Tx<'_>) -> Result<(), StoreError> + Send + 'static,
+    ) -> &mut Commit {
+        self.ops.push(Op::Step(Box::new(f)));
+        self
+    }
+
+    pub(super) fn attempt(&mut self, seq: u64, attempt: Attempt, status: Status) -> &mut Commit {
+        self.ops.push(Op::Attempt {
+            seq,
+            attempt,
+            status,
+        });
+        self
+    }
+
+    pub(super) fn set_dead(&mut self, seq: u64, reason: &str) -> &mut Commit {
+        self.ops.push(Op::SetDead {
+            seq,
+            reason: reason.to_owned(),
+        });
+        self
+    }
+
+    pub(super) fn requeue(&mut self, seq: u64) -> &mut Commit {
+        self.ops.push(Op::Requeue { seq });
+        self
+    }
+
+    pub(super) fn gc_delivered(&mut self, cutoff_ms: u64) -> &mut Commit {
+        self.ops.push(Op::GcDelivered { cutoff_ms });
+        self
+    }
+}
+
+/// What a commit did, in the order of its operations of each kind.
+#[derive(Debug, Default)]
+pub struct Committed {
+    pub events: Vec<Enqueued>,
+    /// Per attempt logged: false when its event was no longer stored.
+    pub attempts: Vec<bool>,
+    pub requeued: Vec<Option<PendingEvent>>,
+    /// Events removed by retention.
+    pub removed: usize,
+}
+
+/// Records, read and written inside a commit's transaction.
+pub struct Tx<'a> {
+    txn: &'a WriteTransaction,
+    shared: &'a Shared,
+}
+
+impl Tx<'_> {
+    pub fn get<T: Record>(&self, key: &str) -> Result<Option<T>, StoreError> {
+        let table = self.txn.open_table(RECORDS)?;
+        let Some(v) = table.get((T::FAMILY, key))? else {
+            return Ok(None);
+        };
+        match record::decode::<T>(v.value()) {
+            Ok(r) => Ok(Some(r)),
+            Err(e) => {
+                note_undecodable(self.shared, T::FAMILY, key, &e);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Every decodable record of the family (undecodable ones are noted and left alone).
+    pub fn all<T: Record>(&self) -> Result<Vec<(String, T)>, StoreError> {
+        let table = self.txn.open_table(RECORDS)?;
+        let mut out = Vec::new();
+        for item in table.range((T::FAMILY, "")..)? {
+            let (k, v) = item?;
+            let (family, key) = k.value();
+            if family != T::FAMILY {
+                break;
+            }
+            match record::decode::<T>(v.value()) {
+                Ok(r) => out.push((key.to_owned(), r)),
+                Err(e) => note_undecodable(self.shared, T::FAMILY, key, &e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The family's record with the greatest key, decoded or not.
+    pub fn last<T: Record>(&self) -> Result<Option<(String, Result<T, String>)>, StoreError> {
+        let table = self.txn.open_table(RECORDS)?;
+        let mut range = table.range((T::FAMILY, "")..)?;
+        // Families are short and few, so walking to the next family is cheap enough; the
+        // family's last key is the one just before it.
+        let mut last = None;
+        for item in range.by_ref() {
+            let (k, v) = item?;
+            let (family, key) = k.value();
+            if family != T::FAMILY {
+                break;
+            }
+            last = Some((key.to_owned(), v.value().to_vec()));
+        }
+        Ok(last.map(|(k, v)| {
+            let decoded = record::decode::<T>(&v);
+            (k, decoded)
+        }))
+    }
+
+    pub fn put<T: Record>(&mut self, key: &str, value: &T) -> Result<(), StoreError> {
+        let bytes = record::encode(value)?;
+        put_record(
+            self.txn,
+            self.shared,
+            T::FAMILY,
+            key,
+            Some(&bytes),
+            record::decodes::<T>,
+        )
+    }
+
+    pub fn remove<T: Record>(&mut self, key: &str) -> Result<(), StoreError> {
+        put_record(
+            self.txn,
+            self.shared,
+            T::FAMILY,
+            key,
+            None,
+            record::decodes::<T>,
+        )
+    }
+
+    /// Removes every decodable record of the family for which `keep` is false; returns how
+    /// many went.
+    pub fn retain<T: Record>(
+        &mut self,
+        keep: impl Fn(&str, &T) -> bool,
+    ) -> Result<usize, StoreError> {
+        let doomed: Vec<String> = self
+            .all::<T>()?
+            .into_iter()
+            .filter(|(k, v)| !keep(k, v))
+            .map(|(k, _)| k)
+            .collect();
+        for key in &doomed {
+            self.remove::<T>(key)?;
+        }
+        Ok(doomed.len())
+    }
+}
+
+/// Writes (`Some`) or removes (`None`) one record. A value that `check` cannot read is copied
+/// into `kept` first, so an undecodable record is never overwritten or removed unseen.
+fn put_record(
+    txn: &WriteTransaction,
+    shared: &Shared,
+    family: &'static str,
+    key: &str,
+    bytes: Option<&[u8]>,
+    check: fn(&[u8]) -> bool,
+) -> Result<(), StoreError> {
+    let mut table = txn.open_table(RECORDS)?;
+    let old = table.get((family, key))?.map(|v| v.value().to_vec());
+    if let Some(old) = old.filter(|o| !check(o)) {
+        keep_aside(txn, shared, family, key, &old)?;
+    }
+    match bytes {
+        Some(b) => {
+            table.insert((family, key), b)?;
+        }
+        None => {
+            table.remove((family, key))?;
+        }
+    }
+    Ok(())
+}
+
+fn keep_aside(
+    txn: &WriteTransaction,
+    shared: &Shared,
+    family: &'static str,
+    key: &str,
+    bytes: &[u8],
+) -> Result<(), StoreError> {
+    let mut kept = txn.open_table(KEPT)?;
+    let mut name = key.to_owned();
+    let mut n = 1;
+    while kept.get((family, name.as_str()))?.is_some() {
+        n += 1;
+        name = format!("{key}#{n}");
+    }
+    kept.insert((family, name.as_str()), bytes)?;
+    tracing::warn!(
+        message = "An undecodable record was about to be replaced; its bytes are kept aside.",
+        table = "records",
+        family,
+        key,
+        kept_as = %name,
+    );
+    shared
+        .notes
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&(family.to_owned(), key.to_owned()));
+    Ok(())
+}
+
+/// How a commit's caller hears of it.
+pub(super) enum Reply {
+    Async(oneshot::Sender<Result<Committed, StoreError>>),
+    Sync(std::sync::mpsc::SyncSender<Result<Committed, StoreError>>),
+    /// Nobody waits; a failure is logged.
+    Detached,
+}
+
+pub(super) struct Job {
+    pub commit: Commit,
+    pub reply: Reply,
+}
+
+impl Reply {
+    fn send(self, result: Result<Committed, StoreError>) {
+        match self {
+            Reply::Async(tx) => {
+                let _ = tx.send(result);
+            }
+            Reply::Sync(tx) => {
+                let _ = tx.send(result);
+            }
+            Reply::Detached => {
+                if let Err(e) = result {
+                    crate::telemetry::store_error("background commit", &e);
+                }
+            }
+        }
+    }
+}
+
+pub(super) struct Writer {
+    pub shared: Arc<Shared>,
+    pub meta: Meta,
+    pub origin: Origin,
+    pub floor_path: PathBuf,
+    /// Sequences up to this are covered by the floor file.
+    pub reserved: u64,
+    pub ids: IdGenerator,
+    pub durable: watch::Sender<u64>,
+    /// When a reclamation last found nothing to drop (ms): while full, the next scan waits a
+    /// second instead of running on every insert.
+    pub reclaim_failed_at: u64,
+}
+
+impl Writer {
+    pub fn run(mut self, rx: Receiver<Job>) {
+        let mut unsynced_since: Option<Instant> = None;
+        loop {
+            let first = match unsynced_since {
+                Some(since) => {
+                    let left = LAZY_SYNC.saturating_sub(since.elapsed());
+                    match rx.recv_timeout(left) {
+                        Ok(job) => job,
+                        Err(RecvTimeoutError::Timeout) => {
+                            if self.sync() {
+                                unsynced_since = None;
+                            }
+                            continue;
+                        }
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                None => match rx.recv() {
+                    Ok(job) => job,
+                    Err(_) => break,
+                },
+            };
+            let mut jobs = vec![first];
+            while jobs.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+            let overdue = unsynced_since.is_some_and(|s| s.elapsed() >= LAZY_SYNC);
+            let durable = overdue || jobs.iter().any(|j| j.commit.durable);
+            let results = self.apply(&jobs, durable);
+            let all_ok = results.iter().all(|r| r.is_ok());
+            if durable && all_ok {
+                unsynced_since = None;
+            } else if unsynced_since.is_none() {
+                unsynced_since = Some(Instant::now());
+            }
+            for (job, result) in jobs.into_iter().zip(results) {
+                job.reply.send(result);
+            }
+        }
+        if unsynced_since.is_some() {
+            self.sync();
+        }
+    }
+
+    /// One empty durable commit: makes every lazy commit before it durable.
+    fn sync(&mut self) -> bool {
+        match self.group(&[], true) {
+            Ok(_) => true,
+            Err(e) => {
+                crate::telemetry::store_error("durable commit", &e);
+                false
+            }
+        }
+    }
+
+    fn apply(&mut self, jobs: &[Job], durable: bool) -> Vec<Result<Committed, StoreError>> {
+        let commits: Vec<&Commit> = jobs.iter().map(|j| &j.commit).collect();
+        match self.group(&commits, durable) {
+            Ok(results) => results,
+            Err(e) if commits.len() <= 1 => vec![Err(e)],
+            Err(e) => {
+                tracing::warn!(message = "A group commit failed; applying its commits one by one.", error = %e);
+                commits
+                    .iter()
+                    .map(|c| {
+                        self.group(std::slice::from_ref(c), durable)
+                            .and_then(|mut v| v.pop().unwrap_or(Err(StoreError::WriterGone)))
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// Applies commits in one transaction. The outer error fails them all (and changes
+    /// nothing); an inner error is one commit refused without writing.
+    fn group(
+        &mut self,
+        commits: &[&Commit],
+        durable: bool,
+    ) -> Result<Vec<Result<Committed, StoreError>>, StoreError> {
+        let saved = (self.meta.clone(), self.reserved);
+        let result = self.group_in_txn(commits, durable);
+        let doomed_seen = {
+            let mut s = self.shared.sending.lock().unwrap_or_else(|p| p.into_inner());
+            std::mem::take(&mut s.doomed)
+        };
+        match result {
+            Ok(results) => {
+                *self.shared.meta.lock().unwrap_or_else(|p| p.into_inner()) = self.meta.clone();
+                if durable {
+                    let hwm = self.meta.hwm;
+                    self.durable.send_if_modified(|v| {
+                        let changed = hwm > *v;
+                        *v = (*v).max(hwm);
+                        changed
+                    });
+                }
+                Ok(results)
+            }
+            Err(e) => {
+                // Nothing was written: the events marked doomed are still there.
+                drop(doomed_seen);
+                (self.meta, self.reserved) = saved;
+                Err(e)
+            }
+        }
+    }
+
+    fn group_in_txn(
+        &mut self,
+        commits: &[&Commit],
+        durable: bool,
+    ) -> Result<Vec<Result<Committed, StoreError>>, StoreError> {
+        let mut txn = self.shared.db.begin_write()?;
+        txn.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })?;
+        let before = self.meta.clone();
+        let mut out = Vec::with_capacity(commits.len());
+        for c in commits {
+            out.push(self.commit(&txn, c)?);
+        }
+        if self.meta != before {
+            let bytes = record::encode(&self.meta)?;
+            txn.open_table(RECORDS)?
+                .insert((Meta::FAMILY, Meta::KEY), bytes.as_slice())?;
+        }
+        txn.commit()?;
+        Ok(out)
+    }
+
+    fn commit(
+        &mut self,
+        txn: &WriteTransaction,
+        c: &Commit,
+    ) -> Result<Result<Committed, StoreError>, StoreError> {
+        // Guards first, so a refused commit writes nothing.
+        {
+            let records = txn.open_table(RECORDS)?;
+            for op in &c.ops {
+                if let Op::InsertNew { family, key, .. } = op {
+                    if records.get((*family, key.as_str()))?.is_some() {
+                        return Ok(Err(StoreError::Exists {
+                            family,
+                            key: key.clone(),
+                        }));
+                    }
+                }
+            }
+        }
+        let mut done = Committed::default();
+        for op in &c.ops {
+            match op {
+                Op::Event(e) => done.events.push(self.event(txn, e)?),
+                Op::Put {
+                    family,
+                    key,
+                    bytes,
+                    check,
+                } => put_record(txn, &self.shared, family, key, Some(bytes), *check)?,
+                Op::Remove { family, key, check } => {
+                    put_record(txn, &self.shared, family, key, None, *check)?
+                }
+                Op::InsertNew { family, key, bytes } => {
+                    txn.open_table(RECORDS)?
+                        .insert((*family, key.as_str()), bytes.as_slice())?;
+                }
+                Op::Attempt {
+                    seq,
+                    attempt,
+                    status,
+                } => done.attempts.push(self.attempt(txn, *seq, attempt, status)?),
+                Op::SetDead { seq, reason } => self.set_dead(txn, *seq, reason)?,
+                Op::Requeue { seq } => done.requeued.push(self.requeue(txn, *seq)?),
+                Op::GcDelivered { cutoff_ms } => {
+                    done.removed += self.gc_delivered(txn, *cutoff_ms)?
+                }
+                Op::Step(f) => f(&mut Tx {
+                    txn,
+                    shared: &self.shared,
+                })?,
+            }
+        }
+        Ok(Ok(done))
+    }
+
+    fn over_budget(&self) -> bool {
+        self.meta.live_bytes > self.shared.max_bytes.load(Ordering::Relaxed)
+    }
+
+    fn event(&mut self, txn: &WriteTransaction, event: &NewEvent) -> Result<Enqueued, StoreError> {
+        self.report_gap_if_room(txn)?;
+        if self.over_budget() {
+            self.reclaim(txn)?;
+            if event.kind.is_presence() && self.over_budget() {
+                let seq = self.allocate()?;
+                self.note_gap(Gap {
+                    from: seq,
+                    to: seq,
+                    count: 1,
+                });
+                tracing::warn!(
+                    message = "Store is full; presence event dropped.",
+                    sequence = seq,
+                    event = event.kind.as_str(),
+                );
+                return Ok(Enqueued::Dropped { seq });
+            }
+        }
+        self.insert_event(txn, event)
+    }
+
+    fn allocate(&mut self) -> Result<u64, StoreError> {
+        let seq = self.meta.hwm + 1;
+        if seq > self.reserved {
+            let upto = seq + SEQUENCE_RESERVATION;
+            super::write_floor(&self.floor_path, upto)?;
+            self.reserved = upto;
+        }
+        self.meta.hwm = seq;
+        Ok(seq)
+    }
+
+    fn insert_event(
+        &mut self,
+        txn: &WriteTransaction,
+        event: &NewEvent,
+    ) -> Result<Enqueued, StoreError> {
+        let seq = self.allocate()?;
+        let id = match &event.id {
+            Some(id) => id.clone(),
+            None => self.ids.next(SystemTime::now()),
+        };
+        let body = render_body(&self.origin, event, &id, seq);
+        txn.open_table(EVENTS)?.insert(seq, body.as_slice())?;
+        txn.open_table(PENDING)?.insert(seq, event.kind.as_str())?;
+        self.meta.live_bytes += 8 + body.len() as u64;
+        self.count_pending(event.kind.as_str(), 1);
+        Ok(Enqueued::Stored { seq, id })
+    }
+
+    fn count_pending(&mut self, kind: &str, up: i64) {
+        let m = &mut self.meta;
+        if up > 0 {
+            m.pending += 1;
+            *m.pending_by_kind.entry(kind.to_owned()).or_default() += 1;
+        } else {
+            m.pending = m.pending.saturating_sub(1);
+            if let Some(n) = m.pending_by_kind.get_mut(kind) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    m.pending_by_kind.remove(kind);
+                }
+            }
+        }
+    }
+
+    fn note_gap(&mut self, gap: Gap) {
+        self.meta.gap = Some(match self.meta.gap {
+            Some(old) => old.merge(gap),
+            None => gap,
+        });
+        self.meta.dropped_total += gap.count;
+    }
+
+    /// Turns an unreported gap into an `edge.data_gap` event once there is room for it.
+    fn report_gap_if_room(&mut self, txn: &WriteTransaction) -> Result<(), StoreError> {
+        let Some(gap) = self.meta.gap else {
+            return Ok(());
+        };
+        if self.over_budget() {
+            return Ok(());
+        }
+        self.meta.gap = None;
+        let event = NewEvent::new(EventKind::EdgeDataGap, None, Millis::now())
+            .with("from_sequence", gap.from)
+            .with("to_sequence", gap.to)
+            .with("count", gap.count)
+            .with("reason", "store_full");
+        self.insert_event(txn, &event)?;
+        self.shared.full.store(false, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Frees space: first delivered events kept only for their attempt log, then the oldest
+    /// presence events (pending or dead), down to 90 % of the budget. Actions and access events
+    /// are never dropped. Dropped sequences become one `edge.data_gap`.
+    fn reclaim(&mut self, txn: &WriteTransaction) -> Result<(), StoreError> {
+        let target = self.shared.max_bytes.load(Ordering::Relaxed) / 10 * 9;
+        if self.meta.live_bytes <= target {
+            return Ok(());
+        }
+        let now = Millis::now().0;
+        if self.shared.full.load(Ordering::Relaxed)
+            && now.saturating_sub(self.reclaim_failed_at) < 1000
+        {
+            return Ok(());
+        }
+        let delivered: Vec<u64> = {
+            let status = txn.open_table(STATUS)?;
+            let mut out = Vec::new();
+            for item in status.iter()? {
+                let (k, v) = item?;
+                if record::decode::<Status>(v.value()).is_ok_and(|s| s.state == State::Delivered)
+                {
+                    out.push(k.value());
+                }
+            }
+            out
+        };
+        for seq in delivered {
+            self.remove_event(txn, seq)?;
+            if self.meta.live_bytes <= target {
+                return Ok(());
+            }
+        }
+        let candidates: Vec<u64> = {
+            let events = txn.open_table(EVENTS)?;
+            let mut out = Vec::new();
+            for item in events.iter()? {
+                let (k, body) = item?;
+                let presence = body_info(body.value())
+                    .and_then(|i| i.kind)
+                    .is_some_and(|k| k.is_presence());
+                if presence {
+                    out.push(k.value());
+                }
+            }
+            out
+        };
+        let mut gap: Option<Gap> = None;
+        for seq in candidates {
+            if self.meta.live_bytes <= target {
+                break;
+            }
+            // Decided under the lock `begin_send` takes: either the event is on its way (and
+            // kept) or it is doomed, and `begin_send` will not read it.
+            {
+                let mut s = self.shared.sending.lock().unwrap_or_else(|p| p.into_inner());
+                if s.sending.contains_key(&seq) {
+                    continue;
+                }
+                s.doomed.insert(seq);
+            }
+            self.remove_event(txn, seq)?;
+            let one = Gap {
+                from: seq,
+                to: seq,
+                count: 1,
+            };
+            gap = Some(gap.map_or(one, |g| g.merge(one)));
+        }
+        if let Some(gap) = gap {
+            tracing::warn!(
+                message = "Store over its byte budget; oldest presence events dropped.",
+                from_sequence = gap.from,
+                to_sequence = gap.to,
+                count = gap.count,
+            );
+            self.note_gap(gap);
+        }
+        let full = self.meta.live_bytes > target;
+        if full && !self.shared.full.swap(true, Ordering::Relaxed) {
+            tracing::error!(
+                message = "Store is full of events that may not be dropped; new presence events will be dropped.",
+                live_bytes = self.meta.live_bytes,
+                max_store_bytes = self.shared.max_bytes.load(Ordering::Relaxed),
+            );
+        }
+        if full {
+            self.reclaim_failed_at = now;
+        } else {
+            self.shared.full.store(false, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Deletes an event with its status and attempt log, keeping the counters right.
+    fn remove_event(&mut self, txn: &WriteTransaction, seq: u64) -> Result<(), StoreError> {
+        let mut freed = 0u64;
+        if let Some(v) = txn.open_table(EVENTS)?.remove(seq)? {
+            freed += 8 + v.value().len() as u64;
+        }
+        let old_state = match txn.open_table(STATUS)?.remove(seq)? {
+            Some(v) => {
+                freed += 8 + v.value().len() as u64;
+                record::decode::<Status>(v.value()).ok().map(|s| s.state)
+            }
+            None => None,
+        };
+        {
+            let mut attempts = txn.open_table(ATTEMPTS)?;
+            let keys: Vec<(u64, u32)> = attempts
+                .range((seq, 0)..=(seq, u32::MAX))?
+                .filter_map(|i| i.ok().map(|(k, v)| (k.value(), v.value().len())))
+                .map(|(k, len)| {
+                    freed += 12 + len as u64;
+                    k
+                })
+                .collect();
+            for k in keys {
+                attempts.remove(k)?;
+            }
+        }
+        let pending_kind = txn
+            .open_table(PENDING)?
+            .remove(seq)?
+            .map(|v| v.value().to_owned());
+        match (pending_kind, old_state) {
+            (Some(kind), _) => self.count_pending(&kind, -1),
+            (None, Some(State::Dead)) => self.meta.dead = self.meta.dead.saturating_sub(1),
+            (None, Some(State::Delivered)) => {
+                self.meta.delivered_retained = self.meta.delivered_retained.saturating_sub(1)
+            }
+            (None, _) => {}
+        }
+        self.meta.live_bytes = self.meta.live_bytes.saturating_sub(freed);
+        Ok(())
+    }
+
+    /// The status stored for `seq` (untried when none, or when it cannot be read: an
+    /// unreadable status re-sends its event rather than lose it).
+    fn old_status(&self, txn: &WriteTransaction, seq: u64) -> Result<(Status, u64), StoreError> {
+        let table = txn.open_table(STATUS)?;
+        let Some(v) = table.get(seq)? else {
+            return Ok((Status::untried(), 0));
+        };
+        let len = v.value().len() as u64;
+        match record::decode::<Status>(v.value()) {
+            Ok(s) => Ok((s, len)),
+            Err(e) => {
+                note_undecodable(&self.shared, "status", &seq.to_string(), &e);
+                Ok((Status::untried(), len))
+            }
+        }
+    }
+
+    fn put_status(
+        &mut self,
+        txn: &WriteTransaction,
+        seq: u64,
+        old: (Status, u64),
+        new: &Status,
+    ) -> Result<(), StoreError> {
+        let (old, old_len) = old;
+        let bytes = record::encode(new)?;
+        txn.open_table(STATUS)?.insert(seq, bytes.as_slice())?;
+        let new_len = bytes.len() as u64;
+        self.meta.live_bytes = if old_len > 0 {
+            (self.meta.live_bytes + new_len).saturating_sub(old_len)
+        } else {
+            self.meta.live_bytes + 8 + new_len
+        };
+        let was_pending = txn.open_table(PENDING)?.get(seq)?.is_some();
+        let from = if was_pending { State::Pending } else { old.state };
+        if from == new.state {
+            return Ok(());
+        }
+        match from {
+            State::Pending => {
+                if let Some(kind) = txn.open_table(PENDING)?.remove(seq)? {
+                    let kind = kind.value().to_owned();
+                    self.count_pending(&kind, -1);
+                }
+            }
+            State::Dead => self.meta.dead = self.meta.dead.saturating_sub(1),
+            State::Delivered => {
+                self.meta.delivered_retained = self.meta.delivered_retained.saturating_sub(1)
+            }
+        }
+        match new.state {
+            State::Pending => {
+                let kind = txn
+                    .open_table(EVENTS)?
+                    .get(seq)?
+                    .and_then(|b| body_info(b.value()))
+                    .and_then(|i| i.kind)
+                    .map_or("unknown", |k| k.as_str());
+                txn.open_table(PENDING)?.insert(seq, kind)?;
+                self.count_pending(kind, 1);
+            }
+            State::Dead => {
+                self.meta.dead += 1;
+                self.meta.dead_total += 1;
+            }
+            State::Delivered => {
+                self.meta.delivered_retained += 1;
+                self.meta.delivered_total += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn event_exists(txn: &WriteTransaction, seq: u64) -> Result<bool, StoreError> {
+        Ok(txn.open_table(EVENTS)?.get(seq)?.is_some())
+    }
+
+    fn attempt(
+        &mut self,
+        txn: &WriteTransaction,
+        seq: u64,
+        attempt: &Attempt,
+        status: &Status,
+    ) -> Result<bool, StoreError> {
+        // The attempt is over: from the next commit on, the event may be dropped for space.
+        {
+            let mut s = self.shared.sending.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = s.sending.get_mut(&seq) {
+                *n -= 1;
+                if *n == 0 {
+                    s.sending.remove(&seq);
+                }
+            }
+        }
+        if !Self::event_exists(txn, seq)? {
+            return Ok(false);
+        }
+        let bytes = record::encode(attempt)?;
+        let old_attempt = txn
+            .open_table(ATTEMPTS)?
+            .insert((seq, attempt.attempt), bytes.as_slice())?
+            .map(|v| v.value().len() as u64);
+        self.meta.live_bytes = match old_attempt {
+            Some(old) => (self.meta.live_bytes + bytes.len() as u64).saturating_sub(old),
+            None => self.meta.live_bytes + 12 + bytes.len() as u64,
+        };
+        let old = self.old_status(txn, seq)?;
+        let mut new = status.clone();
+        new.attempts = new.attempts.max(old.0.attempts);
+        self.put_status(txn, seq, old, &new)?;
+        Ok(true)
+    }
+
+    fn set_dead(
+        &mut self,
+        txn: &WriteTransaction,
+        seq: u64,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        if !Self::event_exists(txn, seq)? {
+            return Ok(());
+        }
+        let old = self.old_status(txn, seq)?;
+        let mut new = old.0.clone();
+        new.state = State::Dead;
+        new.dead_reason = Some(reason.to_owned());
+        new.next_attempt_ms = None;
+        self.put_status(txn, seq, old, &new)
+    }
+
+    fn requeue(
+        &mut self,
+        txn: &WriteTransaction,
+        seq: u64,
+    ) -> Result<Option<PendingEvent>, StoreError> {
+        let body = match txn.open_table(EVENTS)?.get(seq)? {
+            Some(b) => b.value().to_vec(),
+            None => return Ok(None),
+        };
+        let old = self.old_status(txn, seq)?;
+        if old.0.state != State::Dead || old.1 == 0 {
+            return Ok(None);
+        }
+        let mut new = old.0.clone();
+        new.state = State::Pending;
+        new.dead_reason = None;
+        new.next_attempt_ms = None;
+        let attempts = new.attempts;
+        self.put_status(txn, seq, old, &new)?;
+        let info = body_info(&body);
+        Ok(Some(PendingEvent {
+            seq,
+            lane: info.as_ref().and_then(|i| i.lane.clone()),
+            kind: info.as_ref().and_then(|i| i.kind),
+            at: info.map(|i| i.at).unwrap_or_default(),
+            attempts,
+            next_attempt: None,
+        }))
+    }
+
+    fn gc_delivered(&mut self, txn: &WriteTransaction, cutoff_ms: u64) -> Result<usize, StoreError> {
+        let doomed: Vec<u64> = {
+            let status = txn.open_table(STATUS)?;
+            let mut out = Vec::new();
+            for item in status.iter()? {
+                let (k, v) = item?;
+                if let Ok(s) = record::decode::<Status>(v.value()) {
+                    if s.state == State::Delivered && s.delivered_ms.unwrap_or(0) < cutoff_ms {
+                        out.push(k.value());
+                    }
+                }
+            }
+            out
+        };
+        for seq in &doomed {
+            self.remove_event(txn, *seq)?;
+        }
+        Ok(doomed.len())
+    }
+}
+
+/// The counters rebuilt from the tables, for a store whose counter record is missing or
+/// unreadable.
+pub(super) fn recount(txn: &redb::ReadTransaction) -> Result<Meta, StoreError> {
+    let mut m = Meta::default();
+    let events = txn.open_table(EVENTS)?;
+    for item in events.iter()? {
+        let (k, v) = item?;
+        m.live_bytes += 8 + v.value().len() as u64;
+        m.hwm = m.hwm.max(k.value());
+    }
+    let pending = txn.open_table(PENDING)?;
+    let mut by_kind: BTreeMap<String, u64> = BTreeMap::new();
+    for item in pending.iter()? {
+        let (_, v) = item?;
+        m.pending += 1;
+        *by_kind.entry(v.value().to_owned()).or_default() += 1;
+    }
+    m.pending_by_kind = by_kind;
+    let status = txn.open_table(STATUS)?;
+    for item in status.iter()? {
+        let (k, v) = item?;
+        m.live_bytes += 8 + v.value().len() as u64;
+        if pending.get(k.value())?.is_some() {
+            continue;
+        }
+        match record::decode::<Status>(v.value()).map(|s| s.state) {
+            Ok(State::Dead) => m.dead += 1,
+            Ok(State::Delivered) => m.delivered_retained += 1,
+            _ => {}
+        }
+    }
+    let attempts = txn.open_table(ATTEMPTS)?;
+    for item in attempts.iter()? {
+        let (_, v) = item?;
+        m.live_bytes += 12 + v.value().len() as u64;
+    }
+    Ok(m)
+}

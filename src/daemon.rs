@@ -76,7 +76,7 @@ async fn run_inner(
                 )
             })?
     };
-    let undecodable = store.read(|s| check_records(s)).await?;
+    let undecodable = store.read(check_records).await?;
     if undecodable > 0 {
         tracing::error!(
             message = "Some stored records cannot be decoded; they are kept and not used (zenedge status lists them).",

@@ -456,7 +456,10 @@ impl crate::store::Record for DedupKey {
 /// A commit step that forgets idempotency keys older than [`DEDUP_KEEP`].
 pub fn gc_dedup(commit: &mut Commit, now: Millis) {
     let cutoff = Millis(now.0.saturating_sub(DEDUP_KEEP.as_millis() as u64));
-    commit.step(move |tx| tx.retain::<DedupKey>(|_, d| d.accepted >= cutoff).map(|_| ()));
+    commit.step(move |tx| {
+        tx.retain::<DedupKey>(|_, d| d.accepted >= cutoff)
+            .map(|_| ())
+    });
 }
 
 fn duplicate(key: &str) -> Response {

@@ -320,7 +320,7 @@ async fn zencore_down_slow_failing_and_rate_limiting() {
         match phase(rec.at) {
             0 => Reply::Status(503),
             1 => Reply::SlowOk(25_000),
-            2 if n % 2 == 0 => Reply::Status(500),
+            2 if n.is_multiple_of(2) => Reply::Status(500),
             2 => Reply::Status(200),
             _ => {
                 let mut first = f.lock().unwrap();
@@ -412,7 +412,7 @@ async fn store_over_its_budget_drops_oldest_presence_and_says_exactly_what() {
     let mut denials = 0u64;
     let mut actions = Vec::new();
     loop {
-        if denials % 20 == 0 {
+        if denials.is_multiple_of(20) {
             // Action events too: unlocks of a strike that never answers (timed_out).
             let url = format!("http://{}/v1/devices/door/unlock", r.daemon.admin);
             actions.push(tokio::spawn(async move {
@@ -669,4 +669,280 @@ async fn until(done: impl Fn() -> bool) {
     while !done() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// LazyFS (tools/lazyfs, built by scripts/setup-test-deps), or why the power-cut test cannot
+/// run here. Only a missing /dev/fuse skips it: a machine that has FUSE must run it.
+fn lazyfs() -> Option<std::path::PathBuf> {
+    if !std::path::Path::new("/dev/fuse").exists() {
+        println!("power-cut test skipped: /dev/fuse is missing, LazyFS cannot mount");
+        return None;
+    }
+    let bin = std::env::var_os("ZENEDGE_LAZYFS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("target/lazyfs/lazyfs/build/lazyfs")
+        });
+    assert!(
+        bin.exists(),
+        "LazyFS is not built at {} (scripts/setup-test-deps builds it)",
+        bin.display()
+    );
+    Some(bin)
+}
+
+/// A LazyFS mount: writes stay in its cache until fsynced; `cut` drops what is not.
+struct Lazy {
+    child: std::process::Child,
+    mnt: std::path::PathBuf,
+    fifo: std::path::PathBuf,
+    done: std::io::BufReader<std::fs::File>,
+}
+
+impl Lazy {
+    fn mount(bin: &std::path::Path, dir: &std::path::Path) -> Lazy {
+        let (root, mnt) = (dir.join("lazy-root"), dir.join("lazy-mnt"));
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&mnt).unwrap();
+        let (fifo, done) = (dir.join("faults.fifo"), dir.join("done.fifo"));
+        let cfg = dir.join("lazyfs.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[faults]\nfifo_path=\"{}\"\nfifo_path_completed=\"{}\"\n[cache]\napply_eviction=false\n[cache.simple]\ncustom_size=\"512mb\"\nblocks_per_page=1\n[filesystem]\nlog_all_operations=false\nlogfile=\"\"\n",
+                fifo.display(),
+                done.display()
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new(bin)
+            .arg(&mnt)
+            .arg("--config-path")
+            .arg(&cfg)
+            .args(["-o", "modules=subdir", "-o"])
+            .arg(format!("subdir={}", root.display()))
+            .arg("-f")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("lazyfs starts");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let target = mnt.display().to_string();
+        loop {
+            let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            if mounts
+                .lines()
+                .any(|l| l.split(' ').nth(4) == Some(target.as_str()))
+                && done.exists()
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "LazyFS did not mount {target}");
+            // A FUSE mount has no readiness signal but the mount table.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Opening a FIFO for reading blocks until a writer opens it: LazyFS does at its first
+        // command, so the reader is opened after the first cut's command is written.
+        Lazy {
+            child,
+            mnt,
+            fifo,
+            done: std::io::BufReader::new(
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&done)
+                    .unwrap(),
+            ),
+        }
+    }
+
+    /// The power cut: everything not fsynced is gone. Returns once LazyFS says it is done.
+    fn cut(&mut self) {
+        use std::io::BufRead;
+        std::fs::write(&self.fifo, "lazyfs::clear-cache\n").unwrap();
+        let mut line = String::new();
+        self.done.read_line(&mut line).unwrap();
+        assert!(
+            line.contains("finished::clear-cache"),
+            "LazyFS said {line:?}"
+        );
+    }
+}
+
+impl Drop for Lazy {
+    fn drop(&mut self) {
+        // Lazily: a daemon of the test may still hold files open.
+        let _ = std::process::Command::new("fusermount3")
+            .args(["-u", "-z"])
+            .arg(&self.mnt)
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Signed commands posted as fast as the daemon answers: grants, and now and then an unlock
+/// of `door`. Keeps the ids of those answered 202, the only ones the daemon promised.
+struct Commands {
+    target: Arc<Mutex<std::net::SocketAddr>>,
+    grants: Arc<Mutex<Vec<String>>>,
+    unlocks: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<u64>,
+}
+
+impl Commands {
+    fn start(inbound: std::net::SocketAddr) -> Commands {
+        let target = Arc::new(Mutex::new(inbound));
+        let grants: Arc<Mutex<Vec<String>>> = Arc::default();
+        let unlocks: Arc<Mutex<Vec<String>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (t, g, u, s) = (
+            target.clone(),
+            grants.clone(),
+            unlocks.clone(),
+            stop.clone(),
+        );
+        let task = tokio::spawn(async move {
+            let key = zenedge::signing::Key::from_secret(common::SECRET).unwrap();
+            let client = common::client();
+            let mut n = 0u64;
+            while !s.load(Ordering::SeqCst) {
+                n += 1;
+                let (id, body) = if n.is_multiple_of(10) {
+                    let id = format!("pu-{n}");
+                    let body = common::command_body(
+                        "access.unlock",
+                        serde_json::json!({"action_id": id, "device_id": "door",
+                            "booking_id": "b-pc", "not_after": common::at(120)}),
+                    );
+                    (id, body)
+                } else {
+                    let id = format!("pg-{n}");
+                    let body = common::command_body(
+                        "access.magic_link",
+                        serde_json::json!({"grant_id": id, "booking_id": "b-pc",
+                            "meeting_space_id": "ms-test", "token_sha256": common::sha(&id),
+                            "valid_from": common::at(-60), "valid_until": common::at(86_400)}),
+                    );
+                    (id, body)
+                };
+                let addr = *t.lock().unwrap();
+                let sent = client
+                    .post(format!("http://{addr}/webhooks/zencore"))
+                    .header("content-type", "application/json")
+                    .header("x-webhook-signature", key.sign_hex(&body))
+                    .timeout(Duration::from_secs(5))
+                    .body(body)
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status() == 202 => {
+                        let list = if id.starts_with("pu-") { &u } else { &g };
+                        list.lock().unwrap().push(id);
+                    }
+                    // Refused while the daemon is down or starting: nothing was promised.
+                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+            n
+        });
+        Commands {
+            target,
+            grants,
+            unlocks,
+            stop,
+            task,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn power_cut_twenty_times_under_a_stream_and_commands() {
+    let Some(bin) = lazyfs() else { return };
+    let started = Instant::now();
+    let door = "[[devices]]\nid = \"door\"\ntype = \"strike\"\ndriver = \"tasmota\"\ntopic = \"door\"\naction_timeout = \"1s\"\n";
+    let mut r = rig(&devices_config(door)).await;
+    let mut lazy = Lazy::mount(&bin, r.dir.path());
+    // The same room, its state now on the LazyFS mount.
+    r.daemon.sigkill();
+    let state = lazy.mnt.join("state");
+    let text = std::fs::read_to_string(&r.config).unwrap().replace(
+        &format!("state_dir = \"{}\"", r.dir.path().join("state").display()),
+        &format!("state_dir = \"{}\"", state.display()),
+    );
+    assert!(text.contains(&state.display().to_string()));
+    std::fs::write(&r.config, text).unwrap();
+    r.start_daemon().await;
+    let stream = Stream::start(r.broker.port).await;
+    let commands = Commands::start(r.inbound);
+    for _ in 0..20 {
+        let wait = rand::rng().random_range(100..600);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        r.daemon.sigkill();
+        lazy.cut();
+        r.start_daemon().await;
+        *commands.target.lock().unwrap() = r.inbound;
+        let (_, status) = r.daemon.get("/v1/status").await;
+        assert!(
+            status["store"]["quarantined"].is_null(),
+            "the store did not open after a cut: {status}"
+        );
+    }
+    commands.stop.store(true, Ordering::SeqCst);
+    let posted = commands.task.await.unwrap();
+    let toggles = stream.finish().await;
+    all_delivered(&r, &toggles).await;
+    // Every 202'd grant is still there.
+    let (_, grants) = r.daemon.get("/v1/grants").await;
+    let kept: HashSet<String> = grants
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|g| g["grant_id"].as_str().map(str::to_owned))
+        .collect();
+    let acked_grants = commands.grants.lock().unwrap().clone();
+    let lost_grants: Vec<&String> = acked_grants.iter().filter(|g| !kept.contains(*g)).collect();
+    assert!(
+        lost_grants.is_empty(),
+        "{} of {} acknowledged grants lost, first {:?}",
+        lost_grants.len(),
+        acked_grants.len(),
+        lost_grants.first()
+    );
+    // Every 202'd unlock was carried out or expired, and ZenCore heard its result.
+    let acked_unlocks = commands.unlocks.lock().unwrap().clone();
+    let log =
+        r.rx.wait_until(Duration::from_secs(60), "every unlock's result", |log| {
+            let done: HashSet<String> = delivered(log)
+                .iter()
+                .filter(|j| j["event"] == "device.action_completed")
+                .filter_map(|j| j["data"]["action_id"].as_str().map(str::to_owned))
+                .collect();
+            acked_unlocks.iter().all(|u| done.contains(u))
+        })
+        .await;
+    let remade = assert_exact_and_ordered(&log, &toggles);
+    // Sequences never repeat: one sequence, one event id.
+    let mut by_seq: HashMap<u64, String> = HashMap::new();
+    for j in delivered(&log) {
+        let seq = j["data"]["sequence"].as_u64().unwrap();
+        let id = j["id"].as_str().unwrap().to_owned();
+        if let Some(other) = by_seq.insert(seq, id.clone()) {
+            assert_eq!(other, id, "sequence {seq} used twice");
+        }
+    }
+    let sent: u64 = toggles.iter().sum();
+    let acked = sent + acked_grants.len() as u64 + acked_unlocks.len() as u64;
+    report(
+        &format!("power cut x20 ({posted} commands posted)"),
+        acked,
+        acked,
+        0,
+        duplicates(&log) + remade,
+        started,
+    );
 }

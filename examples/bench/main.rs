@@ -152,7 +152,7 @@ fn vm_hwm_kib() -> u64 {
 }
 
 fn event(i: usize) -> NewEvent {
-    let kind = if i % 2 == 0 {
+    let kind = if i.is_multiple_of(2) {
         EventKind::DeviceOnline
     } else {
         EventKind::DeviceOffline

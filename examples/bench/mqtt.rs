@@ -165,7 +165,7 @@ require_sync = false
         let device = i % DEVICES;
         // Every device starts offline or unknown here (dev-0's 500 changes ended on
         // offline), so alternating from online makes every message a transition.
-        let online = (i / DEVICES) % 2 == 0;
+        let online = (i / DEVICES).is_multiple_of(2);
         let word = if online { "online" } else { "offline" };
         client
             .publish(

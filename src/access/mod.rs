@@ -51,8 +51,12 @@ impl ClockFloor {
 /// expired grant is kept that long so a late attempt is denied with the right reason).
 pub fn gc_grants(commit: &mut crate::store::Commit, now: Millis) {
     commit.step(move |tx| {
-        tx.retain::<Grant>(|_, g| g.valid_until.saturating_add(std::time::Duration::from_secs(86_400)) >= now)
-            .map(|_| ())
+        tx.retain::<Grant>(|_, g| {
+            g.valid_until
+                .saturating_add(std::time::Duration::from_secs(86_400))
+                >= now
+        })
+        .map(|_| ())
     });
 }
 
@@ -276,7 +280,9 @@ impl Clock {
             let to = reading.now;
             let mut c = crate::store::Commit::lazy();
             c.step(move |tx| {
-                let cur = tx.get::<ClockFloor>(ClockFloor::KEY)?.map_or(Millis(0), |f| f.0);
+                let cur = tx
+                    .get::<ClockFloor>(ClockFloor::KEY)?
+                    .map_or(Millis(0), |f| f.0);
                 tx.put(ClockFloor::KEY, &ClockFloor(cur.max(to)))
             });
             self.store.submit(c);

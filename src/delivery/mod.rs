@@ -343,7 +343,8 @@ pub async fn run(
         let now = Millis::now();
         for action in scheduler.poll(now) {
             match action {
-                Action::Send { seq, attempt } => match store.read(move |s| s.begin_send(seq)).await {
+                Action::Send { seq, attempt } => match store.read(move |s| s.begin_send(seq)).await
+                {
                     Ok(Some(body)) => {
                         let id = body_info(&body).map(|i| i.id).unwrap_or_default();
                         let sender = sender.clone();

@@ -24,12 +24,12 @@ use rumqttc::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::actions::PendingUnlock;
 use super::actions::{Completed, Request};
 use super::drivers::status_topic;
 use super::{DeviceView, Hub, Output};
 use crate::config::Config;
 use crate::event::Millis;
-use super::actions::PendingUnlock;
 use crate::store::{Commit, Enqueued, Store, StoreError};
 
 /// First reconnect delay; doubles per failed attempt up to [`MAX_BACKOFF`].
@@ -169,7 +169,11 @@ pub async fn start(
         })
         .await
         .map_err(|e| e.to_string())?;
-    let mut hub = Hub::new(config.clone(), reported.into_iter().collect(), Millis::now());
+    let mut hub = Hub::new(
+        config.clone(),
+        reported.into_iter().collect(),
+        Millis::now(),
+    );
     hub.set_grants(grants.into_iter().map(|(_, g)| g).collect());
     hub.set_schedule(crate::schedule::Schedule::new(
         bookings.into_iter().map(|(_, b)| b),

@@ -122,9 +122,9 @@ impl Session {
     /// S-MAC1 for all blocks but the last, S-MAC2 for the last.
     fn mac(&self, data: &[u8], iv: &Block) -> Block {
         let mut buf = data.to_vec();
-        if buf.len() % 16 != 0 || buf.is_empty() {
+        if !buf.len().is_multiple_of(16) || buf.is_empty() {
             buf.push(0x80);
-            while buf.len() % 16 != 0 {
+            while !buf.len().is_multiple_of(16) {
                 buf.push(0);
             }
         }
@@ -170,7 +170,7 @@ impl Session {
 
     /// Decrypts reply data (IV = !C-MAC) and strips the padding.
     pub fn decrypt_reply(&self, data: &[u8]) -> Result<Vec<u8>, ScError> {
-        if data.len() % 16 != 0 {
+        if !data.len().is_multiple_of(16) {
             return Err(ScError::Padding);
         }
         let cipher = Aes128::new(GenericArray::from_slice(&self.s_enc));
@@ -198,7 +198,7 @@ impl Session {
 fn encrypt(key: &Block, iv: &Block, data: &[u8]) -> Vec<u8> {
     let mut buf = data.to_vec();
     buf.push(0x80);
-    while buf.len() % 16 != 0 {
+    while !buf.len().is_multiple_of(16) {
         buf.push(0);
     }
     let cipher = Aes128::new(GenericArray::from_slice(key));

@@ -345,12 +345,7 @@ impl Drop for Inner {
     /// it still open.
     fn drop(&mut self) {
         self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(t) = self
-            .thread
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
+        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = t.join();
         }
     }
@@ -583,11 +578,7 @@ impl Store {
     pub fn requeue(&self, seq: u64) -> Result<Option<PendingEvent>, StoreError> {
         let mut c = Commit::new();
         c.requeue(seq);
-        Ok(self
-            .commit_blocking(c)?
-            .requeued
-            .pop()
-            .flatten())
+        Ok(self.commit_blocking(c)?.requeued.pop().flatten())
     }
 
     /// A commit step that deletes delivered events whose retention has passed.
@@ -865,7 +856,9 @@ impl Store {
                 }
                 let (k, _) = item?;
                 let seq = k.value();
-                let Some(body) = events.get(seq)? else { continue };
+                let Some(body) = events.get(seq)? else {
+                    continue;
+                };
                 let st = status.get(seq)?.and_then(|v| decode(seq, v.value()));
                 out.push(Self::summary(seq, body.value(), st));
             }
@@ -883,7 +876,9 @@ impl Store {
             if st.state != state {
                 continue;
             }
-            let Some(body) = events.get(seq)? else { continue };
+            let Some(body) = events.get(seq)? else {
+                continue;
+            };
             out.push(Self::summary(seq, body.value(), Some(st)));
         }
         Ok(out)

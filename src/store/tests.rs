@@ -2,8 +2,8 @@
 
 use super::*;
 use crate::config::DeviceType;
-use std::path::PathBuf;
 use crate::event::DeviceRef;
+use std::path::PathBuf;
 
 fn origin() -> Origin {
     Origin {
@@ -256,12 +256,17 @@ impl Record for OldThing {
 }
 
 #[tokio::test]
-async fn an_undecodable_record_is_counted_shown_and_kept_never_skipped_silently_or_overwritten()
-{
+async fn an_undecodable_record_is_counted_shown_and_kept_never_skipped_silently_or_overwritten() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), origin(), 1 << 30).unwrap();
     let mut c = Commit::new();
-    c.put("a", &OldThing { title: "old".into() }).unwrap();
+    c.put(
+        "a",
+        &OldThing {
+            title: "old".into(),
+        },
+    )
+    .unwrap();
     c.put("b", &Thing { name: "new".into() }).unwrap();
     store.commit(c).await.unwrap();
     let all = store.records::<Thing>().unwrap();
@@ -276,11 +281,19 @@ async fn an_undecodable_record_is_counted_shown_and_kept_never_skipped_silently_
     let store = Store::open(dir.path(), origin(), 1 << 30).unwrap();
     assert_eq!(
         store.records::<OldThing>().unwrap()[0].1,
-        OldThing { title: "old".into() }
+        OldThing {
+            title: "old".into()
+        }
     );
     // A write over it keeps the old bytes aside first.
     let mut c = Commit::new();
-    c.put("a", &Thing { name: "fresh".into() }).unwrap();
+    c.put(
+        "a",
+        &Thing {
+            name: "fresh".into(),
+        },
+    )
+    .unwrap();
     store.commit(c).await.unwrap();
     assert_eq!(store.records::<Thing>().unwrap().len(), 2);
     let stats = store.stats().unwrap();
@@ -301,8 +314,13 @@ async fn of_racing_commits_with_one_new_key_exactly_one_lands() {
         let s = store.clone();
         tasks.push(tokio::spawn(async move {
             let mut c = Commit::new();
-            c.insert_new("cmd-1", &Thing { name: format!("copy {i}") })
-                .unwrap();
+            c.insert_new(
+                "cmd-1",
+                &Thing {
+                    name: format!("copy {i}"),
+                },
+            )
+            .unwrap();
             c.event(action("d"));
             s.commit(c).await
         }));
@@ -321,7 +339,11 @@ async fn of_racing_commits_with_one_new_key_exactly_one_lands() {
         }
     }
     assert_eq!(landed, 1);
-    assert_eq!(store.load_pending().unwrap().len(), 1, "a refused commit wrote nothing");
+    assert_eq!(
+        store.load_pending().unwrap().len(),
+        1,
+        "a refused commit wrote nothing"
+    );
 }
 
 #[tokio::test]
@@ -348,7 +370,9 @@ async fn a_failing_step_fails_its_own_commit_only() {
     }
     let pending = store.load_pending().unwrap();
     assert_eq!(pending.len(), 5);
-    assert!(pending.iter().all(|p| p.kind == Some(EventKind::DeviceOnline)));
+    assert!(pending
+        .iter()
+        .all(|p| p.kind == Some(EventKind::DeviceOnline)));
 }
 
 #[tokio::test]
@@ -358,7 +382,11 @@ async fn counters_kept_on_write_match_a_recount_across_reopen() {
         let store = Store::open(dir.path(), origin(), 1 << 30).unwrap();
         let mut seqs = Vec::new();
         for i in 0..12 {
-            let e = if i % 3 == 0 { action("d") } else { presence("d") };
+            let e = if i % 3 == 0 {
+                action("d")
+            } else {
+                presence("d")
+            };
             seqs.push(seq_of(&store.enqueue(e).await.unwrap()));
         }
         let delivered = Status {
@@ -379,20 +407,36 @@ async fn counters_kept_on_write_match_a_recount_across_reopen() {
         store.set_dead(seqs[2], "max_age");
         store.flush().unwrap();
         let stats = store.stats().unwrap();
-        assert_eq!((stats.pending, stats.dead, stats.delivered_retained), (9, 1, 2));
+        assert_eq!(
+            (stats.pending, stats.dead, stats.delivered_retained),
+            (9, 1, 2)
+        );
         assert_eq!(stats.pending_by_kind["device.online"], 6);
         assert_eq!(stats.pending_by_kind["device.action_completed"], 3);
         let recounted = writer::recount(&store.begin_read().unwrap()).unwrap();
         let kept = store.meta();
         assert_eq!(
-            (recounted.pending, recounted.dead, recounted.delivered_retained, recounted.live_bytes),
-            (kept.pending, kept.dead, kept.delivered_retained, kept.live_bytes)
+            (
+                recounted.pending,
+                recounted.dead,
+                recounted.delivered_retained,
+                recounted.live_bytes
+            ),
+            (
+                kept.pending,
+                kept.dead,
+                kept.delivered_retained,
+                kept.live_bytes
+            )
         );
         assert_eq!(recounted.pending_by_kind, kept.pending_by_kind);
     }
     let store = Store::open(dir.path(), origin(), 1 << 30).unwrap();
     let stats = store.stats().unwrap();
-    assert_eq!((stats.pending, stats.dead, stats.delivered_retained), (9, 1, 2));
+    assert_eq!(
+        (stats.pending, stats.dead, stats.delivered_retained),
+        (9, 1, 2)
+    );
     assert_eq!(stats.counters.delivered, 2);
     assert_eq!(store.list(State::Dead, 10).unwrap().len(), 1);
 }

@@ -219,6 +219,9 @@ pub struct Committed {
     pub removed: usize,
 }
 
+/// A record as decoded, or why it could not be.
+pub type Decoded<T> = Result<T, String>;
+
 /// Records, read and written inside a commit's transaction.
 pub struct Tx<'a> {
     txn: &'a WriteTransaction,
@@ -259,7 +262,7 @@ impl Tx<'_> {
     }
 
     /// The family's record with the greatest key, decoded or not.
-    pub fn last<T: Record>(&self) -> Result<Option<(String, Result<T, String>)>, StoreError> {
+    pub fn last<T: Record>(&self) -> Result<Option<(String, Decoded<T>)>, StoreError> {
         let table = self.txn.open_table(RECORDS)?;
         let mut range = table.range((T::FAMILY, "")..)?;
         // Families are short and few, so walking to the next family is cheap enough; the
@@ -509,7 +512,11 @@ impl Writer {
         let saved = (self.meta.clone(), self.reserved);
         let result = self.group_in_txn(commits, durable);
         let doomed_seen = {
-            let mut s = self.shared.sending.lock().unwrap_or_else(|p| p.into_inner());
+            let mut s = self
+                .shared
+                .sending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             std::mem::take(&mut s.doomed)
         };
         match result {
@@ -599,7 +606,9 @@ impl Writer {
                     seq,
                     attempt,
                     status,
-                } => done.attempts.push(self.attempt(txn, *seq, attempt, status)?),
+                } => done
+                    .attempts
+                    .push(self.attempt(txn, *seq, attempt, status)?),
                 Op::SetDead { seq, reason } => self.set_dead(txn, *seq, reason)?,
                 Op::Requeue { seq } => done.requeued.push(self.requeue(txn, *seq)?),
                 Op::GcDelivered { cutoff_ms } => {
@@ -731,8 +740,7 @@ impl Writer {
             let mut out = Vec::new();
             for item in status.iter()? {
                 let (k, v) = item?;
-                if record::decode::<Status>(v.value()).is_ok_and(|s| s.state == State::Delivered)
-                {
+                if record::decode::<Status>(v.value()).is_ok_and(|s| s.state == State::Delivered) {
                     out.push(k.value());
                 }
             }
@@ -766,7 +774,11 @@ impl Writer {
             // Decided under the lock `begin_send` takes: either the event is on its way (and
             // kept) or it is doomed, and `begin_send` will not read it.
             {
-                let mut s = self.shared.sending.lock().unwrap_or_else(|p| p.into_inner());
+                let mut s = self
+                    .shared
+                    .sending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
                 if s.sending.contains_key(&seq) {
                     continue;
                 }
@@ -882,7 +894,11 @@ impl Writer {
             self.meta.live_bytes + 8 + new_len
         };
         let was_pending = txn.open_table(PENDING)?.get(seq)?.is_some();
-        let from = if was_pending { State::Pending } else { old.state };
+        let from = if was_pending {
+            State::Pending
+        } else {
+            old.state
+        };
         if from == new.state {
             return Ok(());
         }
@@ -934,7 +950,11 @@ impl Writer {
     ) -> Result<bool, StoreError> {
         // The attempt is over: from the next commit on, the event may be dropped for space.
         {
-            let mut s = self.shared.sending.lock().unwrap_or_else(|p| p.into_inner());
+            let mut s = self
+                .shared
+                .sending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             if let Some(n) = s.sending.get_mut(&seq) {
                 *n -= 1;
                 if *n == 0 {
@@ -1008,7 +1028,11 @@ impl Writer {
         }))
     }
 
-    fn gc_delivered(&mut self, txn: &WriteTransaction, cutoff_ms: u64) -> Result<usize, StoreError> {
+    fn gc_delivered(
+        &mut self,
+        txn: &WriteTransaction,
+        cutoff_ms: u64,
+    ) -> Result<usize, StoreError> {
         let doomed: Vec<u64> = {
             let status = txn.open_table(STATUS)?;
             let mut out = Vec::new();

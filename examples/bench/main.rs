@@ -325,6 +325,18 @@ secret = "bench-secret"
     }
     state.wait_for(|s| s.idle_through(last)).await?;
     let low_rate_written = proc_io_write_bytes().saturating_sub(io2);
+
+    // 4. A quiet room: one event a second, what an SD card sees per event (the durable
+    // commit of the event, then its delivery record, made durable within half a second).
+    let quiet = 10usize;
+    let io3 = proc_io_write_bytes();
+    for i in 0..quiet {
+        if let Enqueued::Stored { seq, .. } = store.enqueue(event(i)).await? {
+            state.wait_for(|s| s.idle_through(seq)).await?;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let quiet_written = proc_io_write_bytes().saturating_sub(io3);
     let _ = stop_tx.send(true);
     worker.await??;
     // Peak RSS of ZenEdge's own work, before this harness loads the receiver's arrival log.
@@ -376,15 +388,19 @@ secret = "bench-secret"
         low_rate_written as f64 / samples as f64
     );
     println!(
+        "| disk bytes written per event at 1 event/s (its durable commit + its delivery record) | {:.0} B | — |",
+        quiet_written as f64 / quiet as f64
+    );
+    println!(
         "| store size on disk after run | {:.1} MiB | — |",
         disk as f64 / 1048576.0
     );
     println!(
         "| delivered (counter) | {} of {} | all |",
         counters.delivered,
-        n + samples
+        n + samples + quiet
     );
-    if counters.delivered < (n + samples) as u64 {
+    if counters.delivered < (n + samples + quiet) as u64 {
         anyhow::bail!("not every event was delivered");
     }
     Ok(())

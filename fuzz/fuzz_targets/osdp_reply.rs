@@ -26,6 +26,7 @@ fuzz_target!(|data: &[u8]| {
         let mut cp = Cp::new(
             ReaderSettings::new(1, key, Duration::from_secs(1)),
             Box::new(|| [5; 8]),
+            Instant::now(),
         );
         let t = Instant::now();
         cp.opened(t);

@@ -106,10 +106,18 @@ pub struct Hub {
     /// The latest time the hub was given (for the schedule's next deadline).
     last_now: Millis,
     pub counters: Arc<HubCounters>,
+    /// Mints the action ids of local-credential unlocks (the shell passes
+    /// [`new_action_id`]; the hub itself reads no clock and draws no randomness).
+    ids: Box<dyn FnMut() -> String + Send + Sync>,
 }
 
 impl Hub {
-    pub fn new(config: Arc<Config>, reported: HashMap<String, Reported>, now: Millis) -> Hub {
+    pub fn new(
+        config: Arc<Config>,
+        reported: HashMap<String, Reported>,
+        now: Millis,
+        ids: Box<dyn FnMut() -> String + Send + Sync>,
+    ) -> Hub {
         let routes = Routes::new(&config);
         let presence = presence::Tracker::new(
             config.presence.debounce,
@@ -144,6 +152,7 @@ impl Hub {
             last_now: now,
             config,
             counters: Arc::default(),
+            ids,
         }
     }
 
@@ -537,7 +546,7 @@ impl Hub {
             } => {
                 for (i, door) in doors.into_iter().enumerate() {
                     let request = Request {
-                        action_id: format!("{}:{i}", new_action_id()),
+                        action_id: format!("{}:{i}", (self.ids)()),
                         device: door,
                         command: Command::Unlock,
                         source: actions::Source::LocalCredential,
@@ -841,6 +850,14 @@ pub fn command_from(name: &str) -> Option<Command> {
 
 #[cfg(test)]
 mod tests {
+    fn test_ids() -> Box<dyn FnMut() -> String + Send + Sync> {
+        let mut n = 0;
+        Box::new(move || {
+            n += 1;
+            format!("act_test_{n}")
+        })
+    }
+
     use super::*;
     use std::path::Path;
 
@@ -889,7 +906,7 @@ topic = "strike_1"
 
     #[test]
     fn retained_state_is_not_liveness_but_availability_is() {
-        let mut hub = Hub::new(config(), HashMap::new(), Millis(0));
+        let mut hub = Hub::new(config(), HashMap::new(), Millis(0), test_ids());
         let out = hub.message(
             "zigbee2mqtt/front_door",
             br#"{"lock_state":"locked"}"#,
@@ -909,7 +926,7 @@ topic = "strike_1"
 
     #[test]
     fn bridge_offline_takes_every_zigbee_device_offline() {
-        let mut hub = Hub::new(config(), HashMap::new(), Millis(0));
+        let mut hub = Hub::new(config(), HashMap::new(), Millis(0), test_ids());
         hub.message(
             "zigbee2mqtt/front_door",
             br#"{"state":"LOCK"}"#,
@@ -928,7 +945,7 @@ topic = "strike_1"
 
     #[test]
     fn unlock_publishes_the_command_and_completes_on_the_report() {
-        let mut hub = Hub::new(config(), HashMap::new(), Millis(0));
+        let mut hub = Hub::new(config(), HashMap::new(), Millis(0), test_ids());
         let req = Request {
             action_id: "a1".into(),
             device: "strike".into(),
@@ -958,7 +975,7 @@ topic = "strike_1"
 
     #[test]
     fn an_unlock_with_duration_relocks_a_zigbee_lock_as_its_own_action() {
-        let mut hub = Hub::new(config(), HashMap::new(), Millis(0));
+        let mut hub = Hub::new(config(), HashMap::new(), Millis(0), test_ids());
         let req = Request {
             action_id: "z1".into(),
             device: "front".into(),
@@ -995,7 +1012,7 @@ topic = "strike_1"
 
     #[test]
     fn an_offline_device_fails_at_once_and_malformed_is_counted() {
-        let mut hub = Hub::new(config(), HashMap::new(), Millis(0));
+        let mut hub = Hub::new(config(), HashMap::new(), Millis(0), test_ids());
         hub.message("tele/strike_1/LWT", b"Offline", false, Millis(1));
         let req = Request {
             action_id: "a2".into(),

@@ -173,6 +173,7 @@ pub async fn start(
         config.clone(),
         reported.into_iter().collect(),
         Millis::now(),
+        Box::new(super::new_action_id),
     );
     hub.set_grants(grants.into_iter().map(|(_, g)| g).collect());
     hub.set_schedule(crate::schedule::Schedule::new(

@@ -114,6 +114,7 @@ impl Machine {
                 Ok(Machine::Reader(Box::new(Cp::new(
                     s,
                     Box::new(rand::random::<[u8; 8]>),
+                    Instant::now(),
                 ))))
             }
             _ => Err(format!("device `{}` is not a serial device", d.id)),

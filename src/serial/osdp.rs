@@ -344,8 +344,7 @@ pub struct Cp {
 
 impl Cp {
     /// `random` supplies the Secure Channel challenges (the shell passes the OS generator).
-    pub fn new(s: ReaderSettings, random: Box<dyn FnMut() -> [u8; 8] + Send>) -> Cp {
-        let now = Instant::now();
+    pub fn new(s: ReaderSettings, random: Box<dyn FnMut() -> [u8; 8] + Send>, now: Instant) -> Cp {
         Cp {
             s,
             random,
@@ -880,6 +879,7 @@ mod tests {
         let mut cp = Cp::new(
             ReaderSettings::new(1, None, Duration::from_secs(5)),
             Box::new(|| [0; 8]),
+            t0,
         );
         let s = cp.opened(t0);
         assert_eq!(s.send[0][6], code::ID);
@@ -916,6 +916,7 @@ mod tests {
         let mut cp = Cp::new(
             ReaderSettings::new(1, None, Duration::from_secs(5)),
             Box::new(|| [0; 8]),
+            t0,
         );
         cp.opened(t0);
         cp.bytes(&reply(1, 0, code::PDID, &[0; 12]), t0);
@@ -952,6 +953,7 @@ mod tests {
         let mut cp = Cp::new(
             ReaderSettings::new(5, Some(scbk), Duration::from_millis(1500)),
             Box::new(|| [1, 2, 3, 4, 5, 6, 7, 8]),
+            t0,
         );
         cp.opened(t0);
         cp.bytes(&reply(5, 0, code::PDID, &[0; 12]), t0);

@@ -491,3 +491,41 @@ async fn a_full_store_refuses_new_commands_with_507_but_doors_keep_working() {
     );
     commands_reach(&mut commands, 1).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_copies_of_one_signed_command_are_accepted_exactly_once() {
+    let r = rig(ROOM).await;
+    let body = grant("g-race", "tok-race", None, -60, 3600);
+    let key = zenedge::signing::Key::from_secret(SECRET).unwrap();
+    let mut copies = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (url, body, sig) = (
+            format!("http://{}/webhooks/zencore", r.inbound),
+            body.clone(),
+            key.sign_hex(&body),
+        );
+        copies.spawn(async move {
+            let answer = common::client()
+                .post(url)
+                .header("content-type", "application/json")
+                .header("x-webhook-signature", sig)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = answer.status().as_u16();
+            let json: serde_json::Value = answer.json().await.unwrap_or_default();
+            (status, json)
+        });
+    }
+    let mut accepted = 0;
+    while let Some(done) = copies.join_next().await {
+        let (status, json) = done.unwrap();
+        match status {
+            202 => accepted += 1,
+            200 => assert_eq!(json["status"], "duplicate", "{json}"),
+            other => panic!("copy answered {other}: {json}"),
+        }
+    }
+    assert_eq!(accepted, 1, "one command, one acceptance");
+}

@@ -620,12 +620,10 @@ impl Store {
         let txn = self.begin_read()?;
         let table = txn.open_table(RECORDS)?;
         let mut out = Vec::new();
-        for item in table.range((T::FAMILY, "")..)? {
+        let end = family_end(T::FAMILY);
+        for item in table.range((T::FAMILY, "")..(end.as_str(), ""))? {
             let (k, v) = item?;
-            let (family, key) = k.value();
-            if family != T::FAMILY {
-                break;
-            }
+            let (_, key) = k.value();
             match record::decode::<T>(v.value()) {
                 Ok(r) => out.push((key.to_owned(), r)),
                 Err(e) => note_undecodable(self.shared(), T::FAMILY, key, &e),
@@ -640,12 +638,10 @@ impl Store {
         let txn = self.begin_read()?;
         let table = txn.open_table(RECORDS)?;
         let mut out = Vec::new();
-        for item in table.range((family, "")..)? {
+        let end = family_end(family);
+        for item in table.range((family, "")..(end.as_str(), ""))? {
             let (k, v) = item?;
-            let (f, key) = k.value();
-            if f != family {
-                break;
-            }
+            let (_, key) = k.value();
             let json = record::split(v.value())
                 .map(|(_, j)| j.to_vec())
                 .unwrap_or_else(|_| v.value().to_vec());
@@ -997,6 +993,12 @@ impl Store {
             kept_records,
         })
     }
+}
+
+/// The first family name after `family` in key order: `(family, any key)` sorts below
+/// `(family_end(family), "")`, so the two bound one family's records.
+pub(crate) fn family_end(family: &str) -> String {
+    format!("{family}\0")
 }
 
 /// `base`, or `base-2`, `base-3`, … whichever does not exist yet under `dir`.

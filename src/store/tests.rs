@@ -455,3 +455,44 @@ fn a_sled_store_left_behind_is_moved_aside_once() {
     let _again = Store::open(dir.path(), origin(), 1 << 30).unwrap();
     assert!(!dir.path().join("store.sled-old-2").exists());
 }
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Neighbour(u32);
+
+impl Record for Neighbour {
+    /// Sorts right after `test.thing`: a family's range must not run into it.
+    const FAMILY: &'static str = "test.thing0";
+    const VERSION: u32 = 1;
+}
+
+#[tokio::test]
+async fn a_family_is_read_within_its_own_bounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), origin(), 1 << 30).unwrap();
+    let mut c = Commit::new();
+    c.put("b", &Thing { name: "b".into() }).unwrap();
+    c.put("a", &Thing { name: "a".into() }).unwrap();
+    c.put("0", &Neighbour(1)).unwrap();
+    c.put("zz", &Neighbour(2)).unwrap();
+    store.commit(c).await.unwrap();
+    let last = Arc::new(Mutex::new(None));
+    let out = last.clone();
+    let mut c = Commit::new();
+    c.step(move |tx| {
+        let l = tx.last::<Thing>()?.map(|(k, v)| (k, v.map(|t| t.name)));
+        *out.lock().unwrap() = l;
+        Ok(())
+    });
+    store.commit(c).await.unwrap();
+    assert_eq!(
+        *last.lock().unwrap(),
+        Some(("b".to_owned(), Ok("b".to_owned())))
+    );
+    assert_eq!(store.records::<Thing>().unwrap().len(), 2);
+    assert_eq!(store.records::<Neighbour>().unwrap().len(), 2);
+    assert_eq!(
+        store.undecodable(),
+        Vec::new(),
+        "no family read another's records"
+    );
+}

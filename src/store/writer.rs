@@ -247,12 +247,10 @@ impl Tx<'_> {
     pub fn all<T: Record>(&self) -> Result<Vec<(String, T)>, StoreError> {
         let table = self.txn.open_table(RECORDS)?;
         let mut out = Vec::new();
-        for item in table.range((T::FAMILY, "")..)? {
+        let end = super::family_end(T::FAMILY);
+        for item in table.range((T::FAMILY, "")..(end.as_str(), ""))? {
             let (k, v) = item?;
-            let (family, key) = k.value();
-            if family != T::FAMILY {
-                break;
-            }
+            let (_, key) = k.value();
             match record::decode::<T>(v.value()) {
                 Ok(r) => out.push((key.to_owned(), r)),
                 Err(e) => note_undecodable(self.shared, T::FAMILY, key, &e),
@@ -264,22 +262,14 @@ impl Tx<'_> {
     /// The family's record with the greatest key, decoded or not.
     pub fn last<T: Record>(&self) -> Result<Option<(String, Decoded<T>)>, StoreError> {
         let table = self.txn.open_table(RECORDS)?;
-        let mut range = table.range((T::FAMILY, "")..)?;
-        // Families are short and few, so walking to the next family is cheap enough; the
-        // family's last key is the one just before it.
-        let mut last = None;
-        for item in range.by_ref() {
-            let (k, v) = item?;
-            let (family, key) = k.value();
-            if family != T::FAMILY {
-                break;
-            }
-            last = Some((key.to_owned(), v.value().to_vec()));
-        }
-        Ok(last.map(|(k, v)| {
-            let decoded = record::decode::<T>(&v);
-            (k, decoded)
-        }))
+        let end = super::family_end(T::FAMILY);
+        let mut range = table.range((T::FAMILY, "")..(end.as_str(), ""))?;
+        let Some(item) = range.next_back() else {
+            return Ok(None);
+        };
+        let (k, v) = item?;
+        let decoded = record::decode::<T>(v.value());
+        Ok(Some((k.value().1.to_owned(), decoded)))
     }
 
     pub fn put<T: Record>(&mut self, key: &str, value: &T) -> Result<(), StoreError> {

@@ -26,7 +26,7 @@ pub mod systemd;
 pub mod telemetry;
 
 /// Caps glibc's malloc arenas at two. By default glibc gives each thread that allocates its own
-/// arena, and on a 4-core Pi running tokio, sled's flusher and blocking tasks, that adds tens
+/// arena, and on a 4-core Pi running tokio, the store's writer and blocking tasks, that adds tens
 /// of MiB of resident memory that is never returned. Two arenas keep RSS flat at no measurable
 /// cost to throughput (see BENCHMARKS.md). Call it before starting threads.
 pub fn limit_malloc_arenas() {

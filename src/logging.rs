@@ -6,7 +6,7 @@
 //! they are human-readable lines on stderr. `RUST_LOG` sets the level (default `info` for the
 //! daemon, `warn` for the CLI verbs, errors only for the demo, whose narration is the output).
 //!
-//! systemd-journal-logger owns the `log` facade (sled and other crates log through it), so no
+//! systemd-journal-logger owns the `log` facade (rumqttc and other crates log through it), so no
 //! log→tracing bridge is installed: tracing events are forwarded to it instead.
 
 use tracing::field::{Field, Visit};

@@ -938,7 +938,7 @@ async fn power_cut_twenty_times_under_a_stream_and_commands() {
     let sent: u64 = toggles.iter().sum();
     let acked = sent + acked_grants.len() as u64 + acked_unlocks.len() as u64;
     report(
-        &format!("power cut x20 ({posted} commands posted)"),
+        &format!("power cut x20 ({posted} commands)"),
         acked,
         acked,
         0,

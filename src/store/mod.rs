@@ -302,6 +302,18 @@ pub(crate) struct Sending {
     doomed: HashSet<u64>,
 }
 
+impl Sending {
+    /// One send of `seq` is over (its attempt is recorded).
+    fn end(&mut self, seq: u64) {
+        if let Some(n) = self.sending.get_mut(&seq) {
+            *n -= 1;
+            if *n == 0 {
+                self.sending.remove(&seq);
+            }
+        }
+    }
+}
+
 /// What the handles and the writer thread share.
 pub(crate) struct Shared {
     db: redb::Database,
@@ -766,21 +778,6 @@ impl Store {
             *s.sending.entry(seq).or_default() += 1;
         }
         Ok(body)
-    }
-
-    /// Ends a send whose attempt will not be recorded (the request never went out).
-    pub fn end_send(&self, seq: u64) {
-        let mut s = self
-            .shared()
-            .sending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = s.sending.get_mut(&seq) {
-            *n -= 1;
-            if *n == 0 {
-                s.sending.remove(&seq);
-            }
-        }
     }
 
     pub fn body(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {

@@ -939,19 +939,11 @@ impl Writer {
         status: &Status,
     ) -> Result<bool, StoreError> {
         // The attempt is over: from the next commit on, the event may be dropped for space.
-        {
-            let mut s = self
-                .shared
-                .sending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if let Some(n) = s.sending.get_mut(&seq) {
-                *n -= 1;
-                if *n == 0 {
-                    s.sending.remove(&seq);
-                }
-            }
-        }
+        self.shared
+            .sending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .end(seq);
         if !Self::event_exists(txn, seq)? {
             return Ok(false);
         }

@@ -161,6 +161,9 @@ pub fn moment_id(controller: &str, booking_id: &str, status: &str, at: Millis) -
 pub struct Millis(pub u64);
 
 impl Millis {
+    /// 9999-12-31T23:59:59.999Z, the last instant RFC 3339 can write (four-digit years).
+    pub const MAX: Millis = Millis(253_402_300_799_999);
+
     pub fn now() -> Millis {
         Millis::from_system(SystemTime::now())
     }
@@ -173,8 +176,10 @@ impl Millis {
         )
     }
 
+    /// Times past [`Millis::MAX`] (only arithmetic makes them: input is refused) are taken
+    /// as `MAX`, so that neither this nor formatting can overflow or panic.
     pub fn to_system(self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_millis(self.0)
+        UNIX_EPOCH + Duration::from_millis(self.0.min(Millis::MAX.0))
     }
 
     pub fn unix_seconds(self) -> i64 {
@@ -218,7 +223,10 @@ impl<'de> serde::Deserialize<'de> for Millis {
             Text(String),
         }
         match Raw::deserialize(d)? {
-            Raw::Ms(ms) => Ok(Millis(ms)),
+            Raw::Ms(ms) if ms <= Millis::MAX.0 => Ok(Millis(ms)),
+            Raw::Ms(ms) => Err(serde::de::Error::custom(format!(
+                "{ms} ms is after 9999-12-31T23:59:59.999Z"
+            ))),
             Raw::Text(t) => Millis::parse_rfc3339(&t)
                 .ok_or_else(|| serde::de::Error::custom(format!("`{t}` is not an RFC 3339 time"))),
         }
@@ -331,6 +339,19 @@ pub fn body_info(body: &[u8]) -> Option<BodyInfo> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_time_past_year_9999_formats_as_the_last_instant_instead_of_panicking() {
+        assert_eq!(Millis(u64::MAX).rfc3339(), "9999-12-31T23:59:59.999Z");
+        let end = Millis::parse_rfc3339("9999-12-31T23:00:00Z").unwrap();
+        let extended = end.saturating_add(Duration::from_secs(240 * 60));
+        assert_eq!(extended.rfc3339(), "9999-12-31T23:59:59.999Z");
+        assert!(serde_json::from_str::<Millis>(&u64::MAX.to_string()).is_err());
+        assert_eq!(
+            serde_json::from_str::<Millis>("253402300799999").unwrap(),
+            Millis::MAX
+        );
+    }
+
     use super::*;
 
     fn origin() -> Origin {

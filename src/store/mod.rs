@@ -386,6 +386,7 @@ impl Store {
             move |source| StoreError::File { path, source }
         };
         std::fs::create_dir_all(state_dir).map_err(io(state_dir))?;
+        private_dir(state_dir)?;
         let dir = state_dir.join(STORE_DIR);
         if dir.join("conf").is_file() && dir.join("db").is_file() {
             let aside = free_name(state_dir, &format!("{STORE_DIR}.sled-old"));
@@ -397,8 +398,10 @@ impl Store {
             std::fs::rename(&dir, &aside).map_err(io(&dir))?;
         }
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        private_dir(&dir)?;
         sync_dir(state_dir)?;
         let file = dir.join(STORE_FILE);
+        private_file(&file)?;
         let (db, quarantined) = match open_redb(&file) {
             Ok(db) => (db, None),
             Err(OpenFailure::Corrupt(reason)) => {
@@ -414,6 +417,8 @@ impl Store {
                 );
                 std::fs::rename(&dir, &aside).map_err(io(&dir))?;
                 std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+                private_dir(&dir)?;
+                private_file(&file)?;
                 sync_dir(state_dir)?;
                 let db = open_redb(&file).map_err(|e| match e {
                     OpenFailure::Corrupt(reason) => StoreError::Record {
@@ -1089,7 +1094,16 @@ pub(crate) fn write_floor(path: &Path, value: u64) -> Result<(), StoreError> {
         path: path.to_owned(),
         source,
     };
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    let mut f = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io)?
+    };
     f.write_all(format!("{value}\n").as_bytes()).map_err(io)?;
     f.sync_all().map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)?;
@@ -1097,6 +1111,45 @@ pub(crate) fn write_floor(path: &Path, value: u64) -> Result<(), StoreError> {
         sync_dir(dir)?;
     }
     Ok(())
+}
+
+/// Makes a directory of the store 0700 whatever the umask (it holds hashes of PINs and
+/// tokens); one that others could read is tightened, and that is logged.
+fn private_dir(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |source| StoreError::File {
+        path: dir.to_owned(),
+        source,
+    };
+    let mode = std::fs::metadata(dir).map_err(io)?.permissions().mode() & 0o777;
+    if mode != 0o700 {
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                message = "The state directory was readable by others; tightened to 0700.",
+                path = %dir.display(),
+                mode = format!("{mode:o}"),
+            );
+        }
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+    }
+    Ok(())
+}
+
+/// Creates the store's file 0600 (or tightens an existing one to it) before redb opens it.
+fn private_file(file: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let io = |source| StoreError::File {
+        path: file.to_owned(),
+        source,
+    };
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(file)
+        .map_err(io)?;
+    std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)).map_err(io)
 }
 
 /// fsyncs a directory, so that a file created or renamed in it survives a power cut.

@@ -496,3 +496,21 @@ async fn a_family_is_read_within_its_own_bounds() {
         "no family read another's records"
     );
 }
+
+#[tokio::test]
+async fn the_state_dir_is_0700_and_the_store_files_0600_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    // What a hand-run daemon with umask 022 would leave.
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let store = Store::open(&state, origin(), 1 << 30).unwrap();
+    store.enqueue(presence("d")).await.unwrap();
+    drop(store);
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&state), 0o700);
+    assert_eq!(mode(&state.join(STORE_DIR)), 0o700);
+    assert_eq!(mode(&state.join(STORE_DIR).join(STORE_FILE)), 0o600);
+    assert_eq!(mode(&state.join(FLOOR_FILE)), 0o600);
+}

@@ -172,6 +172,20 @@ pub enum Effect {
     },
 }
 
+impl Effect {
+    /// Whether the effect only takes access away (DESIGN §2: such commands are accepted even
+    /// while the store is full, so a revoked guest cannot keep opening the door by flooding it).
+    pub fn takes_access_away(&self) -> bool {
+        matches!(
+            self,
+            Effect::RevokeGrant(_)
+                | Effect::RevokeBooking(_)
+                | Effect::RevokeMember(_)
+                | Effect::CloseBooking { .. }
+        )
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     /// Catalogued, but needs nothing from this controller.
@@ -639,8 +653,10 @@ async fn handle(State(s): State<InboundState>, headers: HeaderMap, body: Body) -
         Command::Ignored => Vec::new(),
         Command::Accepted(e) => e,
     };
-    // DESIGN: a full store takes no new commands; doors keep working on the stored grants.
-    if !effects.is_empty() && s.store.is_full() {
+    // DESIGN: a full store takes no new commands (doors keep working on the stored grants),
+    // except those that only take access away.
+    let takes_away = effects.iter().all(Effect::takes_access_away);
+    if !effects.is_empty() && !takes_away && s.store.is_full() {
         return answer(507, json!({"error": "store_full"}));
     }
     // The command's writes and its idempotency key are one commit, and the key goes in only if

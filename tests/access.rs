@@ -460,6 +460,12 @@ async fn a_full_store_refuses_new_commands_with_507_but_doors_keep_working() {
             .0,
         202
     );
+    assert_eq!(
+        r.command(&grant("g0", "tok-0", None, -60, 3600), Some(SECRET), &[])
+            .await
+            .0,
+        202
+    );
     // Fill the store with events that may not be dropped (edge.test), ZenCore being down.
     for _ in 0..5 {
         r.daemon
@@ -472,6 +478,10 @@ async fn a_full_store_refuses_new_commands_with_507_but_doors_keep_working() {
         .command(&grant("g2", "tok-2", None, -60, 3600), Some(SECRET), &[])
         .await;
     assert_eq!((code, body["error"].as_str()), (507, Some("store_full")));
+    // A command that only takes access away is still accepted (DESIGN §2), and it holds.
+    let revoke = command_body("access.revoke", json!({"grant_id": "g0"}));
+    let (code, body) = r.command(&revoke, Some(SECRET), &[]).await;
+    assert_eq!(code, 202, "{body}");
     // The stored grant still opens the door.
     let mut panel = Peer::connect(r.broker.port, "sim-panel").await;
     panel
@@ -490,6 +500,19 @@ async fn a_full_store_refuses_new_commands_with_507_but_doors_keep_working() {
         "granted"
     );
     commands_reach(&mut commands, 1).await;
+    // The grant revoked while the store was full opens nothing.
+    panel
+        .publish(
+            "zenedge/edge-test/panels/panel/credential",
+            json!({"type": "magic_link", "token": "tok-0"}).to_string(),
+            false,
+        )
+        .await;
+    let (_, payload, _) = panel.next(WAIT).await;
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&payload).unwrap()["result"],
+        "denied"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -399,6 +399,7 @@ pub fn check_records(store: &Store) -> Result<usize, crate::store::StoreError> {
     store.records::<crate::devices::presence::Reported>()?;
     store.records::<crate::devices::actions::PendingUnlock>()?;
     store.records::<crate::inbound::DedupKey>()?;
+    store.records::<crate::inbound::ActionKey>()?;
     store.records::<crate::audit::Record>()?;
     Ok(store.undecodable().len())
 }

@@ -66,8 +66,6 @@ pub fn verify<'a>(
     tolerance: Duration,
 ) -> Result<Verified, Rejection> {
     // 2. Authenticity: either scheme, any active key.
-    let hex_ok = header("x-webhook-signature")
-        .is_some_and(|sig| keys.iter().any(|k| k.verify_hex(body, sig)));
     let std_ok = || {
         let (Some(id), Some(ts), Some(sig)) = (
             header("webhook-id"),
@@ -81,7 +79,12 @@ pub fn verify<'a>(
         };
         keys.iter().any(|k| k.verify_v1(id, ts, body, sig))
     };
-    if !hex_ok && !std_ok() {
+    let std_verified = std_ok();
+    let hex_ok = || {
+        header("x-webhook-signature")
+            .is_some_and(|sig| keys.iter().any(|k| k.verify_hex(body, sig)))
+    };
+    if !std_verified && !hex_ok() {
         return Err(reject(401, "signature missing or invalid"));
     }
     // 3. Shape.
@@ -133,9 +136,11 @@ pub fn verify<'a>(
             ));
         }
     }
-    // 5. The idempotency key (checked against the store by the caller).
+    // 5. The idempotency key (checked against the store by the caller), from signed bytes only:
+    // `webhook-id` is signed by the Standard Webhooks scheme, `X-Webhook-Id` by nothing, so a
+    // captured hex-signed request resent under a new `X-Webhook-Id` is the same command.
     let key = std_id
-        .or(x_id)
+        .filter(|_| std_verified)
         .map(str::to_owned)
         .or_else(|| {
             envelope
@@ -467,12 +472,24 @@ impl crate::store::Record for DedupKey {
     const VERSION: u32 = 1;
 }
 
-/// A commit step that forgets idempotency keys older than [`DEDUP_KEEP`].
+/// An accepted `access.unlock`'s `action_id`, kept for [`DEDUP_KEEP`] (DESIGN §2 step 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionKey {
+    pub accepted: Millis,
+}
+
+impl crate::store::Record for ActionKey {
+    const FAMILY: &'static str = "dedup.action";
+    const VERSION: u32 = 1;
+}
+
+/// A commit step that forgets idempotency keys and action ids older than [`DEDUP_KEEP`].
 pub fn gc_dedup(commit: &mut Commit, now: Millis) {
     let cutoff = Millis(now.0.saturating_sub(DEDUP_KEEP.as_millis() as u64));
     commit.step(move |tx| {
-        tx.retain::<DedupKey>(|_, d| d.accepted >= cutoff)
-            .map(|_| ())
+        tx.retain::<DedupKey>(|_, d| d.accepted >= cutoff)?;
+        tx.retain::<ActionKey>(|_, d| d.accepted >= cutoff)?;
+        Ok(())
     });
 }
 
@@ -548,6 +565,8 @@ fn apply(
                 duration_s: request.duration_s,
                 not_after,
             };
+            // An action_id is carried out at most once, whatever command carries it.
+            commit.insert_new(&pending.action_id, &ActionKey { accepted: now })?;
             commit.put(&pending.action_id, &pending)?;
             (
                 false,
@@ -821,6 +840,31 @@ driver = "zenedge-panel"
             ("webhook-signature", sig),
         ]);
         assert_eq!(run(&h, &b, trusted()).unwrap().key, "msg_1");
+    }
+
+    #[test]
+    fn the_dedup_key_comes_only_from_signed_bytes() {
+        let b = body("access.revoke", json!({"grant_id": "g"}));
+        let digest = hex::encode(Sha256::digest(&b));
+        // Hex scheme: X-Webhook-Id is not signed, so whatever it says, the key is the body's.
+        for id in ["evt_a", "evt_b"] {
+            let mut h = hex_headers(&b, "s3cret");
+            h.insert("x-webhook-id", id.into());
+            assert_eq!(run(&h, &b, trusted()).unwrap().key, digest);
+        }
+        // An unverified webhook-id beside a valid hex signature names nothing either.
+        let mut h = hex_headers(&b, "s3cret");
+        h.insert("webhook-id", "msg_forged".into());
+        h.insert("webhook-timestamp", NOW.unix_seconds().to_string());
+        h.insert("webhook-signature", "v1,AAAA".into());
+        assert_eq!(run(&h, &b, trusted()).unwrap().key, digest);
+        // The body's own id is signed with it.
+        let with_id = serde_json::to_vec(&json!({"id": "cmd_1", "event": "access.revoke",
+            "timestamp": NOW.rfc3339(), "data": {"grant_id": "g"}}))
+        .unwrap();
+        let mut h = hex_headers(&with_id, "s3cret");
+        h.insert("x-webhook-id", "evt_other".into());
+        assert_eq!(run(&h, &with_id, trusted()).unwrap().key, "cmd_1");
     }
 
     #[test]

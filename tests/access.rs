@@ -552,3 +552,78 @@ async fn simultaneous_copies_of_one_signed_command_are_accepted_exactly_once() {
     }
     assert_eq!(accepted, 1, "one command, one acceptance");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_unlock_acts_once_whatever_its_unsigned_id_or_its_envelope() {
+    let r = rig(ROOM).await;
+    let (_sim, mut commands) = lock(r.broker.port).await;
+    let avail = Peer::connect(r.broker.port, "z2m").await;
+    avail
+        .publish("zigbee2mqtt/front_door/availability", "online", true)
+        .await;
+    r.wait_event("front", "device.online", "availability").await;
+    let unlock = |action: &str, offset_s: i64| {
+        serde_json::to_vec(&json!({"event": "access.unlock", "timestamp": at(offset_s),
+            "data": {"action_id": action, "device_id": "front", "booking_id": "b1",
+                     "not_after": at(60)}}))
+        .unwrap()
+    };
+    let captured = unlock("act-replay", 0);
+    let id = |v: &str| vec![("x-webhook-id", v.to_string())];
+    let (code, body) = r.command(&captured, Some(SECRET), &id("evt_1")).await;
+    assert_eq!(code, 202, "{body}");
+    commands_reach(&mut commands, 1).await;
+    // The captured request again, under new X-Webhook-Ids (not signed in the hex scheme).
+    for fresh in ["evt_2", "evt_3"] {
+        let (code, body) = r.command(&captured, Some(SECRET), &id(fresh)).await;
+        assert_eq!(
+            (code, body["status"].as_str()),
+            (200, Some("duplicate")),
+            "{body}"
+        );
+    }
+    // Other signed bytes carrying the same action_id.
+    let (code, body) = r
+        .command(&unlock("act-replay", -1), Some(SECRET), &[])
+        .await;
+    assert_eq!(
+        (code, body["status"].as_str()),
+        (200, Some("duplicate")),
+        "{body}"
+    );
+    // A new unlock goes through the same device queue after them: once its result is reported,
+    // anything accepted before it would have reached the lock too.
+    let (code, _) = r.command(&unlock("act-next", 0), Some(SECRET), &[]).await;
+    assert_eq!(code, 202);
+    r.rx.wait_until(WAIT, "act-next's result", |log| {
+        log.iter()
+            .any(|x| x.json()["data"]["action_id"] == "act-next")
+    })
+    .await;
+    assert_eq!(
+        *commands.borrow(),
+        2,
+        "one UNLOCK for act-replay, one for act-next"
+    );
+    let results =
+        r.rx.requests()
+            .iter()
+            .filter(|x| x.json()["data"]["action_id"] == "act-replay")
+            .map(|x| x.id.clone())
+            .collect::<std::collections::HashSet<_>>();
+    assert_eq!(
+        results.len(),
+        1,
+        "one device.action_completed for act-replay"
+    );
+    // A command without an action_id is caught by its key alone.
+    let g = grant("g-replay", "tok-replay", None, -60, 3600);
+    let (code, _) = r.command(&g, Some(SECRET), &id("evt_g1")).await;
+    assert_eq!(code, 202);
+    let (code, body) = r.command(&g, Some(SECRET), &id("evt_g2")).await;
+    assert_eq!(
+        (code, body["status"].as_str()),
+        (200, Some("duplicate")),
+        "{body}"
+    );
+}

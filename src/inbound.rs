@@ -79,6 +79,11 @@ pub fn verify<'a>(
         };
         keys.iter().any(|k| k.verify_v1(id, ts, body, sig))
     };
+    if header("webhook-signature")
+        .is_some_and(|s| s.split_whitespace().count() > crate::signing::MAX_SIGNATURE_ENTRIES)
+    {
+        return Err(reject(401, "more than 8 webhook-signature entries"));
+    }
     let std_verified = std_ok();
     let hex_ok = || {
         header("x-webhook-signature")
@@ -638,7 +643,15 @@ fn store_failure(e: StoreError) -> Response {
 }
 
 async fn handle(State(s): State<InboundState>, headers: HeaderMap, body: Body) -> Response {
-    // 1. Size, before anything else is looked at.
+    // 1. Size, before anything else is looked at: a declared length over the limit is refused
+    // at once, without waiting for a body that may never come.
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return answer(413, json!({"error": "body larger than 65536 bytes"}));
+    }
     let body = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(b) => b,
         Err(_) => return answer(413, json!({"error": "body larger than 65536 bytes"})),
@@ -840,6 +853,31 @@ driver = "zenedge-panel"
             ("webhook-signature", sig),
         ]);
         assert_eq!(run(&h, &b, trusted()).unwrap().key, "msg_1");
+    }
+
+    #[test]
+    fn more_than_eight_signature_entries_are_refused_before_any_is_checked() {
+        let b = body("access.revoke", json!({"grant_id": "g"}));
+        let ts = NOW.unix_seconds();
+        let good = Key::from_secret("s3cret").unwrap().sign_v1("msg_1", ts, &b);
+        let headers = |n_forged: usize| {
+            let mut entries =
+                vec!["v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".to_string(); n_forged];
+            entries.push(good.clone());
+            HashMap::from([
+                ("webhook-id", "msg_1".to_string()),
+                ("webhook-timestamp", ts.to_string()),
+                ("webhook-signature", entries.join(" ")),
+            ])
+        };
+        assert!(
+            run(&headers(7), &b, trusted()).is_ok(),
+            "8 entries, the last valid"
+        );
+        let r = run(&headers(8), &b, trusted()).unwrap_err();
+        assert_eq!(r.status, 401, "{r:?}");
+        let r = run(&headers(3000), &b, trusted()).unwrap_err();
+        assert_eq!(r.status, 401, "{r:?}");
     }
 
     #[test]

@@ -627,3 +627,35 @@ async fn a_replayed_unlock_acts_once_whatever_its_unsigned_id_or_its_envelope() 
         "{body}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_declared_body_is_refused_at_once_and_forged_signature_lists_are_cut_short() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let r = rig(ROOM).await;
+    // Ten gigabytes announced, not one byte sent: the answer comes without waiting for them.
+    let mut s = tokio::net::TcpStream::connect(r.inbound).await.unwrap();
+    s.write_all(
+        b"POST /webhooks/zencore HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 10000000000\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = vec![0u8; 12];
+    tokio::time::timeout(WAIT, s.read_exact(&mut head))
+        .await
+        .expect("an answer before any body byte")
+        .unwrap();
+    assert_eq!(&head, b"HTTP/1.1 413");
+    // 3,000 forged Standard Webhooks entries: refused as a whole.
+    let body = grant("g-forged", "tok-f", None, -60, 3600);
+    let forged = vec!["v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="; 3000].join(" ");
+    let extra = [
+        ("webhook-id", "msg_forged".to_string()),
+        (
+            "webhook-timestamp",
+            Millis::now().unix_seconds().to_string(),
+        ),
+        ("webhook-signature", forged),
+    ];
+    let (code, body) = r.command(&body, None, &extra).await;
+    assert_eq!(code, 401, "{body}");
+}

@@ -207,7 +207,7 @@ async fn serve(
     )
     .await
     .map_err(|e| anyhow::anyhow!("MQTT setup: {e}"))?;
-    let mqtt_task = tokio::spawn(mqtt_run);
+    let mut mqtt_task = tokio::spawn(mqtt_run);
 
     let (requeue_tx, requeue_rx) = mpsc::unbounded_channel();
     let (delivery_tx, delivery_rx) = watch::channel(DeliveryState::default());
@@ -263,7 +263,7 @@ async fn serve(
             .await
     });
 
-    let delivery_task = tokio::spawn(delivery::run(
+    let mut delivery_task = tokio::spawn(delivery::run(
         store.clone(),
         sender,
         Policy::from_config(&config.delivery),
@@ -364,7 +364,28 @@ async fn serve(
         if let Some(f) = on_ready.take() {
             f(bound);
         }
-        stopped(shutdown_rx.clone()).await;
+        // The device task and delivery are essential: if either ends before a stop was asked
+        // for, the daemon is no longer doing its job. Say so (`/healthz` 503) and exit non-zero,
+        // so that systemd restarts it, instead of answering 202 to commands nobody carries out.
+        let ended = tokio::select! {
+            _ = stopped(shutdown_rx.clone()) => None,
+            r = &mut mqtt_task => Some(("device", r.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())))),
+            r = &mut delivery_task => Some(("delivery", r.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())))),
+        };
+        if let Some((task, result)) = ended {
+            ready.store(false, Ordering::Release);
+            let why = match result {
+                Ok(()) => "it returned".to_string(),
+                Err(e) => e,
+            };
+            tracing::error!(
+                message = "An essential task stopped; exiting so that ZenEdge is restarted.",
+                task,
+                error = %why
+            );
+            let _ = store.sync().await;
+            anyhow::bail!("the {task} task stopped: {why}");
+        }
     }
     ready.store(false, Ordering::Release);
     let delivery_result = delivery_task.await;

@@ -132,3 +132,34 @@ async fn a_wedged_delivery_loop_stops_the_watchdog() {
         "watchdog petted while delivery is wedged: {pet:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_essential_task_that_ends_makes_the_daemon_exit_non_zero() {
+    let rx = Receiver::start(|_| Reply::Status(200)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let admin = common::free_port();
+    let config = common::write_config(
+        dir.path(),
+        &common::config_text(dir.path(), &rx.url(), admin, ""),
+    );
+    let socket = dir.path().join("notify.sock");
+    let _notified = Notified::listen(&socket);
+    let mut child = spawn(&config, &socket, Some("device-task-ends"));
+    // It must not keep running (and answering 202) without its device task: it exits, non-zero,
+    // for systemd to restart it.
+    let status = tokio::task::block_in_place(|| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = child.0.try_wait().unwrap() {
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            // A child's exit has no other signal here than its status.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .expect("the daemon kept running without its device task");
+    assert!(!status.success(), "{status:?}");
+}

@@ -271,6 +271,10 @@ impl Shell {
     ) -> Result<(), StoreError> {
         tokio::pin!(shutdown);
         self.publish_views();
+        if std::env::var("ZENEDGE_FAULT").as_deref() == Ok("device-task-ends") {
+            // The fault hook: the device task ends as a store failure would end it.
+            return Err(StoreError::WriterGone);
+        }
         // ZenCore unlocks accepted before a crash and never completed: carry them out, or
         // report them expired.
         let now = Millis::now();

@@ -286,6 +286,14 @@ async fn device_action(
         return Err(ApiError(StatusCode::NOT_FOUND, format!("no device `{id}`")));
     };
     let duration_s = body.unwrap_or_default().duration_s;
+    // The same bound as ZenCore's unlocks (DESIGN §2): a huge value would overflow a relay's
+    // timer or keep a door open for good.
+    if duration_s.is_some_and(|d| !(1..=3600).contains(&d)) {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "duration_s must be 1..=3600 seconds".into(),
+        ));
+    }
     let request = crate::devices::actions::Request {
         action_id: crate::devices::new_action_id(),
         device: id.clone(),

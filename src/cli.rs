@@ -62,8 +62,8 @@ pub enum Command {
     /// Unlock a door now (an operator action); waits for the device's answer.
     Unlock {
         device: String,
-        /// Relock after this many seconds (locks) or pulse length (relays).
-        #[arg(long)]
+        /// Relock after this many seconds (locks) or pulse length (relays), 1..=3600.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=3600))]
         duration_s: Option<u64>,
     },
     /// Lock a door now (an operator action); waits for the device's answer.

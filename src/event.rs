@@ -191,10 +191,11 @@ impl Millis {
         humantime::format_rfc3339_millis(self.to_system()).to_string()
     }
 
+    /// A time from 1970 to 9999; an earlier one is refused (not taken as 1970).
     pub fn parse_rfc3339(text: &str) -> Option<Millis> {
-        humantime::parse_rfc3339_weak(text)
-            .ok()
-            .map(Millis::from_system)
+        let t = humantime::parse_rfc3339_weak(text).ok()?;
+        let since = t.duration_since(UNIX_EPOCH).ok()?;
+        Some(Millis(since.as_millis() as u64))
     }
 
     pub fn saturating_add(self, d: Duration) -> Millis {
@@ -346,6 +347,11 @@ mod tests {
         let extended = end.saturating_add(Duration::from_secs(240 * 60));
         assert_eq!(extended.rfc3339(), "9999-12-31T23:59:59.999Z");
         assert!(serde_json::from_str::<Millis>(&u64::MAX.to_string()).is_err());
+        assert_eq!(Millis::parse_rfc3339("1969-12-31T23:59:59Z"), None);
+        assert_eq!(
+            Millis::parse_rfc3339("1970-01-01T00:00:00Z"),
+            Some(Millis(0))
+        );
         assert_eq!(
             serde_json::from_str::<Millis>("253402300799999").unwrap(),
             Millis::MAX

@@ -659,3 +659,30 @@ async fn a_huge_declared_body_is_refused_at_once_and_forged_signature_lists_are_
     let (code, body) = r.command(&body, None, &extra).await;
     assert_eq!(code, 401, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_unlock_with_an_unbounded_duration_is_refused_and_opens_nothing() {
+    let r = rig(ROOM).await;
+    let (_sim, commands) = lock(r.broker.port).await;
+    for bad in [json!(0), json!(3601), json!(u64::MAX)] {
+        let answer = common::client()
+            .post(format!("http://{}/v1/devices/front/unlock", r.daemon.admin))
+            .json(&json!({ "duration_s": bad }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status().as_u16(), 400, "duration_s {bad}");
+    }
+    let (code, _, err) = r
+        .cli(&["unlock", "front", "--duration-s", "18446744073709551615"])
+        .await;
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains("duration-s") || err.contains("duration_s"),
+        "{err}"
+    );
+    // A good one still works and is the lock's first command.
+    let (code, out, err) = r.cli(&["unlock", "front", "--duration-s", "5"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(*commands.borrow(), 1);
+}

@@ -631,13 +631,10 @@ impl Config {
             } else {
                 format!("zencore.extra_secrets[{}]", i - 1)
             };
-            crate::signing::Key::from_secret(secret.expose())
-                .map_err(|e| ConfigError::key(key, e.to_string()))?;
+            strong_secret(key, secret)?;
         }
         for (i, secret) in self.inbound.verifying_secrets().iter().enumerate() {
-            crate::signing::Key::from_secret(secret.expose()).map_err(|e| {
-                ConfigError::key(format!("inbound secret #{}", i + 1), e.to_string())
-            })?;
+            strong_secret(format!("inbound secret #{}", i + 1), secret)?;
         }
         if self.zencore.timeout.is_zero() {
             return Err(ConfigError::key("zencore.timeout", "must be above 0s"));
@@ -789,6 +786,47 @@ impl Config {
         }
         s
     }
+}
+
+/// Secrets a person types when told to fill one in; refused whatever their length.
+const PLACEHOLDERS: &[&str] = &[
+    "change-me",
+    "changeme",
+    "change_me",
+    "secret",
+    "password",
+    "…",
+    "...",
+    "<secret>",
+    "your-secret",
+];
+
+/// The shortest key a secret may give (DESIGN §5; Standard Webhooks' range is 24–64 bytes).
+pub const MIN_KEY_BYTES: usize = 24;
+
+/// A secret must give a key of at least [`MIN_KEY_BYTES`] and not be a placeholder: anyone who
+/// knows the key opens the doors.
+fn strong_secret(key: String, secret: &Secret) -> Result<(), ConfigError> {
+    let text = secret.expose().trim();
+    let hint = "generate one with `echo whsec_$(head -c 32 /dev/urandom | base64)`";
+    if PLACEHOLDERS.iter().any(|p| text.eq_ignore_ascii_case(p)) {
+        return Err(ConfigError::key(
+            key,
+            format!("is a placeholder, not a secret; {hint}"),
+        ));
+    }
+    let k = crate::signing::Key::from_secret(secret.expose())
+        .map_err(|e| ConfigError::key(key.clone(), e.to_string()))?;
+    if k.len() < MIN_KEY_BYTES {
+        return Err(ConfigError::key(
+            key,
+            format!(
+                "gives a {}-byte key; at least {MIN_KEY_BYTES} bytes are needed; {hint}",
+                k.len()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn validate_device(i: usize, d: &DeviceConfig) -> Result<(), ConfigError> {
@@ -1006,7 +1044,7 @@ state_dir = "/tmp/zenedge-test"
 
 [zencore]
 webhook_url = "https://zencore.example.com/webhooks/zenedge"
-secret = "s3cret"
+secret = "s3cret-s3cret-s3cret-s3cret"
 "#;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
@@ -1034,7 +1072,10 @@ secret = "s3cret"
         assert_eq!(c.presence.debounce, Duration::from_secs(5));
         assert!(c.clock.require_sync);
         assert_eq!(c.mqtt_client_id(), "zenedge-edge-4a");
-        assert_eq!(c.inbound.verifying_secrets(), vec![Secret::new("s3cret")]);
+        assert_eq!(
+            c.inbound.verifying_secrets(),
+            vec![Secret::new("s3cret-s3cret-s3cret-s3cret")]
+        );
     }
 
     #[test]
@@ -1092,29 +1133,29 @@ secret = "s3cret"
     fn secret_or_secret_file_not_both_and_file_loses_its_newline() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("secret");
-        std::fs::write(&file, "from-file\n").unwrap();
+        std::fs::write(&file, "from-file-from-file-from-file\n").unwrap();
         let text = MINIMAL.replace(
-            "secret = \"s3cret\"",
+            "secret = \"s3cret-s3cret-s3cret-s3cret\"",
             &format!("secret_file = {:?}", file.display().to_string()),
         );
         let c = parse(&text).unwrap();
-        assert_eq!(c.zencore.secret().expose(), "from-file");
+        assert_eq!(c.zencore.secret().expose(), "from-file-from-file-from-file");
 
         let both = MINIMAL.replace(
-            "secret = \"s3cret\"",
+            "secret = \"s3cret-s3cret-s3cret-s3cret\"",
             &format!(
                 "secret = \"x\"\nsecret_file = {:?}",
                 file.display().to_string()
             ),
         );
         assert_eq!(key_of(parse(&both).unwrap_err()), "zencore.secret");
-        let none = MINIMAL.replace("secret = \"s3cret\"", "");
+        let none = MINIMAL.replace("secret = \"s3cret-s3cret-s3cret-s3cret\"", "");
         assert_eq!(key_of(parse(&none).unwrap_err()), "zencore.secret");
     }
 
     #[test]
     fn bad_whsec_secret_is_rejected() {
-        let text = MINIMAL.replace("\"s3cret\"", "\"whsec_not base64!\"");
+        let text = MINIMAL.replace("\"s3cret-s3cret-s3cret-s3cret\"", "\"whsec_not base64!\"");
         assert_eq!(key_of(parse(&text).unwrap_err()), "zencore.secret");
     }
 
@@ -1140,14 +1181,57 @@ secret = "s3cret"
     #[test]
     fn debug_never_shows_secrets() {
         let c = parse(MINIMAL).unwrap();
-        assert!(!format!("{c:?}").contains("s3cret"));
-        assert!(!c.summary().contains("s3cret"));
+        assert!(!format!("{c:?}").contains("s3cret-s3cret-s3cret-s3cret"));
+        assert!(!c.summary().contains("s3cret-s3cret-s3cret-s3cret"));
     }
 
     #[test]
     fn example_config_is_valid() {
-        let text = include_str!("../config.example.toml");
-        let c = parse(text).unwrap();
+        // The example names the secret file the Debian package writes; here, a file of ours.
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("zencore.secret");
+        std::fs::write(
+            &secret,
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwMfKQ9r8GKYqr\n",
+        )
+        .unwrap();
+        let text = include_str!("../config.example.toml").replace(
+            "\"/etc/zenedge/zencore.secret\"",
+            &format!("{:?}", secret.display().to_string()),
+        );
+        assert_ne!(text, include_str!("../config.example.toml"));
+        let c = parse(&text).unwrap();
         assert!(!c.devices.is_empty());
+    }
+
+    #[test]
+    fn weak_and_placeholder_secrets_are_refused_naming_the_key() {
+        for (secret, want) in [
+            ("change-me", "placeholder"),
+            ("x", "1-byte key"),
+            ("whsec_YWJj", "3-byte key"),
+            ("twenty-three-bytes-long", "23-byte key"),
+        ] {
+            let text = MINIMAL.replace("\"s3cret-s3cret-s3cret-s3cret\"", &format!("{secret:?}"));
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(
+                e.contains("zencore.secret") && e.contains(want),
+                "{secret}: {e}"
+            );
+        }
+        let extra = MINIMAL.replace("[zencore]", "[zencore]\nextra_secrets = [\"old\"]");
+        let e = parse(&extra).unwrap_err().to_string();
+        assert!(e.contains("zencore.extra_secrets[0]"), "{e}");
+        let inbound = format!("{MINIMAL}\n[inbound]\nsecret = \"secret\"\n");
+        let e = parse(&inbound).unwrap_err().to_string();
+        assert!(
+            e.contains("inbound secret #1") && e.contains("placeholder"),
+            "{e}"
+        );
+        let ok = MINIMAL.replace(
+            "\"s3cret-s3cret-s3cret-s3cret\"",
+            "\"twenty-four-bytes-long!!\"",
+        );
+        assert!(parse(&ok).is_ok());
     }
 }

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::event::Millis;
 use crate::signing::Key;
 
-const SECRET: &str = "demo-secret";
+const SECRET: &str = "demo-secret-of-thirty-two-bytes!";
 const CONTROLLER: &str = "edge-demo";
 const ROOM: &str = "ms-demo";
 /// Each step of the story must be verified within this.

@@ -786,7 +786,7 @@ organization_id = "org"
 meeting_space_id = "ms-1"
 [zencore]
 webhook_url = "http://127.0.0.1:9/hook"
-secret = "s3cret"
+secret = "s3cret-s3cret-s3cret-s3cret"
 [[devices]]
 id = "front"
 type = "lock"
@@ -802,8 +802,8 @@ driver = "zenedge-panel"
 
     fn keys() -> Vec<Key> {
         vec![
-            Key::from_secret("s3cret").unwrap(),
-            Key::from_secret("old").unwrap(),
+            Key::from_secret("s3cret-s3cret-s3cret-s3cret").unwrap(),
+            Key::from_secret("old-old-old-old-old-old-old").unwrap(),
         ]
     }
 
@@ -843,10 +843,22 @@ driver = "zenedge-panel"
     #[test]
     fn both_schemes_and_rotated_keys_are_accepted() {
         let b = body("access.revoke", json!({"grant_id": "g"}));
-        assert!(run(&hex_headers(&b, "s3cret"), &b, trusted()).is_ok());
-        assert!(run(&hex_headers(&b, "old"), &b, trusted()).is_ok());
+        assert!(run(
+            &hex_headers(&b, "s3cret-s3cret-s3cret-s3cret"),
+            &b,
+            trusted()
+        )
+        .is_ok());
+        assert!(run(
+            &hex_headers(&b, "old-old-old-old-old-old-old"),
+            &b,
+            trusted()
+        )
+        .is_ok());
         let ts = NOW.unix_seconds();
-        let sig = Key::from_secret("s3cret").unwrap().sign_v1("msg_1", ts, &b);
+        let sig = Key::from_secret("s3cret-s3cret-s3cret-s3cret")
+            .unwrap()
+            .sign_v1("msg_1", ts, &b);
         let h = HashMap::from([
             ("webhook-id", "msg_1".to_string()),
             ("webhook-timestamp", ts.to_string()),
@@ -859,7 +871,9 @@ driver = "zenedge-panel"
     fn more_than_eight_signature_entries_are_refused_before_any_is_checked() {
         let b = body("access.revoke", json!({"grant_id": "g"}));
         let ts = NOW.unix_seconds();
-        let good = Key::from_secret("s3cret").unwrap().sign_v1("msg_1", ts, &b);
+        let good = Key::from_secret("s3cret-s3cret-s3cret-s3cret")
+            .unwrap()
+            .sign_v1("msg_1", ts, &b);
         let headers = |n_forged: usize| {
             let mut entries =
                 vec!["v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".to_string(); n_forged];
@@ -886,12 +900,12 @@ driver = "zenedge-panel"
         let digest = hex::encode(Sha256::digest(&b));
         // Hex scheme: X-Webhook-Id is not signed, so whatever it says, the key is the body's.
         for id in ["evt_a", "evt_b"] {
-            let mut h = hex_headers(&b, "s3cret");
+            let mut h = hex_headers(&b, "s3cret-s3cret-s3cret-s3cret");
             h.insert("x-webhook-id", id.into());
             assert_eq!(run(&h, &b, trusted()).unwrap().key, digest);
         }
         // An unverified webhook-id beside a valid hex signature names nothing either.
-        let mut h = hex_headers(&b, "s3cret");
+        let mut h = hex_headers(&b, "s3cret-s3cret-s3cret-s3cret");
         h.insert("webhook-id", "msg_forged".into());
         h.insert("webhook-timestamp", NOW.unix_seconds().to_string());
         h.insert("webhook-signature", "v1,AAAA".into());
@@ -900,7 +914,7 @@ driver = "zenedge-panel"
         let with_id = serde_json::to_vec(&json!({"id": "cmd_1", "event": "access.revoke",
             "timestamp": NOW.rfc3339(), "data": {"grant_id": "g"}}))
         .unwrap();
-        let mut h = hex_headers(&with_id, "s3cret");
+        let mut h = hex_headers(&with_id, "s3cret-s3cret-s3cret-s3cret");
         h.insert("x-webhook-id", "evt_other".into());
         assert_eq!(run(&h, &with_id, trusted()).unwrap().key, "cmd_1");
     }
@@ -919,19 +933,34 @@ driver = "zenedge-panel"
         // Signed but malformed: 400 naming what is missing.
         let nodata =
             serde_json::to_vec(&json!({"event": "x", "timestamp": NOW.rfc3339()})).unwrap();
-        let r = run(&hex_headers(&nodata, "s3cret"), &nodata, untrusted).unwrap_err();
+        let r = run(
+            &hex_headers(&nodata, "s3cret-s3cret-s3cret-s3cret"),
+            &nodata,
+            untrusted,
+        )
+        .unwrap_err();
         assert_eq!((r.status, r.error.as_str()), (400, "missing `data`"));
         // Well-formed on an untrusted clock: 503 clock.
-        let r = run(&hex_headers(&b, "s3cret"), &b, untrusted).unwrap_err();
+        let r = run(
+            &hex_headers(&b, "s3cret-s3cret-s3cret-s3cret"),
+            &b,
+            untrusted,
+        )
+        .unwrap_err();
         assert_eq!((r.status, r.error.as_str()), (503, "clock"));
         // Stale.
         let old = serde_json::to_vec(&json!({"event": "access.revoke",
             "timestamp": Millis(NOW.0 - 301_000).rfc3339(), "data": {"grant_id": "g"}}))
         .unwrap();
-        let r = run(&hex_headers(&old, "s3cret"), &old, trusted()).unwrap_err();
+        let r = run(
+            &hex_headers(&old, "s3cret-s3cret-s3cret-s3cret"),
+            &old,
+            trusted(),
+        )
+        .unwrap_err();
         assert!(r.status == 401 && r.error.contains("stale"), "{r:?}");
         // Two different ids.
-        let mut h = hex_headers(&b, "s3cret");
+        let mut h = hex_headers(&b, "s3cret-s3cret-s3cret-s3cret");
         h.insert("webhook-id", "a".into());
         h.insert("x-webhook-id", "b".into());
         assert_eq!(run(&h, &b, trusted()).unwrap_err().status, 400);
@@ -943,11 +972,23 @@ driver = "zenedge-panel"
             "timestamp": NOW.rfc3339(), "data": {}}))
         .unwrap();
         assert_eq!(
-            run(&hex_headers(&b, "s3cret"), &b, trusted()).unwrap().key,
+            run(
+                &hex_headers(&b, "s3cret-s3cret-s3cret-s3cret"),
+                &b,
+                trusted()
+            )
+            .unwrap()
+            .key,
             "cmd-7"
         );
         let b = body("member.added", json!({}));
-        let key = run(&hex_headers(&b, "s3cret"), &b, trusted()).unwrap().key;
+        let key = run(
+            &hex_headers(&b, "s3cret-s3cret-s3cret-s3cret"),
+            &b,
+            trusted(),
+        )
+        .unwrap()
+        .key;
         assert_eq!(key, hex::encode(Sha256::digest(&b)));
     }
 
@@ -1060,7 +1101,9 @@ driver = "zenedge-panel"
     fn nothing_unsigned_is_ever_accepted_whatever_the_bytes() {
         // Random and mutated bodies: no panic; nothing passes without a valid signature.
         let good = body("access.revoke", json!({"grant_id": "g"}));
-        let sig = Key::from_secret("s3cret").unwrap().sign_hex(&good);
+        let sig = Key::from_secret("s3cret-s3cret-s3cret-s3cret")
+            .unwrap()
+            .sign_hex(&good);
         let mut x: u64 = 0x2545F4914F6CDD1D;
         let mut next = || {
             x ^= x << 13;
@@ -1086,7 +1129,7 @@ driver = "zenedge-panel"
                 String::from_utf8_lossy(&b)
             );
             // And with its own valid signature, the parser must still never panic.
-            let h = hex_headers(&b, "s3cret");
+            let h = hex_headers(&b, "s3cret-s3cret-s3cret-s3cret");
             if let Ok(v) = run(&h, &b, trusted()) {
                 let _ = parse_command(&config(), &v.event, &v.data, NOW);
             }

@@ -39,6 +39,15 @@ impl std::fmt::Debug for Key {
 }
 
 impl Key {
+    /// The key's length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn from_secret(secret: &str) -> Result<Key, KeyError> {
         if secret.is_empty() {
             return Err(KeyError::Empty);

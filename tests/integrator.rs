@@ -28,7 +28,7 @@ async fn readme_snippets_verify_real_deliveries() {
     // Rotation: the primary is a whsec_ key, and an old plain secret still signs.
     let text = common::config_text(dir.path(), &rx.url(), admin, "").replace(
         &format!("secret = \"{SECRET}\""),
-        "secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\nextra_secrets = [\"old-secret\"]",
+        "secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\nextra_secrets = [\"old-secret-rotated-out-recently\"]",
     );
     let config = common::write_config(dir.path(), &text);
     let daemon = Daemon::start(&config, admin).await;
@@ -73,7 +73,7 @@ async fn readme_snippets_verify_real_deliveries() {
             "{program} tampered"
         );
     }
-    let old = zenedge::signing::Key::from_secret("old-secret").unwrap();
+    let old = zenedge::signing::Key::from_secret("old-secret-rotated-out-recently").unwrap();
     assert!(old.verify_v1(&id, ts.parse().unwrap(), &r.body, &v1));
 
     // The snippets are the README's own text.

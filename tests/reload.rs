@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::{rig, Reply, SECRET};
 
 const WAIT: Duration = Duration::from_secs(30);
-const NEW_SECRET: &str = "rotated-secret";
+const NEW_SECRET: &str = "rotated-secret-of-thirty-two-byte";
 
 const DEVICES: &str = r#"
 [presence]

@@ -59,7 +59,7 @@ meeting_space_id = "ms"
 state_dir = "{state}"
 [zencore]
 webhook_url = "http://127.0.0.1:{rx}/hook"
-secret = "bench-secret"
+secret = "bench-secret-of-thirty-two-bytes"
 [inbound]
 listen = "127.0.0.1:0"
 [admin]

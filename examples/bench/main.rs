@@ -279,7 +279,7 @@ organization_id = "org"
 meeting_space_id = "ms"
 [zencore]
 webhook_url = "http://127.0.0.1:{}/hook"
-secret = "bench-secret"
+secret = "bench-secret-of-thirty-two-bytes"
 "#,
         rx.port
     );

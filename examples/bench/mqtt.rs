@@ -106,7 +106,7 @@ meeting_space_id = "ms"
 state_dir = "{}"
 [zencore]
 webhook_url = "http://127.0.0.1:{}/hook"
-secret = "bench-secret"
+secret = "bench-secret-of-thirty-two-bytes"
 [admin]
 listen = "127.0.0.1:0"
 [inbound]
@@ -247,7 +247,7 @@ async fn access_latency(
     let (client, mut commands) = lock;
     let panel = publisher_named(port, "bench-panel", 100).await?;
     let http = reqwest::Client::new();
-    let key = zenedge::signing::Key::from_secret("bench-secret")?;
+    let key = zenedge::signing::Key::from_secret("bench-secret-of-thirty-two-bytes")?;
     let post = |body: Vec<u8>| {
         let sig = key.sign_hex(&body);
         http.post(format!("http://{inbound}/webhooks/zencore"))

@@ -21,7 +21,7 @@ organization_id = "org"
 meeting_space_id = "ms"
 [zencore]
 webhook_url = "http://127.0.0.1:9/hook"
-secret = "s3cret"
+secret = "s3cret-s3cret-s3cret-s3cret"
 [[devices]]
 id = "front"
 type = "lock"
@@ -39,7 +39,7 @@ fn config() -> &'static Config {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let key = Key::from_secret("s3cret").expect("key");
+    let key = Key::from_secret("s3cret-s3cret-s3cret-s3cret").expect("key");
     let keys = [key.clone()];
     let clock = ClockReading {
         now: Millis(1_800_000_000_000),

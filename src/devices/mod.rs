@@ -869,7 +869,7 @@ organization_id = "org"
 meeting_space_id = "ms"
 [zencore]
 webhook_url = "http://127.0.0.1:9/hook"
-secret = "s"
+secret = "s-s-s-s-s-s-s-s-s-s-s-s-s"
 [presence]
 debounce = "0s"
 [[devices]]

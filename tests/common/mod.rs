@@ -16,7 +16,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tokio::sync::watch;
 
-pub const SECRET: &str = "test-secret";
+pub const SECRET: &str = "test-secret-of-thirty-two-bytes";
 
 /// What the receiver answers to one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -577,10 +577,20 @@ impl Store {
 
     /// Logs one attempt and the event's new status, and ends its send ([`Store::begin_send`]).
     /// Lazy: a power cut may take it back, which re-sends the event.
-    pub fn record_attempt(&self, seq: u64, attempt: Attempt, status: Status) {
+    /// Resolves once it is applied, to false when the event was no longer stored.
+    pub fn record_attempt(
+        &self,
+        seq: u64,
+        attempt: Attempt,
+        status: Status,
+    ) -> impl std::future::Future<Output = Result<bool, StoreError>> + Send + 'static {
         let mut c = Commit::lazy();
         c.attempt(seq, attempt, status);
-        self.submit(c);
+        let store = self.clone();
+        async move {
+            let done = store.commit(c).await?;
+            Ok(done.attempts.first().copied().unwrap_or(false))
+        }
     }
 
     /// Moves an event to the dead letters without an attempt (e.g. older than `max_age`).

@@ -110,7 +110,10 @@ async fn attempts_dead_letters_and_requeue() {
     status.attempts = 1;
     status.state = State::Dead;
     status.dead_reason = Some("gone".into());
-    store.record_attempt(seq, attempt.clone(), status);
+    assert!(store
+        .record_attempt(seq, attempt.clone(), status)
+        .await
+        .unwrap());
     store.flush().unwrap();
     assert_eq!(store.list(State::Dead, 10).unwrap().len(), 1);
     assert!(store.load_pending().unwrap().is_empty());
@@ -206,7 +209,7 @@ async fn delivered_events_keep_their_log_for_24h_then_go() {
         status: Some(200),
         error: None,
     };
-    store.record_attempt(seq, attempt, status);
+    assert!(store.record_attempt(seq, attempt, status).await.unwrap());
     store.flush().unwrap();
     let almost = delivered_at.saturating_add(DELIVERED_RETENTION - Duration::from_secs(1));
     assert_eq!(gc(&store, almost).await, 0);
@@ -402,8 +405,14 @@ async fn counters_kept_on_write_match_a_recount_across_reopen() {
             status: Some(200),
             error: None,
         };
-        store.record_attempt(seqs[0], attempt(1), delivered.clone());
-        store.record_attempt(seqs[1], attempt(1), delivered);
+        assert!(store
+            .record_attempt(seqs[0], attempt(1), delivered.clone())
+            .await
+            .unwrap());
+        assert!(store
+            .record_attempt(seqs[1], attempt(1), delivered)
+            .await
+            .unwrap());
         store.set_dead(seqs[2], "max_age");
         store.flush().unwrap();
         let stats = store.stats().unwrap();

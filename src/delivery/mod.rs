@@ -324,9 +324,9 @@ pub async fn run(
     };
     let mut rng = rand::rngs::StdRng::from_os_rng();
     let mut in_flight: JoinSet<(u64, u32, AttemptResult)> = JoinSet::new();
-    // Attempts being written to the store. They count as in flight until applied, so that an
-    // idle state means the store shows every outcome.
-    let mut recording: JoinSet<(u64, Result<bool, StoreError>)> = JoinSet::new();
+    // Attempts handed to the store count as in flight until the writer has applied them, so
+    // that an idle state means the store shows every outcome.
+    let mut applied = store.attempts_applied();
     tokio::pin!(shutdown);
     let mut heartbeat = tokio::time::interval(Duration::from_millis(500));
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -376,7 +376,7 @@ pub async fn run(
         state.send_if_modified(|s| {
             let new = DeliveryState {
                 pending: scheduler.pending(),
-                in_flight: scheduler.in_flight() + recording.len(),
+                in_flight: scheduler.in_flight() + store.attempts_unapplied() as usize,
                 reachable: scheduler.is_reachable(),
                 next_probe: scheduler.next_probe(),
                 scanned_upto: loader.loaded_upto,
@@ -393,15 +393,10 @@ pub async fn run(
             _ = &mut shutdown => break,
             Some(joined) = in_flight.join_next() => {
                 if let Ok((seq, attempt, result)) = joined {
-                    let record = finish(&store, &mut scheduler, seq, attempt, result, rng.random());
-                    recording.spawn(async move { (seq, record.await) });
+                    finish(&store, &mut scheduler, seq, attempt, result, rng.random());
                 }
             }
-            Some(joined) = recording.join_next() => {
-                if let Ok((seq, recorded)) = joined {
-                    recorded_attempt(&mut scheduler, seq, recorded);
-                }
-            }
+            _ = applied.changed() => {}
             changed = durable.changed() => {
                 if changed.is_err() {
                     break;
@@ -417,13 +412,7 @@ pub async fn run(
     let drained = tokio::time::timeout(grace, async {
         while let Some(joined) = in_flight.join_next().await {
             if let Ok((seq, attempt, result)) = joined {
-                let record = finish(&store, &mut scheduler, seq, attempt, result, 0.5);
-                recording.spawn(async move { (seq, record.await) });
-            }
-        }
-        while let Some(joined) = recording.join_next().await {
-            if let Ok((seq, recorded)) = joined {
-                recorded_attempt(&mut scheduler, seq, recorded);
+                finish(&store, &mut scheduler, seq, attempt, result, 0.5);
             }
         }
         Ok::<(), StoreError>(())
@@ -444,19 +433,8 @@ pub async fn run(
     Ok(())
 }
 
-/// What the store said about a logged attempt: an event no longer stored (dropped for space)
-/// leaves the scheduler; a store failure is logged (the event is sent again later).
-fn recorded_attempt(scheduler: &mut Scheduler, seq: u64, recorded: Result<bool, StoreError>) {
-    match recorded {
-        Ok(true) => {}
-        Ok(false) => scheduler.remove(seq),
-        Err(e) => telemetry::store_error("record an attempt", &e),
-    }
-}
-
 /// Judges a finished attempt, tells the scheduler, and logs it in the store (which also ends
-/// the event's send, so from then on it may be dropped for space). Returns the write, to be
-/// awaited off the loop.
+/// the event's send, so from then on it may be dropped for space).
 fn finish(
     store: &Store,
     scheduler: &mut Scheduler,
@@ -464,7 +442,7 @@ fn finish(
     attempt: u32,
     result: AttemptResult,
     unit: f64,
-) -> impl std::future::Future<Output = Result<bool, StoreError>> + Send + 'static {
+) {
     let outcome = classify(result.status, result.retry_after);
     let now = Millis::now();
     telemetry::attempt_finished(
@@ -508,5 +486,5 @@ fn finish(
         status: result.status,
         error: result.error,
     };
-    store.record_attempt(seq, logged, status)
+    store.record_attempt(seq, logged, status);
 }

@@ -324,6 +324,8 @@ pub(crate) struct Shared {
     sending: Mutex<Sending>,
     full: AtomicBool,
     max_bytes: AtomicU64,
+    /// Attempts submitted and not yet applied (see [`Store::record_attempt`]).
+    attempts_unapplied: AtomicU64,
 }
 
 /// Counts and logs (once) a record that cannot be decoded.
@@ -347,6 +349,7 @@ struct Inner {
     jobs: Mutex<Option<std::sync::mpsc::Sender<writer::Job>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     durable: watch::Receiver<u64>,
+    applied: watch::Receiver<u64>,
     file: PathBuf,
     quarantined: Option<PathBuf>,
 }
@@ -439,6 +442,7 @@ impl Store {
             sending: Mutex::default(),
             full: AtomicBool::new(false),
             max_bytes: AtomicU64::new(max_bytes),
+            attempts_unapplied: AtomicU64::new(0),
         });
         let mut meta = {
             let txn = shared.db.begin_read()?;
@@ -463,6 +467,7 @@ impl Store {
         }
         *shared.meta.lock().unwrap_or_else(|p| p.into_inner()) = meta.clone();
         let (durable_tx, durable) = watch::channel(meta.hwm);
+        let (applied_tx, applied) = watch::channel(0u64);
         let (jobs, rx) = std::sync::mpsc::channel();
         let w = writer::Writer {
             shared: shared.clone(),
@@ -472,6 +477,7 @@ impl Store {
             floor_path,
             ids: IdGenerator::default(),
             durable: durable_tx,
+            applied: applied_tx,
             reclaim_failed_at: 0,
         };
         let thread = std::thread::Builder::new()
@@ -487,6 +493,7 @@ impl Store {
                 jobs: Mutex::new(Some(jobs)),
                 thread: Mutex::new(Some(thread)),
                 durable,
+                applied,
                 file,
                 quarantined,
             }),
@@ -577,20 +584,25 @@ impl Store {
 
     /// Logs one attempt and the event's new status, and ends its send ([`Store::begin_send`]).
     /// Lazy: a power cut may take it back, which re-sends the event.
-    /// Resolves once it is applied, to false when the event was no longer stored.
-    pub fn record_attempt(
-        &self,
-        seq: u64,
-        attempt: Attempt,
-        status: Status,
-    ) -> impl std::future::Future<Output = Result<bool, StoreError>> + Send + 'static {
+    /// Not waited for: [`Store::attempts_unapplied`] counts it until the writer has applied it,
+    /// and [`Store::attempts_applied`] changes then.
+    pub fn record_attempt(&self, seq: u64, attempt: Attempt, status: Status) {
         let mut c = Commit::lazy();
         c.attempt(seq, attempt, status);
-        let store = self.clone();
-        async move {
-            let done = store.commit(c).await?;
-            Ok(done.attempts.first().copied().unwrap_or(false))
-        }
+        self.shared()
+            .attempts_unapplied
+            .fetch_add(1, Ordering::AcqRel);
+        self.submit(c);
+    }
+
+    /// Attempts handed to [`Store::record_attempt`] that the writer has not applied yet.
+    pub fn attempts_unapplied(&self) -> u64 {
+        self.shared().attempts_unapplied.load(Ordering::Acquire)
+    }
+
+    /// Changes whenever the writer has applied attempts.
+    pub fn attempts_applied(&self) -> watch::Receiver<u64> {
+        self.inner.applied.clone()
     }
 
     /// Moves an event to the dead letters without an attempt (e.g. older than `max_age`).

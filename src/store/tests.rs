@@ -110,10 +110,7 @@ async fn attempts_dead_letters_and_requeue() {
     status.attempts = 1;
     status.state = State::Dead;
     status.dead_reason = Some("gone".into());
-    assert!(store
-        .record_attempt(seq, attempt.clone(), status)
-        .await
-        .unwrap());
+    store.record_attempt(seq, attempt.clone(), status);
     store.flush().unwrap();
     assert_eq!(store.list(State::Dead, 10).unwrap().len(), 1);
     assert!(store.load_pending().unwrap().is_empty());
@@ -209,7 +206,7 @@ async fn delivered_events_keep_their_log_for_24h_then_go() {
         status: Some(200),
         error: None,
     };
-    assert!(store.record_attempt(seq, attempt, status).await.unwrap());
+    store.record_attempt(seq, attempt, status);
     store.flush().unwrap();
     let almost = delivered_at.saturating_add(DELIVERED_RETENTION - Duration::from_secs(1));
     assert_eq!(gc(&store, almost).await, 0);
@@ -405,14 +402,8 @@ async fn counters_kept_on_write_match_a_recount_across_reopen() {
             status: Some(200),
             error: None,
         };
-        assert!(store
-            .record_attempt(seqs[0], attempt(1), delivered.clone())
-            .await
-            .unwrap());
-        assert!(store
-            .record_attempt(seqs[1], attempt(1), delivered)
-            .await
-            .unwrap());
+        store.record_attempt(seqs[0], attempt(1), delivered.clone());
+        store.record_attempt(seqs[1], attempt(1), delivered);
         store.set_dead(seqs[2], "max_age");
         store.flush().unwrap();
         let stats = store.stats().unwrap();

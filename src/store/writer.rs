@@ -410,6 +410,8 @@ pub(super) struct Writer {
     pub reserved: u64,
     pub ids: IdGenerator,
     pub durable: watch::Sender<u64>,
+    /// Bumped after a group that held attempts (delivery waits on it to call itself idle).
+    pub applied: watch::Sender<u64>,
     /// When a reclamation last found nothing to drop (ms): while full, the next scan waits a
     /// second instead of running on every insert.
     pub reclaim_failed_at: u64,
@@ -454,8 +456,27 @@ impl Writer {
             } else if unsynced_since.is_none() {
                 unsynced_since = Some(Instant::now());
             }
+            let attempts: u64 = jobs
+                .iter()
+                .map(|j| {
+                    j.commit
+                        .ops
+                        .iter()
+                        .filter(|o| matches!(o, Op::Attempt { .. }))
+                        .count() as u64
+                })
+                .sum();
             for (job, result) in jobs.into_iter().zip(results) {
                 job.reply.send(result);
+            }
+            if attempts > 0 {
+                // Applied or failed (and logged): either way no longer waiting.
+                let _ = self.shared.attempts_unapplied.fetch_update(
+                    std::sync::atomic::Ordering::AcqRel,
+                    std::sync::atomic::Ordering::Acquire,
+                    |n| Some(n.saturating_sub(attempts)),
+                );
+                self.applied.send_modify(|n| *n += attempts);
             }
         }
         if unsynced_since.is_some() {

@@ -245,6 +245,31 @@ async fn poll_loop(
     }
 }
 
+/// Splits a batch, in order, into runs in which each topic's acknowledged messages appear at
+/// most once. A crash after a run's commit and before its acks makes the broker deliver the run
+/// again; with one message per topic, each one finds its effect already stored (the device is
+/// already in that state) and changes nothing. Two messages of one device in one run would be
+/// replayed as a transition and its reverse, reported a second time.
+fn one_per_topic(batch: Vec<Incoming>) -> Vec<Vec<Incoming>> {
+    let mut runs = Vec::new();
+    let mut run = Vec::new();
+    let mut topics = std::collections::HashSet::new();
+    for item in batch {
+        if let Incoming::Message(p) = &item {
+            if p.qos != QoS::AtMostOnce && !topics.insert(p.topic.clone()) {
+                runs.push(std::mem::take(&mut run));
+                topics.clear();
+                topics.insert(p.topic.clone());
+            }
+        }
+        run.push(item);
+    }
+    if !run.is_empty() {
+        runs.push(run);
+    }
+    runs
+}
+
 fn describe(e: &ConnectionError) -> String {
     crate::telemetry::error_chain(e)
 }
@@ -314,7 +339,9 @@ impl Shell {
                             Err(_) => break,
                         }
                     }
-                    self.handle_batch(batch).await?;
+                    for run in one_per_topic(batch) {
+                        self.handle_batch(run).await?;
+                    }
                 }
                 _ = heartbeat.tick() => {}
                 Some(request) = requests.recv() => {
@@ -544,5 +571,44 @@ impl Shell {
             f(s);
             s.connect_attempts = attempts;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(topic: &str, qos: QoS) -> Incoming {
+        let mut p = Publish::new(topic, qos, "x");
+        p.pkid = 1;
+        Incoming::Message(p)
+    }
+
+    fn topics(run: &[Incoming]) -> Vec<String> {
+        run.iter()
+            .map(|i| match i {
+                Incoming::Message(p) => p.topic.clone(),
+                _ => "-".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_is_cut_where_a_topic_comes_again_and_keeps_its_order() {
+        let batch = vec![
+            msg("a", QoS::AtLeastOnce),
+            msg("b", QoS::AtLeastOnce),
+            msg("b", QoS::AtMostOnce),
+            Incoming::Subscribed,
+            msg("a", QoS::AtLeastOnce),
+            msg("c", QoS::AtLeastOnce),
+            msg("a", QoS::AtLeastOnce),
+        ];
+        let runs: Vec<Vec<String>> = one_per_topic(batch).iter().map(|r| topics(r)).collect();
+        assert_eq!(
+            runs,
+            vec![vec!["a", "b", "b", "-"], vec!["a", "c"], vec!["a"],]
+        );
+        assert!(one_per_topic(Vec::new()).is_empty());
     }
 }

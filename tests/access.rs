@@ -487,32 +487,23 @@ async fn a_full_store_refuses_new_commands_with_507_but_doors_keep_working() {
     panel
         .subscribe("zenedge/edge-test/panels/panel/feedback")
         .await;
-    panel
-        .publish(
-            "zenedge/edge-test/panels/panel/credential",
-            json!({"type": "magic_link", "token": "tok-1"}).to_string(),
-            false,
-        )
-        .await;
-    let (_, payload, _) = panel.next(WAIT).await;
-    assert_eq!(
-        serde_json::from_slice::<serde_json::Value>(&payload).unwrap()["result"],
-        "granted"
-    );
+    assert_eq!(present_link(&mut panel, "tok-1").await, "granted");
     commands_reach(&mut commands, 1).await;
     // The grant revoked while the store was full opens nothing.
+    assert_eq!(present_link(&mut panel, "tok-0").await, "denied");
+}
+
+/// Presents a magic link at the simulated panel; returns the feedback's `result`.
+async fn present_link(panel: &mut Peer, token: &str) -> serde_json::Value {
     panel
         .publish(
             "zenedge/edge-test/panels/panel/credential",
-            json!({"type": "magic_link", "token": "tok-0"}).to_string(),
+            json!({"type": "magic_link", "token": token}).to_string(),
             false,
         )
         .await;
     let (_, payload, _) = panel.next(WAIT).await;
-    assert_eq!(
-        serde_json::from_slice::<serde_json::Value>(&payload).unwrap()["result"],
-        "denied"
-    );
+    serde_json::from_slice::<serde_json::Value>(&payload).unwrap()["result"].clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -75,8 +75,13 @@ fn spawn(config: &std::path::Path, socket: &std::path::Path, fault: Option<&str>
     Guard(cmd.spawn().unwrap())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ready_watchdog_and_stopping() {
+/// A ZenCore stand-in answering 200 and a room config pointing at it, on a fresh admin port.
+async fn room() -> (
+    Receiver,
+    tempfile::TempDir,
+    std::net::SocketAddr,
+    std::path::PathBuf,
+) {
     let rx = Receiver::start(|_| Reply::Status(200)).await;
     let dir = tempfile::tempdir().unwrap();
     let admin = common::free_port();
@@ -84,6 +89,12 @@ async fn ready_watchdog_and_stopping() {
         dir.path(),
         &common::config_text(dir.path(), &rx.url(), admin, ""),
     );
+    (rx, dir, admin, config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_watchdog_and_stopping() {
+    let (_rx, dir, admin, config) = room().await;
     let socket = dir.path().join("notify.sock");
     let notified = Notified::listen(&socket);
     let mut child = spawn(&config, &socket, None);
@@ -113,13 +124,7 @@ async fn ready_watchdog_and_stopping() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wedged_delivery_loop_stops_the_watchdog() {
-    let rx = Receiver::start(|_| Reply::Status(200)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let admin = common::free_port();
-    let config = common::write_config(
-        dir.path(),
-        &common::config_text(dir.path(), &rx.url(), admin, ""),
-    );
+    let (_rx, dir, _admin, config) = room().await;
     let socket = dir.path().join("notify.sock");
     let notified = Notified::listen(&socket);
     let _child = spawn(&config, &socket, Some("wedge-delivery"));
@@ -135,13 +140,7 @@ async fn a_wedged_delivery_loop_stops_the_watchdog() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_essential_task_that_ends_makes_the_daemon_exit_non_zero() {
-    let rx = Receiver::start(|_| Reply::Status(200)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let admin = common::free_port();
-    let config = common::write_config(
-        dir.path(),
-        &common::config_text(dir.path(), &rx.url(), admin, ""),
-    );
+    let (_rx, dir, _admin, config) = room().await;
     let socket = dir.path().join("notify.sock");
     let _notified = Notified::listen(&socket);
     let mut child = spawn(&config, &socket, Some("device-task-ends"));

@@ -657,18 +657,7 @@ impl Store {
     /// (see [`record`]) and left in place.
     pub fn records<T: Record>(&self) -> Result<Vec<(String, T)>, StoreError> {
         let txn = self.begin_read()?;
-        let table = txn.open_table(RECORDS)?;
-        let mut out = Vec::new();
-        let end = family_end(T::FAMILY);
-        for item in table.range((T::FAMILY, "")..(end.as_str(), ""))? {
-            let (k, v) = item?;
-            let (_, key) = k.value();
-            match record::decode::<T>(v.value()) {
-                Ok(r) => out.push((key.to_owned(), r)),
-                Err(e) => note_undecodable(self.shared(), T::FAMILY, key, &e),
-            }
-        }
-        Ok(out)
+        read_family(&txn.open_table(RECORDS)?, self.shared())
     }
 
     /// Every record of a family as its stored JSON, decodable or not (the audit log shows a
@@ -691,17 +680,7 @@ impl Store {
 
     pub fn record<T: Record>(&self, key: &str) -> Result<Option<T>, StoreError> {
         let txn = self.begin_read()?;
-        let table = txn.open_table(RECORDS)?;
-        let Some(v) = table.get((T::FAMILY, key))? else {
-            return Ok(None);
-        };
-        match record::decode::<T>(v.value()) {
-            Ok(r) => Ok(Some(r)),
-            Err(e) => {
-                note_undecodable(self.shared(), T::FAMILY, key, &e);
-                Ok(None)
-            }
-        }
+        read_record(&txn.open_table(RECORDS)?, self.shared(), key)
     }
 
     /// Undecodable records seen so far, by family and key.
@@ -1017,6 +996,43 @@ impl Store {
             kept_records,
         })
     }
+}
+
+/// One record of `records`, decoded; an undecodable one is noted and read as absent.
+/// Shared by reads and by commit steps, whatever table handle they hold.
+pub(crate) fn read_record<T: Record>(
+    table: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    shared: &Shared,
+    key: &str,
+) -> Result<Option<T>, StoreError> {
+    let Some(v) = table.get((T::FAMILY, key))? else {
+        return Ok(None);
+    };
+    match record::decode::<T>(v.value()) {
+        Ok(r) => Ok(Some(r)),
+        Err(e) => {
+            note_undecodable(shared, T::FAMILY, key, &e);
+            Ok(None)
+        }
+    }
+}
+
+/// Every decodable record of `T`'s family, by key; undecodable ones are noted and left alone.
+pub(crate) fn read_family<T: Record>(
+    table: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    shared: &Shared,
+) -> Result<Vec<(String, T)>, StoreError> {
+    let mut out = Vec::new();
+    let end = family_end(T::FAMILY);
+    for item in table.range((T::FAMILY, "")..(end.as_str(), ""))? {
+        let (k, v) = item?;
+        let (_, key) = k.value();
+        match record::decode::<T>(v.value()) {
+            Ok(r) => out.push((key.to_owned(), r)),
+            Err(e) => note_undecodable(shared, T::FAMILY, key, &e),
+        }
+    }
+    Ok(out)
 }
 
 /// The first family name after `family` in key order: `(family, any key)` sorts below

@@ -212,8 +212,6 @@ impl Commit {
 #[derive(Debug, Default)]
 pub struct Committed {
     pub events: Vec<Enqueued>,
-    /// Per attempt logged: false when its event was no longer stored.
-    pub attempts: Vec<bool>,
     pub requeued: Vec<Option<PendingEvent>>,
     /// Events removed by retention.
     pub removed: usize,
@@ -230,33 +228,12 @@ pub struct Tx<'a> {
 
 impl Tx<'_> {
     pub fn get<T: Record>(&self, key: &str) -> Result<Option<T>, StoreError> {
-        let table = self.txn.open_table(RECORDS)?;
-        let Some(v) = table.get((T::FAMILY, key))? else {
-            return Ok(None);
-        };
-        match record::decode::<T>(v.value()) {
-            Ok(r) => Ok(Some(r)),
-            Err(e) => {
-                note_undecodable(self.shared, T::FAMILY, key, &e);
-                Ok(None)
-            }
-        }
+        super::read_record(&self.txn.open_table(RECORDS)?, self.shared, key)
     }
 
     /// Every decodable record of the family (undecodable ones are noted and left alone).
     pub fn all<T: Record>(&self) -> Result<Vec<(String, T)>, StoreError> {
-        let table = self.txn.open_table(RECORDS)?;
-        let mut out = Vec::new();
-        let end = super::family_end(T::FAMILY);
-        for item in table.range((T::FAMILY, "")..(end.as_str(), ""))? {
-            let (k, v) = item?;
-            let (_, key) = k.value();
-            match record::decode::<T>(v.value()) {
-                Ok(r) => out.push((key.to_owned(), r)),
-                Err(e) => note_undecodable(self.shared, T::FAMILY, key, &e),
-            }
-        }
-        Ok(out)
+        super::read_family(&self.txn.open_table(RECORDS)?, self.shared)
     }
 
     /// The family's record with the greatest key, decoded or not.
@@ -617,9 +594,7 @@ impl Writer {
                     seq,
                     attempt,
                     status,
-                } => done
-                    .attempts
-                    .push(self.attempt(txn, *seq, attempt, status)?),
+                } => self.attempt(txn, *seq, attempt, status)?,
                 Op::SetDead { seq, reason } => self.set_dead(txn, *seq, reason)?,
                 Op::Requeue { seq } => done.requeued.push(self.requeue(txn, *seq)?),
                 Op::GcDelivered { cutoff_ms } => {
@@ -958,7 +933,7 @@ impl Writer {
         seq: u64,
         attempt: &Attempt,
         status: &Status,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<(), StoreError> {
         // The attempt is over: from the next commit on, the event may be dropped for space.
         self.shared
             .sending
@@ -966,7 +941,7 @@ impl Writer {
             .unwrap_or_else(|p| p.into_inner())
             .end(seq);
         if !Self::event_exists(txn, seq)? {
-            return Ok(false);
+            return Ok(());
         }
         let bytes = record::encode(attempt)?;
         let old_attempt = txn
@@ -981,7 +956,7 @@ impl Writer {
         let mut new = status.clone();
         new.attempts = new.attempts.max(old.0.attempts);
         self.put_status(txn, seq, old, &new)?;
-        Ok(true)
+        Ok(())
     }
 
     fn set_dead(

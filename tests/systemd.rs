@@ -146,18 +146,23 @@ async fn an_essential_task_that_ends_makes_the_daemon_exit_non_zero() {
     let mut child = spawn(&config, &socket, Some("device-task-ends"));
     // It must not keep running (and answering 202) without its device task: it exits, non-zero,
     // for systemd to restart it.
+    let pid = child.0.id().to_string();
     let status = tokio::task::block_in_place(|| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(s) = child.0.try_wait().unwrap() {
-                return Some(s);
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let waiting = &mut child.0;
+            scope.spawn(move || {
+                let _ = tx.send(waiting.wait());
+            });
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(exited) => exited.ok(),
+                Err(_) => {
+                    // Still running: end it so the waiting thread returns, and fail below.
+                    let _ = Command::new("kill").args(["-KILL", &pid]).status();
+                    None
+                }
             }
-            if Instant::now() > deadline {
-                return None;
-            }
-            // A child's exit has no other signal here than its status.
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        })
     })
     .expect("the daemon kept running without its device task");
     assert!(!status.success(), "{status:?}");

@@ -944,21 +944,17 @@ impl Store {
     /// The store's numbers. Costs O(log n): the counters are kept as records are written.
     pub fn stats(&self) -> Result<StoreStats, StoreError> {
         let m = self.meta();
-        let oldest_pending_at = {
-            let txn = self.begin_read()?;
-            let pending = txn.open_table(PENDING)?;
-            let events = txn.open_table(EVENTS)?;
-            let first = pending.first()?.map(|(k, _)| k.value());
-            let at = match first {
-                Some(seq) => events
-                    .get(seq)?
-                    .and_then(|b| body_info(b.value()))
-                    .map(|i| i.at.rfc3339()),
-                None => None,
-            };
-            at
+        let txn = self.begin_read()?;
+        let first = txn.open_table(PENDING)?.first()?.map(|(k, _)| k.value());
+        let oldest_pending_at = match first {
+            Some(seq) => txn
+                .open_table(EVENTS)?
+                .get(seq)?
+                .and_then(|b| body_info(b.value()))
+                .map(|i| i.at.rfc3339()),
+            None => None,
         };
-        let kept_records = self.begin_read()?.open_table(KEPT)?.len()?;
+        let kept_records = txn.open_table(KEPT)?.len()?;
         let in_flight = self
             .shared()
             .sending

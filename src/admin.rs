@@ -1,5 +1,11 @@
-//! The admin API on `admin.listen` (loopback by default): health, status, the outbox and its
-//! dead letters, and `edge.test` events. The CLI's query verbs are thin clients of it.
+//! The admin API: health, status, the outbox and its dead letters, devices, grants, the audit
+//! log, operator unlocks and `edge.test` events. The CLI's verbs are thin clients of it.
+//!
+//! Everything is served on the Unix socket `admin.socket` (0660, group `admin.socket_group`), so
+//! file permissions decide who may unlock a door or read grants. The TCP port `admin.listen`
+//! serves only the read-only `GET /healthz`, `/metrics` and `/v1/status` (for probes and
+//! scrapers) and answers 404 to everything else: any local user, or a web page reaching loopback
+//! by DNS rebinding, can open a TCP connection.
 //!
 //! Routes:
 //! - `GET  /healthz`                 200 once the daemon is ready, else 503
@@ -26,8 +32,10 @@ use crate::delivery::DeliveryState;
 use crate::event::{EventKind, Millis, NewEvent};
 use crate::store::{Enqueued, PendingEvent, State, Store, StoreError};
 
-/// The most `edge.test` events one request may queue.
-pub const MAX_TEST_EVENTS: u32 = 10_000;
+/// The most `edge.test` events one request may queue (DESIGN §6).
+pub const MAX_TEST_EVENTS: u32 = 100;
+/// The longest `edge.test` note, in bytes.
+pub const MAX_TEST_NOTE_BYTES: usize = 1024;
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -41,6 +49,112 @@ pub struct AdminState {
     pub started: Millis,
 }
 
+/// The read-only routes of the TCP port.
+pub fn tcp_router(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/v1/status", get(status))
+        .route("/metrics", get(metrics))
+        .fallback(tcp_fallback)
+        .with_state(state)
+}
+
+async fn tcp_fallback() -> ApiError {
+    ApiError(
+        StatusCode::NOT_FOUND,
+        "not served on admin.listen (only GET /healthz, /metrics, /v1/status); \
+         the CLI uses the admin socket"
+            .into(),
+    )
+}
+
+/// Binds the admin socket at `path`: mode 0660, group `group` (by name) if given.
+///
+/// The socket is bound under a temporary name, given its mode and group, and only then renamed
+/// into place, so it is never reachable with the umask's looser mode. A stale socket left by a
+/// killed daemon is replaced; one a running daemon answers on, or a file that is not a socket,
+/// is an error naming the path.
+pub fn bind_socket(
+    path: &std::path::Path,
+    group: Option<&str>,
+) -> anyhow::Result<tokio::net::UnixListener> {
+    use anyhow::{bail, Context};
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+
+    let gid = match group {
+        Some(name) => Some(
+            group_id(name)
+                .with_context(|| format!("admin.socket_group: no group named {:?}", name))?,
+        ),
+        None => None,
+    };
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            bail!(
+                "admin.socket {} exists and is not a socket; remove it or choose another path",
+                path.display()
+            );
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!(
+                "admin.socket {} is in use: another zenedge daemon is running",
+                path.display()
+            );
+        }
+    }
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let file = path
+        .file_name()
+        .with_context(|| format!("admin.socket {} names no file", path.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        file.to_string_lossy(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&tmp);
+    let listener = tokio::net::UnixListener::bind(&tmp)
+        .with_context(|| format!("cannot create admin.socket {}", path.display()))?;
+    let placed = (|| -> std::io::Result<()> {
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o660))?;
+        if gid.is_some() {
+            std::os::unix::fs::chown(&tmp, None, gid)?;
+        }
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot set up admin.socket {}", path.display()));
+    }
+    Ok(listener)
+}
+
+/// The id of the group `name`, from the system's group database.
+pub(crate) fn group_id(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: `grp` and `buf` outlive the call; getgrnam_r writes only into them and sets
+    // `result` to null or to `&mut grp`.
+    unsafe {
+        let mut grp: libc::group = std::mem::zeroed();
+        let mut result: *mut libc::group = std::ptr::null_mut();
+        let rc = libc::getgrnam_r(
+            c.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        );
+        if rc != 0 || result.is_null() {
+            return None;
+        }
+        Some(grp.gr_gid)
+    }
+}
+
+/// Every route, for the admin socket.
 pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
@@ -237,6 +351,12 @@ async fn test_webhook(
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
             format!("count must be 1..={MAX_TEST_EVENTS}"),
+        ));
+    }
+    if note.as_ref().is_some_and(|n| n.len() > MAX_TEST_NOTE_BYTES) {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("note must be at most {MAX_TEST_NOTE_BYTES} bytes"),
         ));
     }
     let note = note.unwrap_or_else(|| "zenedge test-webhook".into());
@@ -442,4 +562,54 @@ async fn metrics(AxState(s): AxState<AdminState>) -> Result<Response, ApiError> 
         crate::telemetry::prometheus(&g),
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    #[tokio::test]
+    async fn the_socket_is_0660_in_its_group_and_a_stale_one_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.sock");
+        // A stale socket, as a SIGKILLed daemon leaves it.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let group = group_id("nogroup").map(|_| "nogroup");
+        let listener = bind_socket(&path, group).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+        if let (Some(name), true) = (group, meta.uid() == 0) {
+            assert_eq!(Some(meta.gid()), group_id(name));
+        }
+        // Only the final name is left, and it answers.
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1);
+        let accept = tokio::spawn(async move { listener.accept().await.map(|_| ()) });
+        tokio::net::UnixStream::connect(&path).await.unwrap();
+        accept.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_live_socket_a_plain_file_and_an_unknown_group_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("live.sock");
+        let _held = bind_socket(&live, None).unwrap();
+        let e = bind_socket(&live, None).unwrap_err().to_string();
+        assert!(e.contains("another zenedge daemon"), "{e}");
+
+        let file = dir.path().join("file.sock");
+        std::fs::write(&file, "keep me").unwrap();
+        let e = bind_socket(&file, None).unwrap_err().to_string();
+        assert!(e.contains("not a socket"), "{e}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+
+        let other = dir.path().join("other.sock");
+        let e = format!(
+            "{:#}",
+            bind_socket(&other, Some("no-such-group-zenedge")).unwrap_err()
+        );
+        assert!(e.contains("admin.socket_group"), "{e}");
+        assert!(!other.exists());
+    }
 }

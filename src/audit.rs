@@ -23,6 +23,10 @@ pub struct Entry {
     pub reason: Option<String>,
     /// The decision used the clock floor because the system clock was not trusted.
     pub clock_untrusted: bool,
+    /// For the record that closes a lockout (`result` `locked_out`): the credentials presented
+    /// during it, refused without being compared and not recorded one by one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,6 +151,7 @@ mod tests {
             result: result.into(),
             reason: None,
             clock_untrusted: false,
+            attempts: None,
         }
     }
 

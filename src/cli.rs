@@ -82,8 +82,12 @@ pub enum Command {
     Doctor,
     /// Queue `edge.test` events through the normal outbox.
     TestWebhook {
-        #[arg(long, default_value_t = 1)]
+        /// How many events, 1..=100.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=crate::admin::MAX_TEST_EVENTS as i64))]
         count: u32,
+        /// A note carried in each event's data, at most 1 KiB.
+        #[arg(long, value_parser = note_arg)]
+        note: Option<String>,
     },
 }
 
@@ -283,7 +287,14 @@ async fn run_verb(cli: &Cli) -> Result<ExitCode, ExitCode> {
                     status,
                     d.last_seen.as_deref().unwrap_or("-"),
                     d.last_state.as_deref().unwrap_or("-"),
-                    d.pending_actions.join(", ")
+                    match &d.locked_out_until {
+                        // A panel or reader refusing every credential: say so first.
+                        Some(until) => format!(
+                            "LOCKED OUT until {until} (too many denied credentials) {}",
+                            d.pending_actions.join(", ")
+                        ),
+                        None => d.pending_actions.join(", "),
+                    }
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -369,10 +380,13 @@ async fn run_verb(cli: &Cli) -> Result<ExitCode, ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::TestWebhook { count } => {
+        Command::TestWebhook { count, note } => {
             let client = AdminClient::new(&load_config(cli)?);
             let answer: serde_json::Value = client
-                .post_json("/v1/test-webhook", serde_json::json!({ "count": count }))
+                .post_json(
+                    "/v1/test-webhook",
+                    serde_json::json!({ "count": count, "note": note }),
+                )
                 .await?;
             let events = answer["events"].as_array().cloned().unwrap_or_default();
             for e in &events {
@@ -594,30 +608,43 @@ fn read_body(file: Option<&Path>) -> Result<Vec<u8>, ExitCode> {
     })
 }
 
-/// A client of the running daemon's admin API.
+fn note_arg(s: &str) -> Result<String, String> {
+    if s.len() > crate::admin::MAX_TEST_NOTE_BYTES {
+        return Err(format!(
+            "at most {} bytes (this one has {})",
+            crate::admin::MAX_TEST_NOTE_BYTES,
+            s.len()
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// A client of the running daemon's admin API, over the admin socket.
 struct AdminClient {
-    base: String,
+    socket: PathBuf,
     http: reqwest::Client,
 }
 
 impl AdminClient {
     fn new(config: &Config) -> AdminClient {
-        let mut addr = config.admin.listen;
-        // A daemon listening on every address is reached on loopback.
-        if addr.ip().is_unspecified() {
-            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-        }
+        let socket = config.admin_socket();
         AdminClient {
-            base: format!("http://{addr}"),
             http: reqwest::Client::builder()
+                .unix_socket(socket.as_path())
                 .timeout(std::time::Duration::from_secs(120))
                 .build()
                 .unwrap_or_default(),
+            socket,
         }
     }
 
+    fn url(&self, path: &str) -> String {
+        // The host is not used for a Unix socket; reqwest still needs one in the URL.
+        format!("http://zenedge{path}")
+    }
+
     async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ExitCode> {
-        self.answer(self.http.get(format!("{}{path}", self.base)).send().await)
+        self.answer(self.http.get(self.url(path)).send().await)
             .await
     }
 
@@ -626,14 +653,8 @@ impl AdminClient {
         path: &str,
         body: serde_json::Value,
     ) -> Result<T, ExitCode> {
-        self.answer(
-            self.http
-                .post(format!("{}{path}", self.base))
-                .json(&body)
-                .send()
-                .await,
-        )
-        .await
+        self.answer(self.http.post(self.url(path)).json(&body).send().await)
+            .await
     }
 
     async fn answer<T: serde::de::DeserializeOwned>(
@@ -641,14 +662,24 @@ impl AdminClient {
         sent: reqwest::Result<reqwest::Response>,
     ) -> Result<T, ExitCode> {
         let response = sent.map_err(|e| {
-            eprintln!(
-                "zenedge: the daemon is not reachable at {} ({}); is `zenedge run` running?",
-                self.base,
-                if e.is_timeout() {
-                    "timeout"
-                } else {
-                    "connection failed"
+            let why = if e.is_timeout() {
+                "timeout".to_string()
+            } else {
+                // Permission denied is the answer for users outside `admin.socket_group`.
+                let mut source: Option<&dyn std::error::Error> = Some(&e);
+                let mut why = "connection failed".to_string();
+                while let Some(err) = source {
+                    if let Some(io) = err.downcast_ref::<std::io::Error>() {
+                        why = io.to_string();
+                    }
+                    source = err.source();
                 }
+                why
+            };
+            eprintln!(
+                "zenedge: the daemon is not reachable at {} ({why}); is `zenedge run` running, \
+                 and may this user use admin.socket?",
+                self.socket.display(),
             );
             ExitCode::from(exit::UNAVAILABLE)
         })?;

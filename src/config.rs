@@ -125,6 +125,8 @@ pub struct Config {
     #[serde(default)]
     pub scheduler: SchedulerConfig,
     #[serde(default)]
+    pub access: AccessConfig,
+    #[serde(default)]
     pub devices: Vec<DeviceConfig>,
 }
 
@@ -256,14 +258,31 @@ impl Default for InboundConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
+    /// Read-only over TCP: `/healthz`, `/metrics`, `/v1/status`.
     pub listen: SocketAddr,
+    /// The Unix socket the CLI uses for everything else; default `admin.sock` in `state_dir`.
+    pub socket: Option<PathBuf>,
+    /// The group that may use the socket (0660); default the daemon's own group.
+    pub socket_group: Option<String>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8788)),
+            socket: None,
+            socket_group: None,
         }
+    }
+}
+
+impl Config {
+    /// Where the admin socket is: `admin.socket`, else `admin.sock` in the state dir.
+    pub fn admin_socket(&self) -> PathBuf {
+        self.admin
+            .socket
+            .clone()
+            .unwrap_or_else(|| self.controller.state_dir.join("admin.sock"))
     }
 }
 
@@ -335,6 +354,40 @@ pub struct ClockConfig {
 impl Default for ClockConfig {
     fn default() -> Self {
         ClockConfig { require_sync: true }
+    }
+}
+
+/// `[access]`: how guessing is bounded, and how long the audit log is kept (DESIGN §2).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessConfig {
+    /// Denied credentials at one panel or reader within `lockout_window` that lock it out;
+    /// 0 disables the lockout.
+    pub lockout_after: u32,
+    #[serde(with = "humantime_serde")]
+    pub lockout_window: Duration,
+    /// The first lockout's length; it doubles per lockout in a row, up to `lockout_max`.
+    #[serde(with = "humantime_serde")]
+    pub lockout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub lockout_max: Duration,
+    #[serde(with = "humantime_serde")]
+    pub audit_retention: Duration,
+    /// An opening this soon after an unlock is not forced (door contacts).
+    #[serde(with = "humantime_serde")]
+    pub entry_grace: Duration,
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        AccessConfig {
+            lockout_after: 5,
+            lockout_window: Duration::from_secs(60),
+            lockout: Duration::from_secs(60),
+            lockout_max: Duration::from_secs(15 * 60),
+            audit_retention: Duration::from_secs(90 * 24 * 3600),
+            entry_grace: Duration::from_secs(10),
+        }
     }
 }
 
@@ -606,6 +659,40 @@ impl Config {
                 "controller.id",
                 "use only letters, digits, `-`, `_` and `.` (it is part of MQTT topics)",
             ));
+        }
+        let a = &self.access;
+        if a.lockout_after > 0 {
+            for (key, d) in [
+                ("access.lockout_window", a.lockout_window),
+                ("access.lockout", a.lockout),
+            ] {
+                if d.is_zero() {
+                    return Err(ConfigError::key(
+                        key,
+                        "must be more than 0 (set access.lockout_after = 0 to disable the lockout)",
+                    ));
+                }
+            }
+            if a.lockout_max < a.lockout {
+                return Err(ConfigError::key(
+                    "access.lockout_max",
+                    "must be at least access.lockout",
+                ));
+            }
+        }
+        if a.audit_retention < Duration::from_secs(24 * 3600) {
+            return Err(ConfigError::key(
+                "access.audit_retention",
+                "must be at least 1 day",
+            ));
+        }
+        if let Some(group) = &self.admin.socket_group {
+            if crate::admin::group_id(group).is_none() {
+                return Err(ConfigError::key(
+                    "admin.socket_group",
+                    format!("no group named {group:?} on this system"),
+                ));
+            }
         }
         match reqwest::Url::parse(&self.zencore.webhook_url) {
             Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
@@ -1000,6 +1087,7 @@ fn one_secret(
         )),
         (Some(s), None) => Ok(Some(s)),
         (None, Some(path)) => {
+            private_file(&format!("{key}_file"), path)?;
             let text = std::fs::read_to_string(path).map_err(|e| {
                 ConfigError::key(
                     format!("{key}_file"),
@@ -1012,6 +1100,36 @@ fn one_secret(
         }
         (None, None) => Ok(None),
     }
+}
+
+/// Refuses a secret file that is a symlink or that users other than its owner and group can
+/// read or write (as OpenSSH does with a private key): a secret others can read is no secret,
+/// and a symlink may point wherever whoever made it wanted.
+fn private_file(key: &str, path: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::symlink_metadata(path)
+        .map_err(|e| ConfigError::key(key, format!("cannot read {}: {e}", path.display())))?;
+    if meta.file_type().is_symlink() {
+        return Err(ConfigError::key(
+            key,
+            format!(
+                "{} is a symlink; name the file itself (a secret file must be a plain file)",
+                path.display()
+            ),
+        ));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o007 != 0 {
+        return Err(ConfigError::key(
+            key,
+            format!(
+                "{} is readable or writable by other users (mode {mode:04o}); \
+                 `chmod 0640` it (or 0600)",
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn leaf(key: &str) -> &str {
@@ -1134,6 +1252,7 @@ secret = "s3cret-s3cret-s3cret-s3cret"
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("secret");
         std::fs::write(&file, "from-file-from-file-from-file\n").unwrap();
+        private(&file);
         let text = MINIMAL.replace(
             "secret = \"s3cret-s3cret-s3cret-s3cret\"",
             &format!("secret_file = {:?}", file.display().to_string()),
@@ -1151,6 +1270,38 @@ secret = "s3cret-s3cret-s3cret-s3cret"
         assert_eq!(key_of(parse(&both).unwrap_err()), "zencore.secret");
         let none = MINIMAL.replace("secret = \"s3cret-s3cret-s3cret-s3cret\"", "");
         assert_eq!(key_of(parse(&none).unwrap_err()), "zencore.secret");
+    }
+
+    fn private(path: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    }
+
+    #[test]
+    fn loose_or_symlinked_secret_files_are_refused_naming_the_key() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "from-file-from-file-from-file\n").unwrap();
+        let with = |path: &Path| {
+            MINIMAL.replace(
+                "secret = \"s3cret-s3cret-s3cret-s3cret\"",
+                &format!("secret_file = {:?}", path.display().to_string()),
+            )
+        };
+        for mode in [0o644, 0o666, 0o604, 0o602] {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = parse(&with(&file)).unwrap_err();
+            assert!(e.to_string().contains("other users"), "{mode:o}: {e}");
+            assert_eq!(key_of(e), "zencore.secret_file");
+        }
+        private(&file);
+        assert!(parse(&with(&file)).is_ok());
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        let e = parse(&with(&link)).unwrap_err();
+        assert!(e.to_string().contains("symlink"), "{e}");
+        assert_eq!(key_of(e), "zencore.secret_file");
     }
 
     #[test]
@@ -1195,10 +1346,13 @@ secret = "s3cret-s3cret-s3cret-s3cret"
             "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwMfKQ9r8GKYqr\n",
         )
         .unwrap();
+        private(&secret);
         let text = include_str!("../config.example.toml").replace(
             "\"/etc/zenedge/zencore.secret\"",
             &format!("{:?}", secret.display().to_string()),
         );
+        // The group the Debian package creates; here, one every Debian system has.
+        let text = text.replace("\"zenedge-operators\"", "\"root\"");
         assert_ne!(text, include_str!("../config.example.toml"));
         let c = parse(&text).unwrap();
         assert!(!c.devices.is_empty());

@@ -256,10 +256,19 @@ async fn serve(
         mqtt: mqtt.clone(),
         config: config.clone(),
     };
+    let socket_path = config.admin_socket();
+    let socket_listener = admin::bind_socket(&socket_path, config.admin.socket_group.as_deref())?;
     let admin_stop = stopped(shutdown_rx.clone());
+    let tcp_state = admin_state.clone();
     let admin_task = tokio::spawn(async move {
-        axum::serve(admin_listener, admin::router(admin_state))
+        axum::serve(admin_listener, admin::tcp_router(tcp_state))
             .with_graceful_shutdown(admin_stop)
+            .await
+    });
+    let socket_stop = stopped(shutdown_rx.clone());
+    let socket_task = tokio::spawn(async move {
+        axum::serve(socket_listener, admin::router(admin_state))
+            .with_graceful_shutdown(socket_stop)
             .await
     });
 
@@ -356,6 +365,7 @@ async fn serve(
         message = "ZenEdge is running.",
         controller_id = %config.controller.id,
         admin = %bound.admin,
+        admin_socket = %socket_path.display(),
         inbound = %bound.inbound,
         webhook_url = %config.zencore.webhook_url,
         last_sequence = store.last_sequence(),
@@ -390,6 +400,10 @@ async fn serve(
     ready.store(false, Ordering::Release);
     let delivery_result = delivery_task.await;
     let _ = admin_task.await;
+    let _ = socket_task.await;
+    // The next daemon (or this one after a reload) binds a fresh socket; a CLI finding none
+    // says the daemon is not running rather than hanging on a dead file.
+    let _ = std::fs::remove_file(&socket_path);
     let _ = inbound_task.await;
     let _ = gc_task.await;
     let _ = watchdog_task.await;
@@ -422,6 +436,7 @@ pub fn check_records(store: &Store) -> Result<usize, crate::store::StoreError> {
     store.records::<crate::inbound::DedupKey>()?;
     store.records::<crate::inbound::ActionKey>()?;
     store.records::<crate::audit::Record>()?;
+    store.records::<crate::access::lockout::Guard>()?;
     Ok(store.undecodable().len())
 }
 

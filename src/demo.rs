@@ -302,11 +302,13 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<bool> {
     crate::delivery::install_crypto_provider();
-    let dir = std::env::temp_dir().join(format!("zenedge-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let result = play(once, &dir, shutdown).await;
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    // A fresh private directory (0700, unpredictable name, created exclusively): a predictable
+    // path in /tmp could be pre-created by another user, e.g. with a symlink in it.
+    let dir = tempfile::Builder::new()
+        .prefix("zenedge-demo-")
+        .tempdir()
+        .context("cannot create the demo's temporary directory")?;
+    play(once, dir.path(), shutdown).await
 }
 
 async fn play(
@@ -337,7 +339,11 @@ async fn play(
         "  ZenEdge inbound        http://127.0.0.1:{}/webhooks/zencore",
         ports.inbound
     );
-    println!("  ZenEdge admin          http://127.0.0.1:{}", ports.admin);
+    println!(
+        "  ZenEdge admin          http://127.0.0.1:{} (read-only), socket {}",
+        ports.admin,
+        config.admin_socket().display()
+    );
     println!("  simulated devices      front-door (Zigbee2MQTT lock), side-strike (Tasmota relay), room-panel");
 
     crate::broker::start(SocketAddr::from(([127, 0, 0, 1], ports.mqtt)))?;
@@ -571,10 +577,11 @@ async fn story(
         )
         .await?;
     expect_mqtt(panel_seen, "panel feedback denied", |t, v| {
-        t.ends_with("/feedback") && v["result"] == "denied" && v["reason"] == "unknown_credential"
+        // The panel is told only `denied`; ZenCore gets the precise reason.
+        t.ends_with("/feedback") && v["result"] == "denied" && v["reason"] == "denied"
     })
     .await?;
-    ok("panel: denied (unknown_credential); the events wait in the outbox");
+    ok("panel: denied (ZenCore will hear unknown_credential); the events wait in the outbox");
 
     step(
         7,

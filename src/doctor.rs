@@ -35,14 +35,11 @@ pub async fn run(config: &Config) -> Vec<Check> {
         true,
         format!("{} devices", config.devices.len()),
     )];
-    let admin = {
-        let mut a = config.admin.listen;
-        if a.ip().is_unspecified() {
-            a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-        }
-        format!("http://{a}")
-    };
+    // The daemon is asked over the admin socket, as every CLI verb does (the host part of the
+    // URL is not used for a Unix socket).
+    let admin = "http://zenedge".to_string();
     let http = reqwest::Client::builder()
+        .unix_socket(config.admin_socket().as_path())
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap_or_default();

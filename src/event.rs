@@ -17,17 +17,19 @@ pub enum EventKind {
     DeviceOffline,
     DeviceActionCompleted,
     AccessDenied,
+    AccessLockout,
     EdgeDataGap,
     EdgeTest,
     MeetingStatusUpdate,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 7] = [
+    pub const ALL: [EventKind; 8] = [
         EventKind::DeviceOnline,
         EventKind::DeviceOffline,
         EventKind::DeviceActionCompleted,
         EventKind::AccessDenied,
+        EventKind::AccessLockout,
         EventKind::EdgeDataGap,
         EventKind::EdgeTest,
         EventKind::MeetingStatusUpdate,
@@ -39,6 +41,7 @@ impl EventKind {
             EventKind::DeviceOffline => "device.offline",
             EventKind::DeviceActionCompleted => "device.action_completed",
             EventKind::AccessDenied => "access.denied",
+            EventKind::AccessLockout => "access.lockout",
             EventKind::EdgeDataGap => "edge.data_gap",
             EventKind::EdgeTest => "edge.test",
             EventKind::MeetingStatusUpdate => "meeting.status_update",

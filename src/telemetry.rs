@@ -20,6 +20,9 @@ pub struct Metrics {
     pub attempt_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     pub access_granted: AtomicU64,
     pub access_denied: AtomicU64,
+    /// Credentials refused uncompared because their panel or reader was locked out.
+    pub access_locked_out: AtomicU64,
+    pub lockouts: AtomicU64,
 }
 
 /// Upper bounds (seconds) of the attempt latency histogram; the last bucket is +Inf.
@@ -119,11 +122,16 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// An access decision at a panel or reader.
+/// An access decision at a panel or reader: the one place decisions are logged and counted.
 pub fn access_decision(device: &str, result: &str, reason: Option<&str>, credential_type: &str) {
     let m = metrics();
     if result == "granted" {
         inc(&m.access_granted, 1);
+    } else if reason == Some("locked_out") {
+        // Counted, not logged one by one: a flood of guesses must not flood the journal. The
+        // lockout's own lines say when it began and how many attempts it refused.
+        inc(&m.access_locked_out, 1);
+        return;
     } else {
         inc(&m.access_denied, 1);
     }
@@ -134,6 +142,23 @@ pub fn access_decision(device: &str, result: &str, reason: Option<&str>, credent
         reason = reason.unwrap_or(""),
         credential_type
     );
+}
+
+/// A panel or reader was locked out after `failures` denied credentials.
+pub fn lockout_began(device: &str, failures: u32, until: crate::event::Millis, lockouts: u32) {
+    inc(&metrics().lockouts, 1);
+    tracing::warn!(
+        message = "Too many denied credentials: locked out.",
+        device,
+        failures,
+        until = %until.rfc3339(),
+        lockouts_in_a_row = lockouts
+    );
+}
+
+/// A lockout ran out; `attempts` credentials were refused during it without being compared.
+pub fn lockout_ended(device: &str, attempts: u64) {
+    tracing::info!(message = "Lockout ended.", device, attempts);
 }
 
 /// Values read at scrape time from the store, delivery and MQTT.
@@ -334,7 +359,15 @@ pub fn prometheus(g: &Gauges) -> String {
         &[
             ("{result=\"granted\"}", load(&m.access_granted) as f64),
             ("{result=\"denied\"}", load(&m.access_denied) as f64),
+            ("{result=\"locked_out\"}", load(&m.access_locked_out) as f64),
         ],
+    );
+    metric(
+        &mut out,
+        "zenedge_access_lockouts_total",
+        "counter",
+        "Lockouts of a panel or reader after too many denied credentials.",
+        &[("", load(&m.lockouts) as f64)],
     );
     metric(
         &mut out,

@@ -81,6 +81,18 @@ fn usage_errors_exit_64() {
     assert_eq!(out.status.code(), Some(64));
     let out = Command::new(common::bin()).arg("--help").output().unwrap();
     assert_eq!(out.status.code(), Some(0));
+    // The bounds of DESIGN §6, refused before any daemon is asked.
+    let long_note = "n".repeat(1025);
+    for args in [
+        &["test-webhook", "--count", "0"][..],
+        &["test-webhook", "--count", "101"],
+        &["test-webhook", "--note", &long_note],
+        &["unlock", "door", "--duration-s", "0"],
+        &["unlock", "door", "--duration-s", "3601"],
+    ] {
+        let out = Command::new(common::bin()).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(64), "{:?}", &args[..2]);
+    }
 }
 
 fn run_with_stdin(args: &[&str], stdin: &[u8]) -> (i32, String) {

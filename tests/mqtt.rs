@@ -401,6 +401,11 @@ async fn broker_credentials_from_a_password_file_and_a_clear_refusal() {
     let broker = Broker::with_password(dir.path(), "zenedge", "right-pass").await;
     let pass_file = dir.path().join("mqtt.password");
     std::fs::write(&pass_file, "right-pass\n").unwrap();
+    std::fs::set_permissions(
+        &pass_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let admin = common::free_port();
     let mqtt = format!(
         "\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\nusername = \"zenedge\"\npassword_file = \"{}\"\n{DEVICES}",

@@ -95,7 +95,12 @@ require_sync = false
     // Ready and every device reported online (debounce 5 s by default).
     let started = Instant::now();
     loop {
-        let online = reqwest::get(format!("http://127.0.0.1:{admin}/v1/devices"))
+        // `/v1/devices` is served on the admin socket only.
+        let online = reqwest::Client::builder()
+            .unix_socket(base.join("state").join("admin.sock"))
+            .build()?
+            .get("http://zenedge/v1/devices")
+            .send()
             .await
             .ok();
         let n = match online {

@@ -4,6 +4,8 @@
 //! only SHA-256 hashes of tokens and PINs are stored, and a presented credential is hashed and
 //! compared in constant time.
 
+pub mod lockout;
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;

@@ -43,6 +43,8 @@ pub struct Output {
     pub marks: Vec<(String, crate::schedule::Marks)>,
     /// Bookings long over, to delete.
     pub forget: Vec<String>,
+    /// Lockout state of panels and readers to store (DESIGN §2, guessing is bounded).
+    pub lockouts: Vec<(String, crate::access::lockout::Guard)>,
 }
 
 impl Output {
@@ -55,6 +57,7 @@ impl Output {
         self.serial.extend(other.serial);
         self.marks.extend(other.marks);
         self.forget.extend(other.forget);
+        self.lockouts.extend(other.lockouts);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -86,6 +89,9 @@ pub struct DeviceView {
     pub last_state: Option<String>,
     pub last_state_at: Option<String>,
     pub pending_actions: Vec<String>,
+    /// A panel or reader locked out after too many denied credentials: until when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locked_out_until: Option<String>,
 }
 
 pub struct Hub {
@@ -109,6 +115,7 @@ pub struct Hub {
     /// Mints the action ids of local-credential unlocks (the shell passes
     /// [`new_action_id`]; the hub itself reads no clock and draws no randomness).
     ids: Box<dyn FnMut() -> String + Send + Sync>,
+    lockouts: crate::access::lockout::Lockouts,
 }
 
 impl Hub {
@@ -150,10 +157,25 @@ impl Hub {
             schedule: crate::schedule::Schedule::default(),
             displays: HashMap::new(),
             last_now: now,
+            lockouts: crate::access::lockout::Lockouts::new(
+                crate::access::lockout::Policy::from_config(&config.access),
+                [],
+            ),
             config,
             counters: Arc::default(),
             ids,
         }
+    }
+
+    /// The panels' and readers' lockout state as stored.
+    pub fn set_lockouts(
+        &mut self,
+        guards: impl IntoIterator<Item = (String, crate::access::lockout::Guard)>,
+    ) {
+        self.lockouts = crate::access::lockout::Lockouts::new(
+            crate::access::lockout::Policy::from_config(&self.config.access),
+            guards,
+        );
     }
 
     /// The rooms' schedule as stored (bookings and their marks).
@@ -470,7 +492,8 @@ impl Hub {
     }
 
     /// Decides a presented credential, unlocks the grant's doors or denies, answers the panel
-    /// or reader, and records the decision.
+    /// or reader, and records the decision. A panel or reader that is locked out has nothing
+    /// compared: the attempt is counted and refused.
     fn present(
         &mut self,
         reader: &str,
@@ -478,8 +501,22 @@ impl Hub {
         answer: Answer,
         now: Millis,
     ) -> Output {
+        use crate::access::lockout::Gate;
         use crate::access::{decide, Decision};
         let mut out = Output::default();
+        let mut effects = Vec::new();
+        let gate = self.lockouts.gate(reader, now, &mut effects);
+        out.merge(self.lockout_effects(effects, now));
+        if let Gate::LockedOut { .. } = gate {
+            crate::telemetry::access_decision(
+                reader,
+                "denied",
+                Some("locked_out"),
+                credential.kind(),
+            );
+            out.merge(self.feedback(reader, answer, false, Some("locked_out")));
+            return out;
+        }
         let decision = decide(&self.grants, &credential, reader, &self.places, now);
         let (result, reason, grant_id, booking_id, doors) = match &decision {
             Decision::Granted {
@@ -515,29 +552,21 @@ impl Hub {
             result: result.into(),
             reason: reason.map(String::from),
             clock_untrusted: !self.clock_trusted,
+            attempts: None,
         });
-        tracing::info!(
-            message = "Access decision.",
-            device = reader,
-            result,
-            reason = reason.unwrap_or(""),
-            credential_type = credential.kind()
-        );
-        match answer {
-            Answer::Panel(request_id) => out.publish.push(Outgoing {
-                topic: format!("{}/feedback", drivers::panel_prefix(&self.config, reader)),
-                payload: serde_json::json!({"request_id": request_id, "result": result, "reason": reason})
-                    .to_string()
-                    .into_bytes(),
-                retain: false,
-            }),
-            Answer::Reader => out.serial.push((
-                reader.to_owned(),
-                SerialCmd::Feedback {
-                    granted: result == "granted",
-                },
-            )),
-        }
+        crate::telemetry::access_decision(reader, result, reason, credential.kind());
+        let effects = self.lockouts.compared(reader, result == "granted", now);
+        let began = effects
+            .iter()
+            .any(|e| matches!(e, crate::access::lockout::Effect::Began { .. }));
+        // The panel is told only granted or denied: the precise reason would tell a guesser
+        // which PINs exist (DESIGN §2). It goes to ZenCore and the audit log.
+        let told = match (result, began) {
+            ("granted", _) => None,
+            (_, true) => Some("locked_out"),
+            _ => Some("denied"),
+        };
+        out.merge(self.feedback(reader, answer, result == "granted", told));
         match decision {
             Decision::Granted {
                 grant_id,
@@ -567,6 +596,86 @@ impl Hub {
                             .with("reason", reason.as_str())
                             .with("booking_id", booking_id.map_or(Value::Null, Value::from)),
                     );
+                }
+            }
+        }
+        // After the denial's own event, so ZenCore reads them in the order they happened.
+        out.merge(self.lockout_effects(effects, now));
+        out
+    }
+
+    /// The answer to a panel (its `feedback` topic, with its `request_id`) or a reader (LED and
+    /// buzzer).
+    fn feedback(
+        &self,
+        reader: &str,
+        answer: Answer,
+        granted: bool,
+        reason: Option<&str>,
+    ) -> Output {
+        let mut out = Output::default();
+        match answer {
+            Answer::Panel(request_id) => out.publish.push(Outgoing {
+                topic: format!("{}/feedback", drivers::panel_prefix(&self.config, reader)),
+                payload: serde_json::json!({
+                    "request_id": request_id,
+                    "result": if granted { "granted" } else { "denied" },
+                    "reason": reason,
+                })
+                .to_string()
+                .into_bytes(),
+                retain: false,
+            }),
+            Answer::Reader => out
+                .serial
+                .push((reader.to_owned(), SerialCmd::Feedback { granted })),
+        }
+        out
+    }
+
+    /// What the lockout machine asked for: guards to store, an `access.lockout` event when one
+    /// begins, one audit record with the attempts when one ends.
+    fn lockout_effects(&self, effects: Vec<crate::access::lockout::Effect>, now: Millis) -> Output {
+        use crate::access::lockout::Effect;
+        let mut out = Output::default();
+        for e in effects {
+            match e {
+                Effect::Store(reader, guard) => out.lockouts.push((reader, guard)),
+                Effect::Began {
+                    reader,
+                    failures,
+                    until,
+                    lockouts,
+                } => {
+                    crate::telemetry::lockout_began(&reader, failures, until, lockouts);
+                    if let Some(device) = self.device_ref(&reader) {
+                        out.events.push(
+                            NewEvent::new(EventKind::AccessLockout, Some(device), now)
+                                .with("failures", failures)
+                                .with("until", until.rfc3339())
+                                .with("lockouts", lockouts),
+                        );
+                    }
+                }
+                Effect::Ended {
+                    reader,
+                    since,
+                    until,
+                    attempts,
+                } => {
+                    crate::telemetry::lockout_ended(&reader, attempts);
+                    out.audit.push(crate::audit::Entry {
+                        at: until.rfc3339(),
+                        credential_type: "any".into(),
+                        reader,
+                        doors: Vec::new(),
+                        grant_id: None,
+                        booking_id: None,
+                        result: "locked_out".into(),
+                        reason: Some(format!("locked out from {}", since.rfc3339())),
+                        clock_untrusted: !self.clock_trusted,
+                        attempts: Some(attempts),
+                    });
                 }
             }
         }
@@ -656,6 +765,8 @@ impl Hub {
         self.last_now = now;
         let t = self.presence.tick(now);
         let mut out = self.transitions(t, now);
+        let ended = self.lockouts.tick(now);
+        out.merge(self.lockout_effects(ended, now));
         let done = self.actions.tick(now);
         out.merge(self.completions(done));
         let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.relocks)
@@ -820,6 +931,7 @@ impl Hub {
                         .iter()
                         .map(|r| format!("{} {}", r.command.as_str(), r.action_id))
                         .collect(),
+                    locked_out_until: self.lockouts.locked_until(&d.id).map(|t| t.rfc3339()),
                 }
             })
             .collect()
@@ -859,6 +971,7 @@ mod tests {
     }
 
     use super::*;
+    use sha2::{Digest, Sha256};
     use std::path::Path;
 
     fn config() -> Arc<Config> {
@@ -902,6 +1015,112 @@ topic = "strike_1"
                 )
             })
             .collect()
+    }
+
+    fn panel_hub() -> Hub {
+        let text = r#"
+[controller]
+id = "edge-1"
+organization_id = "org"
+meeting_space_id = "ms"
+[zencore]
+webhook_url = "http://127.0.0.1:9/hook"
+secret = "s-s-s-s-s-s-s-s-s-s-s-s-s"
+[access]
+lockout_after = 3
+[[devices]]
+id = "front"
+type = "lock"
+driver = "zigbee2mqtt"
+topic = "front_door"
+[[devices]]
+id = "panel"
+type = "panel"
+driver = "zenedge-panel"
+"#;
+        let config = Arc::new(Config::from_toml(text, Path::new("t.toml")).unwrap());
+        let mut hub = Hub::new(config, HashMap::new(), Millis(0), test_ids());
+        hub.set_grants(vec![crate::access::Grant {
+            grant_id: "g".into(),
+            booking_id: "b".into(),
+            meeting_space_id: "ms".into(),
+            token_sha256: hex::encode(Sha256::digest(b"token")),
+            pin_sha256: Some(hex::encode(Sha256::digest(b"4711"))),
+            valid_from: Millis(0),
+            valid_until: Millis(u64::MAX / 4),
+            device_ids: None,
+            member_id: None,
+            revoked_at: None,
+        }]);
+        hub
+    }
+
+    fn pin(hub: &mut Hub, pin: &str, at: u64) -> (Output, Value) {
+        let out = hub.message(
+            "zenedge/edge-1/panels/panel/credential",
+            format!(r#"{{"type":"pin","pin":"{pin}"}}"#).as_bytes(),
+            false,
+            Millis(at),
+        );
+        let feedback = out
+            .publish
+            .iter()
+            .find(|p| p.topic.ends_with("/feedback"))
+            .map(|p| serde_json::from_slice(&p.payload).unwrap())
+            .unwrap_or(Value::Null);
+        (out, feedback)
+    }
+
+    #[test]
+    fn guesses_lock_the_panel_out_and_the_panel_is_told_only_denied_or_locked_out() {
+        let mut hub = panel_hub();
+        let t = 1_000_000;
+        let (out, fb) = pin(&mut hub, "0000", t);
+        assert_eq!(fb["reason"], "denied", "not unknown_credential: {fb}");
+        assert_eq!(names(&out), vec!["access.denied panel unknown_credential"]);
+        assert_eq!(out.lockouts.len(), 1, "the guard is stored with the denial");
+        pin(&mut hub, "0001", t + 1000);
+        let (out, fb) = pin(&mut hub, "0002", t + 2000);
+        assert_eq!(fb["reason"], "locked_out");
+        assert_eq!(
+            names(&out),
+            vec![
+                "access.denied panel unknown_credential",
+                "access.lockout panel "
+            ]
+        );
+        let lockout = &out.events[1];
+        assert_eq!(lockout.fields["failures"], 3);
+        assert_eq!(lockout.fields["lockouts"], 1);
+        assert_eq!(
+            lockout.fields["until"],
+            Millis(t + 2000 + 60_000).rfc3339().as_str()
+        );
+        // The right PIN during the lockout is not even compared: no unlock, nothing stored.
+        for i in 0..50 {
+            let (out, fb) = pin(&mut hub, "4711", t + 3000 + i);
+            assert_eq!(
+                (fb["result"].as_str(), fb["reason"].as_str()),
+                (Some("denied"), Some("locked_out"))
+            );
+            assert!(out.events.is_empty() && out.audit.is_empty() && out.lockouts.is_empty());
+            assert!(out.publish.iter().all(|p| !p.topic.contains("front_door")));
+        }
+        assert!(hub
+            .views()
+            .iter()
+            .any(|v| v.id == "panel" && v.locked_out_until.is_some()));
+        // When it ends: one audit record with the attempts, and the PIN works again.
+        let out = hub.tick(Millis(t + 2000 + 60_000));
+        assert_eq!(out.audit.len(), 1);
+        assert_eq!(out.audit[0].result, "locked_out");
+        assert_eq!(out.audit[0].attempts, Some(50));
+        let (out, fb) = pin(&mut hub, "4711", t + 70_000);
+        assert_eq!(fb["result"], "granted");
+        assert!(out
+            .publish
+            .iter()
+            .any(|p| p.topic == "zigbee2mqtt/front_door/set"));
     }
 
     #[test]

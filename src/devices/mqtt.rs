@@ -158,13 +158,14 @@ pub async fn start(
         serial_tx.send(Incoming::Serial(r)).is_ok()
     })?;
     let poll = tokio::spawn(poll_loop(eventloop, incoming_tx, attempts.clone()));
-    let (reported, grants, bookings, marks) = store
+    let (reported, grants, bookings, marks, lockouts) = store
         .read(|s| {
             Ok((
                 s.records::<crate::devices::presence::Reported>()?,
                 s.records::<crate::access::Grant>()?,
                 s.records::<crate::schedule::Booking>()?,
                 s.records::<crate::schedule::Marks>()?,
+                s.records::<crate::access::lockout::Guard>()?,
             ))
         })
         .await
@@ -176,6 +177,7 @@ pub async fn start(
         Box::new(super::new_action_id),
     );
     hub.set_grants(grants.into_iter().map(|(_, g)| g).collect());
+    hub.set_lockouts(lockouts);
     hub.set_schedule(crate::schedule::Schedule::new(
         bookings.into_iter().map(|(_, b)| b),
         marks,
@@ -470,6 +472,7 @@ impl Shell {
             && out.completed.is_empty()
             && out.marks.is_empty()
             && out.forget.is_empty()
+            && out.lockouts.is_empty()
         {
             Ok(())
         } else {
@@ -544,6 +547,9 @@ impl Shell {
         for id in &out.forget {
             c.remove::<crate::schedule::Booking>(id);
             c.remove::<crate::schedule::Marks>(id);
+        }
+        for (reader, guard) in &out.lockouts {
+            c.put(reader, guard)?;
         }
         // A finished ZenCore unlock is forgotten in the commit that stores its result, so a
         // crash can neither lose the result nor carry the unlock out twice.

@@ -290,7 +290,27 @@ pub fn zenedge(config: &Path, args: &[&str]) -> (i32, String, String) {
 /// The daemon as a child process, killed on drop.
 pub struct Daemon {
     pub child: Child,
+    /// The read-only TCP port (`/healthz`, `/metrics`, `/v1/status`).
     pub admin: SocketAddr,
+    /// The admin socket, where everything else is served.
+    pub socket: PathBuf,
+}
+
+/// The admin socket of the config at `config` (its default when the config does not load).
+pub fn admin_socket(config: &Path) -> PathBuf {
+    match zenedge::config::Config::load(config) {
+        Ok(c) => c.admin_socket(),
+        Err(_) => config.parent().unwrap().join("state").join("admin.sock"),
+    }
+}
+
+/// A client of the admin socket at `socket`; URLs are `http://zenedge/...`.
+pub fn socket_client(socket: &Path) -> reqwest::Client {
+    zenedge::delivery::install_crypto_provider();
+    reqwest::Client::builder()
+        .unix_socket(socket)
+        .build()
+        .unwrap()
 }
 
 impl Daemon {
@@ -306,7 +326,11 @@ impl Daemon {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        Daemon { child, admin }
+        Daemon {
+            child,
+            admin,
+            socket: admin_socket(config),
+        }
     }
 
     /// Waits until `/v1/status` satisfies `done`; returns that status.
@@ -360,7 +384,11 @@ impl Daemon {
             .stderr(stderr)
             .spawn()
             .unwrap();
-        let mut d = Daemon { child, admin };
+        let mut d = Daemon {
+            child,
+            admin,
+            socket: admin_socket(config),
+        };
         d.wait_healthy(&log).await?;
         Ok(d)
     }
@@ -402,9 +430,19 @@ impl Daemon {
         self.child.wait().unwrap()
     }
 
+    /// A client of this daemon's admin socket; see [`Daemon::url`].
+    pub fn admin_client(&self) -> reqwest::Client {
+        socket_client(&self.socket)
+    }
+
+    /// The URL of `path` on the admin socket.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://zenedge{path}")
+    }
+
     pub async fn post(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
-        client()
-            .post(format!("http://{}{path}", self.admin))
+        self.admin_client()
+            .post(self.url(path))
             .json(&body)
             .send()
             .await
@@ -415,8 +453,9 @@ impl Daemon {
     }
 
     pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
-        let r = client()
-            .get(format!("http://{}{path}", self.admin))
+        let r = self
+            .admin_client()
+            .get(self.url(path))
             .send()
             .await
             .unwrap();

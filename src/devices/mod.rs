@@ -974,8 +974,8 @@ mod tests {
     use sha2::{Digest, Sha256};
     use std::path::Path;
 
-    fn config() -> Arc<Config> {
-        let text = r#"
+    /// The controller and ZenCore part every test config shares, then the front-door lock.
+    const HEAD: &str = r#"
 [controller]
 id = "edge-1"
 organization_id = "org"
@@ -983,20 +983,32 @@ meeting_space_id = "ms"
 [zencore]
 webhook_url = "http://127.0.0.1:9/hook"
 secret = "s-s-s-s-s-s-s-s-s-s-s-s-s"
-[presence]
-debounce = "0s"
+"#;
+    const FRONT: &str = r#"
 [[devices]]
 id = "front"
 type = "lock"
 driver = "zigbee2mqtt"
 topic = "front_door"
+"#;
+
+    fn parse(sections: &str) -> Arc<Config> {
+        let text = format!("{HEAD}{sections}{FRONT}");
+        Arc::new(Config::from_toml(&text, Path::new("t.toml")).unwrap())
+    }
+
+    fn config() -> Arc<Config> {
+        parse(
+            r#"
+[presence]
+debounce = "0s"
 [[devices]]
 id = "strike"
 type = "strike"
 driver = "tasmota"
 topic = "strike_1"
-"#;
-        Arc::new(Config::from_toml(text, Path::new("t.toml")).unwrap())
+"#,
+        )
     }
 
     fn names(out: &Output) -> Vec<String> {
@@ -1018,27 +1030,16 @@ topic = "strike_1"
     }
 
     fn panel_hub() -> Hub {
-        let text = r#"
-[controller]
-id = "edge-1"
-organization_id = "org"
-meeting_space_id = "ms"
-[zencore]
-webhook_url = "http://127.0.0.1:9/hook"
-secret = "s-s-s-s-s-s-s-s-s-s-s-s-s"
+        let config = parse(
+            r#"
 [access]
 lockout_after = 3
-[[devices]]
-id = "front"
-type = "lock"
-driver = "zigbee2mqtt"
-topic = "front_door"
 [[devices]]
 id = "panel"
 type = "panel"
 driver = "zenedge-panel"
-"#;
-        let config = Arc::new(Config::from_toml(text, Path::new("t.toml")).unwrap());
+"#,
+        );
         let mut hub = Hub::new(config, HashMap::new(), Millis(0), test_ids());
         hub.set_grants(vec![crate::access::Grant {
             grant_id: "g".into(),

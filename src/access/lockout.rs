@@ -211,11 +211,6 @@ impl Lockouts {
             .and_then(|g| g.locked)
             .map(|(_, until)| until)
     }
-
-    /// Attempts made during `reader`'s current lockout.
-    pub fn attempts(&self, reader: &str) -> u64 {
-        self.guards.get(reader).map_or(0, |g| g.attempts)
-    }
 }
 
 #[cfg(test)]

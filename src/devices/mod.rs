@@ -60,11 +60,16 @@ impl Output {
         self.lockouts.extend(other.lockouts);
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.events.is_empty()
-            && self.publish.is_empty()
+    /// Whether any of it must be stored (one durable commit) before the broker is acknowledged.
+    /// Publishes and serial commands are not stored; everything else is.
+    pub fn needs_commit(&self) -> bool {
+        !(self.events.is_empty()
+            && self.presence.is_empty()
+            && self.audit.is_empty()
             && self.completed.is_empty()
-            && self.serial.is_empty()
+            && self.marks.is_empty()
+            && self.forget.is_empty()
+            && self.lockouts.is_empty())
     }
 }
 

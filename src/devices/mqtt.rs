@@ -466,17 +466,10 @@ impl Shell {
 
     /// Stores what the hub produced, flushes, then acknowledges, publishes and answers.
     async fn apply(&mut self, out: Output, to_ack: Vec<Publish>) -> Result<(), StoreError> {
-        let durable = if out.events.is_empty()
-            && out.presence.is_empty()
-            && out.audit.is_empty()
-            && out.completed.is_empty()
-            && out.marks.is_empty()
-            && out.forget.is_empty()
-            && out.lockouts.is_empty()
-        {
-            Ok(())
-        } else {
+        let durable = if out.needs_commit() {
             self.stage_and_flush(&out).await
+        } else {
+            Ok(())
         };
         if let Err(e) = durable {
             // Nothing is acknowledged: the broker redelivers after a reconnect, and the

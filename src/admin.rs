@@ -47,6 +47,7 @@ pub struct AdminState {
     pub ready: Arc<AtomicBool>,
     pub controller_id: String,
     pub started: Millis,
+    pub clock: Arc<crate::access::Clock>,
 }
 
 /// The read-only routes of the TCP port.
@@ -169,6 +170,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/audit", get(audit))
         .route("/v1/devices/{id}/{action}", post(device_action))
+        .route("/v1/clock/reset-floor", post(reset_floor))
         .with_state(state)
 }
 
@@ -217,6 +219,7 @@ pub struct StatusReport {
     pub started_at: String,
     pub ready: bool,
     pub store: crate::store::StoreStats,
+    pub clock: crate::access::ClockStatus,
     pub delivery: DeliveryReport,
     /// Serial ports by device id.
     #[serde(default)]
@@ -242,6 +245,7 @@ async fn status(AxState(s): AxState<AdminState>) -> Result<Json<StatusReport>, A
         started_at: s.started.rfc3339(),
         ready: s.ready.load(Ordering::Acquire),
         store: stats,
+        clock: s.clock.status(),
         serial: crate::telemetry::serial_snapshot(),
         delivery: DeliveryReport {
             pending: d.pending,
@@ -250,6 +254,17 @@ async fn status(AxState(s): AxState<AdminState>) -> Result<Json<StatusReport>, A
             next_probe_at: d.next_probe.map(|m| m.rfc3339()),
         },
     }))
+}
+
+/// `zenedge clock --reset-floor`: the floor comes down to the current system clock.
+async fn reset_floor(AxState(s): AxState<AdminState>) -> Result<Response, ApiError> {
+    let (before, after) = s.clock.reset_floor().await?;
+    Ok(Json(json!({
+        "previous_floor": before.floor.rfc3339(),
+        "floor": after.floor.rfc3339(),
+        "trusted": after.trusted,
+    }))
+    .into_response())
 }
 
 #[derive(Deserialize)]

@@ -80,6 +80,12 @@ pub enum Command {
     /// Check config, store, clock, MQTT, ZenCore and serial ports; one line each, exit 1 if any
     /// fails.
     Doctor,
+    /// The controller clock; --reset-floor lowers its persisted floor to the current clock (a
+    /// repair after the clock was once wrongly ahead).
+    Clock {
+        #[arg(long)]
+        reset_floor: bool,
+    },
     /// Queue `edge.test` events through the normal outbox.
     TestWebhook {
         /// How many events, 1..=100.
@@ -304,6 +310,28 @@ async fn run_verb(cli: &Cli) -> Result<ExitCode, ExitCode> {
             device_action(cli, device, "unlock", body).await
         }
         Command::Lock { device } => device_action(cli, device, "lock", serde_json::json!({})).await,
+        Command::Clock { reset_floor } => {
+            let client = AdminClient::new(&load_config(cli)?);
+            if *reset_floor {
+                let answer: serde_json::Value = client
+                    .post_json("/v1/clock/reset-floor", serde_json::json!({}))
+                    .await?;
+                println!(
+                    "floor lowered from {} to {}; clock {}",
+                    answer["previous_floor"].as_str().unwrap_or("-"),
+                    answer["floor"].as_str().unwrap_or("-"),
+                    if answer["trusted"] == true {
+                        "trusted"
+                    } else {
+                        "still NOT trusted (not synchronised)"
+                    }
+                );
+            } else {
+                let report: crate::admin::StatusReport = client.get_json("/v1/status").await?;
+                println!("{}", clock_line(&report.clock));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Grants(flag) => {
             let client = AdminClient::new(&load_config(cli)?);
             let rows: Vec<serde_json::Value> = client.get_json("/v1/grants").await?;
@@ -495,12 +523,39 @@ fn print_json<T: serde::Serialize>(value: &T) {
     }
 }
 
+/// One line on the clock, for `zenedge status`, `zenedge clock` and `doctor`.
+pub fn clock_line(c: &crate::access::ClockStatus) -> String {
+    let sync = if c.synchronised {
+        "synchronised"
+    } else if c.require_sync {
+        "NOT synchronised"
+    } else {
+        "not synchronised (clock.require_sync = false)"
+    };
+    let behind = if c.behind_floor_ms > 0 {
+        format!(
+            "; {} BELOW the floor {} (commands that grant access get 503 clock; \
+             `zenedge clock --reset-floor` if the floor is wrong)",
+            humantime::format_duration(std::time::Duration::from_secs(c.behind_floor_ms / 1000)),
+            c.floor
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "{} at {}, {sync}{behind}",
+        if c.trusted { "trusted" } else { "UNTRUSTED" },
+        c.system
+    )
+}
+
 fn print_status(r: &crate::admin::StatusReport) {
     let s = &r.store;
     println!(
         "zenedge {} on {} (up since {})",
         r.version, r.controller_id, r.started_at
     );
+    println!("clock        {}", clock_line(&r.clock));
     println!(
         "zencore      {}{}",
         if r.delivery.zencore_reachable {

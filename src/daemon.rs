@@ -253,6 +253,7 @@ async fn serve(
         ready: ready.clone(),
         controller_id: config.controller.id.clone(),
         started: Millis::now(),
+        clock: clock.clone(),
         mqtt: mqtt.clone(),
         config: config.clone(),
     };

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::access::ClockStatus;
 use crate::config::{Config, Driver};
 use crate::event::Millis;
 
@@ -123,21 +124,38 @@ pub async fn run(config: &Config) -> Vec<Check> {
             });
         }
     }
-    let synced = crate::access::system_synchronised();
-    out.push(check(
-        "clock",
-        synced || !config.clock.require_sync,
-        match (synced, config.clock.require_sync) {
-            (true, _) => "synchronised".to_string(),
-            (false, true) => {
-                "NOT synchronised: inbound commands get 503 clock (install systemd-timesyncd)"
-                    .into()
-            }
-            (false, false) => {
-                "not synchronised; trusted anyway (clock.require_sync = false)".into()
-            }
-        },
-    ));
+    let clock = match status
+        .as_ref()
+        .and_then(|s| serde_json::from_value::<ClockStatus>(s["clock"].clone()).ok())
+    {
+        Some(c) => Ok(c),
+        None => {
+            let dir = config.controller.state_dir.clone();
+            let origin = crate::event::Origin::from_config(config);
+            let require_sync = config.clock.require_sync;
+            tokio::task::spawn_blocking(move || {
+                let s = crate::store::Store::open(&dir, origin, u64::MAX)?;
+                ClockStatus::from_store(&s, require_sync)
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+        }
+    };
+    out.push(match clock {
+        Ok(c) if !c.trusted && !c.synchronised && c.require_sync && c.behind_floor_ms == 0 => {
+            check(
+                "clock",
+                false,
+                format!(
+                    "{}: inbound commands get 503 clock (install systemd-timesyncd)",
+                    crate::cli::clock_line(&c)
+                ),
+            )
+        }
+        Ok(c) => check("clock", c.trusted, crate::cli::clock_line(&c)),
+        Err(e) => check("clock", false, format!("cannot read the floor: {e}")),
+    });
     out.push(mqtt(config).await);
     out.push(zencore(config, &http, &admin, status.is_some()).await);
     for d in &config.devices {

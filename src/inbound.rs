@@ -58,6 +58,16 @@ pub struct Verified {
 
 /// Steps 2–4 of DESIGN section 2, plus the idempotency key. `header` looks a header up by its
 /// lowercase name.
+/// Commands that only take access away: accepted on an untrusted clock and into a full store
+/// (DESIGN section 2).
+pub const TAKES_ACCESS_AWAY: [&str; 5] = [
+    "access.revoke",
+    "member.removed",
+    "booking.end",
+    "booking.cancelled",
+    "access.lockdown",
+];
+
 pub fn verify<'a>(
     keys: &[Key],
     header: impl Fn(&str) -> Option<&'a str>,
@@ -119,27 +129,41 @@ pub fn verify<'a>(
             return Err(reject(400, "webhook-id and X-Webhook-Id differ"));
         }
     }
-    // 4. Freshness, on a clock we trust.
-    if !clock.trusted {
+    // 4. Freshness, on a clock we trust. On a clock we do not trust, only commands that take
+    // access away are taken (a clock that was once ahead must not keep a revoke out); they are
+    // fresh if near the system clock or not older than the floor, else ZenCore retries them.
+    let takes_away = TAKES_ACCESS_AWAY.contains(&event.as_str());
+    if !clock.trusted && !takes_away {
         return Err(reject(503, "clock"));
     }
+    let off = |a: Millis, b: Millis| a.max(b).saturating_sub(a.min(b));
+    let fresh = |t: Millis, what: &str| -> Result<(), Rejection> {
+        if clock.trusted {
+            if off(t, clock.now) > tolerance {
+                return Err(reject(
+                    401,
+                    format!("stale: {what} is outside the tolerance"),
+                ));
+            }
+            return Ok(());
+        }
+        let near_system = off(t, clock.system) <= tolerance;
+        let after_floor = t.saturating_add(tolerance) >= clock.floor;
+        if near_system || after_floor {
+            Ok(())
+        } else {
+            Err(reject(503, "clock"))
+        }
+    };
     let at = Millis::parse_rfc3339(&timestamp)
         .ok_or_else(|| reject(400, "`timestamp` is not an RFC 3339 time"))?;
-    let off = |t: Millis| t.max(clock.now).saturating_sub(t.min(clock.now));
-    if off(at) > tolerance {
-        return Err(reject(401, "stale: `timestamp` is outside the tolerance"));
-    }
+    fresh(at, "`timestamp`")?;
     if let Some(ts) = header("webhook-timestamp") {
         let secs: u64 = ts
             .trim()
             .parse()
             .map_err(|_| reject(401, "stale: webhook-timestamp is not unix seconds"))?;
-        if off(Millis(secs.saturating_mul(1000))) > tolerance {
-            return Err(reject(
-                401,
-                "stale: webhook-timestamp is outside the tolerance",
-            ));
-        }
+        fresh(Millis(secs.saturating_mul(1000)), "webhook-timestamp")?;
     }
     // 5. The idempotency key (checked against the store by the caller), from signed bytes only:
     // `webhook-id` is signed by the Standard Webhooks scheme, `X-Webhook-Id` by nothing, so a
@@ -688,6 +712,9 @@ async fn handle(State(s): State<InboundState>, headers: HeaderMap, body: Body) -
     // DESIGN: a full store takes no new commands (doors keep working on the stored grants),
     // except those that only take access away.
     let takes_away = effects.iter().all(Effect::takes_access_away);
+    if !clock.trusted && !takes_away {
+        return answer(503, json!({"error": "clock"}));
+    }
     if !effects.is_empty() && !takes_away && s.store.is_full() {
         return answer(507, json!({"error": "store_full"}));
     }
@@ -808,10 +835,14 @@ driver = "zenedge-panel"
     }
 
     fn trusted() -> ClockReading {
-        ClockReading {
-            now: NOW,
-            trusted: true,
-        }
+        crate::access::read_clock(NOW, Millis(0), true, true)
+    }
+
+    /// The system clock at `system`, not synchronised, below or above `floor`.
+    fn untrusted(system: Millis, floor: Millis) -> ClockReading {
+        let r = crate::access::read_clock(system, floor, false, true);
+        assert!(!r.trusted);
+        r
     }
 
     fn body(event: &str, data: Value) -> Vec<u8> {
@@ -924,10 +955,7 @@ driver = "zenedge-panel"
         let b = body("access.revoke", json!({"grant_id": "g"}));
         // Bad signature wins over everything after it, even on an untrusted clock.
         let bad = hex_headers(&b, "wrong");
-        let untrusted = ClockReading {
-            now: NOW,
-            trusted: false,
-        };
+        let untrusted = untrusted(NOW, Millis(0));
         assert_eq!(run(&bad, &b, untrusted).unwrap_err().status, 401);
         assert_eq!(run(&HashMap::new(), &b, trusted()).unwrap_err().status, 401);
         // Signed but malformed: 400 naming what is missing.
@@ -940,14 +968,21 @@ driver = "zenedge-panel"
         )
         .unwrap_err();
         assert_eq!((r.status, r.error.as_str()), (400, "missing `data`"));
-        // Well-formed on an untrusted clock: 503 clock.
+        // Well-formed on an untrusted clock: 503 clock, unless it only takes access away.
+        let unlock = body("access.unlock", json!({"device_id": "front-door"}));
         let r = run(
-            &hex_headers(&b, "s3cret-s3cret-s3cret-s3cret"),
-            &b,
+            &hex_headers(&unlock, "s3cret-s3cret-s3cret-s3cret"),
+            &unlock,
             untrusted,
         )
         .unwrap_err();
         assert_eq!((r.status, r.error.as_str()), (503, "clock"));
+        assert!(run(
+            &hex_headers(&b, "s3cret-s3cret-s3cret-s3cret"),
+            &b,
+            untrusted
+        )
+        .is_ok());
         // Stale.
         let old = serde_json::to_vec(&json!({"event": "access.revoke",
             "timestamp": Millis(NOW.0 - 301_000).rfc3339(), "data": {"grant_id": "g"}}))
@@ -964,6 +999,35 @@ driver = "zenedge-panel"
         h.insert("webhook-id", "a".into());
         h.insert("x-webhook-id", "b".into());
         assert_eq!(run(&h, &b, trusted()).unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn commands_that_take_access_away_pass_an_untrusted_clock_if_fresh_against_it_or_the_floor() {
+        let day = Duration::from_secs(86_400);
+        let signed = |event: &str, at: Millis| {
+            let b = serde_json::to_vec(&json!({"event": event, "timestamp": at.rfc3339(),
+                "data": {"grant_id": "g"}}))
+            .unwrap();
+            (hex_headers(&b, "s3cret-s3cret-s3cret-s3cret"), b)
+        };
+        // The floor a day ahead (a clock that was once wrong), the system clock right: a fresh
+        // revoke is taken, an unlock is not.
+        let ahead = untrusted(NOW, NOW.saturating_add(day));
+        for event in TAKES_ACCESS_AWAY {
+            let (h, b) = signed(event, NOW);
+            assert!(run(&h, &b, ahead).is_ok(), "{event}");
+        }
+        let (h, b) = signed("access.unlock", NOW);
+        assert_eq!(run(&h, &b, ahead).unwrap_err().status, 503);
+        // A controller that booted in 1970 with a floor of yesterday: a revoke signed now is
+        // not older than the floor, so it is taken.
+        let booted = untrusted(Millis(1_000), Millis(NOW.0 - day.as_millis() as u64));
+        let (h, b) = signed("access.revoke", NOW);
+        assert!(run(&h, &b, booted).is_ok());
+        // One signed two days ago (a replay) is fresh against neither: ZenCore may retry it.
+        let (h, b) = signed("access.revoke", Millis(NOW.0 - 2 * day.as_millis() as u64));
+        let r = run(&h, &b, booted).unwrap_err();
+        assert_eq!((r.status, r.error.as_str()), (503, "clock"));
     }
 
     #[test]

@@ -161,6 +161,17 @@ pub fn lockout_ended(device: &str, attempts: u64) {
     tracing::info!(message = "Lockout ended.", device, attempts);
 }
 
+/// The clock floor came down: a synchronised clock or an operator put a clock right that had once
+/// been ahead.
+pub fn clock_floor_lowered(from: crate::event::Millis, to: crate::event::Millis, by: &str) {
+    tracing::warn!(
+        message = "Clock floor lowered.",
+        from = %from.rfc3339(),
+        to = %to.rfc3339(),
+        by
+    );
+}
+
 /// Values read at scrape time from the store, delivery and MQTT.
 #[derive(Debug, Clone, Default)]
 pub struct Gauges {

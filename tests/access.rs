@@ -773,6 +773,27 @@ async fn decisions(r: &common::Rig, result: &str) -> f64 {
 /// panel is locked out; nothing presented there is compared, the right PIN included; the panel
 /// is told only `denied` / `locked_out`; ZenCore gets 5 `access.denied` and one
 /// `access.lockout`; every decision is counted; the lockout survives a SIGKILL.
+/// Types `pin` at the panel (a peer subscribed to its feedback); returns (result, reason).
+async fn try_pin(panel: &mut Peer, pin: &str, n: usize) -> (String, String) {
+    panel
+        .publish(
+            "zenedge/edge-test/panels/panel/credential",
+            json!({"type": "pin", "pin": pin, "request_id": n}).to_string(),
+            false,
+        )
+        .await;
+    loop {
+        let (_, payload, _) = panel.next(WAIT).await;
+        let fb: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        if fb["request_id"] == n {
+            return (
+                fb["result"].as_str().unwrap().into(),
+                fb["reason"].as_str().unwrap_or("").into(),
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pin_guesses_lock_the_panel_out_even_for_the_right_pin_and_across_a_restart() {
     let mut r = rig(ROOM).await;
@@ -791,25 +812,6 @@ async fn pin_guesses_lock_the_panel_out_even_for_the_right_pin_and_across_a_rest
     panel
         .subscribe("zenedge/edge-test/panels/panel/feedback")
         .await;
-    async fn try_pin(panel: &mut Peer, pin: &str, n: usize) -> (String, String) {
-        panel
-            .publish(
-                "zenedge/edge-test/panels/panel/credential",
-                json!({"type": "pin", "pin": pin, "request_id": n}).to_string(),
-                false,
-            )
-            .await;
-        loop {
-            let (_, payload, _) = panel.next(WAIT).await;
-            let fb: serde_json::Value = serde_json::from_slice(&payload).unwrap();
-            if fb["request_id"] == n {
-                return (
-                    fb["result"].as_str().unwrap().into(),
-                    fb["reason"].as_str().unwrap_or("").into(),
-                );
-            }
-        }
-    }
     let mut told = Vec::new();
     for n in 0..100 {
         told.push(try_pin(&mut panel, &format!("{n:06}"), n).await);
@@ -867,4 +869,148 @@ async fn pin_guesses_lock_the_panel_out_even_for_the_right_pin_and_across_a_rest
     // The audit log holds the five compared denials, not the hundred attempts.
     let (_, out, _) = r.cli(&["audit", "--verify"]).await;
     assert_eq!(out.matches("unknown_credential").count(), 5, "{out}");
+}
+
+/// The floor in `/v1/status`, as a time.
+fn floor_of(status: &serde_json::Value) -> Millis {
+    Millis::parse_rfc3339(status["clock"]["floor"].as_str().unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_once_a_day_ahead_does_not_lock_the_controller_out() {
+    const DAY: i64 = 86_400;
+    let dir = tempfile::tempdir().unwrap();
+    let (env, clock) = common::clock_shim(dir.path());
+    // A wrong NTP answer: the clock a day ahead, and the kernel says it is synchronised.
+    common::set_clock(&clock, DAY, true);
+    let mut r = common::rig_with(ROOM, env).await;
+    let text = std::fs::read_to_string(&r.config)
+        .unwrap()
+        .replace("require_sync = false", "require_sync = true");
+    std::fs::write(&r.config, text).unwrap();
+    r.restart().await;
+    let (_sim, mut commands) = lock(r.broker.port).await;
+    let day = Duration::from_secs(DAY as u64);
+    let ahead = r
+        .daemon
+        .wait_status("the floor a day ahead", |s| {
+            s["clock"]["trusted"] == true
+                && floor_of(s) > Millis::now().saturating_add(day - Duration::from_secs(600))
+        })
+        .await;
+    assert_eq!(ahead["clock"]["behind_floor_ms"], 0, "{ahead}");
+
+    // 1. NTP puts it right: a synchronised clock wins over the floor, which comes down (logged).
+    common::set_clock(&clock, 0, true);
+    let right = r
+        .daemon
+        .wait_status("the floor lowered", |s| {
+            floor_of(s) < Millis::now().saturating_add(Duration::from_secs(600))
+        })
+        .await;
+    assert_eq!(right["clock"]["trusted"], true, "{right}");
+    let log = std::fs::read_to_string(r.config.with_extension("log")).unwrap();
+    assert!(log.contains("Clock floor lowered."), "{log}");
+    // Commands are taken again, and today's PIN opens while tomorrow's does not.
+    for body in [
+        grant("g-today", "tok-today", Some("111111"), -60, 3600),
+        grant(
+            "g-tomorrow",
+            "tok-tomorrow",
+            Some("222222"),
+            DAY - 600,
+            DAY + 3600,
+        ),
+    ] {
+        assert_eq!(r.command(&body, Some(SECRET), &[]).await.0, 202);
+    }
+    let mut panel = Peer::connect(r.broker.port, "sim-panel").await;
+    panel
+        .subscribe("zenedge/edge-test/panels/panel/feedback")
+        .await;
+    assert_eq!(try_pin(&mut panel, "222222", 1).await.0, "denied");
+    assert_eq!(try_pin(&mut panel, "111111", 2).await.0, "granted");
+    commands_reach(&mut commands, 1).await;
+
+    // 2. A host with no NTP status (require_sync = false) whose clock was a day ahead and was
+    // put right by hand: the clock is below the floor and not trusted.
+    let text = std::fs::read_to_string(&r.config)
+        .unwrap()
+        .replace("require_sync = true", "require_sync = false");
+    std::fs::write(&r.config, text).unwrap();
+    common::set_clock(&clock, DAY, false);
+    r.restart().await;
+    r.daemon
+        .wait_status("the floor a day ahead again", |s| {
+            floor_of(s) > Millis::now().saturating_add(day - Duration::from_secs(600))
+        })
+        .await;
+    common::set_clock(&clock, 0, false);
+    let behind = r
+        .daemon
+        .wait_status("the clock below the floor", |s| {
+            s["clock"]["trusted"] == false
+        })
+        .await;
+    let below = behind["clock"]["behind_floor_ms"].as_u64().unwrap();
+    assert!(below > (DAY as u64 - 600) * 1000, "{behind}");
+    let (code, out, _) = r.cli(&["status"]).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("clock") && l.contains("UNTRUSTED") && l.contains("BELOW")),
+        "{out}"
+    );
+    let (code, out, _) = r.cli(&["doctor"]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("FAIL") && l.contains("clock")),
+        "{out}"
+    );
+    // Commands that grant get 503 clock; one that takes access away is taken, and acts.
+    let unlock = command_body(
+        "access.unlock",
+        json!({"action_id": "a-clock", "device_id": "front", "booking_id": "b1",
+               "not_after": at(300)}),
+    );
+    let (status, body) = r.command(&unlock, Some(SECRET), &[]).await;
+    assert_eq!((status, body["error"].as_str()), (503, Some("clock")));
+    let revoke = command_body("access.revoke", json!({"grant_id": "g-today"}));
+    let (status, body) = r.command(&revoke, Some(SECRET), &[]).await;
+    assert_eq!(status, 202, "{body}");
+    let mut panel = Peer::connect(r.broker.port, "sim-panel-2").await;
+    panel
+        .subscribe("zenedge/edge-test/panels/panel/feedback")
+        .await;
+    assert_eq!(try_pin(&mut panel, "111111", 3).await.0, "denied");
+
+    // 3. The operator's repair: the floor comes down to the clock, durably.
+    let (code, out, err) = r.cli(&["clock", "--reset-floor"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("floor lowered") && out.contains("trusted"),
+        "{out}"
+    );
+    r.restart().await;
+    let fixed = r
+        .daemon
+        .wait_status("the clock trusted", |s| s["clock"]["trusted"] == true)
+        .await;
+    assert_eq!(fixed["clock"]["behind_floor_ms"], 0, "{fixed}");
+    assert_eq!(r.command(&unlock, Some(SECRET), &[]).await.0, 202);
+    r.rx.wait_until(WAIT, "the unlock carried out", |log| {
+        log.iter().any(|x| {
+            let j = x.json();
+            j["event"] == "device.action_completed"
+                && j["data"]["action_id"] == "a-clock"
+                && j["data"]["status"] == "succeeded"
+        })
+    })
+    .await;
+    let mut panel = Peer::connect(r.broker.port, "sim-panel-3").await;
+    panel
+        .subscribe("zenedge/edge-test/panels/panel/feedback")
+        .await;
+    assert_eq!(try_pin(&mut panel, "222222", 4).await.0, "denied");
 }

@@ -225,18 +225,49 @@ pub fn decide(
 /// The controller clock as access decisions and inbound freshness checks see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClockReading {
-    /// The later of the system clock and the persisted floor.
+    /// The later of the system clock and the floor: the time decisions use.
     pub now: Millis,
+    /// What the system clock said.
+    pub system: Millis,
+    /// The floor after this reading (lowered to a synchronised clock below it).
+    pub floor: Millis,
+    /// Whether the system reports its clock synchronised.
+    pub synchronised: bool,
     /// Synchronised (or not required) and not below the floor.
     pub trusted: bool,
 }
 
-/// Pure: what to believe about the time.
+impl ClockReading {
+    /// How far the system clock is below the floor (zero when it is not).
+    pub fn behind_floor(&self) -> std::time::Duration {
+        self.floor.saturating_sub(self.system)
+    }
+}
+
+/// Pure: what to believe about the time. The floor guards against a clock that is behind; a
+/// clock the system reports synchronised wins over a floor above it (the floor was raised by a
+/// clock that was once ahead, and must not lock the controller out for good).
 pub fn read_clock(system: Millis, floor: Millis, synced: bool, require_sync: bool) -> ClockReading {
+    let floor = if synced { floor.min(system) } else { floor };
     ClockReading {
         now: system.max(floor),
+        system,
+        floor,
+        synchronised: synced,
         trusted: (synced || !require_sync) && system >= floor,
     }
+}
+
+/// The clock as `/v1/status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClockStatus {
+    pub trusted: bool,
+    pub synchronised: bool,
+    pub require_sync: bool,
+    pub system: String,
+    pub floor: String,
+    /// Milliseconds the system clock is below the floor (0 when it is not).
+    pub behind_floor_ms: u64,
 }
 
 /// The controller clock with its persisted floor, shared by the inbound endpoint and the
@@ -250,6 +281,10 @@ pub struct Clock {
 /// The floor is written to the store at most this often (it only needs to be roughly current:
 /// its job is to catch a clock that jumped back by hours or years).
 const FLOOR_STEP: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn system_clock() -> (Millis, bool) {
+    (Millis::now(), system_synchronised())
+}
 
 impl Clock {
     pub fn new(
@@ -266,30 +301,98 @@ impl Clock {
         })
     }
 
-    /// Reads the clock, raising the persisted floor while the clock is trusted.
+    /// Reads the clock, raising the persisted floor while the clock is trusted and lowering it
+    /// to a synchronised clock below it.
     pub fn read(&self) -> ClockReading {
         use std::sync::atomic::Ordering;
         let floor = Millis(self.floor.load(Ordering::Relaxed));
-        let reading = read_clock(
-            Millis::now(),
-            floor,
-            system_synchronised(),
-            self.require_sync,
-        );
-        if reading.trusted && reading.now >= floor.saturating_add(FLOOR_STEP) {
+        let (system, synced) = system_clock();
+        let reading = read_clock(system, floor, synced, self.require_sync);
+        if reading.floor < floor {
+            // Only the reader that wins the exchange logs and writes: one line per lowering.
+            if self
+                .floor
+                .compare_exchange(
+                    floor.0,
+                    reading.floor.0,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+            {
+                crate::telemetry::clock_floor_lowered(floor, reading.floor, "synchronised clock");
+                self.persist(reading.floor, true);
+            }
+        } else if reading.trusted && reading.now >= floor.saturating_add(FLOOR_STEP) {
             self.floor.store(reading.now.0, Ordering::Relaxed);
-            // Lazy and not waited for: the floor only needs to be roughly current.
-            let to = reading.now;
-            let mut c = crate::store::Commit::lazy();
-            c.step(move |tx| {
-                let cur = tx
-                    .get::<ClockFloor>(ClockFloor::KEY)?
-                    .map_or(Millis(0), |f| f.0);
-                tx.put(ClockFloor::KEY, &ClockFloor(cur.max(to)))
-            });
-            self.store.submit(c);
+            self.persist(reading.now, false);
         }
         reading
+    }
+
+    /// Writes the floor: raised lazily (it only needs to be roughly current), or set lower.
+    fn persist(&self, to: Millis, lower: bool) {
+        let mut c = crate::store::Commit::lazy();
+        c.step(move |tx| {
+            let cur = tx
+                .get::<ClockFloor>(ClockFloor::KEY)?
+                .map_or(Millis(0), |f| f.0);
+            tx.put(
+                ClockFloor::KEY,
+                &ClockFloor(if lower { to } else { cur.max(to) }),
+            )
+        });
+        self.store.submit(c);
+    }
+
+    /// An operator's repair (`zenedge clock --reset-floor`): the floor goes down to the current
+    /// system clock, durably. Returns the reading before and after.
+    pub async fn reset_floor(
+        &self,
+    ) -> Result<(ClockReading, ClockReading), crate::store::StoreError> {
+        use std::sync::atomic::Ordering;
+        let before = self.read();
+        let to = before.system.min(before.floor);
+        let mut c = crate::store::Commit::new();
+        c.step(move |tx| tx.put(ClockFloor::KEY, &ClockFloor(to)));
+        self.store.commit(c).await?;
+        self.floor.store(to.0, Ordering::Relaxed);
+        if to < before.floor {
+            crate::telemetry::clock_floor_lowered(before.floor, to, "operator reset");
+        }
+        Ok((before, self.read()))
+    }
+
+    pub fn status(&self) -> ClockStatus {
+        ClockStatus::of(&self.read(), self.require_sync)
+    }
+}
+
+impl ClockStatus {
+    pub fn of(r: &ClockReading, require_sync: bool) -> ClockStatus {
+        ClockStatus {
+            trusted: r.trusted,
+            synchronised: r.synchronised,
+            require_sync,
+            system: r.system.rfc3339(),
+            floor: r.floor.rfc3339(),
+            behind_floor_ms: r.behind_floor().as_millis() as u64,
+        }
+    }
+
+    /// The clock as a stopped daemon would find it: the system clock against the stored floor.
+    pub fn from_store(
+        store: &crate::store::Store,
+        require_sync: bool,
+    ) -> Result<ClockStatus, crate::store::StoreError> {
+        let floor = store
+            .record::<ClockFloor>(ClockFloor::KEY)?
+            .map_or(Millis(0), |f| f.0);
+        let (system, synced) = system_clock();
+        Ok(ClockStatus::of(
+            &read_clock(system, floor, synced, require_sync),
+            require_sync,
+        ))
     }
 }
 
@@ -533,21 +636,19 @@ mod tests {
     #[test]
     fn clock_trust() {
         let floor = Millis(10_000);
+        let r = read_clock(Millis(20_000), floor, true, true);
+        assert_eq!((r.now, r.floor, r.trusted), (Millis(20_000), floor, true));
+        // Behind the floor, not synchronised: the floor is used, and the clock is not trusted.
+        let r = read_clock(Millis(5_000), floor, false, false);
+        assert_eq!((r.now, r.floor, r.trusted), (floor, floor, false));
+        assert_eq!(r.behind_floor(), std::time::Duration::from_secs(5));
+        // Behind the floor but synchronised: the synchronised clock wins, the floor comes down.
+        let r = read_clock(Millis(5_000), floor, true, true);
         assert_eq!(
-            read_clock(Millis(20_000), floor, true, true),
-            ClockReading {
-                now: Millis(20_000),
-                trusted: true
-            }
+            (r.now, r.floor, r.trusted),
+            (Millis(5_000), Millis(5_000), true)
         );
-        // Behind the floor: the floor is used, and the clock is not trusted.
-        assert_eq!(
-            read_clock(Millis(5_000), floor, true, true),
-            ClockReading {
-                now: floor,
-                trusted: false
-            }
-        );
+        assert_eq!(r.behind_floor(), std::time::Duration::ZERO);
         assert!(!read_clock(Millis(20_000), floor, false, true).trusted);
         assert!(read_clock(Millis(20_000), floor, false, false).trusted);
     }

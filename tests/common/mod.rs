@@ -368,6 +368,15 @@ impl Daemon {
 
     /// Like [`Daemon::start`]; an early exit is an error carrying the daemon's log.
     pub async fn try_start(config: &Path, admin: SocketAddr) -> Result<Daemon, String> {
+        Daemon::try_start_with(config, admin, &[]).await
+    }
+
+    /// Like [`Daemon::try_start`], with extra environment variables for the daemon.
+    pub async fn try_start_with(
+        config: &Path,
+        admin: SocketAddr,
+        env: &[(String, String)],
+    ) -> Result<Daemon, String> {
         let log = config.with_extension("log");
         let stderr = std::fs::OpenOptions::new()
             .create(true)
@@ -379,6 +388,7 @@ impl Daemon {
             .arg(config)
             .arg("run")
             .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -729,9 +739,16 @@ pub struct Rig {
     pub config: PathBuf,
     pub inbound: SocketAddr,
     pub dir: tempfile::TempDir,
+    /// Extra environment of every daemon this rig starts.
+    pub env: Vec<(String, String)>,
 }
 
 pub async fn rig(devices: &str) -> Rig {
+    rig_with(devices, Vec::new()).await
+}
+
+/// A rig whose daemons run with `env` added to their environment.
+pub async fn rig_with(devices: &str, env: Vec<(String, String)>) -> Rig {
     let rx = Receiver::start(|_| Reply::Status(200)).await;
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path()).await;
@@ -740,7 +757,7 @@ pub async fn rig(devices: &str) -> Rig {
     let text = config_text(dir.path(), &rx.url(), free_port(), &extra);
     let config = write_config(dir.path(), &text);
     let mut inbound = free_port();
-    let daemon = start_on_fresh_ports(&config, &mut inbound).await;
+    let daemon = start_on_fresh_ports(&config, &mut inbound, &env).await;
     Rig {
         rx,
         broker,
@@ -748,6 +765,7 @@ pub async fn rig(devices: &str) -> Rig {
         config,
         inbound,
         dir,
+        env,
     }
 }
 
@@ -806,7 +824,7 @@ impl Rig {
     /// Starts the daemon (after it was stopped or killed) on fresh admin and inbound ports: a
     /// port freed a moment ago may already be another test's, or an outgoing connection's.
     pub async fn start_daemon(&mut self) {
-        self.daemon = start_on_fresh_ports(&self.config, &mut self.inbound).await;
+        self.daemon = start_on_fresh_ports(&self.config, &mut self.inbound, &self.env).await;
     }
 
     /// POSTs a command to the inbound endpoint; `sign` chooses the secret (None: unsigned).
@@ -836,7 +854,11 @@ impl Rig {
 /// Starts the daemon of `config` on newly chosen admin and inbound ports. `free_port` only says
 /// a port was free a moment ago; when a parallel test took it meanwhile ("already in use"),
 /// try again with others.
-async fn start_on_fresh_ports(config: &Path, inbound: &mut SocketAddr) -> Daemon {
+async fn start_on_fresh_ports(
+    config: &Path,
+    inbound: &mut SocketAddr,
+    env: &[(String, String)],
+) -> Daemon {
     let mut last = String::new();
     for _ in 0..3 {
         let (admin, new_inbound) = (free_port(), free_port());
@@ -845,7 +867,7 @@ async fn start_on_fresh_ports(config: &Path, inbound: &mut SocketAddr) -> Daemon
         let text = set_listen(&text, "[inbound]", new_inbound);
         std::fs::write(config, text).unwrap();
         *inbound = new_inbound;
-        match Daemon::try_start(config, admin).await {
+        match Daemon::try_start_with(config, admin, env).await {
             Ok(d) => return d,
             Err(e) if e.contains("already in use") => last = e,
             Err(e) => panic!("{e}"),
@@ -987,4 +1009,41 @@ pub async fn https_front(receiver: &Receiver, certs: &Path, require_client: bool
         }
     });
     addr
+}
+
+/// The LD_PRELOAD clock of `tests/shim/clock.c`, built into `dir`: the daemon's wall clock and
+/// the kernel's "synchronised" flag as the returned control file says (see [`set_clock`]).
+pub fn clock_shim(dir: &Path) -> (Vec<(String, String)>, PathBuf) {
+    let so = dir.join("clock-shim.so");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/shim/clock.c");
+    let out = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&so)
+        .arg(&src)
+        .arg("-ldl")
+        .output()
+        .expect("cc (gcc) builds the test clock shim");
+    assert!(
+        out.status.success(),
+        "cc failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let control = dir.join("clock-control");
+    set_clock(&control, 0, false);
+    let env = vec![
+        ("LD_PRELOAD".to_string(), so.display().to_string()),
+        (
+            "ZENEDGE_TEST_CLOCK".to_string(),
+            control.display().to_string(),
+        ),
+    ];
+    (env, control)
+}
+
+/// Moves the shimmed clock: `offset_s` from the real time, synchronised or not. Atomic (by
+/// rename), so the daemon never reads half a line.
+pub fn set_clock(control: &Path, offset_s: i64, synced: bool) {
+    let tmp = control.with_extension("tmp");
+    std::fs::write(&tmp, format!("{offset_s} {}\n", u8::from(synced))).unwrap();
+    std::fs::rename(&tmp, control).unwrap();
 }

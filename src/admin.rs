@@ -200,15 +200,24 @@ async fn blocking<T: Send + 'static>(
 }
 
 async fn healthz(AxState(s): AxState<AdminState>) -> Response {
-    if s.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, Json(json!({"status": "ok"}))).into_response()
-    } else {
-        (
+    if !s.ready.load(Ordering::Acquire) {
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "starting"})),
         )
-            .into_response()
+            .into_response();
     }
+    // DESIGN §3: not ready again while the MQTT link is down (or not yet resubscribed), since
+    // no device message can arrive and no command can reach a device.
+    let mqtt = s.mqtt.status.borrow().clone();
+    if mqtt.down_and_needed() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "mqtt", "since": mqtt.since})),
+        )
+            .into_response();
+    }
+    (StatusCode::OK, Json(json!({"status": "ok"}))).into_response()
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -396,7 +405,34 @@ async fn test_webhook(
 }
 
 async fn devices(AxState(s): AxState<AdminState>) -> Response {
-    Json(s.mqtt.views.borrow().clone()).into_response()
+    let views = s.mqtt.views.borrow().clone();
+    let mqtt = s.mqtt.status.borrow().clone();
+    Json(unknown_while_mqtt_down(views, &mqtt, &s.config)).into_response()
+}
+
+/// While the MQTT link is down, what an MQTT device last said is no news: it is shown `unknown`
+/// (DESIGN §3), with the reason and since when. Serial devices keep their own state.
+fn unknown_while_mqtt_down(
+    mut views: Vec<crate::devices::DeviceView>,
+    mqtt: &crate::devices::mqtt::MqttStatus,
+    config: &crate::config::Config,
+) -> Vec<crate::devices::DeviceView> {
+    if !mqtt.down_and_needed() {
+        return views;
+    }
+    for v in &mut views {
+        let over_mqtt = config
+            .devices
+            .iter()
+            .find(|d| d.id == v.id)
+            .is_some_and(|d| !d.driver.is_serial());
+        if over_mqtt {
+            v.online = None;
+            v.reason = Some("mqtt_down".into());
+            v.since = mqtt.since.clone();
+        }
+    }
+    views
 }
 
 #[derive(Deserialize, Default)]

@@ -207,6 +207,9 @@ async fn run_verb(cli: &Cli) -> Result<ExitCode, ExitCode> {
             let config = load_config(cli)?;
             println!("config {} is valid", config_path(cli).display());
             print!("{}", config.summary());
+            for w in config.warnings() {
+                println!("WARNING      {w}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Sign(args) => {
@@ -491,7 +494,8 @@ async fn queue(cli: &Cli, q: &QueueCommand) -> Result<ExitCode, ExitCode> {
                     r.event,
                     r.device_id.as_deref().unwrap_or("-"),
                     r.attempts,
-                    tail
+                    // The last error carries ZenCore's answer: outside text.
+                    crate::logging::escaped(&tail)
                 );
             }
             println!("{} {state} event(s) shown", rows.len());
@@ -556,6 +560,22 @@ fn print_status(r: &crate::admin::StatusReport) {
         r.version, r.controller_id, r.started_at
     );
     println!("clock        {}", clock_line(&r.clock));
+    let m = &r.mqtt;
+    let since = m.since.as_deref().unwrap_or("-");
+    println!(
+        "mqtt         {}",
+        match (m.up(), m.needed) {
+            (true, _) => format!("connected and subscribed since {since}"),
+            (false, true) => format!(
+                "DOWN since {since} (devices unknown, /healthz 503){}",
+                m.last_error
+                    .as_deref()
+                    .map(|e| format!(": {}", crate::logging::escaped(e)))
+                    .unwrap_or_default()
+            ),
+            (false, false) => format!("not connected since {since} (no device needs it)"),
+        }
+    );
     println!(
         "zencore      {}{}",
         if r.delivery.zencore_reachable {

@@ -792,7 +792,18 @@ impl Config {
                 "a password needs a username",
             ));
         }
+        if !valid_topic(&self.mqtt.zigbee2mqtt_base) {
+            return Err(ConfigError::key(
+                "mqtt.zigbee2mqtt_base",
+                "must be a topic without wildcards (`+`, `#`) and without a leading or trailing `/`",
+            ));
+        }
         let mut seen = std::collections::HashSet::new();
+        // A topic a device listens or is commanded on, and who has it: two devices on one topic
+        // would each take the other's reports as their own (an unlock of one "succeeds" when
+        // the other answers).
+        let mut topics: std::collections::HashMap<String, (usize, &'static str)> =
+            std::collections::HashMap::new();
         for (i, device) in self.devices.iter().enumerate() {
             validate_device(i, device)?;
             if !seen.insert(device.id.as_str()) {
@@ -801,8 +812,73 @@ impl Config {
                     format!("`{}` is used by more than one device", device.id),
                 ));
             }
+            for (name, identity, topic) in self.device_topics(device) {
+                if let Some((j, other)) = topics.insert(identity, (i, name)) {
+                    return Err(ConfigError::key(
+                        format!("devices[{i}].{name}"),
+                        format!(
+                            "`{topic}` is also the topic of device `{}` (devices[{j}].{other}); \
+                             two devices on one topic would answer for each other",
+                            self.devices[j].id
+                        ),
+                    ));
+                }
+            }
         }
         Ok(())
+    }
+
+    /// The topics that identify a device (state in, commands out): (config key, what makes
+    /// it the same topic, the topic as configured).
+    fn device_topics(&self, d: &DeviceConfig) -> Vec<(&'static str, String, String)> {
+        let base = &self.mqtt.zigbee2mqtt_base;
+        let keyed = |name: &'static str, t: &Option<String>, identity: &dyn Fn(&str) -> String| {
+            t.iter()
+                .map(|t| (name, identity(t), t.clone()))
+                .collect::<Vec<_>>()
+        };
+        match d.driver {
+            Driver::Zigbee2mqtt => keyed("topic", &d.topic, &|t| format!("{base}/{t}")),
+            Driver::Tasmota => keyed("topic", &d.topic, &|t| format!("cmnd/{t}")),
+            Driver::Homeassistant => {
+                let mut v = keyed("state_topic", &d.state_topic, &|t| t.to_owned());
+                v.extend(keyed("command_topic", &d.command_topic, &|t| {
+                    format!("command:{t}")
+                }));
+                v
+            }
+            Driver::ZenedgePanel | Driver::ModbusRelay | Driver::Osdp => Vec::new(),
+        }
+    }
+
+    /// What is allowed but probably a mistake, for `check-config` and the daemon's log.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let remote = |host: &str| {
+            !(host == "localhost"
+                || host
+                    .trim_matches(['[', ']'])
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback()))
+        };
+        if self.mqtt.password().is_some() && self.mqtt.ca_file.is_none() && remote(&self.mqtt.host)
+        {
+            out.push(format!(
+                "mqtt.password is sent in clear to {} (no mqtt.ca_file): anyone on the network \
+                 can read it; use TLS (mqtt.ca_file, port 8883)",
+                self.mqtt.host
+            ));
+        }
+        if let Ok(url) = reqwest::Url::parse(&self.zencore.webhook_url) {
+            if url.scheme() == "http" && url.host_str().is_some_and(remote) {
+                out.push(format!(
+                    "zencore.webhook_url is plain http to {}: events (not the secret) cross the \
+                     network in clear; use https://",
+                    url.host_str().unwrap_or("?")
+                ));
+            }
+        }
+        out
     }
 
     /// The MQTT client id (`mqtt.client_id`, default `zenedge-<controller_id>`).
@@ -1387,5 +1463,79 @@ secret = "s3cret-s3cret-s3cret-s3cret"
             "\"twenty-four-bytes-long!!\"",
         );
         assert!(parse(&ok).is_ok());
+    }
+
+    #[test]
+    fn two_devices_on_one_topic_and_wildcard_bases_are_refused() {
+        let lock = |id: &str, room: &str, topic: &str| {
+            format!(
+                "[[devices]]\nid = \"{id}\"\ntype = \"lock\"\ndriver = \"zigbee2mqtt\"\n\
+                 topic = \"{topic}\"\nmeeting_space_id = \"{room}\"\n"
+            )
+        };
+        let text = format!(
+            "{MINIMAL}{}{}",
+            lock("front", "ms-a", "door"),
+            lock("back", "ms-b", "door")
+        );
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(
+            e.contains("devices[1].topic") && e.contains("`front`") && e.contains("devices[0]"),
+            "{e}"
+        );
+        let ha = |id: &str, state: &str, command: &str| {
+            format!(
+                "[[devices]]\nid = \"{id}\"\ntype = \"lock\"\ndriver = \"homeassistant\"\n\
+                 state_topic = \"{state}\"\ncommand_topic = \"{command}\"\n"
+            )
+        };
+        let text = format!(
+            "{MINIMAL}{}{}",
+            ha("a", "s/a", "c/x"),
+            ha("b", "s/b", "c/x")
+        );
+        assert_eq!(
+            key_of(parse(&text).unwrap_err()),
+            "devices[1].command_topic"
+        );
+        // Two Home Assistant locks sharing one availability topic (one ESPHome board) are fine.
+        let text = format!(
+            "{MINIMAL}{}{}",
+            ha("a", "s/a", "c/a"),
+            ha("b", "s/b", "c/b")
+        );
+        assert!(parse(&text).is_ok());
+        for base in ["+", "#", "zigbee2mqtt/+", "/z2m", "z2m/", ""] {
+            let text = format!("{MINIMAL}\n[mqtt]\nzigbee2mqtt_base = {base:?}\n");
+            assert_eq!(
+                key_of(parse(&text).unwrap_err()),
+                "mqtt.zigbee2mqtt_base",
+                "{base}"
+            );
+        }
+    }
+
+    #[test]
+    fn clear_text_credentials_to_remote_hosts_are_warned_about() {
+        let with = |mqtt: &str, url: &str| {
+            let text = MINIMAL.replace("https://zencore.example.com/webhooks/zenedge", url);
+            parse(&format!("{text}\n[mqtt]\n{mqtt}\n"))
+                .unwrap()
+                .warnings()
+        };
+        let remote = "host = \"10.0.0.5\"\nusername = \"u\"\npassword = \"p\"";
+        let w = with(remote, "https://zencore.example.com/h");
+        assert!(
+            w.len() == 1 && w[0].contains("mqtt.password") && w[0].contains("10.0.0.5"),
+            "{w:?}"
+        );
+        let local = "host = \"127.0.0.1\"\nusername = \"u\"\npassword = \"p\"";
+        assert!(with(local, "https://zencore.example.com/h").is_empty());
+        let w = with("", "http://zencore.example.com/h");
+        assert!(
+            w.len() == 1 && w[0].contains("zencore.webhook_url"),
+            "{w:?}"
+        );
+        assert!(with("", "http://127.0.0.1:9/h").is_empty());
     }
 }

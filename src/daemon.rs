@@ -371,6 +371,9 @@ async fn serve(
         webhook_url = %config.zencore.webhook_url,
         last_sequence = store.last_sequence(),
     );
+    for warning in config.warnings() {
+        tracing::warn!(message = "Config warning.", warning);
+    }
     if !stopping {
         if let Some(f) = on_ready.take() {
             f(bound);

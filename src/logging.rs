@@ -33,8 +33,80 @@ pub fn init(default: &str) {
         .with_env_filter(filter())
         .with_writer(std::io::stderr)
         .with_target(false)
+        // Colours only for a terminal: a log file gets no escape sequences at all, so any it
+        // shows would be someone else's.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .fmt_fields(escaping_fields())
         .finish();
     let _ = tracing::subscriber::set_global_default(subscriber);
+}
+
+/// Text with every control character (ESC, CR, LF, DEL, C1…) written as an escape, so that text
+/// from outside — a device payload, a request id, an HTTP error body — cannot forge a log line,
+/// recolour the terminal or hide what follows (DESIGN §6).
+pub fn escaped(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// The stderr formatter's fields: as tracing-subscriber's default (`message` bare, strings
+/// quoted, others `name=value`), every value escaped.
+struct EscapingFields;
+
+fn escaping_fields() -> EscapingFields {
+    EscapingFields
+}
+
+impl<'w> tracing_subscriber::fmt::FormatFields<'w> for EscapingFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        mut writer: tracing_subscriber::fmt::format::Writer<'w>,
+        fields: R,
+    ) -> std::fmt::Result {
+        let mut line = Line::default();
+        fields.record(&mut line);
+        write!(writer, "{}", line.0)
+    }
+}
+
+/// One event's fields as the stderr line shows them.
+#[derive(Default)]
+struct Line(String);
+
+impl Line {
+    fn put(&mut self, field: &Field, text: &str) {
+        if !self.0.is_empty() {
+            self.0.push(' ');
+        }
+        if field.name() != "message" {
+            self.0.push_str(field.name());
+            self.0.push('=');
+        }
+        self.0.push_str(&escaped(text));
+    }
+}
+
+impl Visit for Line {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.put(field, value);
+        } else {
+            self.put(field, &format!("{value:?}"));
+        }
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.put(field, &format!("{value:?}"));
+    }
 }
 
 /// Forwards each tracing event to the `log` logger (journald) with its fields as key/values.
@@ -85,6 +157,10 @@ impl Fields {
     }
 
     fn put(&mut self, field: &Field, value: String) {
+        let value = match escaped(&value) {
+            std::borrow::Cow::Borrowed(_) => value,
+            std::borrow::Cow::Owned(e) => e,
+        };
         if field.name() == "message" {
             self.message = value;
         } else {
@@ -123,6 +199,56 @@ mod tests {
     impl<S: Subscriber> Layer<S> for Capture {
         fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
             self.0.lock().unwrap().push(Fields::of(event));
+        }
+    }
+
+    #[test]
+    fn control_characters_are_escaped_in_journal_fields_and_on_stderr() {
+        assert_eq!(escaped("plain text, ünïcode"), "plain text, ünïcode");
+        assert_eq!(
+            escaped("x\u{1b}[32m INFO Door locked.\r\nnext\u{7f}\u{9b}"),
+            "x\\u{1b}[32m INFO Door locked.\\r\\nnext\\u{7f}\\u{9b}"
+        );
+        let capture = Capture::default();
+        let subscriber = tracing_subscriber::registry().with(capture.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            let error = "bad\r\n\u{1b}[32mINFO Door locked.";
+            tracing::warn!(message = "Malformed.", action = "a\nb", %error);
+        });
+        let got = capture.0.lock().unwrap();
+        for (_, v) in &got[0].pairs {
+            assert!(!v.chars().any(char::is_control), "{v:?}");
+        }
+        // The stderr formatter, into a buffer.
+        let buf = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let writer = {
+            let buf = buf.clone();
+            move || BufWriter(buf.clone())
+        };
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(writer)
+            .with_ansi(false)
+            .fmt_fields(escaping_fields())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let error = "bad\r\n\u{1b}[32mINFO Door locked.";
+            tracing::warn!(message = "Malformed.", action = "a\nb", %error);
+        });
+        let text = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text:?}");
+        assert!(!text.trim_end().chars().any(char::is_control), "{text:?}");
+        assert!(text.contains("error=bad\\r\\n\\u{1b}[32mINFO"), "{text:?}");
+    }
+
+    struct BufWriter(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for BufWriter {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
         }
     }
 

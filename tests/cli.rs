@@ -49,6 +49,58 @@ fn check_config_summarises_a_good_file_and_names_the_bad_key() {
 }
 
 #[test]
+fn check_config_refuses_two_devices_on_one_topic_and_warns_of_clear_text_passwords() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = |id: &str, room: &str| {
+        format!(
+            "\n[[devices]]\nid = \"{id}\"\ntype = \"lock\"\ndriver = \"zigbee2mqtt\"\n\
+             topic = \"door\"\nmeeting_space_id = \"{room}\"\n"
+        )
+    };
+    let text = common::config_text(
+        dir.path(),
+        "http://127.0.0.1:9/hook",
+        common::free_port(),
+        &format!("{}{}", lock("front", "ms-a"), lock("back", "ms-b")),
+    );
+    let config = common::write_config(dir.path(), &text);
+    let (code, _, err) = zenedge(&config, &["check-config"]);
+    assert_eq!(code, 78, "{err}");
+    assert!(
+        err.contains("devices[1].topic") && err.contains("`front`"),
+        "{err}"
+    );
+    // A wildcard Zigbee2MQTT base would route every device's messages to every lock.
+    let text = common::config_text(
+        dir.path(),
+        "http://127.0.0.1:9/hook",
+        common::free_port(),
+        "\n[mqtt]\nzigbee2mqtt_base = \"+\"\n",
+    );
+    let config = common::write_config(dir.path(), &text);
+    let (code, _, err) = zenedge(&config, &["check-config"]);
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("mqtt.zigbee2mqtt_base"), "{err}");
+    // A password in clear to a remote broker: valid, with a warning that says so.
+    let text = common::config_text(
+        dir.path(),
+        "http://127.0.0.1:9/hook",
+        common::free_port(),
+        "\n[mqtt]\nhost = \"192.0.2.10\"\nusername = \"zenedge\"\npassword = \"hunter2-hunter2\"\n",
+    );
+    let config = common::write_config(dir.path(), &text);
+    let (code, out, err) = zenedge(&config, &["check-config"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.lines().any(|l| l.starts_with("WARNING")
+            && l.contains("mqtt.password")
+            && l.contains("192.0.2.10")),
+        "{out}"
+    );
+    assert!(!out.contains("hunter2"), "{out}");
+}
+
+#[test]
 fn config_comes_from_the_environment_and_flags_go_before_or_after_the_verb() {
     let dir = tempfile::tempdir().unwrap();
     let good = valid_config(dir.path());

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{device_events, rig, Broker, Daemon, Peer, Receiver, Reply, SECRET};
+use common::{client, device_events, rig, Broker, Daemon, Peer, Receiver, Reply, SECRET};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -227,6 +227,41 @@ async fn the_broker_restarting_is_survived_with_backoff_and_resubscription() {
     drop(p);
 
     r.broker.kill();
+    // Not ready while the link is down, devices unknown rather than their last state, and the
+    // status says since when.
+    let health = || async {
+        let r = client()
+            .get(format!("http://{}/healthz", r.daemon.admin))
+            .send()
+            .await
+            .unwrap();
+        (
+            r.status().as_u16(),
+            r.json::<serde_json::Value>().await.unwrap(),
+        )
+    };
+    r.daemon
+        .wait_status("MQTT down", |s| s["mqtt"]["connected"] == false)
+        .await;
+    let (code, body) = health().await;
+    assert_eq!(
+        (code, body["status"].as_str()),
+        (503, Some("mqtt")),
+        "{body}"
+    );
+    let (code, out, _) = r.cli(&["devices"]).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("strike ") && l.contains("unknown")),
+        "{out}"
+    );
+    let (_, out, _) = r.cli(&["status"]).await;
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("mqtt") && l.contains("DOWN since")),
+        "{out}"
+    );
     let attempts = |s: &serde_json::Value| s["mqtt"]["connect_attempts"].as_u64().unwrap();
     let down = Instant::now();
     let (_, s0) = r.daemon.get("/v1/status").await;
@@ -262,6 +297,13 @@ async fn the_broker_restarting_is_survived_with_backoff_and_resubscription() {
         assert!(Instant::now() < deadline, "never resubscribed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert_eq!(health().await.0, 200);
+    let (_, out, _) = r.cli(&["status"]).await;
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("mqtt") && l.contains("connected and subscribed since")),
+        "{out}"
+    );
     // Resubscribed: a change after the restart is seen.
     let p = Peer::connect(r.broker.port, "dev2").await;
     p.publish("tele/strike_1/LWT", "Offline", true).await;
@@ -318,6 +360,8 @@ async fn garbage_on_every_topic_is_counted_and_harms_nothing() {
         br#"{"lock_state":42,"state":[1]}"#.to_vec(),
         b"[]".to_vec(),
         huge,
+        // Text that would forge a log line and recolour the terminal, were it logged raw.
+        br#"{"action":"x\u001b[32m\r\nINFO Door locked.","lock_state":"\u001b[2J"}"#.to_vec(),
     ];
     for t in topics {
         for g in &garbage {
@@ -337,6 +381,17 @@ async fn garbage_on_every_topic_is_counted_and_harms_nothing() {
     assert!(malformed >= 40, "malformed counted: {malformed}");
     let (code, _) = r.daemon.get("/healthz").await;
     assert_eq!(code, 200);
+    // The hostile text reached the log only escaped: no raw ESC or CR, no forged line.
+    let log = std::fs::read_to_string(r.config.with_extension("log")).unwrap();
+    assert!(
+        log.contains("x\\u{1b}[32m\\r\\nINFO Door locked."),
+        "the action name is logged, escaped: {log}"
+    );
+    assert!(!log.contains('\u{1b}') && !log.contains('\r'), "{log:?}");
+    assert!(
+        !log.lines().any(|l| l.starts_with("INFO Door locked")),
+        "{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

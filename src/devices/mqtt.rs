@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::actions::PendingUnlock;
 use super::actions::{Completed, Request};
-use super::drivers::status_topic;
+use super::drivers::{status_topic, Routes};
 use super::{DeviceView, Hub, Output};
 use crate::config::Config;
 use crate::event::Millis;
@@ -43,13 +43,31 @@ const BATCH: usize = 512;
 /// What the MQTT side shows to `/v1/status` and readiness.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MqttStatus {
+    /// Whether any device talks MQTT (else the link does not make the daemon unready).
+    #[serde(default)]
+    pub needed: bool,
     pub connected: bool,
     /// Subscriptions acknowledged by the broker since the last connect.
     pub subscribed: bool,
+    /// When the link last went up (connected and subscribed) or down.
+    #[serde(default)]
+    pub since: Option<String>,
     pub connect_attempts: u64,
     pub messages: u64,
     pub malformed: u64,
     pub last_error: Option<String>,
+}
+
+impl MqttStatus {
+    /// Connected with every subscription acknowledged: device messages can arrive.
+    pub fn up(&self) -> bool {
+        self.connected && self.subscribed
+    }
+
+    /// Down while devices need it: the daemon is not ready, device states are not known.
+    pub fn down_and_needed(&self) -> bool {
+        self.needed && !self.up()
+    }
 }
 
 /// A request to the hub from the admin API.
@@ -151,7 +169,11 @@ pub async fn start(
     let (incoming_tx, incoming_rx) = mpsc::unbounded_channel();
     let (requests_tx, requests_rx) = mpsc::channel(64);
     let (views_tx, views) = watch::channel(Vec::new());
-    let (status_tx, status) = watch::channel(MqttStatus::default());
+    let (status_tx, status) = watch::channel(MqttStatus {
+        needed: !Routes::new(&config).is_empty(),
+        since: Some(Millis::now().rfc3339()),
+        ..MqttStatus::default()
+    });
     let attempts = Arc::new(AtomicU64::new(0));
     let serial_tx = incoming_tx.clone();
     let ports = crate::serial::Ports::start(&config, move |r| {
@@ -567,8 +589,12 @@ impl Shell {
     fn set_status(&self, f: impl FnOnce(&mut MqttStatus)) {
         let attempts = self.attempts.load(Ordering::Relaxed);
         self.status.send_modify(|s| {
+            let was_up = s.up();
             f(s);
             s.connect_attempts = attempts;
+            if s.up() != was_up {
+                s.since = Some(Millis::now().rfc3339());
+            }
         });
     }
 }

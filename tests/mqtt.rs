@@ -657,3 +657,112 @@ async fn mqtts_with_a_private_ca_and_a_wrong_ca_fails_clearly_and_retries() {
     let (health, _) = daemon.get("/healthz").await;
     assert_eq!(health, 503);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_s_bridge_offline_does_not_take_the_zigbee_locks_away() {
+    let mut r = rig(DEVICES).await;
+    let port = r.broker.port;
+    // A Zigbee2MQTT bridge that answers health checks, and its lock.
+    let mut bridge = Peer::connect(port, "sim-z2m-bridge").await;
+    bridge
+        .subscribe("zigbee2mqtt/bridge/request/health_check")
+        .await;
+    bridge.subscribe("zigbee2mqtt/front_door/set").await;
+    let (answering_tx, answering) = tokio::sync::watch::channel(true);
+    let _bridge = tokio::spawn(async move {
+        loop {
+            let (topic, payload, _) = bridge.next(Duration::from_secs(3600)).await;
+            if topic.ends_with("/health_check") {
+                if *answering.borrow() {
+                    bridge
+                        .publish(
+                            "zigbee2mqtt/bridge/response/health_check",
+                            r#"{"data":{"healthy":true},"status":"ok"}"#,
+                            false,
+                        )
+                        .await;
+                }
+                continue;
+            }
+            let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+            let state = if v["state"] == "UNLOCK" {
+                "unlocked"
+            } else {
+                "locked"
+            };
+            bridge
+                .publish(
+                    "zigbee2mqtt/front_door",
+                    format!(r#"{{"lock_state":"{state}"}}"#),
+                    false,
+                )
+                .await;
+        }
+    });
+    let lock = Peer::connect(port, "sim-z2m-pub").await;
+    lock.publish("zigbee2mqtt/front_door/availability", "online", true)
+        .await;
+    r.wait_event("front", "device.online", "availability").await;
+
+    // Any client on the broker publishes a retained "offline" for the bridge; a restart replays
+    // it to ZenEdge as well.
+    let stranger = Peer::connect(port, "stranger").await;
+    stranger
+        .publish("zigbee2mqtt/bridge/state", "offline", true)
+        .await;
+    r.daemon
+        .wait_status("the spoof contradicted", |s| {
+            s["mqtt"]["bridge_offline_ignored"] == 1
+        })
+        .await;
+    r.restart().await;
+    r.daemon
+        .wait_status("the replayed spoof contradicted", |s| {
+            s["mqtt"]["bridge_offline_ignored"] == 1
+        })
+        .await;
+    let (code, out, _) = r.cli(&["unlock", "front"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("succeeded"), "{out}");
+    assert!(
+        !device_events(&r.rx.requests(), "front")
+            .iter()
+            .any(|e| e.0 == "device.offline"),
+        "{:?}",
+        device_events(&r.rx.requests(), "front")
+    );
+
+    // A bridge that really stopped does not answer: its devices go offline.
+    answering_tx.send_replace(false);
+    stranger
+        .publish("zigbee2mqtt/bridge/state", "online", true)
+        .await;
+    stranger
+        .publish("zigbee2mqtt/bridge/state", "offline", true)
+        .await;
+    r.wait_event("front", "device.offline", "bridge_offline")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_client_with_zenedge_s_client_id_is_noticed_and_named() {
+    let r = rig(DEVICES).await;
+    // The default client id is predictable (`zenedge-<controller_id>`); an anonymous broker
+    // lets anyone use it. Each connect takes ZenEdge's session; ZenEdge takes it back.
+    let thief = Peer::connect(r.broker.port, "zenedge-edge-test").await;
+    r.daemon
+        .wait_status("the takeover noticed", |s| {
+            s["mqtt"]["takeover_suspected"].as_u64() >= Some(1)
+        })
+        .await;
+    drop(thief);
+    r.daemon
+        .wait_status("the session back", |s| s["mqtt"]["subscribed"] == true)
+        .await;
+    let log = std::fs::read_to_string(r.config.with_extension("log")).unwrap();
+    assert!(
+        log.contains("another client is probably connecting with ZenEdge's client id")
+            && log.contains("zenedge-edge-test"),
+        "{log}"
+    );
+}

@@ -21,6 +21,9 @@ pub enum Observation {
     Credential(Value),
     /// A panel action (check-in, end, extend; handled by the scheduler).
     PanelAction(Value),
+    /// The Zigbee2MQTT bridge's answer to a health check: it is running (and says whether it
+    /// is healthy).
+    BridgeHealth { healthy: bool },
 }
 
 /// Which kind of availability message, for the event's `reason`.
@@ -57,6 +60,8 @@ pub enum TopicKind {
     Z2mAvailability,
     /// `<base>/bridge/state`: about every Zigbee2MQTT device at once.
     Z2mBridge,
+    /// `<base>/bridge/response/health_check`: the bridge answering ZenEdge's question.
+    Z2mHealth,
     TasmotaLwt,
     TasmotaResult,
     TasmotaPower,
@@ -69,10 +74,11 @@ pub enum TopicKind {
 
 impl TopicKind {
     /// Every kind, for tests and fuzzing that must cover each payload mapper.
-    pub const ALL: [TopicKind; 11] = [
+    pub const ALL: [TopicKind; 12] = [
         TopicKind::Z2mState,
         TopicKind::Z2mAvailability,
         TopicKind::Z2mBridge,
+        TopicKind::Z2mHealth,
         TopicKind::TasmotaLwt,
         TopicKind::TasmotaResult,
         TopicKind::TasmotaPower,
@@ -148,6 +154,20 @@ pub fn parse(kind: TopicKind, payload: &[u8]) -> Result<Observation, PayloadErro
     match kind {
         TopicKind::Z2mAvailability | TopicKind::HaAvailability => avail(AvailSource::Availability),
         TopicKind::Z2mBridge => avail(AvailSource::Availability),
+        TopicKind::Z2mHealth => {
+            // `{"data":{"healthy":true},"status":"ok"}`
+            let m = json_object(payload)?;
+            let healthy = m
+                .get("data")
+                .and_then(|d| d.get("healthy"))
+                .and_then(Value::as_bool)
+                .ok_or_else(|| {
+                    PayloadError::Unexpected(truncate(&Value::Object(m.clone()).to_string()))
+                })?;
+            Ok(Observation::BridgeHealth {
+                healthy: healthy && m.get("status").and_then(Value::as_str) == Some("ok"),
+            })
+        }
         TopicKind::TasmotaLwt | TopicKind::PanelStatus => avail(AvailSource::Lwt),
         TopicKind::Z2mState => {
             let m = json_object(payload)?;
@@ -270,6 +290,17 @@ pub fn panel_prefix(config: &Config, device_id: &str) -> String {
     format!("zenedge/{}/panels/{device_id}", config.controller.id)
 }
 
+/// The question that tells a real Zigbee2MQTT bridge from a `bridge/state` "offline" published
+/// by anyone else: the bridge answers on `<base>/bridge/response/health_check`.
+pub fn bridge_health_check(bridge_state_topic: &str) -> Option<Outgoing> {
+    let base = bridge_state_topic.strip_suffix("/bridge/state")?;
+    Some(Outgoing {
+        topic: format!("{base}/bridge/request/health_check"),
+        payload: b"{}".to_vec(),
+        retain: false,
+    })
+}
+
 /// ZenEdge's own presence topic.
 pub fn status_topic(config: &Config) -> String {
     format!("zenedge/{}/status", config.controller.id)
@@ -338,6 +369,11 @@ impl Routes {
         }
         if any_z2m {
             add(format!("{base}/bridge/state"), None, TopicKind::Z2mBridge);
+            add(
+                format!("{base}/bridge/response/health_check"),
+                None,
+                TopicKind::Z2mHealth,
+            );
         }
         r
     }
@@ -403,6 +439,23 @@ mod tests {
                 avail(false, AvailSource::Availability),
             ),
             (Z2mBridge, b"online", avail(true, AvailSource::Availability)),
+            (
+                Z2mHealth,
+                br#"{"data":{"healthy":true},"status":"ok"}"#,
+                Ok(Observation::BridgeHealth { healthy: true }),
+            ),
+            (
+                Z2mHealth,
+                br#"{"data":{"healthy":false},"status":"ok"}"#,
+                Ok(Observation::BridgeHealth { healthy: false }),
+            ),
+            (
+                Z2mHealth,
+                br#"{"data":{},"status":"error"}"#,
+                Err(PayloadError::Unexpected(
+                    r#"{"data":{},"status":"error"}"#.into(),
+                )),
+            ),
         ];
         for (kind, payload, want) in cases {
             assert_eq!(

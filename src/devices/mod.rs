@@ -78,7 +78,13 @@ impl Output {
 pub struct HubCounters {
     pub messages: AtomicU64,
     pub malformed: AtomicU64,
+    /// `bridge/state` "offline" messages the bridge itself contradicted (spoofed or stale).
+    pub bridge_offline_ignored: AtomicU64,
 }
+
+/// How long a Zigbee2MQTT bridge has to answer the health check that follows its "offline"
+/// before the offline is believed.
+pub const BRIDGE_CHECK: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// One device as `zenedge devices` shows it.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -121,6 +127,8 @@ pub struct Hub {
     /// [`new_action_id`]; the hub itself reads no clock and draws no randomness).
     ids: Box<dyn FnMut() -> String + Send + Sync>,
     lockouts: crate::access::lockout::Lockouts,
+    /// Bridges whose `bridge/state` said offline, by that topic: when ZenEdge asked them.
+    bridge_checks: HashMap<String, Millis>,
 }
 
 impl Hub {
@@ -169,6 +177,7 @@ impl Hub {
             config,
             counters: Arc::default(),
             ids,
+            bridge_checks: HashMap::new(),
         }
     }
 
@@ -362,22 +371,7 @@ impl Hub {
                 }
             };
             let Some(i) = device else {
-                // The Zigbee2MQTT bridge: offline takes every Zigbee2MQTT device with it.
-                if let Observation::Availability { online: false, .. } = observation {
-                    let ids: Vec<String> = self
-                        .config
-                        .devices
-                        .iter()
-                        .filter(|d| d.driver == Driver::Zigbee2mqtt)
-                        .map(|d| d.id.clone())
-                        .collect();
-                    for id in ids {
-                        let t = self
-                            .presence
-                            .observe(&id, false, Reason::BridgeOffline, now);
-                        out.merge(self.transitions(t, now));
-                    }
-                }
+                out.merge(self.bridge(topic, observation, now));
                 continue;
             };
             let Some(id) = self.config.devices.get(i).map(|d| d.id.clone()) else {
@@ -425,6 +419,8 @@ impl Hub {
                         out.merge(self.panel_action(&id, &v, now));
                     }
                 }
+                // Only the bridge's own topic carries it (routed without a device above).
+                Observation::BridgeHealth { .. } => {}
             }
         }
         out
@@ -766,10 +762,89 @@ impl Hub {
     }
 
     /// Advances time: debounce, silence, action timeouts, relocks, the rooms' schedule.
+    /// The Zigbee2MQTT bridge: offline takes every Zigbee2MQTT device with it — once the bridge
+    /// has had [`BRIDGE_CHECK`] to answer a health check and has not. Anyone on the broker can
+    /// publish (and retain) `bridge/state` "offline"; a bridge that answers is running.
+    fn bridge(&mut self, topic: &str, observation: Observation, now: Millis) -> Output {
+        let mut out = Output::default();
+        match observation {
+            Observation::Availability { online: false, .. } => {
+                if self.bridge_checks.contains_key(topic) {
+                    return out;
+                }
+                let Some(ask) = drivers::bridge_health_check(topic) else {
+                    return self.bridge_offline(now);
+                };
+                tracing::info!(
+                    message = "Zigbee2MQTT bridge says offline; asking it before believing it.",
+                    topic
+                );
+                self.bridge_checks.insert(topic.to_owned(), now);
+                out.publish.push(ask);
+            }
+            Observation::Availability { online: true, .. } => {
+                self.bridge_checks.remove(topic);
+            }
+            Observation::BridgeHealth { healthy } => {
+                // The answer comes on the response topic; it is about its base's state topic.
+                let Some(base) = topic.strip_suffix("/bridge/response/health_check") else {
+                    return out;
+                };
+                let state_topic = format!("{base}/bridge/state");
+                if self.bridge_checks.remove(&state_topic).is_some() {
+                    self.counters
+                        .bridge_offline_ignored
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        message = "Zigbee2MQTT bridge answered its health check: its \"offline\" is ignored (published by another client, or stale; see SECURITY.md on broker ACLs).",
+                        topic = %state_topic,
+                        healthy
+                    );
+                }
+            }
+            _ => {}
+        }
+        out
+    }
+
+    /// Every Zigbee2MQTT device offline, reason `bridge_offline`.
+    fn bridge_offline(&mut self, now: Millis) -> Output {
+        let mut out = Output::default();
+        let ids: Vec<String> = self
+            .config
+            .devices
+            .iter()
+            .filter(|d| d.driver == Driver::Zigbee2mqtt)
+            .map(|d| d.id.clone())
+            .collect();
+        for id in ids {
+            let t = self
+                .presence
+                .observe(&id, false, Reason::BridgeOffline, now);
+            out.merge(self.transitions(t, now));
+        }
+        out
+    }
+
     pub fn tick(&mut self, now: Millis) -> Output {
         self.last_now = now;
+        let unanswered: Vec<String> = self
+            .bridge_checks
+            .iter()
+            .filter(|(_, asked)| asked.saturating_add(BRIDGE_CHECK) <= now)
+            .map(|(t, _)| t.clone())
+            .collect();
+        let mut out = Output::default();
+        for topic in unanswered {
+            self.bridge_checks.remove(&topic);
+            tracing::warn!(
+                message = "Zigbee2MQTT bridge did not answer its health check: its devices are offline.",
+                topic = %topic
+            );
+            out.merge(self.bridge_offline(now));
+        }
         let t = self.presence.tick(now);
-        let mut out = self.transitions(t, now);
+        out.merge(self.transitions(t, now));
         let ended = self.lockouts.tick(now);
         out.merge(self.lockout_effects(ended, now));
         let done = self.actions.tick(now);
@@ -791,6 +866,10 @@ impl Hub {
             self.actions.next_deadline(),
             self.relocks.iter().map(|(at, _)| *at).min(),
             self.schedule.next_deadline(self.last_now),
+            self.bridge_checks
+                .values()
+                .map(|asked| asked.saturating_add(BRIDGE_CHECK))
+                .min(),
         ]
         .into_iter()
         .flatten()
@@ -1159,13 +1238,67 @@ driver = "zenedge-panel"
             Millis(1),
         );
         hub.message("tele/strike_1/LWT", b"Online", false, Millis(1));
+        // The bridge is asked first: an "offline" anyone could have published is not believed
+        // until the bridge has had its time to answer.
         let out = hub.message(
             "zigbee2mqtt/bridge/state",
             br#"{"state":"offline"}"#,
             false,
             Millis(2),
         );
+        assert!(names(&out).is_empty());
+        assert_eq!(
+            out.publish[0].topic,
+            "zigbee2mqtt/bridge/request/health_check"
+        );
+        let asked = Millis(2);
+        assert_eq!(
+            hub.next_deadline(),
+            Some(asked.saturating_add(BRIDGE_CHECK))
+        );
+        // A second "offline" while asking asks nothing more.
+        let again = hub.message("zigbee2mqtt/bridge/state", b"offline", true, Millis(3));
+        assert!(again.publish.is_empty());
+        let out = hub.tick(asked.saturating_add(BRIDGE_CHECK));
         assert_eq!(names(&out), vec!["device.offline front bridge_offline"]);
+    }
+
+    #[test]
+    fn a_bridge_that_answers_its_health_check_is_not_offline() {
+        let mut hub = Hub::new(config(), HashMap::new(), Millis(0), test_ids());
+        hub.message(
+            "zigbee2mqtt/front_door",
+            br#"{"state":"LOCK"}"#,
+            false,
+            Millis(1),
+        );
+        // A retained "offline" from a stranger, replayed on subscribe.
+        let out = hub.message("zigbee2mqtt/bridge/state", b"offline", true, Millis(2));
+        assert_eq!(out.publish.len(), 1);
+        let out = hub.message(
+            "zigbee2mqtt/bridge/response/health_check",
+            br#"{"data":{"healthy":true},"status":"ok"}"#,
+            false,
+            Millis(50),
+        );
+        assert!(names(&out).is_empty());
+        let out = hub.tick(Millis(10_000));
+        assert!(names(&out).is_empty(), "{:?}", names(&out));
+        assert_eq!(
+            hub.counters.bridge_offline_ignored.load(Ordering::Relaxed),
+            1
+        );
+        // An answer nobody asked for changes nothing.
+        hub.message(
+            "zigbee2mqtt/bridge/response/health_check",
+            br#"{"data":{"healthy":true},"status":"ok"}"#,
+            false,
+            Millis(10_001),
+        );
+        assert_eq!(
+            hub.counters.bridge_offline_ignored.load(Ordering::Relaxed),
+            1
+        );
     }
 
     #[test]

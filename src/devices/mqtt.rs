@@ -55,6 +55,13 @@ pub struct MqttStatus {
     pub connect_attempts: u64,
     pub messages: u64,
     pub malformed: u64,
+    /// Zigbee2MQTT `bridge/state` "offline" messages the bridge itself contradicted.
+    #[serde(default)]
+    pub bridge_offline_ignored: u64,
+    /// Times the broker kept closing ZenEdge's sessions right after they opened, as it does
+    /// when another client connects with the same client id.
+    #[serde(default)]
+    pub takeover_suspected: u64,
     pub last_error: Option<String>,
 }
 
@@ -211,6 +218,7 @@ pub async fn start(
         status,
     };
     let shell = Shell {
+        sessions: SessionWatch::default(),
         config,
         store,
         client,
@@ -298,7 +306,53 @@ fn describe(e: &ConnectionError) -> String {
     crate::telemetry::error_chain(e)
 }
 
+/// Notices sessions that the broker closes right after they open, again and again: what a
+/// broker does when another client connects with ZenEdge's client id (MQTT 3.1.1 gives no
+/// reason). Pure: times are passed in.
+#[derive(Debug, Default)]
+struct SessionWatch {
+    opened: Option<Millis>,
+    short: std::collections::VecDeque<Millis>,
+}
+
+impl SessionWatch {
+    /// A session shorter than this counts as closed right after it opened.
+    const SHORT: Duration = Duration::from_secs(5);
+    /// This many short sessions within [`SessionWatch::WINDOW`] raise the suspicion.
+    const COUNT: usize = 3;
+    const WINDOW: Duration = Duration::from_secs(60);
+
+    fn opened(&mut self, now: Millis) {
+        self.opened = Some(now);
+    }
+
+    /// The session ended; true when the pattern says another client holds the client id.
+    fn closed(&mut self, now: Millis) -> bool {
+        let Some(opened) = self.opened.take() else {
+            return false;
+        };
+        if now.saturating_sub(opened) >= Self::SHORT {
+            self.short.clear();
+            return false;
+        }
+        self.short.push_back(now);
+        while self
+            .short
+            .front()
+            .is_some_and(|t| now.saturating_sub(*t) > Self::WINDOW)
+        {
+            self.short.pop_front();
+        }
+        if self.short.len() >= Self::COUNT {
+            self.short.clear();
+            return true;
+        }
+        false
+    }
+}
+
 struct Shell {
+    sessions: SessionWatch,
     config: Arc<Config>,
     store: Store,
     client: AsyncClient,
@@ -420,6 +474,7 @@ impl Shell {
         for item in batch {
             match item {
                 Incoming::Connected => {
+                    self.sessions.opened(Millis::now());
                     self.set_status(|s| {
                         s.connected = true;
                         s.subscribed = false;
@@ -434,6 +489,13 @@ impl Shell {
                 }
                 Incoming::Subscribed => self.set_status(|s| s.subscribed = true),
                 Incoming::Disconnected(error) => {
+                    if self.sessions.closed(Millis::now()) {
+                        tracing::warn!(
+                            message = "The broker keeps closing ZenEdge's MQTT session right after it opens: another client is probably connecting with ZenEdge's client id (see SECURITY.md: broker ACLs, use_username_as_clientid).",
+                            client_id = %self.config.mqtt_client_id()
+                        );
+                        self.set_status(|s| s.takeover_suspected += 1);
+                    }
                     let was = self.status.borrow().connected;
                     if was {
                         tracing::warn!(message = "MQTT connection lost; reconnecting with backoff.", %error);
@@ -537,6 +599,7 @@ impl Shell {
         self.set_status(|s| {
             s.messages = counters.messages.load(Ordering::Relaxed);
             s.malformed = counters.malformed.load(Ordering::Relaxed);
+            s.bridge_offline_ignored = counters.bridge_offline_ignored.load(Ordering::Relaxed);
         });
         Ok(())
     }
@@ -602,6 +665,29 @@ impl Shell {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn three_sessions_closed_right_after_opening_suggest_a_client_id_takeover() {
+        let mut w = SessionWatch::default();
+        let s = |n: u64| Millis(n * 1000);
+        // Long sessions, and a close without an open, say nothing.
+        w.opened(s(0));
+        assert!(!w.closed(s(100)));
+        assert!(!w.closed(s(101)));
+        // Three short ones within a minute do, once; the count starts again after.
+        for (open, close, want) in [(200, 201, false), (202, 203, false), (204, 205, true)] {
+            w.opened(s(open));
+            assert_eq!(w.closed(s(close)), want, "{open}");
+        }
+        w.opened(s(206));
+        assert!(!w.closed(s(207)));
+        // Spread over more than a minute, they do not.
+        let mut w = SessionWatch::default();
+        for (open, close) in [(0, 1), (40, 41), (110, 111)] {
+            w.opened(s(open));
+            assert!(!w.closed(s(close)));
+        }
+    }
 
     fn msg(topic: &str, qos: QoS) -> Incoming {
         let mut p = Publish::new(topic, qos, "x");

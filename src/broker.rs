@@ -3,14 +3,16 @@
 //!
 //! Limits, as documented in the README: sessions and retained messages live in memory, so a
 //! restart of ZenEdge loses them (devices re-announce themselves on reconnect; QoS 1 messages
-//! sent while ZenEdge was down are lost); no TLS and no authentication, so bind it to a
-//! trusted network only.
+//! sent while ZenEdge was down are lost); no TLS. With `mqtt.username` and `mqtt.password` set
+//! it admits only that login (ZenEdge's own and the devices'); the config refuses an embedded
+//! broker off loopback without them.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-/// Starts the broker on `listen` in its own thread; it runs until the process ends.
-pub fn start(listen: SocketAddr) -> anyhow::Result<()> {
+/// Starts the broker on `listen` in its own thread; it runs until the process ends. `login`:
+/// the one username and password it admits (anonymous clients are refused); None admits anyone.
+pub fn start(listen: SocketAddr, login: Option<(String, String)>) -> anyhow::Result<()> {
     let mut v4 = HashMap::new();
     v4.insert(
         "zenedge".to_string(),
@@ -23,7 +25,7 @@ pub fn start(listen: SocketAddr) -> anyhow::Result<()> {
                 connection_timeout_ms: 60_000,
                 max_payload_size: 256 * 1024,
                 max_inflight_count: 100,
-                auth: None,
+                auth: login.map(|(user, password)| HashMap::from([(user, password)])),
                 external_auth: None,
                 dynamic_filters: true,
             },

@@ -773,16 +773,28 @@ impl Config {
             ));
         }
         if self.mqtt.embedded {
-            if self.mqtt.ca_file.is_some() || self.mqtt.username.is_some() {
+            if self.mqtt.ca_file.is_some() || self.mqtt.client_cert_file.is_some() {
                 return Err(ConfigError::key(
                     "mqtt.embedded",
-                    "the embedded broker has no TLS and no logins: remove ca_file/username or use an external broker",
+                    "the embedded broker has no TLS: remove ca_file/client_cert_file or use an external broker",
                 ));
             }
-            if self.mqtt.host.parse::<std::net::IpAddr>().is_err() {
+            let Ok(ip) = self.mqtt.host.parse::<std::net::IpAddr>() else {
                 return Err(ConfigError::key(
                     "mqtt.host",
                     "with embedded = true, host is the address to listen on: an IP address",
+                ));
+            };
+            // An anonymous broker on the room network lets anyone read guests' credentials,
+            // spoof a lock's state or present credentials as a panel.
+            if !ip.is_loopback() && (self.mqtt.username.is_none() || self.mqtt.password().is_none())
+            {
+                return Err(ConfigError::key(
+                    "mqtt.username",
+                    format!(
+                        "the embedded broker listens on {ip}, off loopback: set mqtt.username and \
+                         mqtt.password (or password_file); devices log in with them"
+                    ),
                 ));
             }
         }

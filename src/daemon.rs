@@ -100,8 +100,13 @@ async fn run_inner(
             .host
             .parse()
             .context("mqtt.host must be an IP address with embedded = true")?;
-        crate::broker::start(SocketAddr::new(ip, config.mqtt.port))?;
-        tracing::info!(message = "Embedded MQTT broker started.", host = %config.mqtt.host, port = config.mqtt.port);
+        let login = match (&config.mqtt.username, config.mqtt.password()) {
+            (Some(user), Some(password)) => Some((user.clone(), password.expose().to_owned())),
+            _ => None,
+        };
+        let anonymous = login.is_none();
+        crate::broker::start(SocketAddr::new(ip, config.mqtt.port), login)?;
+        tracing::info!(message = "Embedded MQTT broker started.", host = %config.mqtt.host, port = config.mqtt.port, anonymous);
     }
     if std::env::var("ZENEDGE_FAULT").as_deref() == Ok("wedge-delivery") {
         tracing::warn!(message = "Fault hook: the delivery loop will stop going round.");

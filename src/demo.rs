@@ -346,7 +346,8 @@ async fn play(
     );
     println!("  simulated devices      front-door (Zigbee2MQTT lock), side-strike (Tasmota relay), room-panel");
 
-    crate::broker::start(SocketAddr::from(([127, 0, 0, 1], ports.mqtt)))?;
+    // Loopback only, so anonymous: nothing off this machine can reach it.
+    crate::broker::start(SocketAddr::from(([127, 0, 0, 1], ports.mqtt)), None)?;
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let zencore = ZenCore {
         down: Arc::new(AtomicBool::new(false)),

@@ -516,6 +516,52 @@ async fn an_embedded_broker_serves_a_room_without_mosquitto() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_broker_off_loopback_needs_a_login_and_with_one_refuses_strangers() {
+    let rx = Receiver::start(|_| Reply::Status(200)).await;
+    let dir = tempfile::tempdir().unwrap();
+    // On every address, anonymous: refused before anything starts.
+    let open = format!("\n[mqtt]\nhost = \"0.0.0.0\"\nport = 1883\nembedded = true\n{DEVICES}");
+    let config = common::write_config(
+        dir.path(),
+        &common::config_text(dir.path(), &rx.url(), common::free_port(), &open),
+    );
+    let (code, _, err) = common::zenedge(&config, &["check-config"]);
+    assert_eq!(code, 78, "{err}");
+    assert!(
+        err.contains("mqtt.username") && err.contains("0.0.0.0"),
+        "{err}"
+    );
+
+    // With a login (here on loopback, where the tests live): only that login gets in.
+    let port = common::free_port().port();
+    let admin = common::free_port();
+    let login = format!(
+        "\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nembedded = true\n\
+         username = \"room-4a\"\npassword = \"correct-horse-battery\"\n{DEVICES}"
+    );
+    let config = common::write_config(
+        dir.path(),
+        &common::config_text(dir.path(), &rx.url(), admin, &login),
+    );
+    let _daemon = Daemon::start(&config, admin).await;
+    for (who, creds) in [
+        ("anonymous", None),
+        ("wrong password", Some(("room-4a", "guess"))),
+        ("unknown user", Some(("admin", "correct-horse-battery"))),
+    ] {
+        let answer = common::mqtt_connect_answer(port, "stranger", creds).await;
+        assert!(answer.is_err(), "{who} got in");
+    }
+    let p = Peer::connect_as(port, "strike", Some(("room-4a", "correct-horse-battery"))).await;
+    p.publish("tele/strike_1/LWT", "Online", true).await;
+    let want = ("device.online".to_string(), "availability".to_string());
+    rx.wait_until(WAIT, "strike online via the embedded broker", |r| {
+        device_events(r, "strike").contains(&want)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_valid_prometheus_text() {
     let r = rig(DEVICES).await;
     let p = Peer::connect(r.broker.port, "dev").await;

@@ -645,7 +645,15 @@ impl Drop for Peer {
 
 impl Peer {
     pub async fn connect(port: u16, id: &str) -> Peer {
+        Peer::connect_as(port, id, None).await
+    }
+
+    /// Like [`Peer::connect`], logging in with `login` (username, password).
+    pub async fn connect_as(port: u16, id: &str, login: Option<(&str, &str)>) -> Peer {
         let mut o = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
+        if let Some((user, password)) = login {
+            o.set_credentials(user, password);
+        }
         o.set_keep_alive(Duration::from_secs(30));
         o.set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut eventloop) = rumqttc::AsyncClient::new(o, 1024);
@@ -1046,4 +1054,29 @@ pub fn set_clock(control: &Path, offset_s: i64, synced: bool) {
     let tmp = control.with_extension("tmp");
     std::fs::write(&tmp, format!("{offset_s} {}\n", u8::from(synced))).unwrap();
     std::fs::rename(&tmp, control).unwrap();
+}
+
+/// What a broker answers an MQTT connect from `id` with `login`: Ok once it accepts, the error
+/// (refused, …) otherwise.
+pub async fn mqtt_connect_answer(
+    port: u16,
+    id: &str,
+    login: Option<(&str, &str)>,
+) -> Result<(), String> {
+    let mut o = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
+    if let Some((user, password)) = login {
+        o.set_credentials(user, password);
+    }
+    let (_client, mut eventloop) = rumqttc::AsyncClient::new(o, 10);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match eventloop.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    })
+    .await
+    .expect("the broker answers a connect")
 }

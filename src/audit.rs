@@ -1,6 +1,11 @@
 //! The access audit log: every decision, hash-chained so that an edited or deleted record is
 //! detectable. Each record carries the hash of the one before it; `verify` recomputes the
-//! chain. (The store keeps the records; this module defines and checks them, without I/O.)
+//! chain. (The store keeps the records; this module defines and checks them.)
+//!
+//! Retention: records older than `access.audit_retention` are pruned from the oldest on; the
+//! last pruned record's sequence and hash stay as a [`Checkpoint`], so the chain that remains
+//! verifies from its first record and the next append still follows the last record ever
+//! written. The log counts against `max_store_bytes` (the store's `BUDGETED` families).
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -50,6 +55,24 @@ impl Record {
     }
 }
 
+/// Where the chain that remains starts: the last record pruned by retention.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub seq: u64,
+    pub hash: String,
+    /// Records pruned so far, in all.
+    pub pruned: u64,
+}
+
+impl crate::store::Record for Checkpoint {
+    const FAMILY: &'static str = "audit.checkpoint";
+    const VERSION: u32 = 1;
+}
+
+impl Checkpoint {
+    pub const KEY: &'static str = "pruned";
+}
+
 /// Appends an access decision to the chain, inside a store commit: the previous record and
 /// the new one are read and written in one transaction, so two appends never fork the chain.
 pub fn append(commit: &mut crate::store::Commit, entry: Entry) {
@@ -62,18 +85,167 @@ pub fn append(commit: &mut crate::store::Commit, entry: Entry) {
                     error,
                 })
             }
-            None => (0, GENESIS.to_string()),
+            // Empty: the very first record, or every record pruned.
+            None => match tx.get::<Checkpoint>(Checkpoint::KEY)? {
+                Some(c) => (c.seq, c.hash),
+                None => (0, GENESIS.to_string()),
+            },
         };
         let record = Record::chain(prev.0 + 1, prev.1, entry.clone());
         tx.put(&Record::key(record.seq), &record)
     });
 }
 
-/// The log as stored, oldest first: (sequence, the record's JSON), unparsed so that a
-/// tampered record still shows.
+/// Test hook: the whole log as stored, oldest first: (sequence, the record's JSON), unparsed
+/// so that a tampered record still shows. The daemon never calls it (it pages, [`newest`], and
+/// verifies one record at a time, [`verify_stored`]).
+#[doc(hidden)]
 pub fn raw(store: &crate::store::Store) -> Result<Vec<(u64, Vec<u8>)>, crate::store::StoreError> {
     Ok(store
         .records_json(<Record as crate::store::Record>::FAMILY)?
+        .into_iter()
+        .map(|(k, v)| (k.parse().unwrap_or(0), v))
+        .collect())
+}
+
+/// Records pruned per commit at most, so that one retention pass never holds the writer long.
+pub const PRUNE_BATCH: usize = 10_000;
+
+/// A commit step that prunes records made before `cutoff`, oldest first, up to
+/// [`PRUNE_BATCH`], and moves the checkpoint to the last one pruned. A record that does not
+/// decode or does not chain is left where it is (and everything after it), for `verify` to
+/// report: retention never hides an edit.
+pub fn prune(commit: &mut crate::store::Commit, cutoff: crate::event::Millis) {
+    commit.step(move |tx| {
+        let start = tx.get::<Checkpoint>(Checkpoint::KEY)?;
+        let mut at = start.clone().unwrap_or(Checkpoint {
+            seq: 0,
+            hash: GENESIS.to_string(),
+            pruned: 0,
+        });
+        for (key, decoded) in tx.first::<Record>(PRUNE_BATCH)? {
+            let Ok(r) = decoded else { break };
+            let old = crate::event::Millis::parse_rfc3339(&r.entry.at).is_some_and(|t| t < cutoff);
+            let chains = r.seq == at.seq + 1
+                && r.prev == at.hash
+                && digest(r.seq, &r.prev, &r.entry) == r.hash;
+            if !old || !chains {
+                break;
+            }
+            tx.remove::<Record>(&key)?;
+            at = Checkpoint {
+                seq: r.seq,
+                hash: r.hash,
+                pruned: at.pruned + 1,
+            };
+        }
+        if Some(&at) != start.as_ref() && at.seq > 0 {
+            tx.put(Checkpoint::KEY, &at)?;
+        }
+        Ok(())
+    });
+}
+
+/// Checks the chain one record at a time (oldest first), from the checkpoint if there is one:
+/// the log is never held in memory as a whole.
+#[derive(Debug)]
+pub struct Verifier {
+    prev: String,
+    expected: u64,
+    checked: usize,
+}
+
+impl Verifier {
+    pub fn new(checkpoint: Option<&Checkpoint>) -> Verifier {
+        Verifier {
+            prev: checkpoint.map_or(GENESIS.to_string(), |c| c.hash.clone()),
+            expected: checkpoint.map_or(1, |c| c.seq + 1),
+            checked: 0,
+        }
+    }
+
+    /// The next stored record (its key's sequence and its JSON).
+    pub fn check(&mut self, key: u64, bytes: &[u8]) -> Result<(), (u64, String)> {
+        let r: Record =
+            serde_json::from_slice(bytes).map_err(|e| (key, format!("unreadable record: {e}")))?;
+        if r.seq != key || r.seq != self.expected {
+            return Err((
+                key,
+                format!("expected record {}: a record is missing", self.expected),
+            ));
+        }
+        if r.prev != self.prev {
+            return Err((r.seq, "does not follow the record before it".into()));
+        }
+        if digest(r.seq, &r.prev, &r.entry) != r.hash {
+            return Err((r.seq, "content does not match its hash (edited)".into()));
+        }
+        self.prev = r.hash;
+        self.expected += 1;
+        self.checked += 1;
+        Ok(())
+    }
+
+    pub fn checked(&self) -> usize {
+        self.checked
+    }
+}
+
+/// The outcome of verifying the stored log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Verification {
+    pub valid: bool,
+    /// Records checked (all of them when valid).
+    pub records: usize,
+    /// Records pruned by retention before the first one checked.
+    pub pruned: u64,
+    /// The first broken record and what is wrong with it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+/// Verifies the stored log from its checkpoint on, reading one record at a time.
+pub fn verify_stored(
+    store: &crate::store::Store,
+) -> Result<Verification, crate::store::StoreError> {
+    let checkpoint = store.record::<Checkpoint>(Checkpoint::KEY)?;
+    let mut v = Verifier::new(checkpoint.as_ref());
+    let mut broken = None;
+    store.scan_json(
+        <Record as crate::store::Record>::FAMILY,
+        |key, bytes| match v.check(key.parse().unwrap_or(0), bytes) {
+            Ok(()) => true,
+            Err(e) => {
+                broken = Some(e);
+                false
+            }
+        },
+    )?;
+    Ok(Verification {
+        valid: broken.is_none(),
+        records: v.checked(),
+        pruned: checkpoint.map_or(0, |c| c.pruned),
+        record: broken.as_ref().map(|b| b.0),
+        problem: broken.map(|b| b.1),
+    })
+}
+
+/// The newest `limit` records before sequence `before` (all when None), oldest first, as
+/// stored JSON.
+pub fn newest(
+    store: &crate::store::Store,
+    limit: usize,
+    before: Option<u64>,
+) -> Result<Vec<(u64, Vec<u8>)>, crate::store::StoreError> {
+    let before = before.map(Record::key);
+    Ok(store
+        .last_json(
+            <Record as crate::store::Record>::FAMILY,
+            limit,
+            before.as_deref(),
+        )?
         .into_iter()
         .map(|(k, v)| (k.parse().unwrap_or(0), v))
         .collect())
@@ -112,28 +284,14 @@ impl Record {
     }
 }
 
-/// Checks stored records (sequence, raw bytes), oldest first. `Ok(n)` when all `n` chain;
-/// else the first broken sequence and what is wrong with it.
+/// Checks records (sequence, raw bytes), oldest first, from the start of the chain. `Ok(n)`
+/// when all `n` chain; else the first broken sequence and what is wrong with it.
 pub fn verify(records: &[(u64, Vec<u8>)]) -> Result<usize, (u64, String)> {
-    let mut prev = GENESIS.to_string();
-    for (expected_seq, (key, bytes)) in (1u64..).zip(records.iter()) {
-        let r: Record =
-            serde_json::from_slice(bytes).map_err(|e| (*key, format!("unreadable record: {e}")))?;
-        if r.seq != *key || r.seq != expected_seq {
-            return Err((
-                *key,
-                format!("expected record {expected_seq}: a record is missing"),
-            ));
-        }
-        if r.prev != prev {
-            return Err((r.seq, "does not follow the record before it".into()));
-        }
-        if digest(r.seq, &r.prev, &r.entry) != r.hash {
-            return Err((r.seq, "content does not match its hash (edited)".into()));
-        }
-        prev = r.hash;
+    let mut v = Verifier::new(None);
+    for (key, bytes) in records {
+        v.check(*key, bytes)?;
     }
-    Ok(records.len())
+    Ok(v.checked())
 }
 
 #[cfg(test)]
@@ -194,5 +352,88 @@ mod tests {
             Ok(4),
             "truncating the tail leaves a valid chain: the CLI shows the count"
         );
+    }
+
+    fn store(dir: &std::path::Path) -> crate::store::Store {
+        let origin = crate::event::Origin {
+            controller_id: "edge-1".into(),
+            organization_id: "org".into(),
+            meeting_space_id: "ms".into(),
+        };
+        crate::store::Store::open(dir, origin, 1 << 30).unwrap()
+    }
+
+    fn at_day(day: u64) -> Entry {
+        Entry {
+            at: crate::event::Millis(day * 86_400_000).rfc3339(),
+            ..entry("denied")
+        }
+    }
+
+    fn add(store: &crate::store::Store, days: impl IntoIterator<Item = u64>) {
+        let mut c = crate::store::Commit::new();
+        for d in days {
+            append(&mut c, at_day(d));
+        }
+        store.commit_blocking(c).unwrap();
+    }
+
+    #[test]
+    fn retention_prunes_the_oldest_and_the_rest_still_verifies_and_grows() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        add(&store, [1, 2, 3, 10, 11]);
+        let before = store.stats().unwrap().live_bytes;
+        let mut c = crate::store::Commit::new();
+        prune(&mut c, crate::event::Millis(5 * 86_400_000));
+        store.commit_blocking(c).unwrap();
+        // The audit log counts against the budget, and pruning gives the bytes back.
+        assert!(store.stats().unwrap().live_bytes < before);
+        let v = verify_stored(&store).unwrap();
+        assert_eq!((v.valid, v.records, v.pruned), (true, 2, 3), "{v:?}");
+        let page = newest(&store, 10, None).unwrap();
+        assert_eq!(page.iter().map(|p| p.0).collect::<Vec<_>>(), vec![4, 5]);
+        // The next record follows the last one ever written, and the chain still verifies.
+        add(&store, [12]);
+        let v = verify_stored(&store).unwrap();
+        assert_eq!((v.valid, v.records), (true, 3), "{v:?}");
+        // Everything pruned: the chain continues from the checkpoint.
+        let mut c = crate::store::Commit::new();
+        prune(&mut c, crate::event::Millis(100 * 86_400_000));
+        store.commit_blocking(c).unwrap();
+        add(&store, [101]);
+        let page = newest(&store, 10, None).unwrap();
+        assert_eq!(page.iter().map(|p| p.0).collect::<Vec<_>>(), vec![7]);
+        let v = verify_stored(&store).unwrap();
+        assert_eq!((v.valid, v.records, v.pruned), (true, 1, 6), "{v:?}");
+    }
+
+    #[test]
+    fn retention_never_prunes_an_edited_record_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        add(&store, [1, 2, 3, 4]);
+        let raw = raw(&store).unwrap();
+        let edited = String::from_utf8(raw[1].1.clone())
+            .unwrap()
+            .replace("\"denied\"", "\"granted\"");
+        overwrite(&store, 2, edited.as_bytes()).unwrap();
+        let mut c = crate::store::Commit::new();
+        prune(&mut c, crate::event::Millis(50 * 86_400_000));
+        store.commit_blocking(c).unwrap();
+        // Record 1 went; the edited record 2 and all after it stay, and verify names it.
+        let v = verify_stored(&store).unwrap();
+        assert_eq!((v.valid, v.record, v.pruned), (false, Some(2), 1), "{v:?}");
+    }
+
+    #[test]
+    fn a_page_is_the_newest_before_a_sequence() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        add(&store, 1..=25);
+        let seqs = |p: Vec<(u64, Vec<u8>)>| p.into_iter().map(|r| r.0).collect::<Vec<_>>();
+        assert_eq!(seqs(newest(&store, 3, None).unwrap()), vec![23, 24, 25]);
+        assert_eq!(seqs(newest(&store, 3, Some(23)).unwrap()), vec![20, 21, 22]);
+        assert_eq!(seqs(newest(&store, 5, Some(3)).unwrap()), vec![1, 2]);
     }
 }

@@ -70,10 +70,14 @@ pub enum Command {
     Lock { device: String },
     /// List access grants (never their secrets).
     Grants(JsonFlag),
-    /// List the access audit log; --verify checks its hash chain (exit 1 if broken).
+    /// List the newest records of the access audit log; --verify checks its whole hash chain
+    /// (exit 1 if broken).
     Audit {
         #[arg(long)]
         verify: bool,
+        /// How many of the newest records, 1..=10000.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=crate::admin::MAX_AUDIT_PAGE as i64))]
+        limit: u32,
         #[command(flatten)]
         json: JsonFlag,
     },
@@ -368,10 +372,14 @@ async fn run_verb(cli: &Cli) -> Result<ExitCode, ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Audit { verify, json } => {
+        Command::Audit {
+            verify,
+            limit,
+            json,
+        } => {
             let client = AdminClient::new(&load_config(cli)?);
             let answer: serde_json::Value = client
-                .get_json(&format!("/v1/audit?verify={verify}"))
+                .get_json(&format!("/v1/audit?verify={verify}&limit={limit}"))
                 .await?;
             if json.json {
                 print_json(&answer);
@@ -399,7 +407,16 @@ async fn run_verb(cli: &Cli) -> Result<ExitCode, ExitCode> {
             if *verify {
                 let v = &answer["verification"];
                 if v["valid"] == true {
-                    println!("audit chain valid: {} record(s)", v["records"]);
+                    let pruned = v["pruned"].as_u64().unwrap_or(0);
+                    println!(
+                        "audit chain valid: {} record(s){}",
+                        v["records"],
+                        if pruned > 0 {
+                            format!(" after {pruned} pruned by access.audit_retention")
+                        } else {
+                            String::new()
+                        }
+                    );
                 } else {
                     println!(
                         "audit chain BROKEN at record {}: {}",

@@ -1014,3 +1014,57 @@ async fn a_clock_once_a_day_ahead_does_not_lock_the_controller_out() {
         .await;
     assert_eq!(try_pin(&mut panel, "222222", 4).await.0, "denied");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_log_is_pruned_by_retention_paged_and_still_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let (env, clock) = common::clock_shim(dir.path());
+    // Three decisions three days ago…
+    common::set_clock(&clock, -3 * 86_400, false);
+    let room = ROOM.replace(
+        "[presence]",
+        "[access]\naudit_retention = \"1d\"\n\n[presence]",
+    );
+    let mut r = common::rig_with(&room, env).await;
+    let mut panel = Peer::connect(r.broker.port, "sim-panel").await;
+    panel
+        .subscribe("zenedge/edge-test/panels/panel/feedback")
+        .await;
+    for n in 0..3 {
+        assert_eq!(try_pin(&mut panel, &format!("{n:06}"), n).await.0, "denied");
+    }
+    // …then today: retention runs at start and prunes them; two more decisions follow.
+    common::set_clock(&clock, 0, false);
+    r.restart().await;
+    let mut panel = Peer::connect(r.broker.port, "sim-panel-2").await;
+    panel
+        .subscribe("zenedge/edge-test/panels/panel/feedback")
+        .await;
+    for n in 3..5 {
+        assert_eq!(try_pin(&mut panel, &format!("{n:06}"), n).await.0, "denied");
+    }
+    let (code, out, _) = r.cli(&["audit", "--verify"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("audit chain valid: 2 record(s) after 3 pruned"),
+        "{out}"
+    );
+    let seqs = |out: &str| {
+        out.lines()
+            .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(seqs(&out), vec![4, 5], "{out}");
+    let (code, out, _) = r.cli(&["audit", "--limit", "1"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(seqs(&out), vec![5], "{out}");
+    // A page further back, through the admin API.
+    let (status, page) = r.daemon.get("/v1/audit?limit=1&before=5").await;
+    assert_eq!(
+        (status, &page["records"][0]["seq"]),
+        (200, &json!(4)),
+        "{page}"
+    );
+    let (code, _, err) = r.cli(&["audit", "--limit", "0"]).await;
+    assert_eq!(code, 64, "{err}");
+}

@@ -238,7 +238,8 @@ pub(crate) struct Meta {
     pending: u64,
     dead: u64,
     delivered_retained: u64,
-    /// Keys plus values of `events`, `status` and `attempts`: what the byte budget counts.
+    /// Keys plus values of `events`, `status`, `attempts` and the [`BUDGETED`] record families:
+    /// what the byte budget counts.
     live_bytes: u64,
     delivered_total: u64,
     dead_total: u64,
@@ -660,6 +661,23 @@ impl Store {
         read_family(&txn.open_table(RECORDS)?, self.shared())
     }
 
+    /// Decodes every record of a family one at a time, noting (see [`record`]) those that do
+    /// not decode, without holding the family in memory; returns how many decoded.
+    pub fn check_family<T: Record>(&self) -> Result<usize, StoreError> {
+        let txn = self.begin_read()?;
+        let table = txn.open_table(RECORDS)?;
+        let end = family_end(T::FAMILY);
+        let mut ok = 0;
+        for item in table.range((T::FAMILY, "")..(end.as_str(), ""))? {
+            let (k, v) = item?;
+            match record::decode::<T>(v.value()) {
+                Ok(_) => ok += 1,
+                Err(e) => note_undecodable(self.shared(), T::FAMILY, k.value().1, &e),
+            }
+        }
+        Ok(ok)
+    }
+
     /// Every record of a family as its stored JSON, decodable or not (the audit log shows a
     /// tampered record as it is).
     pub fn records_json(&self, family: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
@@ -675,6 +693,54 @@ impl Store {
                 .unwrap_or_else(|_| v.value().to_vec());
             out.push((key.to_owned(), json));
         }
+        Ok(out)
+    }
+
+    /// Visits a family's records in key order as stored JSON, decodable or not, one at a time
+    /// (for logs too long to hold: the audit log is verified this way); `visit` returns false
+    /// to stop.
+    pub fn scan_json(
+        &self,
+        family: &str,
+        mut visit: impl FnMut(&str, &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        let txn = self.begin_read()?;
+        let table = txn.open_table(RECORDS)?;
+        let end = family_end(family);
+        for item in table.range((family, "")..(end.as_str(), ""))? {
+            let (k, v) = item?;
+            let (_, key) = k.value();
+            let json = record::split(v.value()).map_or(v.value(), |(_, j)| j);
+            if !visit(key, json) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The `limit` records of a family with the greatest keys below `before` (all when None),
+    /// in key order, as stored JSON.
+    pub fn last_json(
+        &self,
+        family: &str,
+        limit: usize,
+        before: Option<&str>,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let txn = self.begin_read()?;
+        let table = txn.open_table(RECORDS)?;
+        let end = family_end(family);
+        let range = match before {
+            Some(b) => table.range((family, "")..(family, b))?,
+            None => table.range((family, "")..(end.as_str(), ""))?,
+        };
+        let mut out = Vec::new();
+        for item in range.rev().take(limit) {
+            let (k, v) = item?;
+            let (_, key) = k.value();
+            let json = record::split(v.value()).map_or(v.value(), |(_, j)| j);
+            out.push((key.to_owned(), json.to_vec()));
+        }
+        out.reverse();
         Ok(out)
     }
 
@@ -1033,6 +1099,14 @@ pub(crate) fn read_family<T: Record>(
 
 /// The first family name after `family` in key order: `(family, any key)` sorts below
 /// `(family_end(family), "")`, so the two bound one family's records.
+/// Record families that count against `max_store_bytes` besides the outbox: the audit log,
+/// which grows with every decision (DESIGN §2).
+pub(crate) const BUDGETED: [&str; 1] = [<crate::audit::Record as Record>::FAMILY];
+
+pub(crate) fn budgeted(family: &str) -> bool {
+    BUDGETED.contains(&family)
+}
+
 pub(crate) fn family_end(family: &str) -> String {
     format!("{family}\0")
 }

@@ -224,6 +224,8 @@ pub type Decoded<T> = Result<T, String>;
 pub struct Tx<'a> {
     txn: &'a WriteTransaction,
     shared: &'a Shared,
+    /// The byte budget's count, for the record families it covers.
+    live_bytes: &'a mut u64,
 }
 
 impl Tx<'_> {
@@ -249,11 +251,27 @@ impl Tx<'_> {
         Ok(Some((k.value().1.to_owned(), decoded)))
     }
 
+    /// The family's first `limit` records in key order, decoded or not.
+    pub fn first<T: Record>(&self, limit: usize) -> Result<Vec<(String, Decoded<T>)>, StoreError> {
+        let table = self.txn.open_table(RECORDS)?;
+        let end = super::family_end(T::FAMILY);
+        let mut out = Vec::new();
+        for item in table
+            .range((T::FAMILY, "")..(end.as_str(), ""))?
+            .take(limit)
+        {
+            let (k, v) = item?;
+            out.push((k.value().1.to_owned(), record::decode::<T>(v.value())));
+        }
+        Ok(out)
+    }
+
     pub fn put<T: Record>(&mut self, key: &str, value: &T) -> Result<(), StoreError> {
         let bytes = record::encode(value)?;
         put_record(
             self.txn,
             self.shared,
+            self.live_bytes,
             T::FAMILY,
             key,
             Some(&bytes),
@@ -265,6 +283,7 @@ impl Tx<'_> {
         put_record(
             self.txn,
             self.shared,
+            self.live_bytes,
             T::FAMILY,
             key,
             None,
@@ -293,9 +312,11 @@ impl Tx<'_> {
 
 /// Writes (`Some`) or removes (`None`) one record. A value that `check` cannot read is copied
 /// into `kept` first, so an undecodable record is never overwritten or removed unseen.
+#[allow(clippy::too_many_arguments)]
 fn put_record(
     txn: &WriteTransaction,
     shared: &Shared,
+    live_bytes: &mut u64,
     family: &'static str,
     key: &str,
     bytes: Option<&[u8]>,
@@ -303,6 +324,12 @@ fn put_record(
 ) -> Result<(), StoreError> {
     let mut table = txn.open_table(RECORDS)?;
     let old = table.get((family, key))?.map(|v| v.value().to_vec());
+    if super::budgeted(family) {
+        let size = |b: &[u8]| (key.len() + b.len()) as u64;
+        let old_size = old.as_deref().map_or(0, size);
+        let new_size = bytes.map_or(0, size);
+        *live_bytes = (*live_bytes + new_size).saturating_sub(old_size);
+    }
     if let Some(old) = old.filter(|o| !check(o)) {
         keep_aside(txn, shared, family, key, &old)?;
     }
@@ -582,10 +609,24 @@ impl Writer {
                     key,
                     bytes,
                     check,
-                } => put_record(txn, &self.shared, family, key, Some(bytes), *check)?,
-                Op::Remove { family, key, check } => {
-                    put_record(txn, &self.shared, family, key, None, *check)?
-                }
+                } => put_record(
+                    txn,
+                    &self.shared,
+                    &mut self.meta.live_bytes,
+                    family,
+                    key,
+                    Some(bytes),
+                    *check,
+                )?,
+                Op::Remove { family, key, check } => put_record(
+                    txn,
+                    &self.shared,
+                    &mut self.meta.live_bytes,
+                    family,
+                    key,
+                    None,
+                    *check,
+                )?,
                 Op::InsertNew { family, key, bytes } => {
                     txn.open_table(RECORDS)?
                         .insert((*family, key.as_str()), bytes.as_slice())?;
@@ -603,6 +644,7 @@ impl Writer {
                 Op::Step(f) => f(&mut Tx {
                     txn,
                     shared: &self.shared,
+                    live_bytes: &mut self.meta.live_bytes,
                 })?,
             }
         }
@@ -1066,6 +1108,14 @@ pub(super) fn recount(txn: &redb::ReadTransaction) -> Result<Meta, StoreError> {
     for item in attempts.iter()? {
         let (_, v) = item?;
         m.live_bytes += 12 + v.value().len() as u64;
+    }
+    let records = txn.open_table(RECORDS)?;
+    for family in super::BUDGETED {
+        let end = super::family_end(family);
+        for item in records.range((family, "")..(end.as_str(), ""))? {
+            let (k, v) = item?;
+            m.live_bytes += (k.value().1.len() + v.value().len()) as u64;
+        }
     }
     Ok(m)
 }

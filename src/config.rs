@@ -226,6 +226,11 @@ pub struct InboundConfig {
     pub extra_secrets: Vec<Secret>,
     #[serde(with = "humantime_serde")]
     pub tolerance: Duration,
+    /// Connections served at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Serve over HTTPS (rustls) with this certificate chain (PEM) and key.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
     #[serde(skip)]
     resolved: Option<Secret>,
 }
@@ -250,6 +255,9 @@ impl Default for InboundConfig {
             secret_file: None,
             extra_secrets: Vec::new(),
             tolerance: Duration::from_secs(300),
+            max_connections: 64,
+            tls_cert_file: None,
+            tls_key_file: None,
             resolved: None,
         }
     }
@@ -763,6 +771,26 @@ impl Config {
         if self.inbound.tolerance.is_zero() {
             return Err(ConfigError::key("inbound.tolerance", "must be above 0s"));
         }
+        if !(1..=1024).contains(&self.inbound.max_connections) {
+            return Err(ConfigError::key(
+                "inbound.max_connections",
+                "must be between 1 and 1024 (the unit allows 4096 open files in all)",
+            ));
+        }
+        match (&self.inbound.tls_cert_file, &self.inbound.tls_key_file) {
+            (None, None) => {}
+            (Some(cert), Some(key)) => {
+                private_file("inbound.tls_key_file", key)?;
+                crate::serve::tls_acceptor(cert, key)
+                    .map_err(|(k, e)| ConfigError::key(format!("inbound.{k}"), e))?;
+            }
+            _ => {
+                return Err(ConfigError::key(
+                    "inbound.tls_cert_file",
+                    "tls_cert_file and tls_key_file go together",
+                ))
+            }
+        }
         if self.mqtt.host.trim().is_empty() {
             return Err(ConfigError::key("mqtt.host", "must not be empty"));
         }
@@ -879,6 +907,13 @@ impl Config {
                 "mqtt.password is sent in clear to {} (no mqtt.ca_file): anyone on the network \
                  can read it; use TLS (mqtt.ca_file, port 8883)",
                 self.mqtt.host
+            ));
+        }
+        if self.inbound.tls_cert_file.is_none() && !self.inbound.listen.ip().is_loopback() {
+            out.push(format!(
+                "inbound.listen {} is plain HTTP off loopback: grants (with their PIN hashes) \
+                 cross the room network in clear; set inbound.tls_cert_file and tls_key_file",
+                self.inbound.listen
             ));
         }
         if let Ok(url) = reqwest::Url::parse(&self.zencore.webhook_url) {
@@ -1531,10 +1566,15 @@ secret = "s3cret-s3cret-s3cret-s3cret"
     fn clear_text_credentials_to_remote_hosts_are_warned_about() {
         let with = |mqtt: &str, url: &str| {
             let text = MINIMAL.replace("https://zencore.example.com/webhooks/zenedge", url);
-            parse(&format!("{text}\n[mqtt]\n{mqtt}\n"))
-                .unwrap()
-                .warnings()
+            parse(&format!(
+                "{text}\n[inbound]\nlisten = \"127.0.0.1:8787\"\n[mqtt]\n{mqtt}\n"
+            ))
+            .unwrap()
+            .warnings()
         };
+        // The default inbound.listen (every address) without TLS.
+        let w = parse(MINIMAL).unwrap().warnings();
+        assert!(w.len() == 1 && w[0].contains("inbound.listen"), "{w:?}");
         let remote = "host = \"10.0.0.5\"\nusername = \"u\"\npassword = \"p\"";
         let w = with(remote, "https://zencore.example.com/h");
         assert!(

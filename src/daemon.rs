@@ -238,10 +238,24 @@ async fn serve(
     };
     let inbound_addr = inbound_listener.local_addr()?;
     let inbound_stop = stopped(shutdown_rx.clone());
+    let inbound_tls = match (&config.inbound.tls_cert_file, &config.inbound.tls_key_file) {
+        (Some(cert), Some(key)) => Some(
+            crate::serve::tls_acceptor(cert, key)
+                .map_err(|(k, e)| anyhow::anyhow!("inbound.{k}: {e}"))?,
+        ),
+        _ => None,
+    };
+    let max_connections = config.inbound.max_connections;
     let inbound_task = tokio::spawn(async move {
-        axum::serve(inbound_listener, crate::inbound::router(inbound_state))
-            .with_graceful_shutdown(inbound_stop)
-            .await
+        crate::serve::serve(
+            inbound_listener,
+            crate::inbound::router(inbound_state),
+            max_connections,
+            inbound_tls,
+            inbound_stop,
+        )
+        .await;
+        Ok::<(), std::io::Error>(())
     });
 
     let admin_listener = TcpListener::bind(config.admin.listen)

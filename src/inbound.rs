@@ -676,9 +676,15 @@ async fn handle(State(s): State<InboundState>, headers: HeaderMap, body: Body) -
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
         return answer(413, json!({"error": "body larger than 65536 bytes"}));
     }
-    let body = match axum::body::to_bytes(body, MAX_BODY).await {
-        Ok(b) => b,
-        Err(_) => return answer(413, json!({"error": "body larger than 65536 bytes"})),
+    let body = match tokio::time::timeout(
+        crate::serve::BODY_TIMEOUT,
+        axum::body::to_bytes(body, MAX_BODY),
+    )
+    .await
+    {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => return answer(413, json!({"error": "body larger than 65536 bytes"})),
+        Err(_) => return answer(408, json!({"error": "body not received within 30 s"})),
     };
     let clock = s.clock.read();
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());

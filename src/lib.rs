@@ -20,6 +20,7 @@ pub mod inbound;
 pub mod logging;
 pub mod schedule;
 pub mod serial;
+pub mod serve;
 pub mod signing;
 pub mod store;
 pub mod systemd;

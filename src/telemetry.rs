@@ -23,6 +23,7 @@ pub struct Metrics {
     /// Credentials refused uncompared because their panel or reader was locked out.
     pub access_locked_out: AtomicU64,
     pub lockouts: AtomicU64,
+    pub inbound_evicted: AtomicU64,
 }
 
 /// Upper bounds (seconds) of the attempt latency histogram; the last bucket is +Inf.
@@ -159,6 +160,12 @@ pub fn lockout_began(device: &str, failures: u32, until: crate::event::Millis, l
 /// A lockout ran out; `attempts` credentials were refused during it without being compared.
 pub fn lockout_ended(device: &str, attempts: u64) {
     tracing::info!(message = "Lockout ended.", device, attempts);
+}
+
+/// An inbound connection that had sent no whole request was closed to make room for a new
+/// one (counted: a steady count means someone holds connections open).
+pub fn inbound_evicted() {
+    inc(&metrics().inbound_evicted, 1);
 }
 
 /// The clock floor came down: a synchronised clock or an operator put a clock right that had once
@@ -379,6 +386,13 @@ pub fn prometheus(g: &Gauges) -> String {
         "counter",
         "Lockouts of a panel or reader after too many denied credentials.",
         &[("", load(&m.lockouts) as f64)],
+    );
+    metric(
+        &mut out,
+        "zenedge_inbound_evicted_total",
+        "counter",
+        "Inbound connections closed before sending a whole request, to make room for new ones.",
+        &[("", load(&m.inbound_evicted) as f64)],
     );
     metric(
         &mut out,

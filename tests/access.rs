@@ -1068,3 +1068,96 @@ async fn the_audit_log_is_pruned_by_retention_paged_and_still_verifies() {
     let (code, _, err) = r.cli(&["audit", "--limit", "0"]).await;
     assert_eq!(code, 64, "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_dripping_connections_do_not_keep_a_signed_unlock_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut r = rig(ROOM).await;
+    let text = std::fs::read_to_string(&r.config)
+        .unwrap()
+        .replace("[inbound]\n", "[inbound]\nmax_connections = 4\n");
+    std::fs::write(&r.config, text).unwrap();
+    r.restart().await;
+    let (_sim, mut commands) = lock(r.broker.port).await;
+    // Forty idle connections, and four that sent half a request head and stopped: eleven
+    // times the limit, all of them holding on.
+    let mut idle = Vec::new();
+    for _ in 0..40 {
+        idle.push(tokio::net::TcpStream::connect(r.inbound).await.unwrap());
+    }
+    let mut drip = Vec::new();
+    for _ in 0..4 {
+        let mut s = tokio::net::TcpStream::connect(r.inbound).await.unwrap();
+        s.write_all(b"POST /webhooks/zencore HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        drip.push(s);
+    }
+    // The admin socket answers while inbound is saturated.
+    let (code, out, _) = r.cli(&["status"]).await;
+    assert_eq!(code, 0, "{out}");
+    // A signed unlock gets in: it evicts a connection that sent no whole request.
+    let unlock = command_body(
+        "access.unlock",
+        json!({"action_id": "through-the-flood", "device_id": "front", "booking_id": "b1",
+               "not_after": at(120)}),
+    );
+    let (status, body) = r.command(&unlock, Some(SECRET), &[]).await;
+    assert_eq!(status, 202, "{body}");
+    commands_reach(&mut commands, 1).await;
+    let metrics = common::client()
+        .get(format!("http://{}/metrics", r.daemon.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let evicted = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("zenedge_inbound_evicted_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(evicted >= 1.0, "{metrics}");
+    // Every idle or dripping connection is closed by the daemon: evicted, or at the header
+    // deadline (10 s) — none is held open for good.
+    for mut s in idle.into_iter().chain(drip) {
+        let mut buf = [0u8; 256];
+        let n = tokio::time::timeout(WAIT, async {
+            loop {
+                // An answer (408) before the close is fine too; the close is what counts.
+                if let Ok(0) | Err(_) = s.read(&mut buf).await {
+                    return 0;
+                }
+            }
+        })
+        .await
+        .expect("the daemon closes a connection that sends no request");
+        assert_eq!(n, 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stops_coming_is_answered_408_and_changes_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let r = rig(ROOM).await;
+    let mut s = tokio::net::TcpStream::connect(r.inbound).await.unwrap();
+    s.write_all(
+        b"POST /webhooks/zencore HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+          Content-Length: 100\r\n\r\n{\"event\":",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(90), s.read_to_end(&mut answer))
+        .await
+        .expect("the daemon answers within the body deadline")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(r
+        .rx
+        .requests()
+        .iter()
+        .all(|x| x.json()["event"] != "device.action_completed"));
+}

@@ -117,3 +117,66 @@ async fn mutual_tls_with_a_client_certificate() {
     }
     assert!(!rx.delivered_ids().contains(&id));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_over_tls_takes_signed_commands_and_nothing_in_clear() {
+    use std::os::unix::fs::PermissionsExt;
+    let rx = Receiver::start(|_| Reply::Status(200)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make_certs(dir.path());
+    let key = certs.join("server.key");
+    // A key readable by others is refused (as every secret file is).
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let admin = common::free_port();
+    let inbound = common::free_port();
+    let tls = format!(
+        "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+        certs.join("server.pem").display(),
+        key.display()
+    );
+    let text = common::config_text(dir.path(), &rx.url(), admin, "").replace(
+        "[inbound]\nlisten = \"127.0.0.1:0\"\n",
+        &format!("[inbound]\nlisten = \"{inbound}\"\n{tls}"),
+    );
+    let config = common::write_config(dir.path(), &text);
+    let (code, _, err) = common::zenedge(&config, &["check-config"]);
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("inbound.tls_key_file"), "{err}");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let _daemon = Daemon::start(&config, admin).await;
+
+    let body = common::command_body(
+        "access.magic_link",
+        serde_json::json!({"grant_id": "g-tls", "booking_id": "b-tls",
+            "meeting_space_id": "ms-test", "token_sha256": common::sha("tok"),
+            "pin_sha256": common::sha("123456"), "valid_from": common::at(-60),
+            "valid_until": common::at(3600)}),
+    );
+    let sig = zenedge::signing::Key::from_secret(SECRET)
+        .unwrap()
+        .sign_hex(&body);
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(certs.join("ca.pem")).unwrap()).unwrap();
+    zenedge::delivery::install_crypto_provider();
+    let https = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .build()
+        .unwrap();
+    let r = https
+        .post(format!("https://{inbound}/webhooks/zencore"))
+        .header("content-type", "application/json")
+        .header("x-webhook-signature", &sig)
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    // The same request in clear gets no HTTP answer at all: the port speaks only TLS.
+    let clear = common::client()
+        .post(format!("http://{inbound}/webhooks/zencore"))
+        .header("x-webhook-signature", &sig)
+        .body(body)
+        .timeout(WAIT)
+        .send()
+        .await;
+    assert!(clear.is_err(), "{clear:?}");
+}

@@ -642,19 +642,25 @@ async fn a_huge_declared_body_is_refused_at_once_and_forged_signature_lists_are_
         .expect("an answer before any body byte")
         .unwrap();
     assert_eq!(&head, b"HTTP/1.1 413");
-    // 3,000 forged Standard Webhooks entries: refused as a whole.
+    // Forged Standard Webhooks entries: 1,000 (a 50 KB header) are refused as a whole after
+    // at most 8 are tried; 3,000 (150 KB) make a request head over 64 KiB, refused before it
+    // is even parsed.
     let body = grant("g-forged", "tok-f", None, -60, 3600);
-    let forged = vec!["v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="; 3000].join(" ");
-    let extra = [
-        ("webhook-id", "msg_forged".to_string()),
-        (
-            "webhook-timestamp",
-            Millis::now().unix_seconds().to_string(),
-        ),
-        ("webhook-signature", forged),
-    ];
-    let (code, body) = r.command(&body, None, &extra).await;
-    assert_eq!(code, 401, "{body}");
+    for (entries, want) in [(1000, 401), (3000, 431)] {
+        let forged = vec!["v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="; entries].join(" ");
+        let extra = [
+            ("webhook-id", "msg_forged".to_string()),
+            (
+                "webhook-timestamp",
+                Millis::now().unix_seconds().to_string(),
+            ),
+            ("webhook-signature", forged),
+        ];
+        let (code, answer) = r.command(&body, None, &extra).await;
+        assert_eq!(code, want, "{entries} entries: {answer}");
+    }
+    let (_, grants, _) = r.cli(&["grants"]).await;
+    assert!(!grants.contains("g-forged"), "{grants}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1160,4 +1166,42 @@ async fn a_body_that_stops_coming_is_answered_408_and_changes_nothing() {
         .requests()
         .iter()
         .all(|x| x.json()["event"] != "device.action_completed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_large_qos0_messages_is_shed_and_the_panel_still_works() {
+    let r = rig(ROOM).await;
+    let (_sim, mut commands) = lock(r.broker.port).await;
+    assert_eq!(
+        r.command(
+            &grant("g-flood", "tok-flood", Some("482916"), -60, 3600),
+            Some(SECRET),
+            &[]
+        )
+        .await
+        .0,
+        202
+    );
+    // 1,500 messages of 60 KB (90 MB) at QoS 0 on the panel's credential topic, as fast as the
+    // broker takes them. They are not credentials (so no lockout); each is read, counted as
+    // malformed, or dropped while the hub is behind.
+    let vandal = Peer::connect(r.broker.port, "vandal").await;
+    let junk = vec![b'x'; 60 * 1024];
+    for _ in 0..1500 {
+        vandal
+            .publish_qos0("zenedge/edge-test/panels/panel/credential", junk.clone())
+            .await;
+    }
+    let mut panel = Peer::connect(r.broker.port, "sim-panel").await;
+    panel
+        .subscribe("zenedge/edge-test/panels/panel/feedback")
+        .await;
+    assert_eq!(try_pin(&mut panel, "482916", 1).await.0, "granted");
+    commands_reach(&mut commands, 1).await;
+    let (code, status) = r.daemon.get("/v1/status").await;
+    assert_eq!(code, 200);
+    let m = &status["mqtt"];
+    let seen = m["malformed"].as_u64().unwrap() + m["dropped_overload"].as_u64().unwrap();
+    assert!(seen > 0 && seen <= 1500, "{m}");
+    assert_eq!(r.daemon.get("/healthz").await.0, 200);
 }

@@ -62,6 +62,9 @@ pub struct MqttStatus {
     /// when another client connects with the same client id.
     #[serde(default)]
     pub takeover_suspected: u64,
+    /// QoS 0 messages dropped because they came faster than the hub handles them.
+    #[serde(default)]
+    pub dropped_overload: u64,
     pub last_error: Option<String>,
 }
 
@@ -173,7 +176,10 @@ pub async fn start(
     // Without TCP_NODELAY a command published right after an ack waits for the broker's
     // delayed ACK (Nagle): 40 ms added to a door opening, measured in BENCHMARKS.md.
     eventloop.network_options.set_tcp_nodelay(true);
-    let (incoming_tx, incoming_rx) = mpsc::unbounded_channel();
+    // Bounded: a flood of messages waits at the broker (QoS 1 is held to the broker's inflight
+    // window, since ZenEdge acks only what is durable), or is dropped and counted (QoS 0),
+    // instead of piling up in this process's memory.
+    let (incoming_tx, incoming_rx) = mpsc::channel(INCOMING_CAPACITY);
     let (requests_tx, requests_rx) = mpsc::channel(64);
     let (views_tx, views) = watch::channel(Vec::new());
     let (status_tx, status) = watch::channel(MqttStatus {
@@ -184,9 +190,16 @@ pub async fn start(
     let attempts = Arc::new(AtomicU64::new(0));
     let serial_tx = incoming_tx.clone();
     let ports = crate::serial::Ports::start(&config, move |r| {
-        serial_tx.send(Incoming::Serial(r)).is_ok()
+        // A serial thread waits while the hub is behind (its own port buffers meanwhile).
+        serial_tx.blocking_send(Incoming::Serial(r)).is_ok()
     })?;
-    let poll = tokio::spawn(poll_loop(eventloop, incoming_tx, attempts.clone()));
+    let overload = Arc::new(AtomicU64::new(0));
+    let poll = tokio::spawn(poll_loop(
+        eventloop,
+        incoming_tx,
+        attempts.clone(),
+        overload.clone(),
+    ));
     let (reported, grants, bookings, marks, lockouts) = store
         .read(|s| {
             Ok((
@@ -219,6 +232,7 @@ pub async fn start(
     };
     let shell = Shell {
         sessions: SessionWatch::default(),
+        overload,
         config,
         store,
         client,
@@ -238,11 +252,16 @@ pub async fn start(
     Ok((handle, run))
 }
 
+/// Messages waiting for the hub at most; 64 of at most 256 KiB each bound the memory they take.
+const INCOMING_CAPACITY: usize = 64;
+
 async fn poll_loop(
     mut eventloop: EventLoop,
-    incoming: mpsc::UnboundedSender<Incoming>,
+    incoming: mpsc::Sender<Incoming>,
     attempts: Arc<AtomicU64>,
+    overload: Arc<AtomicU64>,
 ) {
+    let mut last_warned: Option<std::time::Instant> = None;
     let mut backoff = INITIAL_BACKOFF;
     let mut connecting = true;
     loop {
@@ -254,14 +273,37 @@ async fn poll_loop(
         let sent = match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff = INITIAL_BACKOFF;
-                incoming.send(Incoming::Connected)
+                incoming.send(Incoming::Connected).await.map_err(drop)
             }
-            Ok(Event::Incoming(Packet::SubAck(_))) => incoming.send(Incoming::Subscribed),
-            Ok(Event::Incoming(Packet::Publish(p))) => incoming.send(Incoming::Message(p)),
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                incoming.send(Incoming::Subscribed).await.map_err(drop)
+            }
+            // QoS 0 has no redelivery and no flow control: while the hub is behind, it is
+            // dropped (counted), so a flood cannot grow memory or stall the acks below.
+            Ok(Event::Incoming(Packet::Publish(p))) if p.qos == QoS::AtMostOnce => {
+                match incoming.try_send(Incoming::Message(p)) {
+                    Ok(()) => Ok(()),
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        let n = overload.fetch_add(1, Ordering::Relaxed) + 1;
+                        if last_warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                            last_warned = Some(std::time::Instant::now());
+                            tracing::warn!(
+                                message = "MQTT messages arrive faster than they are handled; QoS 0 messages dropped.",
+                                dropped_total = n
+                            );
+                        }
+                        Ok(())
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                incoming.send(Incoming::Message(p)).await.map_err(drop)
+            }
             Ok(_) => Ok(()),
             Err(e) => {
                 let text = describe(&e);
-                let _ = incoming.send(Incoming::Disconnected(text));
+                let _ = incoming.send(Incoming::Disconnected(text)).await;
                 // Full jitter over an exponential ceiling: a fleet of controllers whose
                 // broker restarts does not reconnect in lockstep.
                 let delay = backoff.mul_f64(rand::rng().random_range(0.5..1.0));
@@ -353,6 +395,7 @@ impl SessionWatch {
 
 struct Shell {
     sessions: SessionWatch,
+    overload: Arc<AtomicU64>,
     config: Arc<Config>,
     store: Store,
     client: AsyncClient,
@@ -368,7 +411,7 @@ struct Shell {
 impl Shell {
     async fn run(
         mut self,
-        mut incoming: mpsc::UnboundedReceiver<Incoming>,
+        mut incoming: mpsc::Receiver<Incoming>,
         mut requests: mpsc::Receiver<HubRequest>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), StoreError> {
@@ -596,10 +639,12 @@ impl Shell {
         }
         self.publish_views();
         let counters = self.hub.counters.clone();
+        let overload = self.overload.load(Ordering::Relaxed);
         self.set_status(|s| {
             s.messages = counters.messages.load(Ordering::Relaxed);
             s.malformed = counters.malformed.load(Ordering::Relaxed);
             s.bridge_offline_ignored = counters.bridge_offline_ignored.load(Ordering::Relaxed);
+            s.dropped_overload = overload;
         });
         Ok(())
     }

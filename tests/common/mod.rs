@@ -705,6 +705,14 @@ impl Peer {
         .unwrap();
     }
 
+    /// Publishes at QoS 0: no acknowledgement, no redelivery (what a flood uses).
+    pub async fn publish_qos0(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, rumqttc::QoS::AtMostOnce, false, payload.into())
+            .await
+            .unwrap();
+    }
+
     pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>, retain: bool) {
         self.client
             .publish(topic, rumqttc::QoS::AtLeastOnce, retain, payload.into())

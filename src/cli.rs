@@ -150,6 +150,10 @@ pub struct SignArgs {
     /// Unix seconds for the Standard Webhooks signature.
     #[arg(long, requires = "id")]
     pub timestamp: Option<i64>,
+    /// Print the `pin_hmac` of this PIN for a grant (keyed with the inbound secret) instead of
+    /// signing a body.
+    #[arg(long, conflicts_with_all = ["id", "timestamp", "file"])]
+    pub pin: Option<String>,
     /// Body file; stdin when absent.
     pub file: Option<PathBuf>,
 }
@@ -217,6 +221,27 @@ async fn run_verb(cli: &Cli) -> Result<ExitCode, ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Sign(args) => {
+            if let Some(pin) = &args.pin {
+                // A grant's pin_hmac is keyed with the inbound secret (which defaults to
+                // zencore's), the key ZenEdge verifies commands with.
+                let key = match (&args.secret.secret, &args.secret.secret_file) {
+                    (None, None) => {
+                        let config = load_config(cli)?;
+                        let primary = config.inbound.verifying_secrets();
+                        let Some(secret) = primary.first() else {
+                            eprintln!("zenedge: no inbound secret in the config");
+                            return Err(ExitCode::from(exit::CONFIG));
+                        };
+                        Key::from_secret(secret.expose()).map_err(|e| {
+                            eprintln!("zenedge: bad inbound secret: {e}");
+                            ExitCode::from(exit::CONFIG)
+                        })?
+                    }
+                    _ => key_for(cli, &args.secret)?,
+                };
+                println!("pin_hmac: {}", hex::encode(key.pin_hmac(pin)));
+                return Ok(ExitCode::SUCCESS);
+            }
             let key = key_for(cli, &args.secret)?;
             let body = read_body(args.file.as_deref())?;
             println!("X-Webhook-Signature: {}", key.sign_hex(&body));

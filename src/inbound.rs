@@ -259,7 +259,7 @@ fn sha_hex(data: &Map<String, Value>, field: &str) -> Result<Option<String>, Rej
         }
         Some(_) => Err(reject(
             400,
-            format!("data.{field} must be 64 hex digits (SHA-256)"),
+            format!("data.{field} must be 64 hex digits (SHA-256 / HMAC-SHA256)"),
         )),
     }
 }
@@ -327,6 +327,13 @@ pub fn parse_command(
             let token = sha_hex(data, "token_sha256")?
                 .ok_or_else(|| reject(400, "missing data.token_sha256"))?;
             let pin = sha_hex(data, "pin_sha256")?;
+            let pin_hmac = sha_hex(data, "pin_hmac")?;
+            if pin.is_some() && pin_hmac.is_some() {
+                return Err(reject(
+                    400,
+                    "data.pin_sha256 and data.pin_hmac: send one of them",
+                ));
+            }
             let valid_from = time(data, "valid_from")?;
             let valid_until = time(data, "valid_until")?;
             if valid_until <= valid_from {
@@ -362,6 +369,7 @@ pub fn parse_command(
                 meeting_space_id: space,
                 token_sha256: token,
                 pin_sha256: pin,
+                pin_hmac,
                 valid_from,
                 valid_until,
                 device_ids,

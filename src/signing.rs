@@ -86,6 +86,14 @@ impl Key {
         hex::encode(mac.finalize().into_bytes())
     }
 
+    /// A grant's `pin_hmac` for `pin` (DESIGN §2): HMAC-SHA256 over `pin:` + the PIN, raw.
+    pub fn pin_hmac(&self, pin: &str) -> [u8; 32] {
+        let mut mac = self.mac();
+        mac.update(b"pin:");
+        mac.update(pin.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
     /// One Standard Webhooks v1 entry: `v1,<base64>`.
     pub fn sign_v1(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
         let digest = self.mac_v1(id, timestamp, body).finalize().into_bytes();

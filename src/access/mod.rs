@@ -23,6 +23,10 @@ pub struct Grant {
     pub token_sha256: String,
     /// Hex SHA-256 of the PIN, when the grant has one.
     pub pin_sha256: Option<String>,
+    /// Hex HMAC-SHA256 of `pin:` + the PIN, keyed with the inbound key: what a grant carries
+    /// instead of `pin_sha256` when it crosses a network in clear (DESIGN §2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin_hmac: Option<String>,
     pub valid_from: Millis,
     pub valid_until: Millis,
     /// The doors it opens; every lock and strike of its room when absent.
@@ -156,6 +160,46 @@ fn hash_matches(stored_hex: &str, presented: &[u8; 32]) -> bool {
     }
 }
 
+/// What a presented credential is compared by: its SHA-256 and, for a PIN, its HMAC under each
+/// inbound key (the primary and those kept for rotation), all computed once.
+#[derive(Debug, Clone)]
+pub struct Presented {
+    pub credential: Credential,
+    sha256: [u8; 32],
+    pin_hmacs: Vec<[u8; 32]>,
+}
+
+impl Presented {
+    pub fn new(credential: Credential, keys: &[crate::signing::Key]) -> Presented {
+        let pin_hmacs = match &credential {
+            Credential::Pin(p) => keys.iter().map(|k| k.pin_hmac(p)).collect(),
+            _ => Vec::new(),
+        };
+        Presented {
+            sha256: credential.digest(),
+            credential,
+            pin_hmacs,
+        }
+    }
+
+    fn matches(&self, g: &Grant) -> bool {
+        match self.credential {
+            Credential::MagicLink(_) => hash_matches(&g.token_sha256, &self.sha256),
+            Credential::Pin(_) | Credential::Card(_) => {
+                let by_sha = g
+                    .pin_sha256
+                    .as_deref()
+                    .is_some_and(|h| hash_matches(h, &self.sha256));
+                let by_hmac = g
+                    .pin_hmac
+                    .as_deref()
+                    .is_some_and(|h| self.pin_hmacs.iter().any(|m| hash_matches(h, m)));
+                by_sha || by_hmac
+            }
+        }
+    }
+}
+
 /// Decides a presented credential at `reader` (a panel or reader device id).
 ///
 /// Order of checks for a matching grant: revoked, wrong room, outside the window. With several
@@ -163,26 +207,18 @@ fn hash_matches(stored_hex: &str, presented: &[u8; 32]) -> bool {
 /// denial in that order is reported.
 pub fn decide(
     grants: &[Grant],
-    credential: &Credential,
+    presented: &Presented,
     reader: &str,
     places: &[Place],
     now: Millis,
 ) -> Decision {
-    let presented = credential.digest();
     let reader_room = places
         .iter()
         .find(|p| p.id == reader)
         .map(|p| p.meeting_space_id.as_str());
     let mut denial: Option<Decision> = None;
     for g in grants {
-        let matched = match credential {
-            Credential::MagicLink(_) => hash_matches(&g.token_sha256, &presented),
-            Credential::Pin(_) | Credential::Card(_) => g
-                .pin_sha256
-                .as_deref()
-                .is_some_and(|h| hash_matches(h, &presented)),
-        };
-        if !matched {
+        if !presented.matches(g) {
             continue;
         }
         let deny = |reason| Decision::Denied {
@@ -443,6 +479,7 @@ mod tests {
             meeting_space_id: "ms-1".into(),
             token_sha256: sha("tok-123"),
             pin_sha256: Some(sha("4711")),
+            pin_hmac: None,
             valid_from: Millis(1000),
             valid_until: Millis(2000),
             device_ids: None,
@@ -562,7 +599,13 @@ mod tests {
             ),
         ];
         for (name, grants, cred, reader, now, want) in cases {
-            let d = decide(grants, cred, reader, &places(), Millis(now));
+            let d = decide(
+                grants,
+                &Presented::new(cred.clone(), &[]),
+                reader,
+                &places(),
+                Millis(now),
+            );
             assert_eq!(reason(&d), want, "{name}: {d:?}");
         }
     }
@@ -571,7 +614,7 @@ mod tests {
     fn granted_opens_the_grants_doors_or_every_lock_and_strike_of_its_room() {
         let d = decide(
             &[grant()],
-            &Credential::Pin("4711".into()),
+            &Presented::new(Credential::Pin("4711".into()), &[]),
             "panel",
             &places(),
             Millis(1500),
@@ -590,7 +633,7 @@ mod tests {
         };
         match decide(
             &[g],
-            &Credential::Pin("4711".into()),
+            &Presented::new(Credential::Pin("4711".into()), &[]),
             "panel",
             &places(),
             Millis(1500),
@@ -609,7 +652,7 @@ mod tests {
         };
         let d = decide(
             &[old, grant()],
-            &Credential::Pin("4711".into()),
+            &Presented::new(Credential::Pin("4711".into()), &[]),
             "panel",
             &places(),
             Millis(1500),
@@ -625,12 +668,54 @@ mod tests {
         };
         let d = decide(
             &[g],
-            &Credential::MagicLink("tok-123".into()),
+            &Presented::new(Credential::MagicLink("tok-123".into()), &[]),
             "panel",
             &places(),
             Millis(1500),
         );
         assert_eq!(reason(&d), Some(DenyReason::UnknownCredential));
+    }
+
+    #[test]
+    fn a_pin_matches_its_hmac_under_any_inbound_key_and_nothing_else() {
+        let primary = crate::signing::Key::from_secret("primary-secret-primary-secret").unwrap();
+        let old = crate::signing::Key::from_secret("old-secret-old-secret-old-secret").unwrap();
+        let hmac_of = |k: &crate::signing::Key, pin: &str| hex::encode(k.pin_hmac(pin));
+        let by_hmac = |h: String| Grant {
+            pin_sha256: None,
+            pin_hmac: Some(h),
+            ..grant()
+        };
+        let keys = [primary.clone(), old.clone()];
+        let at = |pin: &str, g: &Grant| {
+            decide(
+                std::slice::from_ref(g),
+                &Presented::new(Credential::Pin(pin.into()), &keys),
+                "panel",
+                &places(),
+                Millis(1500),
+            )
+        };
+        for k in [&primary, &old] {
+            let g = by_hmac(hmac_of(k, "4711"));
+            assert!(matches!(at("4711", &g), Decision::Granted { .. }));
+            assert_eq!(reason(&at("4712", &g)), Some(DenyReason::UnknownCredential));
+        }
+        // Signed with a key this controller does not have: no match.
+        let stranger = crate::signing::Key::from_secret("someone-elses-secret-1234").unwrap();
+        let g = by_hmac(hmac_of(&stranger, "4711"));
+        assert_eq!(reason(&at("4711", &g)), Some(DenyReason::UnknownCredential));
+        // A PIN's HMAC is not its SHA-256, nor a token's.
+        let g = by_hmac(sha("4711"));
+        assert_eq!(reason(&at("4711", &g)), Some(DenyReason::UnknownCredential));
+        let token = decide(
+            &[by_hmac(hmac_of(&primary, "tok-123"))],
+            &Presented::new(Credential::MagicLink("nope".into()), &keys),
+            "panel",
+            &places(),
+            Millis(1500),
+        );
+        assert_eq!(reason(&token), Some(DenyReason::UnknownCredential));
     }
 
     #[test]

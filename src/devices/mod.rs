@@ -129,6 +129,8 @@ pub struct Hub {
     lockouts: crate::access::lockout::Lockouts,
     /// Bridges whose `bridge/state` said offline, by that topic: when ZenEdge asked them.
     bridge_checks: HashMap<String, Millis>,
+    /// The inbound keys, which a grant's `pin_hmac` is made with.
+    pin_keys: Vec<crate::signing::Key>,
 }
 
 impl Hub {
@@ -139,6 +141,12 @@ impl Hub {
         ids: Box<dyn FnMut() -> String + Send + Sync>,
     ) -> Hub {
         let routes = Routes::new(&config);
+        let pin_keys = config
+            .inbound
+            .verifying_secrets()
+            .iter()
+            .filter_map(|s| crate::signing::Key::from_secret(s.expose()).ok())
+            .collect();
         let presence = presence::Tracker::new(
             config.presence.debounce,
             now,
@@ -178,6 +186,7 @@ impl Hub {
             counters: Arc::default(),
             ids,
             bridge_checks: HashMap::new(),
+            pin_keys,
         }
     }
 
@@ -518,7 +527,8 @@ impl Hub {
             out.merge(self.feedback(reader, answer, false, Some("locked_out")));
             return out;
         }
-        let decision = decide(&self.grants, &credential, reader, &self.places, now);
+        let presented = crate::access::Presented::new(credential.clone(), &self.pin_keys);
+        let decision = decide(&self.grants, &presented, reader, &self.places, now);
         let (result, reason, grant_id, booking_id, doors) = match &decision {
             Decision::Granted {
                 grant_id,
@@ -1131,6 +1141,7 @@ driver = "zenedge-panel"
             meeting_space_id: "ms".into(),
             token_sha256: hex::encode(Sha256::digest(b"token")),
             pin_sha256: Some(hex::encode(Sha256::digest(b"4711"))),
+            pin_hmac: None,
             valid_from: Millis(0),
             valid_until: Millis(u64::MAX / 4),
             device_ids: None,

@@ -11,7 +11,7 @@ use rumqttc::QoS;
 use crate::mqtt::{free_port, mosquitto, publisher_named};
 
 /// utime + stime of `pid`, in seconds.
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name, which is in parentheses and may contain spaces.
     let rest = stat

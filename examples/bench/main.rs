@@ -18,6 +18,7 @@ use zenedge::delivery::{self, policy::Policy, DeliveryState, Sender};
 use zenedge::event::{DeviceRef, EventKind, Millis, NewEvent, Origin};
 use zenedge::store::{Enqueued, Store};
 
+mod hostile;
 mod idle;
 mod mqtt;
 
@@ -56,6 +57,14 @@ fn main() -> anyhow::Result<()> {
         );
         zenedge::delivery::install_crypto_provider();
         return rt.block_on(idle::run(base, std::time::Duration::from_secs(secs)));
+    }
+    if args.get(1).map(String::as_str) == Some("hostile") {
+        let n: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(100_000);
+        let base = PathBuf::from(
+            std::env::var("BENCH_DIR").unwrap_or_else(|_| "target/bench-hostile".into()),
+        );
+        zenedge::delivery::install_crypto_provider();
+        return rt.block_on(hostile::run(base, n));
     }
     let n: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(100_000);
     rt.block_on(bench(n))

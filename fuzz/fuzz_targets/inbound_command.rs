@@ -41,10 +41,8 @@ fn config() -> &'static Config {
 fuzz_target!(|data: &[u8]| {
     let key = Key::from_secret("s3cret-s3cret-s3cret-s3cret").expect("key");
     let keys = [key.clone()];
-    let clock = ClockReading {
-        now: Millis(1_800_000_000_000),
-        trusted: true,
-    };
+    let clock: ClockReading =
+        zenedge::access::read_clock(Millis(1_800_000_000_000), Millis(0), true, true);
     let unsigned: HashMap<&str, String> = HashMap::new();
     assert!(verify(
         &keys,

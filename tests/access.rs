@@ -174,10 +174,7 @@ async fn the_door_opens_offline_and_denials_are_reported_when_zencore_returns() 
     let r = rig(ROOM).await;
     r.rx.set_script(|_| Reply::Status(503));
     let (_sim, mut commands) = lock(r.broker.port).await;
-    let mut panel = Peer::connect(r.broker.port, "sim-panel").await;
-    panel
-        .subscribe("zenedge/edge-test/panels/panel/feedback")
-        .await;
+    let mut panel = panel_peer(r.broker.port, "sim-panel").await;
 
     // Grants arrive while ZenCore's webhook endpoint is down (commands still come in).
     for body in [
@@ -283,10 +280,7 @@ async fn the_door_opens_offline_and_denials_are_reported_when_zencore_returns() 
 async fn a_grant_survives_sigkill_and_an_edited_audit_record_is_detected() {
     let mut r = rig(ROOM).await;
     let (_sim, mut commands) = lock(r.broker.port).await;
-    let mut panel = Peer::connect(r.broker.port, "sim-panel").await;
-    panel
-        .subscribe("zenedge/edge-test/panels/panel/feedback")
-        .await;
+    let mut panel = panel_peer(r.broker.port, "sim-panel").await;
     assert_eq!(
         r.command(&grant("g1", "tok-1", None, -60, 3600), Some(SECRET), &[])
             .await
@@ -363,10 +357,7 @@ async fn an_unsynchronised_clock_refuses_commands_and_marks_decisions() {
     // refusing on a clock that may be wrong.
     assert_eq!((status, body["error"].as_str()), (503, Some("clock")));
     // Local decisions still happen, on the floor, and say so.
-    let mut panel = Peer::connect(r.broker.port, "sim-panel").await;
-    panel
-        .subscribe("zenedge/edge-test/panels/panel/feedback")
-        .await;
+    let mut panel = panel_peer(r.broker.port, "sim-panel").await;
     panel
         .publish(
             "zenedge/edge-test/panels/panel/credential",
@@ -489,10 +480,7 @@ async fn a_full_store_refuses_new_commands_with_507_but_doors_keep_working() {
     let (code, body) = r.command(&revoke, Some(SECRET), &[]).await;
     assert_eq!(code, 202, "{body}");
     // The stored grant still opens the door.
-    let mut panel = Peer::connect(r.broker.port, "sim-panel").await;
-    panel
-        .subscribe("zenedge/edge-test/panels/panel/feedback")
-        .await;
+    let mut panel = panel_peer(r.broker.port, "sim-panel").await;
     assert_eq!(present_link(&mut panel, "tok-1").await, "granted");
     commands_reach(&mut commands, 1).await;
     // The grant revoked while the store was full opens nothing.
@@ -779,6 +767,21 @@ async fn decisions(r: &common::Rig, result: &str) -> f64 {
 /// panel is locked out; nothing presented there is compared, the right PIN included; the panel
 /// is told only `denied` / `locked_out`; ZenCore gets 5 `access.denied` and one
 /// `access.lockout`; every decision is counted; the lockout survives a SIGKILL.
+/// A simulated panel: a peer subscribed to the panel's feedback.
+async fn panel_peer(port: u16, id: &str) -> Peer {
+    let mut panel = Peer::connect(port, id).await;
+    panel
+        .subscribe("zenedge/edge-test/panels/panel/feedback")
+        .await;
+    panel
+}
+
+/// Sends a signed grant and asserts it was accepted.
+async fn assert_granted(r: &common::Rig, body: Vec<u8>) {
+    let (status, answer) = r.command(&body, Some(SECRET), &[]).await;
+    assert_eq!(status, 202, "{answer}");
+}
+
 /// Types `pin` at the panel (a peer subscribed to its feedback); returns (result, reason).
 async fn try_pin(panel: &mut Peer, pin: &str, n: usize) -> (String, String) {
     panel
@@ -804,20 +807,8 @@ async fn try_pin(panel: &mut Peer, pin: &str, n: usize) -> (String, String) {
 async fn pin_guesses_lock_the_panel_out_even_for_the_right_pin_and_across_a_restart() {
     let mut r = rig(ROOM).await;
     let (_sim, commands) = lock(r.broker.port).await;
-    assert_eq!(
-        r.command(
-            &grant("g-pin", "tok-pin", Some("482916"), -60, 3600),
-            Some(SECRET),
-            &[]
-        )
-        .await
-        .0,
-        202
-    );
-    let mut panel = Peer::connect(r.broker.port, "sim-panel").await;
-    panel
-        .subscribe("zenedge/edge-test/panels/panel/feedback")
-        .await;
+    assert_granted(&r, grant("g-pin", "tok-pin", Some("482916"), -60, 3600)).await;
+    let mut panel = panel_peer(r.broker.port, "sim-panel").await;
     let mut told = Vec::new();
     for n in 0..100 {
         told.push(try_pin(&mut panel, &format!("{n:06}"), n).await);
@@ -841,10 +832,7 @@ async fn pin_guesses_lock_the_panel_out_even_for_the_right_pin_and_across_a_rest
 
     // It survives a SIGKILL.
     r.restart().await;
-    let mut panel = Peer::connect(r.broker.port, "sim-panel-2").await;
-    panel
-        .subscribe("zenedge/edge-test/panels/panel/feedback")
-        .await;
+    let mut panel = panel_peer(r.broker.port, "sim-panel-2").await;
     assert_eq!(try_pin(&mut panel, "482916", 200).await, locked);
     assert_eq!(*commands.borrow(), 0, "the lock never got a command");
 
@@ -930,10 +918,7 @@ async fn a_clock_once_a_day_ahead_does_not_lock_the_controller_out() {
     ] {
         assert_eq!(r.command(&body, Some(SECRET), &[]).await.0, 202);
     }
-    let mut panel = Peer::connect(r.broker.port, "sim-panel").await;
-    panel
-        .subscribe("zenedge/edge-test/panels/panel/feedback")
-        .await;
+    let mut panel = panel_peer(r.broker.port, "sim-panel").await;
     assert_eq!(try_pin(&mut panel, "222222", 1).await.0, "denied");
     assert_eq!(try_pin(&mut panel, "111111", 2).await.0, "granted");
     commands_reach(&mut commands, 1).await;
@@ -985,10 +970,7 @@ async fn a_clock_once_a_day_ahead_does_not_lock_the_controller_out() {
     let revoke = command_body("access.revoke", json!({"grant_id": "g-today"}));
     let (status, body) = r.command(&revoke, Some(SECRET), &[]).await;
     assert_eq!(status, 202, "{body}");
-    let mut panel = Peer::connect(r.broker.port, "sim-panel-2").await;
-    panel
-        .subscribe("zenedge/edge-test/panels/panel/feedback")
-        .await;
+    let mut panel = panel_peer(r.broker.port, "sim-panel-2").await;
     assert_eq!(try_pin(&mut panel, "111111", 3).await.0, "denied");
 
     // 3. The operator's repair: the floor comes down to the clock, durably.
@@ -1014,10 +996,7 @@ async fn a_clock_once_a_day_ahead_does_not_lock_the_controller_out() {
         })
     })
     .await;
-    let mut panel = Peer::connect(r.broker.port, "sim-panel-3").await;
-    panel
-        .subscribe("zenedge/edge-test/panels/panel/feedback")
-        .await;
+    let mut panel = panel_peer(r.broker.port, "sim-panel-3").await;
     assert_eq!(try_pin(&mut panel, "222222", 4).await.0, "denied");
 }
 
@@ -1032,20 +1011,14 @@ async fn the_audit_log_is_pruned_by_retention_paged_and_still_verifies() {
         "[access]\naudit_retention = \"1d\"\n\n[presence]",
     );
     let mut r = common::rig_with(&room, env).await;
-    let mut panel = Peer::connect(r.broker.port, "sim-panel").await;
-    panel
-        .subscribe("zenedge/edge-test/panels/panel/feedback")
-        .await;
+    let mut panel = panel_peer(r.broker.port, "sim-panel").await;
     for n in 0..3 {
         assert_eq!(try_pin(&mut panel, &format!("{n:06}"), n).await.0, "denied");
     }
     // …then today: retention runs at start and prunes them; two more decisions follow.
     common::set_clock(&clock, 0, false);
     r.restart().await;
-    let mut panel = Peer::connect(r.broker.port, "sim-panel-2").await;
-    panel
-        .subscribe("zenedge/edge-test/panels/panel/feedback")
-        .await;
+    let mut panel = panel_peer(r.broker.port, "sim-panel-2").await;
     for n in 3..5 {
         assert_eq!(try_pin(&mut panel, &format!("{n:06}"), n).await.0, "denied");
     }
@@ -1172,16 +1145,7 @@ async fn a_body_that_stops_coming_is_answered_408_and_changes_nothing() {
 async fn a_flood_of_large_qos0_messages_is_shed_and_the_panel_still_works() {
     let r = rig(ROOM).await;
     let (_sim, mut commands) = lock(r.broker.port).await;
-    assert_eq!(
-        r.command(
-            &grant("g-flood", "tok-flood", Some("482916"), -60, 3600),
-            Some(SECRET),
-            &[]
-        )
-        .await
-        .0,
-        202
-    );
+    assert_granted(&r, grant("g-flood", "tok-flood", Some("482916"), -60, 3600)).await;
     // 1,500 messages of 60 KB (90 MB) at QoS 0 on the panel's credential topic, as fast as the
     // broker takes them. They are not credentials (so no lockout); each is read, counted as
     // malformed, or dropped while the hub is behind.
@@ -1192,10 +1156,7 @@ async fn a_flood_of_large_qos0_messages_is_shed_and_the_panel_still_works() {
             .publish_qos0("zenedge/edge-test/panels/panel/credential", junk.clone())
             .await;
     }
-    let mut panel = Peer::connect(r.broker.port, "sim-panel").await;
-    panel
-        .subscribe("zenedge/edge-test/panels/panel/feedback")
-        .await;
+    let mut panel = panel_peer(r.broker.port, "sim-panel").await;
     assert_eq!(try_pin(&mut panel, "482916", 1).await.0, "granted");
     commands_reach(&mut commands, 1).await;
     let (code, status) = r.daemon.get("/v1/status").await;
@@ -1240,10 +1201,7 @@ async fn a_grant_with_pin_hmac_opens_for_its_pin_and_reveals_nothing_without_the
         .command(&with(json!({"hmac": hmac})), Some(SECRET), &[])
         .await;
     assert_eq!(status, 202, "{body}");
-    let mut panel = Peer::connect(r.broker.port, "sim-panel").await;
-    panel
-        .subscribe("zenedge/edge-test/panels/panel/feedback")
-        .await;
+    let mut panel = panel_peer(r.broker.port, "sim-panel").await;
     assert_eq!(try_pin(&mut panel, "482915", 1).await.0, "denied");
     assert_eq!(try_pin(&mut panel, "482916", 2).await.0, "granted");
     commands_reach(&mut commands, 1).await;

@@ -336,13 +336,9 @@ async fn a_grant_survives_sigkill_and_an_edited_audit_record_is_detected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unsynchronised_clock_refuses_commands_and_marks_decisions() {
-    let r = rig(ROOM).await;
+    let mut r = rig(ROOM).await;
     // Same room, now requiring a synchronised clock.
-    let text = std::fs::read_to_string(&r.config)
-        .unwrap()
-        .replace("require_sync = false", "require_sync = true");
-    std::fs::write(&r.config, text).unwrap();
-    let mut r = r;
+    r.edit_config("require_sync = false", "require_sync = true");
     r.restart().await;
     let synced = zenedge::access::system_synchronised();
     let (status, body) = r
@@ -439,10 +435,7 @@ async fn an_unlock_pending_at_a_crash_is_carried_out_or_expired_after_restart() 
 async fn a_full_store_refuses_new_commands_with_507_but_doors_keep_working() {
     // max_store_bytes lives in [delivery], which the test config already has: patch it there.
     let mut r = rig(ROOM).await;
-    let text = std::fs::read_to_string(&r.config)
-        .unwrap()
-        .replace("[delivery]\n", "[delivery]\nmax_store_bytes = \"1MiB\"\n");
-    std::fs::write(&r.config, text).unwrap();
+    r.edit_config("[delivery]\n", "[delivery]\nmax_store_bytes = \"1MiB\"\n");
     r.rx.set_script(|_| Reply::Status(503));
     r.restart().await;
     let (_sim, mut commands) = lock(r.broker.port).await;
@@ -878,10 +871,7 @@ async fn a_clock_once_a_day_ahead_does_not_lock_the_controller_out() {
     // A wrong NTP answer: the clock a day ahead, and the kernel says it is synchronised.
     common::set_clock(&clock, DAY, true);
     let mut r = common::rig_with(ROOM, env).await;
-    let text = std::fs::read_to_string(&r.config)
-        .unwrap()
-        .replace("require_sync = false", "require_sync = true");
-    std::fs::write(&r.config, text).unwrap();
+    r.edit_config("require_sync = false", "require_sync = true");
     r.restart().await;
     let (_sim, mut commands) = lock(r.broker.port).await;
     let day = Duration::from_secs(DAY as u64);
@@ -925,10 +915,7 @@ async fn a_clock_once_a_day_ahead_does_not_lock_the_controller_out() {
 
     // 2. A host with no NTP status (require_sync = false) whose clock was a day ahead and was
     // put right by hand: the clock is below the floor and not trusted.
-    let text = std::fs::read_to_string(&r.config)
-        .unwrap()
-        .replace("require_sync = true", "require_sync = false");
-    std::fs::write(&r.config, text).unwrap();
+    r.edit_config("require_sync = true", "require_sync = false");
     common::set_clock(&clock, DAY, false);
     r.restart().await;
     r.daemon
@@ -1052,10 +1039,7 @@ async fn the_audit_log_is_pruned_by_retention_paged_and_still_verifies() {
 async fn idle_and_dripping_connections_do_not_keep_a_signed_unlock_out() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut r = rig(ROOM).await;
-    let text = std::fs::read_to_string(&r.config)
-        .unwrap()
-        .replace("[inbound]\n", "[inbound]\nmax_connections = 4\n");
-    std::fs::write(&r.config, text).unwrap();
+    r.edit_config("[inbound]\n", "[inbound]\nmax_connections = 4\n");
     r.restart().await;
     let (_sim, mut commands) = lock(r.broker.port).await;
     // Forty idle connections, and four that sent half a request head and stopped: eleven

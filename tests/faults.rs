@@ -297,10 +297,7 @@ async fn zencore_down_slow_failing_and_rate_limiting() {
     let started = Instant::now();
     let mut r = rig(&devices_config("")).await;
     // Answers at 25 s must count: the production timeout (30 s), not the tests' 2 s.
-    let text = std::fs::read_to_string(&r.config)
-        .unwrap()
-        .replace("timeout = \"2s\"", "timeout = \"30s\"");
-    std::fs::write(&r.config, text).unwrap();
+    r.edit_config("timeout = \"2s\"", "timeout = \"30s\"");
     r.restart().await;
     let t0 = Instant::now();
     let phase = move |t: Instant| {
@@ -399,10 +396,7 @@ async fn store_over_its_budget_drops_oldest_presence_and_says_exactly_what() {
     let panel = "[[devices]]\nid = \"panel\"\ntype = \"panel\"\ndriver = \"zenedge-panel\"\n\
         [[devices]]\nid = \"door\"\ntype = \"strike\"\ndriver = \"tasmota\"\ntopic = \"door\"\naction_timeout = \"1s\"\n";
     let mut r = rig(&(devices_config("[access]\nlockout_after = 0\n") + panel)).await;
-    let text = std::fs::read_to_string(&r.config)
-        .unwrap()
-        .replace("[delivery]\n", "[delivery]\nmax_store_bytes = \"1MiB\"\n");
-    std::fs::write(&r.config, text).unwrap();
+    r.edit_config("[delivery]\n", "[delivery]\nmax_store_bytes = \"1MiB\"\n");
     r.rx.set_script(|_| Reply::Status(503));
     // A clean restart, so what was delivered before is known as delivered (after a SIGKILL it
     // could be sent again — or, under pressure, reported in a gap although ZenCore has it).

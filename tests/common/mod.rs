@@ -831,6 +831,14 @@ impl Rig {
         .unwrap()
     }
 
+    /// Replaces `from` with `to` in the config file (which must contain it); the daemon sees
+    /// it at its next start.
+    pub fn edit_config(&self, from: &str, to: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        assert!(text.contains(from), "the config has no {from:?}");
+        std::fs::write(&self.config, text.replace(from, to)).unwrap();
+    }
+
     /// SIGKILLs the daemon and starts it again.
     pub async fn restart(&mut self) {
         self.daemon.sigkill();

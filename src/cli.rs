@@ -239,7 +239,10 @@ async fn run_verb(cli: &Cli) -> Result<ExitCode, ExitCode> {
                     }
                     _ => key_for(cli, &args.secret)?,
                 };
-                println!("pin_hmac: {}", hex::encode(key.pin_hmac(pin)));
+                println!(
+                    "pin_hmac: {}",
+                    hex::encode(key.credential_hmac("pin:", pin))
+                );
                 return Ok(ExitCode::SUCCESS);
             }
             let key = key_for(cli, &args.secret)?;

@@ -328,11 +328,15 @@ pub fn parse_command(
                 .ok_or_else(|| reject(400, "missing data.token_sha256"))?;
             let pin = sha_hex(data, "pin_sha256")?;
             let pin_hmac = sha_hex(data, "pin_hmac")?;
-            if pin.is_some() && pin_hmac.is_some() {
-                return Err(reject(
-                    400,
-                    "data.pin_sha256 and data.pin_hmac: send one of them",
-                ));
+            let card = sha_hex(data, "card_sha256")?;
+            let card_hmac = sha_hex(data, "card_hmac")?;
+            for (a, b, what) in [
+                (&pin, &pin_hmac, "data.pin_sha256 and data.pin_hmac"),
+                (&card, &card_hmac, "data.card_sha256 and data.card_hmac"),
+            ] {
+                if a.is_some() && b.is_some() {
+                    return Err(reject(400, format!("{what}: send one of them")));
+                }
             }
             let valid_from = time(data, "valid_from")?;
             let valid_until = time(data, "valid_until")?;
@@ -370,6 +374,8 @@ pub fn parse_command(
                 token_sha256: token,
                 pin_sha256: pin,
                 pin_hmac,
+                card_sha256: card,
+                card_hmac,
                 valid_from,
                 valid_until,
                 device_ids,

@@ -86,11 +86,12 @@ impl Key {
         hex::encode(mac.finalize().into_bytes())
     }
 
-    /// A grant's `pin_hmac` for `pin` (DESIGN §2): HMAC-SHA256 over `pin:` + the PIN, raw.
-    pub fn pin_hmac(&self, pin: &str) -> [u8; 32] {
+    /// A grant's `pin_hmac` / `card_hmac` (DESIGN §2): HMAC-SHA256 over `prefix` (`pin:` or
+    /// `card:`) + the credential, raw.
+    pub fn credential_hmac(&self, prefix: &str, credential: &str) -> [u8; 32] {
         let mut mac = self.mac();
-        mac.update(b"pin:");
-        mac.update(pin.as_bytes());
+        mac.update(prefix.as_bytes());
+        mac.update(credential.as_bytes());
         mac.finalize().into_bytes().into()
     }
 

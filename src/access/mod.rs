@@ -27,6 +27,12 @@ pub struct Grant {
     /// instead of `pin_sha256` when it crosses a network in clear (DESIGN §2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pin_hmac: Option<String>,
+    /// Hex SHA-256 of the card string (DESIGN §4), or its HMAC (`card:` + the string): a card
+    /// matches only these, never a PIN's hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub card_sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub card_hmac: Option<String>,
     pub valid_from: Millis,
     pub valid_until: Millis,
     /// The doors it opens; every lock and strike of its room when absent.
@@ -166,37 +172,36 @@ fn hash_matches(stored_hex: &str, presented: &[u8; 32]) -> bool {
 pub struct Presented {
     pub credential: Credential,
     sha256: [u8; 32],
-    pin_hmacs: Vec<[u8; 32]>,
+    hmacs: Vec<[u8; 32]>,
 }
 
 impl Presented {
     pub fn new(credential: Credential, keys: &[crate::signing::Key]) -> Presented {
-        let pin_hmacs = match &credential {
-            Credential::Pin(p) => keys.iter().map(|k| k.pin_hmac(p)).collect(),
-            _ => Vec::new(),
+        let hmacs = match &credential {
+            Credential::Pin(p) => keys.iter().map(|k| k.credential_hmac("pin:", p)).collect(),
+            Credential::Card(c) => keys.iter().map(|k| k.credential_hmac("card:", c)).collect(),
+            Credential::MagicLink(_) => Vec::new(),
         };
         Presented {
             sha256: credential.digest(),
             credential,
-            pin_hmacs,
+            hmacs,
         }
     }
 
     fn matches(&self, g: &Grant) -> bool {
-        match self.credential {
-            Credential::MagicLink(_) => hash_matches(&g.token_sha256, &self.sha256),
-            Credential::Pin(_) | Credential::Card(_) => {
-                let by_sha = g
-                    .pin_sha256
-                    .as_deref()
-                    .is_some_and(|h| hash_matches(h, &self.sha256));
-                let by_hmac = g
-                    .pin_hmac
-                    .as_deref()
-                    .is_some_and(|h| self.pin_hmacs.iter().any(|m| hash_matches(h, m)));
-                by_sha || by_hmac
-            }
-        }
+        let (sha, hmac) = match self.credential {
+            Credential::MagicLink(_) => return hash_matches(&g.token_sha256, &self.sha256),
+            Credential::Pin(_) => (&g.pin_sha256, &g.pin_hmac),
+            Credential::Card(_) => (&g.card_sha256, &g.card_hmac),
+        };
+        let by_sha = sha
+            .as_deref()
+            .is_some_and(|h| hash_matches(h, &self.sha256));
+        let by_hmac = hmac
+            .as_deref()
+            .is_some_and(|h| self.hmacs.iter().any(|m| hash_matches(h, m)));
+        by_sha || by_hmac
     }
 }
 
@@ -480,6 +485,8 @@ mod tests {
             token_sha256: sha("tok-123"),
             pin_sha256: Some(sha("4711")),
             pin_hmac: None,
+            card_sha256: None,
+            card_hmac: None,
             valid_from: Millis(1000),
             valid_until: Millis(2000),
             device_ids: None,
@@ -680,7 +687,8 @@ mod tests {
     fn a_pin_matches_its_hmac_under_any_inbound_key_and_nothing_else() {
         let primary = crate::signing::Key::from_secret("primary-secret-primary-secret").unwrap();
         let old = crate::signing::Key::from_secret("old-secret-old-secret-old-secret").unwrap();
-        let hmac_of = |k: &crate::signing::Key, pin: &str| hex::encode(k.pin_hmac(pin));
+        let hmac_of =
+            |k: &crate::signing::Key, pin: &str| hex::encode(k.credential_hmac("pin:", pin));
         let by_hmac = |h: String| Grant {
             pin_sha256: None,
             pin_hmac: Some(h),

@@ -1142,6 +1142,8 @@ driver = "zenedge-panel"
             token_sha256: hex::encode(Sha256::digest(b"token")),
             pin_sha256: Some(hex::encode(Sha256::digest(b"4711"))),
             pin_hmac: None,
+            card_sha256: None,
+            card_hmac: None,
             valid_from: Millis(0),
             valid_until: Millis(u64::MAX / 4),
             device_ids: None,

@@ -7,12 +7,26 @@
 //! it admits only that login (ZenEdge's own and the devices'); the config refuses an embedded
 //! broker off loopback without them.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
+
+/// Whether this build has the embedded broker (the `embedded-broker` cargo feature, on by
+/// default).
+pub const AVAILABLE: bool = cfg!(feature = "embedded-broker");
+
+/// Without the `embedded-broker` feature there is no broker to start.
+#[cfg(not(feature = "embedded-broker"))]
+pub fn start(_listen: SocketAddr, _login: Option<(String, String)>) -> anyhow::Result<()> {
+    anyhow::bail!(
+        "this zenedge was built without the embedded MQTT broker (cargo feature `embedded-broker`): \
+         use an external broker such as mosquitto"
+    )
+}
 
 /// Starts the broker on `listen` in its own thread; it runs until the process ends. `login`:
 /// the one username and password it admits (anonymous clients are refused); None admits anyone.
+#[cfg(feature = "embedded-broker")]
 pub fn start(listen: SocketAddr, login: Option<(String, String)>) -> anyhow::Result<()> {
+    use std::collections::HashMap;
     let mut v4 = HashMap::new();
     v4.insert(
         "zenedge".to_string(),

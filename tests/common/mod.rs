@@ -405,7 +405,9 @@ impl Daemon {
 
     async fn wait_healthy(&mut self, log: &Path) -> Result<(), String> {
         let client = client();
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // Generous: a restart on LazyFS with a backlog to replay, on a loaded 2-core machine,
+        // has been seen to take most of 30 s.
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(format!(
@@ -414,12 +416,22 @@ impl Daemon {
                 ));
             }
             let url = format!("http://{}/healthz", self.admin);
+            let mut last = String::from("no answer");
             if let Ok(r) = client.get(&url).send().await {
                 if r.status() == 200 {
                     return Ok(());
                 }
+                last = format!("{} {}", r.status(), r.text().await.unwrap_or_default());
             }
-            assert!(Instant::now() < deadline, "daemon never became healthy");
+            if Instant::now() >= deadline {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                panic!(
+                    "daemon never became healthy (last /healthz: {last}); its log ends:\n{}",
+                    tail.join("\n")
+                );
+            }
             // Readiness has no push channel to a child process; poll /healthz briefly.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

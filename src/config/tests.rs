@@ -1,0 +1,316 @@
+use super::*;
+
+const MINIMAL: &str = r#"
+[controller]
+id = "edge-4a"
+organization_id = "org-123"
+meeting_space_id = "ms-xyz789"
+state_dir = "/tmp/zenedge-test"
+
+[zencore]
+webhook_url = "https://zencore.example.com/webhooks/zenedge"
+secret = "s3cret-s3cret-s3cret-s3cret"
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::from_toml(text, Path::new("test.toml"))
+}
+
+fn key_of(err: ConfigError) -> String {
+    match err {
+        ConfigError::Key { key, .. } => key,
+        other => panic!("expected a key error, got {other}"),
+    }
+}
+
+#[test]
+fn minimal_config_gets_the_documented_defaults() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.delivery.concurrency, 4);
+    assert_eq!(c.delivery.initial_backoff, Duration::from_secs(1));
+    assert_eq!(c.delivery.max_backoff, Duration::from_secs(300));
+    assert_eq!(c.delivery.max_age, Duration::from_secs(7 * 86400));
+    assert_eq!(c.delivery.max_store_bytes, ByteSize(512 * 1024 * 1024));
+    assert_eq!(c.zencore.timeout, Duration::from_secs(30));
+    assert_eq!(c.inbound.listen.to_string(), "0.0.0.0:8787");
+    assert_eq!(c.admin.listen.to_string(), "127.0.0.1:8788");
+    assert_eq!(c.presence.debounce, Duration::from_secs(5));
+    assert!(c.clock.require_sync);
+    assert_eq!(c.mqtt_client_id(), "zenedge-edge-4a");
+    assert_eq!(
+        c.inbound.verifying_secrets(),
+        vec![Secret::new("s3cret-s3cret-s3cret-s3cret")]
+    );
+}
+
+#[test]
+fn errors_name_the_key() {
+    let cases: &[(&str, &str)] = &[
+            ("[delivery]\nmax_backoff = \"soon\"\n", "delivery.max_backoff"),
+            ("[delivery]\nconcurency = 4\n", "delivery.concurency"),
+            ("[delivery]\nconcurrency = \"four\"\n", "delivery.concurrency"),
+            ("[delivery]\nconcurrency = 0\n", "delivery.concurrency"),
+            ("[delivery]\nmax_store_bytes = \"12 parsecs\"\n", "delivery.max_store_bytes"),
+            (
+                "[delivery]\ninitial_backoff = \"10s\"\nmax_backoff = \"1s\"\n",
+                "delivery.max_backoff",
+            ),
+            ("[surprise]\nx = 1\n", "surprise"),
+            (
+                "[[devices]]\nid = \"d\"\ntype = \"lock\"\ndriver = \"zigbee2mqtt\"\n",
+                "devices[0].topic",
+            ),
+            (
+                "[[devices]]\nid = \"d\"\ntype = \"lock\"\ndriver = \"zigbee2mqtt\"\ntopic = \"t\"\ncoil = 1\n",
+                "devices[0].coil",
+            ),
+            (
+                "[[devices]]\nid = \"d\"\ntype = \"panel\"\ndriver = \"zigbee2mqtt\"\ntopic = \"t\"\n",
+                "devices[0].type",
+            ),
+            (
+                "[[devices]]\nid = \"r\"\ntype = \"reader\"\ndriver = \"osdp\"\nport = \"/dev/ttyUSB0\"\n",
+                "devices[0].scbk",
+            ),
+            (
+                "[[devices]]\nid = \"d\"\ntype = \"lock\"\ndriver = \"zigbee2mqtt\"\ntopic = \"a\"\n[[devices]]\nid = \"d\"\ntype = \"lock\"\ndriver = \"zigbee2mqtt\"\ntopic = \"b\"\n",
+                "devices[1].id",
+            ),
+            (
+                "[[devices]]\nid = \"d\"\ntype = \"lock\"\ndriver = \"zwave\"\n",
+                "devices[0].driver",
+            ),
+        ];
+    for (extra, want) in cases {
+        let text = format!("{MINIMAL}{extra}");
+        let err = parse(&text).expect_err(extra);
+        assert_eq!(key_of(err), *want, "for {extra:?}");
+    }
+}
+
+#[test]
+fn unknown_key_message_names_the_field() {
+    let err = parse(&format!("{MINIMAL}[delivery]\nconcurency = 4\n")).unwrap_err();
+    assert!(err.to_string().contains("concurency"), "{err}");
+}
+
+#[test]
+fn secret_or_secret_file_not_both_and_file_loses_its_newline() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secret");
+    std::fs::write(&file, "from-file-from-file-from-file\n").unwrap();
+    private(&file);
+    let text = MINIMAL.replace(
+        "secret = \"s3cret-s3cret-s3cret-s3cret\"",
+        &format!("secret_file = {:?}", file.display().to_string()),
+    );
+    let c = parse(&text).unwrap();
+    assert_eq!(c.zencore.secret().expose(), "from-file-from-file-from-file");
+
+    let both = MINIMAL.replace(
+        "secret = \"s3cret-s3cret-s3cret-s3cret\"",
+        &format!(
+            "secret = \"x\"\nsecret_file = {:?}",
+            file.display().to_string()
+        ),
+    );
+    assert_eq!(key_of(parse(&both).unwrap_err()), "zencore.secret");
+    let none = MINIMAL.replace("secret = \"s3cret-s3cret-s3cret-s3cret\"", "");
+    assert_eq!(key_of(parse(&none).unwrap_err()), "zencore.secret");
+}
+
+fn private(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o640)).unwrap();
+}
+
+#[test]
+fn loose_or_symlinked_secret_files_are_refused_naming_the_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secret");
+    std::fs::write(&file, "from-file-from-file-from-file\n").unwrap();
+    let with = |path: &Path| {
+        MINIMAL.replace(
+            "secret = \"s3cret-s3cret-s3cret-s3cret\"",
+            &format!("secret_file = {:?}", path.display().to_string()),
+        )
+    };
+    for mode in [0o644, 0o666, 0o604, 0o602] {
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+        let e = parse(&with(&file)).unwrap_err();
+        assert!(e.to_string().contains("other users"), "{mode:o}: {e}");
+        assert_eq!(key_of(e), "zencore.secret_file");
+    }
+    private(&file);
+    assert!(parse(&with(&file)).is_ok());
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+    let e = parse(&with(&link)).unwrap_err();
+    assert!(e.to_string().contains("symlink"), "{e}");
+    assert_eq!(key_of(e), "zencore.secret_file");
+}
+
+#[test]
+fn bad_whsec_secret_is_rejected() {
+    let text = MINIMAL.replace("\"s3cret-s3cret-s3cret-s3cret\"", "\"whsec_not base64!\"");
+    assert_eq!(key_of(parse(&text).unwrap_err()), "zencore.secret");
+}
+
+#[test]
+fn syntax_errors_name_the_file_and_line() {
+    let err = parse("[controller\nid=1").unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("test.toml") && text.contains("line 1"),
+        "{text}"
+    );
+}
+
+#[test]
+fn byte_sizes() {
+    assert_eq!(ByteSize::parse("512MiB"), Ok(ByteSize(512 << 20)));
+    assert_eq!(ByteSize::parse("64 MB"), Ok(ByteSize(64_000_000)));
+    assert_eq!(ByteSize::parse("4096"), Ok(ByteSize(4096)));
+    assert!(ByteSize::parse("MiB").is_err());
+    assert!(ByteSize::parse("99999999999999999999GiB").is_err());
+}
+
+#[test]
+fn debug_never_shows_secrets() {
+    let c = parse(MINIMAL).unwrap();
+    assert!(!format!("{c:?}").contains("s3cret-s3cret-s3cret-s3cret"));
+    assert!(!c.summary().contains("s3cret-s3cret-s3cret-s3cret"));
+}
+
+#[test]
+fn example_config_is_valid() {
+    // The example names the secret file the Debian package writes; here, a file of ours.
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("zencore.secret");
+    std::fs::write(
+        &secret,
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwMfKQ9r8GKYqr\n",
+    )
+    .unwrap();
+    private(&secret);
+    let text = include_str!("../../config.example.toml").replace(
+        "\"/etc/zenedge/zencore.secret\"",
+        &format!("{:?}", secret.display().to_string()),
+    );
+    // The group the Debian package creates; here, one every Debian system has.
+    let text = text.replace("\"zenedge-operators\"", "\"root\"");
+    assert_ne!(text, include_str!("../../config.example.toml"));
+    let c = parse(&text).unwrap();
+    assert!(!c.devices.is_empty());
+}
+
+#[test]
+fn weak_and_placeholder_secrets_are_refused_naming_the_key() {
+    for (secret, want) in [
+        ("change-me", "placeholder"),
+        ("x", "1-byte key"),
+        ("whsec_YWJj", "3-byte key"),
+        ("twenty-three-bytes-long", "23-byte key"),
+    ] {
+        let text = MINIMAL.replace("\"s3cret-s3cret-s3cret-s3cret\"", &format!("{secret:?}"));
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(
+            e.contains("zencore.secret") && e.contains(want),
+            "{secret}: {e}"
+        );
+    }
+    let extra = MINIMAL.replace("[zencore]", "[zencore]\nextra_secrets = [\"old\"]");
+    let e = parse(&extra).unwrap_err().to_string();
+    assert!(e.contains("zencore.extra_secrets[0]"), "{e}");
+    let inbound = format!("{MINIMAL}\n[inbound]\nsecret = \"secret\"\n");
+    let e = parse(&inbound).unwrap_err().to_string();
+    assert!(
+        e.contains("inbound secret #1") && e.contains("placeholder"),
+        "{e}"
+    );
+    let ok = MINIMAL.replace(
+        "\"s3cret-s3cret-s3cret-s3cret\"",
+        "\"twenty-four-bytes-long!!\"",
+    );
+    assert!(parse(&ok).is_ok());
+}
+
+#[test]
+fn two_devices_on_one_topic_and_wildcard_bases_are_refused() {
+    let lock = |id: &str, room: &str, topic: &str| {
+        format!(
+            "[[devices]]\nid = \"{id}\"\ntype = \"lock\"\ndriver = \"zigbee2mqtt\"\n\
+                 topic = \"{topic}\"\nmeeting_space_id = \"{room}\"\n"
+        )
+    };
+    let text = format!(
+        "{MINIMAL}{}{}",
+        lock("front", "ms-a", "door"),
+        lock("back", "ms-b", "door")
+    );
+    let e = parse(&text).unwrap_err().to_string();
+    assert!(
+        e.contains("devices[1].topic") && e.contains("`front`") && e.contains("devices[0]"),
+        "{e}"
+    );
+    let ha = |id: &str, state: &str, command: &str| {
+        format!(
+            "[[devices]]\nid = \"{id}\"\ntype = \"lock\"\ndriver = \"homeassistant\"\n\
+                 state_topic = \"{state}\"\ncommand_topic = \"{command}\"\n"
+        )
+    };
+    let text = format!(
+        "{MINIMAL}{}{}",
+        ha("a", "s/a", "c/x"),
+        ha("b", "s/b", "c/x")
+    );
+    assert_eq!(
+        key_of(parse(&text).unwrap_err()),
+        "devices[1].command_topic"
+    );
+    // Two Home Assistant locks sharing one availability topic (one ESPHome board) are fine.
+    let text = format!(
+        "{MINIMAL}{}{}",
+        ha("a", "s/a", "c/a"),
+        ha("b", "s/b", "c/b")
+    );
+    assert!(parse(&text).is_ok());
+    for base in ["+", "#", "zigbee2mqtt/+", "/z2m", "z2m/", ""] {
+        let text = format!("{MINIMAL}\n[mqtt]\nzigbee2mqtt_base = {base:?}\n");
+        assert_eq!(
+            key_of(parse(&text).unwrap_err()),
+            "mqtt.zigbee2mqtt_base",
+            "{base}"
+        );
+    }
+}
+
+#[test]
+fn clear_text_credentials_to_remote_hosts_are_warned_about() {
+    let with = |mqtt: &str, url: &str| {
+        let text = MINIMAL.replace("https://zencore.example.com/webhooks/zenedge", url);
+        parse(&format!(
+            "{text}\n[inbound]\nlisten = \"127.0.0.1:8787\"\n[mqtt]\n{mqtt}\n"
+        ))
+        .unwrap()
+        .warnings()
+    };
+    // The default inbound.listen (every address) without TLS.
+    let w = parse(MINIMAL).unwrap().warnings();
+    assert!(w.len() == 1 && w[0].contains("inbound.listen"), "{w:?}");
+    let remote = "host = \"10.0.0.5\"\nusername = \"u\"\npassword = \"p\"";
+    let w = with(remote, "https://zencore.example.com/h");
+    assert!(
+        w.len() == 1 && w[0].contains("mqtt.password") && w[0].contains("10.0.0.5"),
+        "{w:?}"
+    );
+    let local = "host = \"127.0.0.1\"\nusername = \"u\"\npassword = \"p\"";
+    assert!(with(local, "https://zencore.example.com/h").is_empty());
+    let w = with("", "http://zencore.example.com/h");
+    assert!(
+        w.len() == 1 && w[0].contains("zencore.webhook_url"),
+        "{w:?}"
+    );
+    assert!(with("", "http://127.0.0.1:9/h").is_empty());
+}

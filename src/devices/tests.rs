@@ -1,0 +1,345 @@
+fn test_ids() -> Box<dyn FnMut() -> String + Send + Sync> {
+    let mut n = 0;
+    Box::new(move || {
+        n += 1;
+        format!("act_test_{n}")
+    })
+}
+
+use super::*;
+use sha2::{Digest, Sha256};
+use std::path::Path;
+
+/// The controller and ZenCore part every test config shares, then the front-door lock.
+const HEAD: &str = r#"
+[controller]
+id = "edge-1"
+organization_id = "org"
+meeting_space_id = "ms"
+[zencore]
+webhook_url = "http://127.0.0.1:9/hook"
+secret = "s-s-s-s-s-s-s-s-s-s-s-s-s"
+"#;
+const FRONT: &str = r#"
+[[devices]]
+id = "front"
+type = "lock"
+driver = "zigbee2mqtt"
+topic = "front_door"
+"#;
+
+fn parse(sections: &str) -> Arc<Config> {
+    let text = format!("{HEAD}{sections}{FRONT}");
+    Arc::new(Config::from_toml(&text, Path::new("t.toml")).unwrap())
+}
+
+fn config() -> Arc<Config> {
+    parse(
+        r#"
+[presence]
+debounce = "0s"
+[[devices]]
+id = "strike"
+type = "strike"
+driver = "tasmota"
+topic = "strike_1"
+"#,
+    )
+}
+
+fn names(out: &Output) -> Vec<String> {
+    out.events
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {} {}",
+                e.kind.as_str(),
+                e.device.as_ref().map(|d| d.id.as_str()).unwrap_or("-"),
+                e.fields
+                    .get("reason")
+                    .or_else(|| e.fields.get("status"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+            )
+        })
+        .collect()
+}
+
+fn panel_hub() -> Hub {
+    let config = parse(
+        r#"
+[access]
+lockout_after = 3
+[[devices]]
+id = "panel"
+type = "panel"
+driver = "zenedge-panel"
+"#,
+    );
+    let mut hub = Hub::new(config, HashMap::new(), Millis(0), test_ids());
+    hub.set_grants(vec![crate::access::Grant {
+        grant_id: "g".into(),
+        booking_id: "b".into(),
+        meeting_space_id: "ms".into(),
+        token_sha256: hex::encode(Sha256::digest(b"token")),
+        pin_sha256: Some(hex::encode(Sha256::digest(b"4711"))),
+        pin_hmac: None,
+        card_sha256: None,
+        card_hmac: None,
+        valid_from: Millis(0),
+        valid_until: Millis(u64::MAX / 4),
+        device_ids: None,
+        member_id: None,
+        revoked_at: None,
+    }]);
+    hub
+}
+
+fn pin(hub: &mut Hub, pin: &str, at: u64) -> (Output, Value) {
+    let out = hub.message(
+        "zenedge/edge-1/panels/panel/credential",
+        format!(r#"{{"type":"pin","pin":"{pin}"}}"#).as_bytes(),
+        false,
+        Millis(at),
+    );
+    let feedback = out
+        .publish
+        .iter()
+        .find(|p| p.topic.ends_with("/feedback"))
+        .map(|p| serde_json::from_slice(&p.payload).unwrap())
+        .unwrap_or(Value::Null);
+    (out, feedback)
+}
+
+#[test]
+fn guesses_lock_the_panel_out_and_the_panel_is_told_only_denied_or_locked_out() {
+    let mut hub = panel_hub();
+    let t = 1_000_000;
+    let (out, fb) = pin(&mut hub, "0000", t);
+    assert_eq!(fb["reason"], "denied", "not unknown_credential: {fb}");
+    assert_eq!(names(&out), vec!["access.denied panel unknown_credential"]);
+    assert_eq!(out.lockouts.len(), 1, "the guard is stored with the denial");
+    pin(&mut hub, "0001", t + 1000);
+    let (out, fb) = pin(&mut hub, "0002", t + 2000);
+    assert_eq!(fb["reason"], "locked_out");
+    assert_eq!(
+        names(&out),
+        vec![
+            "access.denied panel unknown_credential",
+            "access.lockout panel "
+        ]
+    );
+    let lockout = &out.events[1];
+    assert_eq!(lockout.fields["failures"], 3);
+    assert_eq!(lockout.fields["lockouts"], 1);
+    assert_eq!(
+        lockout.fields["until"],
+        Millis(t + 2000 + 60_000).rfc3339().as_str()
+    );
+    // The right PIN during the lockout is not even compared: no unlock, nothing stored.
+    for i in 0..50 {
+        let (out, fb) = pin(&mut hub, "4711", t + 3000 + i);
+        assert_eq!(
+            (fb["result"].as_str(), fb["reason"].as_str()),
+            (Some("denied"), Some("locked_out"))
+        );
+        assert!(out.events.is_empty() && out.audit.is_empty() && out.lockouts.is_empty());
+        assert!(out.publish.iter().all(|p| !p.topic.contains("front_door")));
+    }
+    assert!(hub
+        .views()
+        .iter()
+        .any(|v| v.id == "panel" && v.locked_out_until.is_some()));
+    // When it ends: one audit record with the attempts, and the PIN works again.
+    let out = hub.tick(Millis(t + 2000 + 60_000));
+    assert_eq!(out.audit.len(), 1);
+    assert_eq!(out.audit[0].result, "locked_out");
+    assert_eq!(out.audit[0].attempts, Some(50));
+    let (out, fb) = pin(&mut hub, "4711", t + 70_000);
+    assert_eq!(fb["result"], "granted");
+    assert!(out
+        .publish
+        .iter()
+        .any(|p| p.topic == "zigbee2mqtt/front_door/set"));
+}
+
+#[test]
+fn retained_state_is_not_liveness_but_availability_is() {
+    let mut hub = Hub::new(config(), HashMap::new(), Millis(0), test_ids());
+    let out = hub.message(
+        "zigbee2mqtt/front_door",
+        br#"{"lock_state":"locked"}"#,
+        true,
+        Millis(1),
+    );
+    assert!(out.events.is_empty());
+    let out = hub.message(
+        "zigbee2mqtt/front_door/availability",
+        br#"{"state":"online"}"#,
+        true,
+        Millis(2),
+    );
+    assert_eq!(names(&out), vec!["device.online front availability"]);
+    assert_eq!(out.presence.len(), 1);
+}
+
+/// A hub whose Zigbee lock has reported itself locked.
+fn hub_with_the_zigbee_lock_heard() -> Hub {
+    let mut hub = Hub::new(config(), HashMap::new(), Millis(0), test_ids());
+    hub.message(
+        "zigbee2mqtt/front_door",
+        br#"{"state":"LOCK"}"#,
+        false,
+        Millis(1),
+    );
+    hub
+}
+
+#[test]
+fn bridge_offline_takes_every_zigbee_device_offline() {
+    let mut hub = hub_with_the_zigbee_lock_heard();
+    hub.message("tele/strike_1/LWT", b"Online", false, Millis(1));
+    // The bridge is asked first: an "offline" anyone could have published is not believed
+    // until the bridge has had its time to answer.
+    let out = hub.message(
+        "zigbee2mqtt/bridge/state",
+        br#"{"state":"offline"}"#,
+        false,
+        Millis(2),
+    );
+    assert!(names(&out).is_empty());
+    assert_eq!(
+        out.publish[0].topic,
+        "zigbee2mqtt/bridge/request/health_check"
+    );
+    let asked = Millis(2);
+    assert_eq!(
+        hub.next_deadline(),
+        Some(asked.saturating_add(BRIDGE_CHECK))
+    );
+    // A second "offline" while asking asks nothing more.
+    let again = hub.message("zigbee2mqtt/bridge/state", b"offline", true, Millis(3));
+    assert!(again.publish.is_empty());
+    let out = hub.tick(asked.saturating_add(BRIDGE_CHECK));
+    assert_eq!(names(&out), vec!["device.offline front bridge_offline"]);
+}
+
+#[test]
+fn a_bridge_that_answers_its_health_check_is_not_offline() {
+    let mut hub = hub_with_the_zigbee_lock_heard();
+    // A retained "offline" from a stranger, replayed on subscribe.
+    let out = hub.message("zigbee2mqtt/bridge/state", b"offline", true, Millis(2));
+    assert_eq!(out.publish.len(), 1);
+    let out = hub.message(
+        "zigbee2mqtt/bridge/response/health_check",
+        br#"{"data":{"healthy":true},"status":"ok"}"#,
+        false,
+        Millis(50),
+    );
+    assert!(names(&out).is_empty());
+    let out = hub.tick(Millis(10_000));
+    assert!(names(&out).is_empty(), "{:?}", names(&out));
+    assert_eq!(
+        hub.counters.bridge_offline_ignored.load(Ordering::Relaxed),
+        1
+    );
+    // An answer nobody asked for changes nothing.
+    hub.message(
+        "zigbee2mqtt/bridge/response/health_check",
+        br#"{"data":{"healthy":true},"status":"ok"}"#,
+        false,
+        Millis(10_001),
+    );
+    assert_eq!(
+        hub.counters.bridge_offline_ignored.load(Ordering::Relaxed),
+        1
+    );
+}
+
+#[test]
+fn unlock_publishes_the_command_and_completes_on_the_report() {
+    let mut hub = Hub::new(config(), HashMap::new(), Millis(0), test_ids());
+    let req = Request {
+        action_id: "a1".into(),
+        device: "strike".into(),
+        command: Command::Unlock,
+        source: actions::Source::Operator,
+        booking_id: None,
+        grant_id: None,
+        duration_s: None,
+    };
+    let out = hub.request(req, Millis(10));
+    assert_eq!(out.publish.len(), 1);
+    assert_eq!(out.publish[0].topic, "cmnd/strike_1/POWER");
+    assert_eq!(out.publish[0].payload, b"ON");
+    assert!(!out.publish[0].retain);
+    let out = hub.message("stat/strike_1/POWER", b"ON", false, Millis(40));
+    assert_eq!(
+        names(&out),
+        vec![
+            "device.online strike state_report",
+            "device.action_completed strike succeeded"
+        ]
+    );
+    let e = &out.events[1];
+    assert_eq!(e.fields["duration_ms"], 30);
+    assert_eq!(e.fields["action_id"], "a1");
+}
+
+#[test]
+fn an_unlock_with_duration_relocks_a_zigbee_lock_as_its_own_action() {
+    let mut hub = Hub::new(config(), HashMap::new(), Millis(0), test_ids());
+    let req = Request {
+        action_id: "z1".into(),
+        device: "front".into(),
+        command: Command::Unlock,
+        source: actions::Source::Zencore,
+        booking_id: Some("b1".into()),
+        grant_id: None,
+        duration_s: Some(5),
+    };
+    hub.request(req, Millis(0));
+    let out = hub.message(
+        "zigbee2mqtt/front_door",
+        br#"{"lock_state":"unlocked"}"#,
+        false,
+        Millis(100),
+    );
+    assert_eq!(out.completed.len(), 1);
+    assert_eq!(hub.next_deadline(), Some(Millis(5_100)));
+    assert!(hub.tick(Millis(5_099)).publish.is_empty());
+    let out = hub.tick(Millis(5_100));
+    assert_eq!(out.publish[0].payload, br#"{"state":"LOCK"}"#);
+    let out = hub.message(
+        "zigbee2mqtt/front_door",
+        br#"{"lock_state":"locked"}"#,
+        false,
+        Millis(5_300),
+    );
+    let e = &out.events[0];
+    assert_eq!(e.fields["action_id"], "z1:relock");
+    assert_eq!(e.fields["action"], "lock");
+    assert_eq!(e.fields["source"], "zencore");
+    assert_eq!(e.fields["status"], "succeeded");
+}
+
+#[test]
+fn an_offline_device_fails_at_once_and_malformed_is_counted() {
+    let mut hub = Hub::new(config(), HashMap::new(), Millis(0), test_ids());
+    hub.message("tele/strike_1/LWT", b"Offline", false, Millis(1));
+    let req = Request {
+        action_id: "a2".into(),
+        device: "strike".into(),
+        command: Command::Unlock,
+        source: actions::Source::Operator,
+        booking_id: None,
+        grant_id: None,
+        duration_s: None,
+    };
+    let out = hub.request(req, Millis(2));
+    assert!(out.publish.is_empty());
+    assert_eq!(out.completed[0].error, Some("device_offline"));
+    let out = hub.message("stat/strike_1/RESULT", b"{not json", false, Millis(3));
+    assert!(out.events.is_empty());
+    assert_eq!(hub.counters.malformed.load(Ordering::Relaxed), 1);
+}

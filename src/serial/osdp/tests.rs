@@ -1,0 +1,223 @@
+use super::super::sc;
+use super::*;
+
+#[test]
+fn crc_matches_the_spec_vector() {
+    // OSDP v2.2: POLL to address 0, sequence 0, CRC mode.
+    let poll = encode(0, 0, code::POLL, &[], None, None);
+    assert_eq!(poll, [0xFF, 0x53, 0x00, 0x08, 0x00, 0x04, 0x60, 0xEB, 0xAA]);
+    assert_eq!(checksum(&[0x53, 0x00, 0x07, 0x00, 0x00, 0x60]), 0x46);
+}
+
+fn reply(address: u8, seq: u8, code: u8, data: &[u8]) -> Vec<u8> {
+    let mut p = vec![SOM, address | 0x80, 0, 0, seq | CTRL_CRC, code];
+    p.extend_from_slice(data);
+    let total = p.len() + 2;
+    p[2..4].copy_from_slice(&(total as u16).to_le_bytes());
+    let crc = crc16(&p);
+    p.extend_from_slice(&crc.to_le_bytes());
+    p
+}
+
+#[test]
+fn decoder_resynchronises_on_noise_bad_crc_and_lengths() {
+    let good = reply(1, 1, code::ACK, &[]);
+    let mut bad = good.clone();
+    bad[5] ^= 0xFF;
+    let mut d = Decoder::default();
+    d.push(&[0x00, 0x12, SOM, 0x81, 0xFF, 0xFF, 0x04]); // an impossible length
+    d.push(&bad);
+    d.push(&good[..4]);
+    let mut got = Vec::new();
+    while let Some(p) = d.next_packet() {
+        got.push(p.map(|p| p.len()));
+    }
+    assert!(got.contains(&Err(FrameError::Length)));
+    assert!(got.contains(&Err(FrameError::Crc)));
+    assert!(!got.iter().any(|r| r.is_ok()));
+    d.push(&good[4..]);
+    assert_eq!(d.next_packet(), Some(Ok(good.clone())));
+    assert_eq!(d.next_packet(), None);
+    // A long run of garbage is not kept.
+    d.push(&vec![0x11; 100_000]);
+    assert_eq!(d.next_packet(), None);
+    assert_eq!(d.buffered(), 0);
+    // A header claiming MAX_PACKET waits for at most that much.
+    d.push(&[SOM, 0x81, 0x00, 0x04, 0x04]);
+    d.push(&vec![0x22; 2000]);
+    while d.next_packet().is_some() {}
+    assert!(d.buffered() <= MAX_PACKET);
+}
+
+fn seq_of(packet: &[u8]) -> u8 {
+    packet[5] & 3
+}
+
+#[test]
+fn insecure_link_comes_up_polls_and_reads_a_pin() {
+    let t0 = Instant::now();
+    let mut cp = Cp::new(
+        ReaderSettings::new(1, None, Duration::from_secs(5)),
+        Box::new(|| [0; 8]),
+        t0,
+    );
+    let s = cp.opened(t0);
+    assert_eq!(s.send[0][6], code::ID);
+    assert_eq!(seq_of(&s.send[0]), 0);
+    let s = cp.bytes(&reply(1, 0, code::PDID, &[0; 12]), t0);
+    assert_eq!(s.send[0][6], code::CAP);
+    assert_eq!(seq_of(&s.send[0]), 1);
+    let s = cp.bytes(&reply(1, 1, code::PDCAP, &[1, 1, 1]), t0);
+    assert_eq!(s.happened, vec![Happening::Online(LinkReason::PortOpened)]);
+    assert_eq!(s.send[0][6], code::POLL);
+    assert_eq!(seq_of(&s.send[0]), 2);
+    // "12" then "34#" in two KEYPAD replies.
+    let s = cp.bytes(&reply(1, 2, code::KEYPAD, &[0, 2, b'1', b'2']), t0);
+    assert!(s.happened.is_empty());
+    let t1 = t0 + Duration::from_millis(100);
+    let s = cp.tick(t1);
+    assert_eq!(seq_of(&s.send[0]), 3);
+    let s = cp.bytes(&reply(1, 3, code::KEYPAD, &[0, 3, b'3', b'4', 0x0D]), t1);
+    assert_eq!(
+        s.happened,
+        vec![Happening::Credential {
+            kind: CredentialKind::Pin,
+            value: "1234".into()
+        }]
+    );
+    // Sequence wraps 3 → 1.
+    let s = cp.tick(t1 + Duration::from_millis(100));
+    assert_eq!(seq_of(&s.send[0]), 1);
+}
+
+#[test]
+fn silence_retries_with_the_same_sequence_then_goes_offline_and_restarts() {
+    let t0 = Instant::now();
+    let mut cp = Cp::new(
+        ReaderSettings::new(1, None, Duration::from_secs(5)),
+        Box::new(|| [0; 8]),
+        t0,
+    );
+    cp.opened(t0);
+    cp.bytes(&reply(1, 0, code::PDID, &[0; 12]), t0);
+    cp.bytes(&reply(1, 1, code::PDCAP, &[]), t0);
+    let unlock = cp.command(Cmd::Unlock { pulse: None }, t0);
+    assert!(unlock.send.is_empty(), "a POLL is in flight");
+    let ms = |n| t0 + Duration::from_millis(n);
+    let poll_retry = cp.tick(ms(200));
+    assert_eq!(poll_retry.send.len(), 1);
+    assert_eq!(seq_of(&poll_retry.send[0]), 2);
+    cp.tick(ms(400));
+    let s = cp.tick(ms(600));
+    assert!(s
+        .happened
+        .contains(&Happening::Offline(LinkReason::PollTimeout)));
+    assert!(s.happened.contains(&Happening::Done {
+        cmd: Cmd::Unlock { pulse: None },
+        result: Err("device_offline".into())
+    }));
+    assert!(cp.tick(ms(1_500)).send.is_empty());
+    let s = cp.tick(ms(1_600));
+    assert_eq!(s.send[0][6], code::ID);
+    assert_eq!(seq_of(&s.send[0]), 0);
+    cp.bytes(&reply(1, 0, code::PDID, &[0; 12]), ms(1_610));
+    let s = cp.bytes(&reply(1, 1, code::PDCAP, &[]), ms(1_620));
+    assert_eq!(s.happened, vec![Happening::Online(LinkReason::PollReply)]);
+}
+
+/// A minimal secure PD built from the spec's formulas, to drive the CP without hardware.
+#[test]
+fn secure_channel_handshake_then_encrypted_out_and_keypad() {
+    let scbk = [0x42u8; 16];
+    let t0 = Instant::now();
+    let mut cp = Cp::new(
+        ReaderSettings::new(5, Some(scbk), Duration::from_millis(1500)),
+        Box::new(|| [1, 2, 3, 4, 5, 6, 7, 8]),
+        t0,
+    );
+    cp.opened(t0);
+    cp.bytes(&reply(5, 0, code::PDID, &[0; 12]), t0);
+    let s = cp.bytes(&reply(5, 1, code::PDCAP, &[9, 1, 0]), t0);
+    let chlng = &s.send[0];
+    assert_eq!(&chlng[6..9], &[3, 0x11, 1]);
+    assert_eq!(chlng[9], code::CHLNG);
+    let mut pd = Session::new(&scbk, [1, 2, 3, 4, 5, 6, 7, 8]);
+    let pd_random = [0xAA; 8];
+    let mut data = vec![0u8; 8];
+    data.extend_from_slice(&pd_random);
+    data.extend_from_slice(&sc::pd::client_cryptogram(&pd, &pd_random));
+    let s = cp.bytes(&reply(5, 2, code::CCRYPT, &data), t0);
+    let scrypt = &s.send[0];
+    assert_eq!(scrypt[9], code::SCRYPT);
+    let server: Block = scrypt[10..26].try_into().unwrap();
+    let rmac = sc::pd::rmac_i(&pd, &server);
+    let s = cp.bytes(&reply(5, 3, code::RMAC_I, &rmac), t0);
+    assert_eq!(s.happened, vec![Happening::Online(LinkReason::PortOpened)]);
+    assert!(cp.sc_active());
+    // The first POLL carries SCS_15 and a MAC the PD can check.
+    let poll = &s.send[0];
+    assert_eq!(&poll[6..8], &[2, 0x15]);
+    // Answer it with a secured, encrypted KEYPAD "9#".
+    sc::pd::start(&mut pd, rmac);
+    pd_accept_command(&mut pd, poll);
+    let keypad = secure_reply(&mut pd, 5, 1, code::KEYPAD, &[0, 2, b'9', b'#']);
+    let s = cp.bytes(&keypad, t0);
+    assert_eq!(
+        s.happened,
+        vec![Happening::Credential {
+            kind: CredentialKind::Pin,
+            value: "9".into()
+        }]
+    );
+    // A reply with a broken MAC takes the link down.
+    let s = cp.tick(t0 + Duration::from_millis(100));
+    let poll = &s.send[0];
+    pd_accept_command(&mut pd, poll);
+    let mut forged = secure_reply(&mut pd, 5, 2, code::ACK, &[]);
+    let n = forged.len();
+    forged[n - 3] ^= 1; // inside the MAC
+    let crc = crc16(&forged[..n - 2]);
+    forged[n - 2..].copy_from_slice(&crc.to_le_bytes());
+    let s = cp.bytes(&forged, t0);
+    assert!(s
+        .happened
+        .contains(&Happening::Offline(LinkReason::PollTimeout)));
+    assert_eq!(cp.counters.sc_failures, 1);
+}
+
+/// The PD side checks the command's MAC; its C-MAC is the IV of the reply's MAC.
+fn pd_accept_command(pd: &mut Session, packet: &[u8]) {
+    let body = &packet[1..packet.len() - 2];
+    let (data, mac) = body.split_at(body.len() - 4);
+    assert!(
+        sc::pd::accept_command(pd, data, mac),
+        "the CP's MAC checks out"
+    );
+}
+
+fn secure_reply(pd: &mut Session, address: u8, seq: u8, code: u8, data: &[u8]) -> Vec<u8> {
+    let enc = if data.is_empty() {
+        Vec::new()
+    } else {
+        sc::pd::encrypt_reply(pd, data)
+    };
+    let scs = if data.is_empty() { 0x16 } else { 0x18 };
+    let mut p = vec![
+        SOM,
+        address | 0x80,
+        0,
+        0,
+        seq | CTRL_CRC | CTRL_SCB,
+        2,
+        scs,
+        code,
+    ];
+    p.extend(enc);
+    let total = p.len() + 4 + 2;
+    p[2..4].copy_from_slice(&(total as u16).to_le_bytes());
+    let mac = sc::pd::sign_reply(pd, &p);
+    p.extend_from_slice(&mac);
+    let crc = crc16(&p);
+    p.extend_from_slice(&crc.to_le_bytes());
+    p
+}

@@ -406,7 +406,7 @@ impl Daemon {
     async fn wait_healthy(&mut self, log: &Path) -> Result<(), String> {
         let client = client();
         // Generous: a restart on LazyFS with a backlog to replay, on a loaded 2-core machine,
-        // has been seen to take most of 30 s.
+        // has been seen to take over 30 s (CI, with a build running beside it).
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {

@@ -1,4 +1,7 @@
 use super::*;
+use crate::access::ClockReading;
+use serde_json::Map;
+use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::Path;
 

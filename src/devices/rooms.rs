@@ -1,0 +1,146 @@
+//! The hub's rooms: the schedule, what each panel displays, the status moments, and a panel's
+//! check-in / end / extend.
+
+use super::*;
+
+impl Hub {
+    /// The rooms' schedule as stored (bookings and their marks).
+    pub fn set_schedule(&mut self, schedule: crate::schedule::Schedule) {
+        self.schedule = schedule;
+    }
+
+    /// A booking as ZenCore now describes it.
+    pub fn set_booking(&mut self, booking: crate::schedule::Booking, now: Millis) -> Output {
+        self.schedule.set(booking);
+        self.tick(now)
+    }
+
+    /// The device's room, as the access decision sees it (`places`).
+    pub(super) fn room_of(&self, device: &str) -> String {
+        self.places
+            .iter()
+            .find(|p| p.id == device)
+            .map(|p| p.meeting_space_id.clone())
+            .unwrap_or_else(|| self.config.controller.meeting_space_id.clone())
+    }
+
+    /// The schedule's moments due at `now`, and the displays that changed.
+    pub(super) fn schedule_tick(&mut self, now: Millis) -> Output {
+        let updates = self.schedule.tick(now);
+        let mut out = self.status_events(updates);
+        for id in self.schedule.expired(now) {
+            self.schedule.forget(&id);
+            out.forget.push(id);
+        }
+        out.marks = self.schedule.take_dirty();
+        out.publish.extend(self.displays(now));
+        out
+    }
+
+    /// `display` messages for panels whose schedule view changed (all of them the first time).
+    pub(super) fn displays(&mut self, now: Millis) -> Vec<Outgoing> {
+        let panels: Vec<String> = self
+            .config
+            .devices
+            .iter()
+            .filter(|d| d.driver == Driver::ZenedgePanel)
+            .map(|d| d.id.clone())
+            .collect();
+        let mut out = Vec::new();
+        for panel in panels {
+            let view = self.schedule.display(&self.room_of(&panel), now);
+            if self.displays.get(&panel) == Some(&view) {
+                continue;
+            }
+            out.push(Outgoing {
+                topic: format!("{}/display", drivers::panel_prefix(&self.config, &panel)),
+                payload: view.to_string().into_bytes(),
+                retain: true,
+            });
+            self.displays.insert(panel, view);
+        }
+        out
+    }
+
+    pub(super) fn status_events(&self, updates: Vec<crate::schedule::StatusUpdate>) -> Output {
+        use crate::schedule::Source;
+        let mut out = Output::default();
+        for u in updates {
+            let device = u.device_id.as_deref().and_then(|d| self.device_ref(d));
+            let mut e = NewEvent::new(EventKind::MeetingStatusUpdate, device, u.at)
+                .in_space(&u.meeting_space_id)
+                .with("booking_id", u.booking_id.clone())
+                .with("status", u.status)
+                .with("source", u.source.as_str())
+                .with(
+                    "device_id",
+                    u.device_id.clone().map_or(Value::Null, Value::from),
+                );
+            if let Some(end) = u.end_time {
+                e = e.with("end_time", end.rfc3339());
+            }
+            if u.source == Source::Scheduler {
+                // The same moment made again (a flush torn by a crash) keeps its id.
+                e = e.with_id(crate::event::moment_id(
+                    &self.config.controller.id,
+                    &u.booking_id,
+                    u.status,
+                    u.at,
+                ));
+            }
+            tracing::info!(message = "Room status.", booking_id = %u.booking_id, status = u.status, source = u.source.as_str());
+            out.events.push(e);
+        }
+        out
+    }
+
+    /// A panel's `check_in` / `end_meeting` / `extend`.
+    pub(super) fn panel_action(&mut self, panel: &str, v: &Value, now: Millis) -> Output {
+        use crate::schedule::Action;
+        let request_id = v.get("request_id").cloned().unwrap_or(Value::Null);
+        let name = v.get("action").and_then(Value::as_str).unwrap_or("");
+        let action = match name {
+            "check_in" => Some(Action::CheckIn),
+            "end_meeting" => Some(Action::EndMeeting),
+            "extend" => v
+                .get("minutes")
+                .and_then(Value::as_u64)
+                .map(|minutes| Action::Extend { minutes }),
+            _ => None,
+        };
+        let booking_id = v.get("booking_id").and_then(Value::as_str);
+        let result = match action {
+            Some(a) => self
+                .schedule
+                .action(&self.room_of(panel), panel, booking_id, a, now)
+                .map_err(|r| r.as_str()),
+            None => {
+                self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    message = "Malformed panel action ignored.",
+                    device = panel,
+                    action = name
+                );
+                Err("malformed")
+            }
+        };
+        let (mut out, answer) = match result {
+            Ok(updates) => (
+                self.status_events(updates),
+                json!({"request_id": request_id, "action": name, "result": "ok", "reason": null}),
+            ),
+            Err(reason) => (
+                Output::default(),
+                json!({"request_id": request_id, "action": name, "result": "refused", "reason": reason}),
+            ),
+        };
+        out.publish.push(Outgoing {
+            topic: format!("{}/feedback", drivers::panel_prefix(&self.config, panel)),
+            payload: answer.to_string().into_bytes(),
+            retain: false,
+        });
+        out.marks = self.schedule.take_dirty();
+        out.publish.extend(self.displays(now));
+        out
+    }
+}

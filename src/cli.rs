@@ -606,13 +606,16 @@ fn read_body(file: Option<&Path>) -> Result<Vec<u8>, ExitCode> {
     })
 }
 
-fn note_arg(s: &str) -> Result<String, String> {
+/// An `edge.test` note longer than the admin API takes.
+#[derive(Debug, thiserror::Error)]
+#[error("at most {max} bytes (this one has {len})", max = crate::admin::MAX_TEST_NOTE_BYTES)]
+struct NoteTooLong {
+    len: usize,
+}
+
+fn note_arg(s: &str) -> Result<String, NoteTooLong> {
     if s.len() > crate::admin::MAX_TEST_NOTE_BYTES {
-        return Err(format!(
-            "at most {} bytes (this one has {})",
-            crate::admin::MAX_TEST_NOTE_BYTES,
-            s.len()
-        ));
+        return Err(NoteTooLong { len: s.len() });
     }
     Ok(s.to_string())
 }

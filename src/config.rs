@@ -68,8 +68,19 @@ impl fmt::Debug for Secret {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ByteSize(pub u64);
 
+/// Why a size does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SizeError {
+    #[error("`{0}` is not a size (write e.g. \"512MiB\")")]
+    NotASize(String),
+    #[error("unknown size unit `{0}` (use B, KiB, MiB, GiB, KB, MB or GB)")]
+    Unit(String),
+    #[error("`{0}` is too large")]
+    TooLarge(String),
+}
+
 impl ByteSize {
-    pub fn parse(text: &str) -> Result<ByteSize, String> {
+    pub fn parse(text: &str) -> Result<ByteSize, SizeError> {
         let text = text.trim();
         let split = text
             .find(|c: char| !c.is_ascii_digit())
@@ -77,7 +88,7 @@ impl ByteSize {
         let (digits, unit) = text.split_at(split);
         let number: u64 = digits
             .parse()
-            .map_err(|_| format!("`{text}` is not a size (write e.g. \"512MiB\")"))?;
+            .map_err(|_| SizeError::NotASize(text.to_owned()))?;
         let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
             "" | "b" => 1,
             "kb" => 1_000,
@@ -86,16 +97,12 @@ impl ByteSize {
             "kib" | "k" => 1 << 10,
             "mib" | "m" => 1 << 20,
             "gib" | "g" => 1 << 30,
-            other => {
-                return Err(format!(
-                    "unknown size unit `{other}` (use B, KiB, MiB, GiB, KB, MB or GB)"
-                ))
-            }
+            other => return Err(SizeError::Unit(other.to_owned())),
         };
         number
             .checked_mul(multiplier)
             .map(ByteSize)
-            .ok_or_else(|| format!("`{text}` is too large"))
+            .ok_or_else(|| SizeError::TooLarge(text.to_owned()))
     }
 }
 

@@ -201,7 +201,7 @@ async fn mqtt(config: &Config) -> Check {
         false,
     ) {
         Ok(o) => o,
-        Err(e) => return check("mqtt", false, e),
+        Err(e) => return check("mqtt", false, e.to_string()),
     };
     let (client, mut eventloop) = rumqttc::AsyncClient::new(o, 10);
     let target = format!("{}:{}", config.mqtt.host, config.mqtt.port);

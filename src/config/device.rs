@@ -120,15 +120,15 @@ pub struct DeviceConfig {
 
 impl DeviceConfig {
     /// The OSDP Secure Channel key: `None` when the reader runs without Secure Channel.
-    pub fn scbk_key(&self) -> Result<Option<[u8; 16]>, String> {
+    pub fn scbk_key(&self) -> Result<Option<[u8; 16]>, &'static str> {
+        const BAD: &str = "scbk must be 32 hex digits";
         let Some(text) = self.scbk.as_ref().or(self.scbk_from_file.as_ref()) else {
             return Ok(None);
         };
-        let bytes = hex::decode(text.expose().trim())
-            .map_err(|_| "scbk must be 32 hex digits".to_string())?;
+        let bytes = hex::decode(text.expose().trim()).map_err(|_| BAD)?;
         <[u8; 16]>::try_from(bytes.as_slice())
             .map(Some)
-            .map_err(|_| "scbk must be 32 hex digits".to_string())
+            .map_err(|_| BAD)
     }
 
     /// Whether this device is an OSDP reader with a strike on its output (a door).

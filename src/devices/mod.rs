@@ -389,14 +389,8 @@ impl Hub {
                     }
                     Err(error) => {
                         tracing::warn!(message = "Serial device command failed.", device, command = command.as_str(), %error);
-                        let error = match error.as_str() {
-                            "timeout" => "timeout",
-                            "port_closed" => "port_closed",
-                            "device_offline" => "device_offline",
-                            e if e.starts_with("reader refused") => "nak",
-                            _ => "device_error",
-                        };
-                        self.actions.failed(device, command, error, now)
+                        self.actions
+                            .failed(device, command, error.action_error(), now)
                     }
                 };
                 self.completions(done)

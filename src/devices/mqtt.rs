@@ -112,9 +112,36 @@ enum Incoming {
     Serial(crate::serial::Report),
 }
 
+/// Why the MQTT client could not be set up: a file it needs, named by its config key.
+#[derive(Debug, thiserror::Error)]
+pub enum MqttSetupError {
+    #[error("mqtt.{key} {path}: {source}")]
+    File {
+        key: &'static str,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Serial(#[from] crate::serial::SerialSetupError),
+    #[error("reading the stored device state: {0}")]
+    Store(#[from] StoreError),
+}
+
+fn read_file(key: &'static str, path: &std::path::Path) -> Result<Vec<u8>, MqttSetupError> {
+    std::fs::read(path).map_err(|source| MqttSetupError::File {
+        key,
+        path: path.to_owned(),
+        source,
+    })
+}
+
 /// Client options from `[mqtt]`: credentials and TLS. The daemon's own client (`daemon`) also
 /// gets its persistent session, manual acks and Last Will; others (doctor) get none of them.
-pub fn options(config: &Config, client_id: String, daemon: bool) -> Result<MqttOptions, String> {
+pub fn options(
+    config: &Config,
+    client_id: String,
+    daemon: bool,
+) -> Result<MqttOptions, MqttSetupError> {
     let mut o = MqttOptions::new(client_id, &config.mqtt.host, config.mqtt.port);
     o.set_keep_alive(Duration::from_secs(30));
     if let Some(user) = &config.mqtt.username {
@@ -128,13 +155,11 @@ pub fn options(config: &Config, client_id: String, daemon: bool) -> Result<MqttO
         );
     }
     if let Some(ca) = &config.mqtt.ca_file {
-        let ca = std::fs::read(ca).map_err(|e| format!("mqtt.ca_file {}: {e}", ca.display()))?;
+        let ca = read_file("ca_file", ca)?;
         let client_auth = match (&config.mqtt.client_cert_file, &config.mqtt.client_key_file) {
             (Some(c), Some(k)) => Some((
-                std::fs::read(c)
-                    .map_err(|e| format!("mqtt.client_cert_file {}: {e}", c.display()))?,
-                std::fs::read(k)
-                    .map_err(|e| format!("mqtt.client_key_file {}: {e}", k.display()))?,
+                read_file("client_cert_file", c)?,
+                read_file("client_key_file", k)?,
             )),
             _ => None,
         };
@@ -170,7 +195,7 @@ pub async fn start(
     store: Store,
     clock: Arc<crate::access::Clock>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(MqttHandle, impl Future<Output = Result<(), StoreError>>), String> {
+) -> Result<(MqttHandle, impl Future<Output = Result<(), StoreError>>), MqttSetupError> {
     let opts = options(&config, config.mqtt_client_id(), true)?;
     let (client, mut eventloop) = AsyncClient::new(opts, 1024);
     // Without TCP_NODELAY a command published right after an ack waits for the broker's
@@ -210,8 +235,7 @@ pub async fn start(
                 s.records::<crate::access::lockout::Guard>()?,
             ))
         })
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     let mut hub = Hub::new(
         config.clone(),
         reported.into_iter().collect(),

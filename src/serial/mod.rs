@@ -53,6 +53,59 @@ pub enum CredentialKind {
     Card,
 }
 
+/// Why the serial ports could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SerialSetupError {
+    #[error("devices `{device}`: {message}")]
+    Device {
+        device: String,
+        message: &'static str,
+    },
+    #[error("serial wake-up socket: {0}")]
+    Wake(#[source] std::io::Error),
+    #[error("cannot start the serial thread for `{device}`: {source}")]
+    Thread {
+        device: String,
+        source: std::io::Error,
+    },
+}
+
+/// Why a serial command failed. The hub turns it into the action's `error`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SerialFailure {
+    /// No answer within the retries.
+    #[error("timeout")]
+    Timeout,
+    /// The port closed (unplugged) with the command waiting.
+    #[error("port_closed")]
+    PortClosed,
+    /// The device is not online (an OSDP reader before or after its handshake).
+    #[error("device_offline")]
+    DeviceOffline,
+    /// An OSDP reader refused it (osdp_NAK with this reason code).
+    #[error("reader refused (NAK {0})")]
+    Nak(u8),
+    /// A Modbus exception answer (its code).
+    #[error("modbus exception {0:#04x}")]
+    ModbusException(u8),
+    /// A reply of a kind the command does not expect (its code).
+    #[error("unexpected reply {0:#04x}")]
+    UnexpectedReply(u8),
+}
+
+impl SerialFailure {
+    /// The action error ZenCore hears (`device.action_completed` `error`).
+    pub fn action_error(&self) -> &'static str {
+        match self {
+            SerialFailure::Timeout => "timeout",
+            SerialFailure::PortClosed => "port_closed",
+            SerialFailure::DeviceOffline => "device_offline",
+            SerialFailure::Nak(_) => "nak",
+            SerialFailure::ModbusException(_) | SerialFailure::UnexpectedReply(_) => "device_error",
+        }
+    }
+}
+
 /// What a serial machine reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Happening {
@@ -61,7 +114,7 @@ pub enum Happening {
     /// A command finished: written and confirmed by the device, or not.
     Done {
         cmd: Cmd,
-        result: Result<(), String>,
+        result: Result<(), SerialFailure>,
     },
     /// The relay's coil as the board reported it.
     Relay {
@@ -87,7 +140,7 @@ enum Machine {
 }
 
 impl Machine {
-    fn for_device(d: &DeviceConfig) -> Result<Machine, String> {
+    fn for_device(d: &DeviceConfig) -> Result<Machine, SerialSetupError> {
         let address = d.address.unwrap_or(1);
         let pulse = d.pulse.unwrap_or(Duration::from_secs(5));
         match d.driver {
@@ -106,10 +159,10 @@ impl Machine {
                 Ok(Machine::Relay(Box::new(Relay::new(s))))
             }
             Driver::Osdp => {
-                let scbk = match d.scbk_key() {
-                    Ok(k) => k,
-                    Err(e) => return Err(format!("devices `{}`: {e}", d.id)),
-                };
+                let scbk = d.scbk_key().map_err(|message| SerialSetupError::Device {
+                    device: d.id.clone(),
+                    message,
+                })?;
                 let s = ReaderSettings::new(address, scbk, pulse);
                 Ok(Machine::Reader(Box::new(Cp::new(
                     s,
@@ -117,7 +170,10 @@ impl Machine {
                     Instant::now(),
                 ))))
             }
-            _ => Err(format!("device `{}` is not a serial device", d.id)),
+            _ => Err(SerialSetupError::Device {
+                device: d.id.clone(),
+                message: "is not a serial device",
+            }),
         }
     }
 
@@ -200,17 +256,16 @@ impl Ports {
     pub fn start(
         config: &Config,
         report: impl Fn(Report) -> bool + Send + Clone + 'static,
-    ) -> Result<Ports, String> {
+    ) -> Result<Ports, SerialSetupError> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut ports = HashMap::new();
         for d in config.devices.iter().filter(|d| d.driver.is_serial()) {
             let machine = Machine::for_device(d)?;
             let (tx, rx) = mpsc::channel();
-            let (wake, wake_rx) =
-                UnixStream::pair().map_err(|e| format!("serial wake-up socket: {e}"))?;
+            let (wake, wake_rx) = UnixStream::pair().map_err(SerialSetupError::Wake)?;
             wake_rx
                 .set_nonblocking(true)
-                .map_err(|e| format!("serial wake-up socket: {e}"))?;
+                .map_err(SerialSetupError::Wake)?;
             let shell = Shell {
                 device: d.id.clone(),
                 path: d.port.clone().unwrap_or_default(),
@@ -224,7 +279,10 @@ impl Ports {
             let thread = std::thread::Builder::new()
                 .name(format!("serial-{}", d.id))
                 .spawn(move || shell.run())
-                .map_err(|e| format!("cannot start the serial thread for `{}`: {e}", d.id))?;
+                .map_err(|source| SerialSetupError::Thread {
+                    device: d.id.clone(),
+                    source,
+                })?;
             ports.insert(
                 d.id.clone(),
                 Port {
@@ -305,7 +363,7 @@ impl<F: Fn(Report) -> bool> Shell<F> {
                         told_closed = true;
                     }
                     self.stats(|s| s.last_error = Some(error.to_string()));
-                    self.fail_waiting_commands("port_closed");
+                    self.fail_waiting_commands(SerialFailure::PortClosed);
                     self.sleep(backoff);
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                     continue;
@@ -343,7 +401,7 @@ impl<F: Fn(Report) -> bool> Shell<F> {
     fn serve(&mut self, port: &mut serialport::TTYPort) -> Option<String> {
         let step = self.machine.opened(Instant::now());
         if let Err(e) = self.apply(port, step) {
-            return Some(e);
+            return Some(e.to_string());
         }
         let mut stopping: Option<Instant> = None;
         let mut buf = [0u8; 512];
@@ -353,7 +411,7 @@ impl<F: Fn(Report) -> bool> Shell<F> {
                 stopping = Some(now + SHUTDOWN_GRACE);
                 let step = self.machine.shutdown(now);
                 if let Err(e) = self.apply(port, step) {
-                    return Some(e);
+                    return Some(e.to_string());
                 }
             }
             if let Some(until) = stopping {
@@ -364,12 +422,12 @@ impl<F: Fn(Report) -> bool> Shell<F> {
             while let Ok(cmd) = self.commands.try_recv() {
                 let step = self.machine.command(cmd, now);
                 if let Err(e) = self.apply(port, step) {
-                    return Some(e);
+                    return Some(e.to_string());
                 }
             }
             let step = self.machine.tick(now);
             if let Err(e) = self.apply(port, step) {
-                return Some(e);
+                return Some(e.to_string());
             }
             let timeout = self
                 .machine
@@ -386,7 +444,7 @@ impl<F: Fn(Report) -> bool> Shell<F> {
                     Ok(n) => {
                         let step = self.machine.bytes(&buf[..n], Instant::now());
                         if let Err(e) = self.apply(port, step) {
-                            return Some(e);
+                            return Some(e.to_string());
                         }
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
@@ -397,9 +455,9 @@ impl<F: Fn(Report) -> bool> Shell<F> {
         }
     }
 
-    fn apply(&mut self, port: &mut serialport::TTYPort, step: Step) -> Result<(), String> {
+    fn apply(&mut self, port: &mut serialport::TTYPort, step: Step) -> std::io::Result<()> {
         for frame in &step.send {
-            port.write_all(frame).map_err(|e| e.to_string())?;
+            port.write_all(frame)?;
         }
         self.apply_happenings(step.happened);
         let machine = &self.machine;
@@ -420,12 +478,12 @@ impl<F: Fn(Report) -> bool> Shell<F> {
         });
     }
 
-    fn fail_waiting_commands(&self, error: &str) {
+    fn fail_waiting_commands(&self, error: SerialFailure) {
         while let Ok(cmd) = self.commands.try_recv() {
             if !matches!(cmd, Cmd::Feedback { .. }) {
                 self.emit(Happening::Done {
                     cmd,
-                    result: Err(error.into()),
+                    result: Err(error.clone()),
                 });
             }
         }
@@ -449,7 +507,7 @@ impl<F: Fn(Report) -> bool> Shell<F> {
             let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, ms) };
             if n > 0 {
                 self.drain_wake();
-                self.fail_waiting_commands("port_closed");
+                self.fail_waiting_commands(SerialFailure::PortClosed);
             }
         }
     }

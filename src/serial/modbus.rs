@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::{Cmd, Happening, LinkReason};
+use super::{Cmd, Happening, LinkReason, SerialFailure};
 
 /// Longest Modbus RTU frame (the spec's 256-byte ADU). The decoder never holds more.
 pub const MAX_FRAME: usize = 256;
@@ -254,7 +254,7 @@ impl Relay {
             if let Some(cmd) = op_cmd(op) {
                 step.happened.push(Happening::Done {
                     cmd,
-                    result: Err("port_closed".into()),
+                    result: Err(SerialFailure::PortClosed),
                 });
             }
         }
@@ -356,7 +356,7 @@ impl Relay {
         }
         self.answered_since_open = true;
         let result = match response {
-            Response::Exception { code, .. } => Err(format!("modbus exception {code:#04x}")),
+            Response::Exception { code, .. } => Err(SerialFailure::ModbusException(code)),
             Response::Coils(bits) => {
                 let on = bits
                     .first()
@@ -414,7 +414,7 @@ impl Relay {
                     if let Some(cmd) = op_cmd(op) {
                         step.happened.push(Happening::Done {
                             cmd,
-                            result: Err("timeout".into()),
+                            result: Err(SerialFailure::Timeout),
                         });
                     }
                 }
@@ -695,7 +695,7 @@ mod tests {
             s.happened,
             vec![Happening::Done {
                 cmd: Cmd::Unlock { pulse: None },
-                result: Err("timeout".into())
+                result: Err(SerialFailure::Timeout)
             }]
         );
         let mut offline_at = None;
@@ -748,7 +748,7 @@ mod tests {
         let s = r.closed();
         assert!(s.happened.contains(&Happening::Done {
             cmd: Cmd::Unlock { pulse: None },
-            result: Err("port_closed".into())
+            result: Err(SerialFailure::PortClosed)
         }));
         assert!(s
             .happened

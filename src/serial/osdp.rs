@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::modbus::Step;
 use super::sc::{Block, Session};
-use super::{Cmd, CredentialKind, Happening, LinkReason};
+use super::{Cmd, CredentialKind, Happening, LinkReason, SerialFailure};
 
 mod frame;
 
@@ -162,7 +162,7 @@ impl Cp {
         self.phase = Phase::Closed;
         self.session = None;
         self.decoder.clear();
-        self.fail_all("port_closed", &mut step);
+        self.fail_all(SerialFailure::PortClosed, &mut step);
         if self.online {
             self.online = false;
             step.happened
@@ -171,13 +171,13 @@ impl Cp {
         step
     }
 
-    fn fail_all(&mut self, error: &str, step: &mut Step) {
+    fn fail_all(&mut self, error: SerialFailure, step: &mut Step) {
         let inflight = self.inflight.take().and_then(|f| f.cmd);
         let queued: Vec<Cmd> = self.queue.drain(..).filter_map(|q| q.cmd).collect();
         for cmd in inflight.into_iter().chain(queued) {
             step.happened.push(Happening::Done {
                 cmd,
-                result: Err(error.into()),
+                result: Err(error.clone()),
             });
         }
     }
@@ -188,7 +188,7 @@ impl Cp {
             if !matches!(cmd, Cmd::Feedback { .. }) {
                 step.happened.push(Happening::Done {
                     cmd,
-                    result: Err("device_offline".into()),
+                    result: Err(SerialFailure::DeviceOffline),
                 });
             }
             return step;
@@ -335,7 +335,7 @@ impl Cp {
             if let Some(cmd) = f.cmd {
                 step.happened.push(Happening::Done {
                     cmd,
-                    result: Err(format!("reader refused (NAK {reason})")),
+                    result: Err(SerialFailure::Nak(reason)),
                 });
             }
             // NAK 4 (sequence) and 6 (Secure Channel condition) mean the link state is lost;
@@ -451,7 +451,7 @@ impl Cp {
                     let result = if reply.code == code::ACK {
                         Ok(())
                     } else {
-                        Err(format!("unexpected reply {:#04x}", reply.code))
+                        Err(SerialFailure::UnexpectedReply(reply.code))
                     };
                     step.happened.push(Happening::Done { cmd, result });
                 }
@@ -481,7 +481,7 @@ impl Cp {
     /// The link is lost (silence, a refused handshake, a bad MAC): offline, fail what waits,
     /// start over after `retry_wait`.
     fn fail_link(&mut self, now: Instant, step: &mut Step) {
-        self.fail_all("device_offline", step);
+        self.fail_all(SerialFailure::DeviceOffline, step);
         self.session = None;
         self.decoder.clear();
         self.phase = Phase::Waiting(now + self.s.retry_wait);

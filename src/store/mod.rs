@@ -74,7 +74,12 @@ pub enum StoreError {
     #[error("the store's writer has stopped")]
     WriterGone,
     #[error("stored record {what} is unreadable: {error}")]
-    Record { what: String, error: String },
+    Record {
+        what: String,
+        error: record::DecodeError,
+    },
+    #[error("{what} is corrupt: {reason}")]
+    Corrupt { what: String, reason: String },
     #[error("cannot encode a {family} record: {error}")]
     Encode { family: &'static str, error: String },
     #[error("a {family} record with key {key} exists already")]
@@ -337,10 +342,16 @@ pub(crate) struct Shared {
 }
 
 /// Counts and logs (once) a record that cannot be decoded.
-pub(crate) fn note_undecodable(shared: &Shared, family: &str, key: &str, error: &str) {
+pub(crate) fn note_undecodable(
+    shared: &Shared,
+    family: &str,
+    key: &str,
+    error: &dyn std::fmt::Display,
+) {
+    let error = error.to_string();
     let mut notes = shared.notes.lock().unwrap_or_else(|p| p.into_inner());
     let fresh = notes
-        .insert((family.to_owned(), key.to_owned()), error.to_owned())
+        .insert((family.to_owned(), key.to_owned()), error.clone())
         .is_none();
     if fresh {
         tracing::error!(
@@ -432,9 +443,9 @@ impl Store {
                 private_file(&file)?;
                 sync_dir(state_dir)?;
                 let db = open_redb(&file).map_err(|e| match e {
-                    OpenFailure::Corrupt(reason) => StoreError::Record {
-                        what: "fresh store".into(),
-                        error: reason,
+                    OpenFailure::Corrupt(reason) => StoreError::Corrupt {
+                        what: "the fresh store".into(),
+                        reason,
                     },
                     OpenFailure::Other(e) => e,
                 })?;

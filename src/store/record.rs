@@ -31,16 +31,27 @@ pub fn encode<T: Record>(value: &T) -> Result<Vec<u8>, StoreError> {
     Ok(out)
 }
 
+/// Why stored bytes are not a record of the expected type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("{0} bytes, too short for a record")]
+    TooShort(usize),
+    #[error("schema version {found}, this build reads version {reads}")]
+    Version { found: u32, reads: u32 },
+    #[error("{0}")]
+    Json(String),
+}
+
 /// The record in `bytes`, or why it cannot be read.
-pub fn decode<T: Record>(bytes: &[u8]) -> Result<T, String> {
+pub fn decode<T: Record>(bytes: &[u8]) -> Result<T, DecodeError> {
     let (version, json) = split(bytes)?;
     if version != T::VERSION {
-        return Err(format!(
-            "schema version {version}, this build reads version {}",
-            T::VERSION
-        ));
+        return Err(DecodeError::Version {
+            found: version,
+            reads: T::VERSION,
+        });
     }
-    serde_json::from_slice(json).map_err(|e| e.to_string())
+    serde_json::from_slice(json).map_err(|e| DecodeError::Json(e.to_string()))
 }
 
 /// Whether `bytes` decode as `T` (the check a write runs on the value it replaces).
@@ -49,9 +60,9 @@ pub fn decodes<T: Record>(bytes: &[u8]) -> bool {
 }
 
 /// The version and the JSON of stored bytes.
-pub fn split(bytes: &[u8]) -> Result<(u32, &[u8]), String> {
+pub fn split(bytes: &[u8]) -> Result<(u32, &[u8]), DecodeError> {
     let Some((head, json)) = bytes.split_first_chunk::<4>() else {
-        return Err(format!("{} bytes, too short for a record", bytes.len()));
+        return Err(DecodeError::TooShort(bytes.len()));
     };
     Ok((u32::from_be_bytes(*head), json))
 }
@@ -91,8 +102,9 @@ mod tests {
         assert_eq!(&bytes[..4], &[0, 0, 0, 1]);
         assert_eq!(decode::<V1>(&bytes).unwrap(), V1 { a: 7 });
         let err = decode::<V2>(&bytes).unwrap_err();
-        assert!(err.contains("schema version 1"), "{err}");
-        assert!(decode::<V1>(b"").unwrap_err().contains("too short"));
+        assert_eq!(err, DecodeError::Version { found: 1, reads: 2 });
+        assert!(err.to_string().contains("schema version 1"), "{err}");
+        assert_eq!(decode::<V1>(b"").unwrap_err(), DecodeError::TooShort(0));
         assert!(decode::<V1>(&[0, 0, 0, 1, b'{']).is_err());
         // A field renamed without a version bump is caught too.
         let renamed = [&[0u8, 0, 0, 1][..], br#"{"b":1}"#].concat();

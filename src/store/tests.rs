@@ -355,7 +355,7 @@ async fn a_failing_step_fails_its_own_commit_only() {
     bad.event(action("d")).step(|_| {
         Err(StoreError::Record {
             what: "test".into(),
-            error: "refused".into(),
+            error: record::DecodeError::Json("refused".into()),
         })
     });
     let failing = store.commit(bad);

@@ -114,7 +114,7 @@ fn silence_retries_with_the_same_sequence_then_goes_offline_and_restarts() {
         .contains(&Happening::Offline(LinkReason::PollTimeout)));
     assert!(s.happened.contains(&Happening::Done {
         cmd: Cmd::Unlock { pulse: None },
-        result: Err("device_offline".into())
+        result: Err(SerialFailure::DeviceOffline)
     }));
     assert!(cp.tick(ms(1_500)).send.is_empty());
     let s = cp.tick(ms(1_600));
@@ -220,4 +220,40 @@ fn secure_reply(pd: &mut Session, address: u8, seq: u8, code: u8, data: &[u8]) -
     let crc = crc16(&p);
     p.extend_from_slice(&crc.to_le_bytes());
     p
+}
+
+#[test]
+fn a_refused_command_fails_with_the_nak_reason_and_the_hub_hears_nak() {
+    let t0 = Instant::now();
+    let mut cp = Cp::new(
+        ReaderSettings::new(1, None, Duration::from_secs(5)),
+        Box::new(|| [0; 8]),
+        t0,
+    );
+    cp.opened(t0);
+    cp.bytes(&reply(1, 0, code::PDID, &[0; 12]), t0);
+    cp.bytes(&reply(1, 1, code::PDCAP, &[1, 1, 1]), t0);
+    // The POLL (seq 2) is answered; the unlock goes out next.
+    cp.bytes(&reply(1, 2, code::ACK, &[]), t0);
+    let unlock = Cmd::Unlock { pulse: None };
+    let mut s = cp.command(unlock, t0);
+    if s.send.is_empty() {
+        s = cp.tick(t0 + Duration::from_millis(100));
+    }
+    let out = s
+        .send
+        .iter()
+        .find(|p| p[6] == code::OUT)
+        .expect("the OUT command is sent");
+    let s = cp.bytes(&reply(1, seq_of(out), code::NAK, &[0x03]), t0);
+    let failure = SerialFailure::Nak(3);
+    assert_eq!(failure.action_error(), "nak");
+    assert!(
+        s.happened.contains(&Happening::Done {
+            cmd: unlock,
+            result: Err(failure)
+        }),
+        "{:?}",
+        s.happened
+    );
 }

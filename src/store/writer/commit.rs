@@ -190,7 +190,7 @@ pub struct Committed {
 }
 
 /// A record as decoded, or why it could not be.
-pub type Decoded<T> = Result<T, String>;
+pub type Decoded<T> = Result<T, record::DecodeError>;
 
 /// Records, read and written inside a commit's transaction.
 pub struct Tx<'a> {

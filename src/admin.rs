@@ -47,7 +47,7 @@ pub struct AdminState {
     pub ready: Arc<AtomicBool>,
     pub controller_id: String,
     pub started: Millis,
-    pub clock: Arc<crate::access::Clock>,
+    pub clock: Arc<crate::clock::Clock>,
 }
 
 /// The read-only routes of the TCP port.

@@ -199,7 +199,7 @@ async fn serve(
         let require_sync = config.clock.require_sync;
         Arc::new(
             store
-                .read(move |s| crate::access::Clock::new(s.clone(), require_sync))
+                .read(move |s| crate::clock::Clock::new(s.clone(), require_sync))
                 .await?,
         )
     };

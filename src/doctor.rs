@@ -135,7 +135,7 @@ pub async fn run(config: &Config) -> Vec<Check> {
             let require_sync = config.clock.require_sync;
             tokio::task::spawn_blocking(move || {
                 let s = crate::store::Store::open(&dir, origin, u64::MAX)?;
-                ClockStatus::from_store(&s, require_sync)
+                crate::clock::status_from_store(&s, require_sync)
             })
             .await
             .map_err(|e| e.to_string())

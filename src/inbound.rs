@@ -74,7 +74,7 @@ pub struct InboundState {
     pub config: Arc<Config>,
     pub keys: Arc<Vec<Key>>,
     pub store: Store,
-    pub clock: Arc<crate::access::Clock>,
+    pub clock: Arc<crate::clock::Clock>,
     pub hub: mpsc::Sender<HubRequest>,
 }
 

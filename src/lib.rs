@@ -9,6 +9,7 @@ pub mod admin;
 pub mod audit;
 pub mod broker;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod delivery;

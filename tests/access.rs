@@ -340,7 +340,7 @@ async fn an_unsynchronised_clock_refuses_commands_and_marks_decisions() {
     // Same room, now requiring a synchronised clock.
     r.edit_config("require_sync = false", "require_sync = true");
     r.restart().await;
-    let synced = zenedge::access::system_synchronised();
+    let synced = zenedge::clock::system_synchronised();
     let (status, body) = r
         .command(&grant("g1", "tok-1", None, -60, 3600), Some(SECRET), &[])
         .await;

@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 
 use crate::config::{Config, Driver};
 use crate::event::{DeviceRef, EventKind, Millis, NewEvent};
-use crate::serial::{Cmd as SerialCmd, CredentialKind, Happening, LinkReason};
+use crate::serial::types::{Cmd as SerialCmd, CredentialKind, Happening, LinkReason};
 use actions::{Completed, Request, Start};
 use drivers::{AvailSource, Command, LockState, Observation, Outgoing, Routes, TopicKind};
 use presence::{Reason, Reported, Transition};

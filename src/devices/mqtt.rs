@@ -193,7 +193,7 @@ pub fn options(
 pub async fn start(
     config: Arc<Config>,
     store: Store,
-    clock: Arc<crate::access::Clock>,
+    clock: Arc<crate::clock::Clock>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(MqttHandle, impl Future<Output = Result<(), StoreError>>), MqttSetupError> {
     let opts = options(&config, config.mqtt_client_id(), true)?;
@@ -428,7 +428,7 @@ struct Shell {
     status: watch::Sender<MqttStatus>,
     attempts: Arc<AtomicU64>,
     waiters: HashMap<String, oneshot::Sender<Completed>>,
-    clock: Arc<crate::access::Clock>,
+    clock: Arc<crate::clock::Clock>,
     ports: Option<crate::serial::Ports>,
 }
 

@@ -10,6 +10,9 @@
 pub mod modbus;
 pub mod osdp;
 pub mod sc;
+pub mod types;
+
+pub use types::{Cmd, CredentialKind, Happening, LinkReason, Report, SerialFailure, Step};
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -21,37 +24,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, DeviceConfig, Driver};
-use modbus::{Relay, RelaySettings, Step};
+use modbus::{Relay, RelaySettings};
 use osdp::{Cp, ReaderSettings};
-
-/// A command for a serial device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cmd {
-    /// Unlock for `pulse` (an `access.unlock`'s `duration_s`), else the device's `pulse`.
-    Unlock {
-        pulse: Option<Duration>,
-    },
-    Lock,
-    /// LED and buzzer on a reader after an access decision.
-    Feedback {
-        granted: bool,
-    },
-}
-
-/// Why a serial device went online or offline (the event's `reason`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LinkReason {
-    PortOpened,
-    PortClosed,
-    PollReply,
-    PollTimeout,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CredentialKind {
-    Pin,
-    Card,
-}
 
 /// Why the serial ports could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -68,70 +42,6 @@ pub enum SerialSetupError {
         device: String,
         source: std::io::Error,
     },
-}
-
-/// Why a serial command failed. The hub turns it into the action's `error`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SerialFailure {
-    /// No answer within the retries.
-    #[error("timeout")]
-    Timeout,
-    /// The port closed (unplugged) with the command waiting.
-    #[error("port_closed")]
-    PortClosed,
-    /// The device is not online (an OSDP reader before or after its handshake).
-    #[error("device_offline")]
-    DeviceOffline,
-    /// An OSDP reader refused it (osdp_NAK with this reason code).
-    #[error("reader refused (NAK {0})")]
-    Nak(u8),
-    /// A Modbus exception answer (its code).
-    #[error("modbus exception {0:#04x}")]
-    ModbusException(u8),
-    /// A reply of a kind the command does not expect (its code).
-    #[error("unexpected reply {0:#04x}")]
-    UnexpectedReply(u8),
-}
-
-impl SerialFailure {
-    /// The action error ZenCore hears (`device.action_completed` `error`).
-    pub fn action_error(&self) -> &'static str {
-        match self {
-            SerialFailure::Timeout => "timeout",
-            SerialFailure::PortClosed => "port_closed",
-            SerialFailure::DeviceOffline => "device_offline",
-            SerialFailure::Nak(_) => "nak",
-            SerialFailure::ModbusException(_) | SerialFailure::UnexpectedReply(_) => "device_error",
-        }
-    }
-}
-
-/// What a serial machine reports.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Happening {
-    Online(LinkReason),
-    Offline(LinkReason),
-    /// A command finished: written and confirmed by the device, or not.
-    Done {
-        cmd: Cmd,
-        result: Result<(), SerialFailure>,
-    },
-    /// The relay's coil as the board reported it.
-    Relay {
-        on: bool,
-    },
-    /// A PIN typed (terminated by `#`) or a card read on a reader.
-    Credential {
-        kind: CredentialKind,
-        value: String,
-    },
-}
-
-/// One report to the hub.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Report {
-    pub device: String,
-    pub happening: Happening,
 }
 
 enum Machine {

@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::{Cmd, Happening, LinkReason, SerialFailure};
+use super::types::{Cmd, Happening, LinkReason, SerialFailure, Step};
 
 /// Longest Modbus RTU frame (the spec's 256-byte ADU). The decoder never holds more.
 pub const MAX_FRAME: usize = 256;
@@ -200,13 +200,6 @@ pub struct Relay {
     /// The coil as last reported: the once-a-second poll reports only a change.
     reported_on: Option<bool>,
     pub noise_bytes: u64,
-}
-
-/// What one step of a machine asks of its shell.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Step {
-    pub send: Vec<Vec<u8>>,
-    pub happened: Vec<Happening>,
 }
 
 impl Relay {

@@ -8,9 +8,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::modbus::Step;
 use super::sc::{Block, Session};
-use super::{Cmd, CredentialKind, Happening, LinkReason, SerialFailure};
+use super::types::{Cmd, CredentialKind, Happening, LinkReason, SerialFailure, Step};
 
 mod frame;
 

@@ -341,6 +341,18 @@ pub fn body_info(body: &[u8]) -> Option<BodyInfo> {
     })
 }
 
+/// An event that delivery has to work on: its place in the outbox, its lane (device), and its
+/// attempts so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingEvent {
+    pub seq: u64,
+    pub lane: Option<String>,
+    pub kind: Option<EventKind>,
+    pub at: Millis,
+    pub attempts: u32,
+    pub next_attempt: Option<Millis>,
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

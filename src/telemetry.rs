@@ -45,15 +45,23 @@ pub fn event_enqueued(seq: u64, id: &str, event: &str) {
     tracing::debug!(message = "Event stored.", sequence = seq, event_id = %id, event);
 }
 
+/// How a delivery attempt ended, as telemetry counts it (the shell maps the policy's verdict
+/// to it, so telemetry depends on no machine).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptEnd {
+    Delivered,
+    Unreachable,
+    Failed,
+}
+
 pub fn attempt_finished(
     seq: u64,
     attempt: u32,
     status: Option<u16>,
     duration_ms: u64,
     error: Option<&str>,
-    outcome: &crate::delivery::policy::Outcome,
+    end: AttemptEnd,
 ) {
-    use crate::delivery::policy::Outcome;
     let m = metrics();
     inc(&m.attempts, 1);
     inc(&m.attempt_ms_total, duration_ms);
@@ -61,8 +69,8 @@ pub fn attempt_finished(
     if let Some(i) = LATENCY_BUCKETS.iter().position(|b| secs <= *b) {
         inc(&m.attempt_buckets[i], 1);
     }
-    match outcome {
-        Outcome::Delivered => {
+    match end {
+        AttemptEnd::Delivered => {
             inc(&m.deliveries_succeeded, 1);
             tracing::debug!(
                 message = "Event delivered.",
@@ -72,7 +80,7 @@ pub fn attempt_finished(
                 duration_ms
             );
         }
-        Outcome::Unreachable { .. } => {
+        AttemptEnd::Unreachable => {
             inc(&m.deliveries_unreachable, 1);
             tracing::warn!(
                 message = "ZenCore unreachable.",
@@ -83,7 +91,7 @@ pub fn attempt_finished(
                 error = error.unwrap_or("")
             );
         }
-        Outcome::Failed { .. } | Outcome::Gone => {
+        AttemptEnd::Failed => {
             inc(&m.deliveries_failed, 1);
             tracing::warn!(
                 message = "Delivery failed.",

@@ -451,7 +451,11 @@ fn finish(
         result.status,
         result.duration_ms,
         result.error.as_deref(),
-        &outcome,
+        match outcome {
+            Outcome::Delivered => telemetry::AttemptEnd::Delivered,
+            Outcome::Unreachable { .. } => telemetry::AttemptEnd::Unreachable,
+            Outcome::Failed { .. } | Outcome::Gone => telemetry::AttemptEnd::Failed,
+        },
     );
     let decision = scheduler.complete(seq, outcome, now, unit);
     // The store keeps the larger attempt count of this and what it has.

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::event::Millis;
-use crate::store::PendingEvent;
+use crate::event::PendingEvent;
 
 /// `Retry-After` is honoured up to this.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);

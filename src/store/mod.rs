@@ -40,7 +40,7 @@ use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefiniti
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
-use crate::event::{body_info, EventKind, IdGenerator, Millis, NewEvent, Origin};
+use crate::event::{body_info, IdGenerator, Millis, NewEvent, Origin};
 pub use record::{Record, Undecodable};
 pub use writer::{Commit, Committed, Step, Tx};
 
@@ -178,16 +178,9 @@ impl Record for Attempt {
     const VERSION: u32 = 1;
 }
 
-/// An event that delivery has to work on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PendingEvent {
-    pub seq: u64,
-    pub lane: Option<String>,
-    pub kind: Option<EventKind>,
-    pub at: Millis,
-    pub attempts: u32,
-    pub next_attempt: Option<Millis>,
-}
+/// An event that delivery has to work on (defined with the events, below the store and the
+/// delivery policy alike).
+pub use crate::event::PendingEvent;
 
 /// One row of `zenedge queue list`.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::config::DeviceType;
+use crate::event::EventKind;
 use crate::event::DeviceRef;
 use std::path::PathBuf;
 

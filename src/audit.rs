@@ -43,7 +43,7 @@ pub struct Record {
     pub hash: String,
 }
 
-impl crate::store::Record for Record {
+impl crate::record::Record for Record {
     const FAMILY: &'static str = "audit";
     const VERSION: u32 = 1;
 }
@@ -64,7 +64,7 @@ pub struct Checkpoint {
     pub pruned: u64,
 }
 
-impl crate::store::Record for Checkpoint {
+impl crate::record::Record for Checkpoint {
     const FAMILY: &'static str = "audit.checkpoint";
     const VERSION: u32 = 1;
 }
@@ -102,7 +102,7 @@ pub fn append(commit: &mut crate::store::Commit, entry: Entry) {
 #[doc(hidden)]
 pub fn raw(store: &crate::store::Store) -> Result<Vec<(u64, Vec<u8>)>, crate::store::StoreError> {
     Ok(store
-        .records_json(<Record as crate::store::Record>::FAMILY)?
+        .records_json(<Record as crate::record::Record>::FAMILY)?
         .into_iter()
         .map(|(k, v)| (k.parse().unwrap_or(0), v))
         .collect())
@@ -214,7 +214,7 @@ pub fn verify_stored(
     let mut v = Verifier::new(checkpoint.as_ref());
     let mut broken = None;
     store.scan_json(
-        <Record as crate::store::Record>::FAMILY,
+        <Record as crate::record::Record>::FAMILY,
         |key, bytes| match v.check(key.parse().unwrap_or(0), bytes) {
             Ok(()) => true,
             Err(e) => {
@@ -242,7 +242,7 @@ pub fn newest(
     let before = before.map(Record::key);
     Ok(store
         .last_json(
-            <Record as crate::store::Record>::FAMILY,
+            <Record as crate::record::Record>::FAMILY,
             limit,
             before.as_deref(),
         )?

@@ -105,7 +105,7 @@ pub struct DedupKey {
     pub accepted: Millis,
 }
 
-impl crate::store::Record for DedupKey {
+impl crate::record::Record for DedupKey {
     const FAMILY: &'static str = "dedup";
     const VERSION: u32 = 1;
 }
@@ -116,7 +116,7 @@ pub struct ActionKey {
     pub accepted: Millis,
 }
 
-impl crate::store::Record for ActionKey {
+impl crate::record::Record for ActionKey {
     const FAMILY: &'static str = "dedup.action";
     const VERSION: u32 = 1;
 }

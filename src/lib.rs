@@ -19,6 +19,7 @@ pub mod doctor;
 pub mod event;
 pub mod inbound;
 pub mod logging;
+pub mod record;
 pub mod schedule;
 pub mod serial;
 pub mod serve;

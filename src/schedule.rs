@@ -38,7 +38,7 @@ pub struct Booking {
     pub closed: Option<Millis>,
 }
 
-impl crate::store::Record for Booking {
+impl crate::record::Record for Booking {
     const FAMILY: &'static str = "booking";
     const VERSION: u32 = 1;
 }
@@ -54,7 +54,7 @@ pub struct Marks {
     pub available: bool,
 }
 
-impl crate::store::Record for Marks {
+impl crate::record::Record for Marks {
     const FAMILY: &'static str = "booking.marks";
     const VERSION: u32 = 1;
 }

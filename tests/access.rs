@@ -1068,6 +1068,14 @@ async fn idle_and_dripping_connections_do_not_keep_a_signed_unlock_out() {
     let (status, body) = r.command(&unlock, Some(SECRET), &[]).await;
     assert_eq!(status, 202, "{body}");
     commands_reach(&mut commands, 1).await;
+    // Delivery kept working too: ZenCore hears the unlock's completion.
+    r.rx.wait_until(WAIT, "the unlock's completion delivered", |log| {
+        log.iter().any(|x| {
+            let j = x.json();
+            j["event"] == "device.action_completed" && j["data"]["action_id"] == "through-the-flood"
+        })
+    })
+    .await;
     let metrics = common::client()
         .get(format!("http://{}/metrics", r.daemon.admin))
         .send()

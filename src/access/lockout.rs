@@ -59,7 +59,7 @@ pub struct Guard {
     pub attempts: u64,
 }
 
-impl crate::store::Record for Guard {
+impl crate::record::Record for Guard {
     const FAMILY: &'static str = "access.lockout";
     const VERSION: u32 = 1;
 }

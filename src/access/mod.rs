@@ -42,7 +42,7 @@ pub struct Grant {
     pub revoked_at: Option<Millis>,
 }
 
-impl crate::store::Record for Grant {
+impl crate::record::Record for Grant {
     const FAMILY: &'static str = "grant";
     const VERSION: u32 = 1;
 }
@@ -51,7 +51,7 @@ impl crate::store::Record for Grant {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClockFloor(pub Millis);
 
-impl crate::store::Record for ClockFloor {
+impl crate::record::Record for ClockFloor {
     const FAMILY: &'static str = "clock.floor";
     const VERSION: u32 = 1;
 }

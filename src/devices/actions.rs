@@ -54,7 +54,7 @@ pub struct PendingUnlock {
     pub not_after: Millis,
 }
 
-impl crate::store::Record for PendingUnlock {
+impl crate::record::Record for PendingUnlock {
     const FAMILY: &'static str = "unlock";
     const VERSION: u32 = 1;
 }

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -201,10 +201,13 @@ pub async fn start(
     // Without TCP_NODELAY a command published right after an ack waits for the broker's
     // delayed ACK (Nagle): 40 ms added to a door opening, measured in BENCHMARKS.md.
     eventloop.network_options.set_tcp_nodelay(true);
-    // Bounded: a flood of messages waits at the broker (QoS 1 is held to the broker's inflight
-    // window, since ZenEdge acks only what is durable), or is dropped and counted (QoS 0),
-    // instead of piling up in this process's memory.
-    let (incoming_tx, incoming_rx) = mpsc::channel(INCOMING_CAPACITY);
+    // The poll task must never wait on the hub: it alone sends the acks and publishes the hub
+    // queues, so a poll task waiting on a hub that waits on rumqttc's request channel would
+    // deadlock (it did, in `bench mqtt`). Memory stays bounded all the same: QoS 1 and 2 are
+    // held to the broker's inflight window (ZenEdge acks only what is durable), and QoS 0 —
+    // which has no flow control — is dropped and counted beyond QOS0_WAITING.
+    let (incoming_tx, incoming_rx) = mpsc::unbounded_channel();
+    let qos0_waiting = Arc::new(AtomicUsize::new(0));
     let (requests_tx, requests_rx) = mpsc::channel(64);
     let (views_tx, views) = watch::channel(Vec::new());
     let (status_tx, status) = watch::channel(MqttStatus {
@@ -215,8 +218,7 @@ pub async fn start(
     let attempts = Arc::new(AtomicU64::new(0));
     let serial_tx = incoming_tx.clone();
     let ports = crate::serial::Ports::start(&config, move |r| {
-        // A serial thread waits while the hub is behind (its own port buffers meanwhile).
-        serial_tx.blocking_send(Incoming::Serial(r)).is_ok()
+        serial_tx.send(Incoming::Serial(r)).is_ok()
     })?;
     let overload = Arc::new(AtomicU64::new(0));
     let poll = tokio::spawn(poll_loop(
@@ -224,6 +226,7 @@ pub async fn start(
         incoming_tx,
         attempts.clone(),
         overload.clone(),
+        qos0_waiting.clone(),
     ));
     let (reported, grants, bookings, marks, lockouts) = store
         .read(|s| {
@@ -257,6 +260,7 @@ pub async fn start(
     let shell = Shell {
         sessions: SessionWatch::default(),
         overload,
+        qos0_waiting,
         config,
         store,
         client,
@@ -276,14 +280,16 @@ pub async fn start(
     Ok((handle, run))
 }
 
-/// Messages waiting for the hub at most; 64 of at most 256 KiB each bound the memory they take.
-const INCOMING_CAPACITY: usize = 64;
+/// QoS 0 messages waiting for the hub at most; 64 of at most 256 KiB each bound the memory
+/// a flood can take.
+const QOS0_WAITING: usize = 64;
 
 async fn poll_loop(
     mut eventloop: EventLoop,
-    incoming: mpsc::Sender<Incoming>,
+    incoming: mpsc::UnboundedSender<Incoming>,
     attempts: Arc<AtomicU64>,
     overload: Arc<AtomicU64>,
+    qos0_waiting: Arc<AtomicUsize>,
 ) {
     let mut last_warned: Option<std::time::Instant> = None;
     let mut backoff = INITIAL_BACKOFF;
@@ -297,37 +303,36 @@ async fn poll_loop(
         let sent = match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff = INITIAL_BACKOFF;
-                incoming.send(Incoming::Connected).await.map_err(drop)
+                incoming.send(Incoming::Connected).map_err(drop)
             }
             Ok(Event::Incoming(Packet::SubAck(_))) => {
-                incoming.send(Incoming::Subscribed).await.map_err(drop)
+                incoming.send(Incoming::Subscribed).map_err(drop)
             }
             // QoS 0 has no redelivery and no flow control: while the hub is behind, it is
-            // dropped (counted), so a flood cannot grow memory or stall the acks below.
+            // dropped (counted), so a flood cannot grow memory.
             Ok(Event::Incoming(Packet::Publish(p))) if p.qos == QoS::AtMostOnce => {
-                match incoming.try_send(Incoming::Message(p)) {
-                    Ok(()) => Ok(()),
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        let n = overload.fetch_add(1, Ordering::Relaxed) + 1;
-                        if last_warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                            last_warned = Some(std::time::Instant::now());
-                            tracing::warn!(
-                                message = "MQTT messages arrive faster than they are handled; QoS 0 messages dropped.",
-                                dropped_total = n
-                            );
-                        }
-                        Ok(())
+                if qos0_waiting.fetch_add(1, Ordering::AcqRel) >= QOS0_WAITING {
+                    qos0_waiting.fetch_sub(1, Ordering::AcqRel);
+                    let n = overload.fetch_add(1, Ordering::Relaxed) + 1;
+                    if last_warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                        last_warned = Some(std::time::Instant::now());
+                        tracing::warn!(
+                            message = "MQTT messages arrive faster than they are handled; QoS 0 messages dropped.",
+                            dropped_total = n
+                        );
                     }
-                    Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
+                    Ok(())
+                } else {
+                    incoming.send(Incoming::Message(p)).map_err(drop)
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                incoming.send(Incoming::Message(p)).await.map_err(drop)
+                incoming.send(Incoming::Message(p)).map_err(drop)
             }
             Ok(_) => Ok(()),
             Err(e) => {
                 let text = describe(&e);
-                let _ = incoming.send(Incoming::Disconnected(text)).await;
+                let _ = incoming.send(Incoming::Disconnected(text));
                 // Full jitter over an exponential ceiling: a fleet of controllers whose
                 // broker restarts does not reconnect in lockstep.
                 let delay = backoff.mul_f64(rand::rng().random_range(0.5..1.0));
@@ -420,6 +425,8 @@ impl SessionWatch {
 struct Shell {
     sessions: SessionWatch,
     overload: Arc<AtomicU64>,
+    /// QoS 0 messages the poll task has passed on and the hub has not yet taken.
+    qos0_waiting: Arc<AtomicUsize>,
     config: Arc<Config>,
     store: Store,
     client: AsyncClient,
@@ -435,7 +442,7 @@ struct Shell {
 impl Shell {
     async fn run(
         mut self,
-        mut incoming: mpsc::Receiver<Incoming>,
+        mut incoming: mpsc::UnboundedReceiver<Incoming>,
         mut requests: mpsc::Receiver<HubRequest>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), StoreError> {
@@ -581,6 +588,9 @@ impl Shell {
                     out.merge(self.hub.serial(&r.device, r.happening, clock.now));
                 }
                 Incoming::Message(p) => {
+                    if p.qos == QoS::AtMostOnce {
+                        self.qos0_waiting.fetch_sub(1, Ordering::AcqRel);
+                    }
                     let clock = self.clock.read();
                     self.hub.set_clock_trusted(clock.trusted);
                     let o = self.hub.message(&p.topic, &p.payload, p.retain, clock.now);

@@ -56,7 +56,7 @@ pub struct Reported {
     pub last_seen: Option<Millis>,
 }
 
-impl crate::store::Record for Reported {
+impl crate::record::Record for Reported {
     const FAMILY: &'static str = "presence";
     const VERSION: u32 = 1;
 }

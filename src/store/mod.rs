@@ -22,7 +22,9 @@
 
 mod files;
 mod query;
-pub mod record;
+/// Records are defined below the store (`crate::record`), so that domain types implement
+/// `Record` without importing the store.
+pub use crate::record;
 mod records;
 pub mod writer;
 
@@ -80,8 +82,8 @@ pub enum StoreError {
     },
     #[error("{what} is corrupt: {reason}")]
     Corrupt { what: String, reason: String },
-    #[error("cannot encode a {family} record: {error}")]
-    Encode { family: &'static str, error: String },
+    #[error(transparent)]
+    Encode(#[from] record::EncodeError),
     #[error("a {family} record with key {key} exists already")]
     Exists { family: &'static str, key: String },
     #[error("store task: {0}")]

@@ -2,8 +2,8 @@
 
 use super::*;
 use crate::config::DeviceType;
-use crate::event::EventKind;
 use crate::event::DeviceRef;
+use crate::event::EventKind;
 use std::path::PathBuf;
 
 fn origin() -> Origin {

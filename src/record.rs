@@ -9,8 +9,6 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::StoreError;
-
 /// A family of records kept in the store. The type lives with its domain module; the store
 /// only knows the family's name and schema version.
 pub trait Record: Serialize + DeserializeOwned {
@@ -22,13 +20,22 @@ pub trait Record: Serialize + DeserializeOwned {
 }
 
 /// The stored bytes of a record.
-pub fn encode<T: Record>(value: &T) -> Result<Vec<u8>, StoreError> {
+pub fn encode<T: Record>(value: &T) -> Result<Vec<u8>, EncodeError> {
     let mut out = T::VERSION.to_be_bytes().to_vec();
-    serde_json::to_writer(&mut out, value).map_err(|e| StoreError::Encode {
+    serde_json::to_writer(&mut out, value).map_err(|e| EncodeError {
         family: T::FAMILY,
         error: e.to_string(),
     })?;
     Ok(out)
+}
+
+/// A value that does not serialise (a map with non-string keys, say): a bug, reported with its
+/// family.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot encode a {family} record: {error}")]
+pub struct EncodeError {
+    pub family: &'static str,
+    pub error: String,
 }
 
 /// Why stored bytes are not a record of the expected type.

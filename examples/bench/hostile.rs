@@ -4,7 +4,6 @@
 //! the daemon's peak RSS while it lists and verifies a 100,000-record audit log.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use zenedge::event::{Millis, Origin};
@@ -12,15 +11,6 @@ use zenedge::event::{Millis, Origin};
 use crate::percentile;
 
 const SECRET: &str = "bench-secret-of-thirty-two-bytes";
-
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A `/proc/<pid>/status` field in KiB.
 fn status_kib(pid: u32, field: &str) -> u64 {
@@ -149,17 +139,7 @@ require_sync = false
             state = state.display(),
         ),
     )?;
-    let bin = std::env::var("ZENEDGE_BIN").unwrap_or_else(|_| "target/release/zenedge".into());
-    let child = Child(
-        Command::new(&bin)
-            .arg("--config")
-            .arg(&config)
-            .arg("run")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| anyhow::anyhow!("{bin}: {e} (cargo build --release first)"))?,
-    );
+    let child = crate::idle::release_daemon(&config)?;
     let pid = child.0.id();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(0)

@@ -26,13 +26,29 @@ pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok(ticks / hz)
 }
 
-struct Child(std::process::Child);
+/// The release binary (`ZENEDGE_BIN`, else target/release/zenedge) running `config`; killed
+/// on drop.
+pub struct Child(pub std::process::Child);
 
 impl Drop for Child {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+pub fn release_daemon(config: &std::path::Path) -> anyhow::Result<Child> {
+    let bin = std::env::var("ZENEDGE_BIN").unwrap_or_else(|_| "target/release/zenedge".into());
+    Ok(Child(
+        Command::new(&bin)
+            .arg("--config")
+            .arg(config)
+            .arg("run")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("{bin}: {e} (cargo build --release first)"))?,
+    ))
 }
 
 pub async fn run(base: PathBuf, window: Duration) -> anyhow::Result<()> {
@@ -74,17 +90,7 @@ require_sync = false
             rx = rx.port,
         ),
     )?;
-    let bin = std::env::var("ZENEDGE_BIN").unwrap_or_else(|_| "target/release/zenedge".into());
-    let child = Child(
-        Command::new(&bin)
-            .args(["--config"])
-            .arg(&config)
-            .arg("run")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| anyhow::anyhow!("{bin}: {e} (cargo build --release first)"))?,
-    );
+    let child = release_daemon(&config)?;
     let pid = child.0.id();
     let client = publisher_named(port, "idle-devices", 20).await?;
     for i in 0..10 {

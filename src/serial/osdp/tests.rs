@@ -53,6 +53,20 @@ fn seq_of(packet: &[u8]) -> u8 {
     packet[5] & 3
 }
 
+/// A control panel for reader 1 without Secure Channel, past ID (seq 0) and CAP (seq 1) with
+/// the reader's `caps`.
+fn cp_after_id_and_cap(t0: Instant, caps: &[u8]) -> Cp {
+    let mut cp = Cp::new(
+        ReaderSettings::new(1, None, Duration::from_secs(5)),
+        Box::new(|| [0; 8]),
+        t0,
+    );
+    cp.opened(t0);
+    cp.bytes(&reply(1, 0, code::PDID, &[0; 12]), t0);
+    cp.bytes(&reply(1, 1, code::PDCAP, caps), t0);
+    cp
+}
+
 #[test]
 fn insecure_link_comes_up_polls_and_reads_a_pin() {
     let t0 = Instant::now();
@@ -93,14 +107,7 @@ fn insecure_link_comes_up_polls_and_reads_a_pin() {
 #[test]
 fn silence_retries_with_the_same_sequence_then_goes_offline_and_restarts() {
     let t0 = Instant::now();
-    let mut cp = Cp::new(
-        ReaderSettings::new(1, None, Duration::from_secs(5)),
-        Box::new(|| [0; 8]),
-        t0,
-    );
-    cp.opened(t0);
-    cp.bytes(&reply(1, 0, code::PDID, &[0; 12]), t0);
-    cp.bytes(&reply(1, 1, code::PDCAP, &[]), t0);
+    let mut cp = cp_after_id_and_cap(t0, &[]);
     let unlock = cp.command(Cmd::Unlock { pulse: None }, t0);
     assert!(unlock.send.is_empty(), "a POLL is in flight");
     let ms = |n| t0 + Duration::from_millis(n);
@@ -225,14 +232,7 @@ fn secure_reply(pd: &mut Session, address: u8, seq: u8, code: u8, data: &[u8]) -
 #[test]
 fn a_refused_command_fails_with_the_nak_reason_and_the_hub_hears_nak() {
     let t0 = Instant::now();
-    let mut cp = Cp::new(
-        ReaderSettings::new(1, None, Duration::from_secs(5)),
-        Box::new(|| [0; 8]),
-        t0,
-    );
-    cp.opened(t0);
-    cp.bytes(&reply(1, 0, code::PDID, &[0; 12]), t0);
-    cp.bytes(&reply(1, 1, code::PDCAP, &[1, 1, 1]), t0);
+    let mut cp = cp_after_id_and_cap(t0, &[1, 1, 1]);
     // The POLL (seq 2) is answered; the unlock goes out next.
     cp.bytes(&reply(1, 2, code::ACK, &[]), t0);
     let unlock = Cmd::Unlock { pulse: None };

@@ -89,11 +89,11 @@ pub async fn serve(
             if room {
                 break;
             }
+            // Only a closing connection makes room (a completed head takes it away), and each
+            // close notifies; a notification before this wait is kept as a permit.
             tokio::select! {
                 _ = freed.notified() => {}
-                // A head may have completed meanwhile without freeing anything: look again.
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                _ = &mut shutdown => return finish(stop_tx, &slots).await,
+                _ = &mut shutdown => return finish(stop_tx, &slots, &freed).await,
             }
         }
         let (stream, peer) = tokio::select! {
@@ -106,7 +106,7 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = &mut shutdown => return finish(stop_tx, &slots).await,
+            _ = &mut shutdown => return finish(stop_tx, &slots, &freed).await,
         };
         let _ = stream.set_nodelay(true);
         let head = Arc::new(AtomicBool::new(false));
@@ -164,11 +164,11 @@ fn lock(slots: &Mutex<Slots>) -> std::sync::MutexGuard<'_, Slots> {
 }
 
 /// Stop accepting, ask the open connections to finish, and wait for them up to their limit.
-async fn finish(stop: watch::Sender<bool>, slots: &Mutex<Slots>) {
+async fn finish(stop: watch::Sender<bool>, slots: &Mutex<Slots>, freed: &Notify) {
     let _ = stop.send(true);
     let _ = tokio::time::timeout(CONNECTION_LIMIT, async {
         while !lock(slots).open.is_empty() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            freed.notified().await;
         }
     })
     .await;

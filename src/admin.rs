@@ -29,8 +29,9 @@ use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
 use crate::delivery::DeliveryState;
-use crate::event::{EventKind, Millis, NewEvent};
+use crate::event::Millis;
 use crate::store::{Enqueued, PendingEvent, State, Store, StoreError};
+use crate::wire::{Data, EdgeTest, EventKind, NewEvent};
 
 /// The most `edge.test` events one request may queue (DESIGN §6).
 pub const MAX_TEST_EVENTS: u32 = 100;
@@ -386,8 +387,12 @@ async fn test_webhook(
     let note = note.unwrap_or_else(|| "zenedge test-webhook".into());
     let events = (0..count)
         .map(|i| {
-            NewEvent::new(EventKind::EdgeTest, None, Millis::now())
-                .with("note", format!("{note} ({}/{count})", i + 1))
+            NewEvent::edge(
+                Data::EdgeTest(EdgeTest {
+                    note: format!("{note} ({}/{count})", i + 1),
+                }),
+                Millis::now(),
+            )
         })
         .collect();
     let stored = s.store.enqueue_many(events).await?;

@@ -19,8 +19,9 @@ use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::delivery::{self, policy::Policy, DeliveryState, Sender};
 use crate::devices;
-use crate::event::{EventKind, Millis, NewEvent, Origin};
+use crate::event::{Millis, Origin};
 use crate::store::Store;
+use crate::wire::{Data, DataGap, GapReason, NewEvent};
 
 /// How long requests in flight may run on after a stop was asked for.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -86,12 +87,16 @@ async fn run_inner(
     if let Some(aside) = store.quarantined() {
         // The old store's undelivered events are lost to us; say so to ZenCore, with the
         // sequences that may be missing (everything after the last one we can vouch for).
-        let event = NewEvent::new(EventKind::EdgeDataGap, None, Millis::now())
-            .with("from_sequence", serde_json::Value::Null)
-            .with("to_sequence", store.last_sequence())
-            .with("count", serde_json::Value::Null)
-            .with("reason", "store_corrupt")
-            .with("quarantined_to", aside.display().to_string());
+        let event = NewEvent::edge(
+            Data::DataGap(DataGap {
+                from_sequence: None,
+                to_sequence: store.last_sequence(),
+                count: None,
+                reason: GapReason::StoreCorrupt,
+                quarantined_to: Some(aside.display().to_string()),
+            }),
+            Millis::now(),
+        );
         store.enqueue(event).await?;
     }
     if config.mqtt.embedded {

@@ -280,10 +280,10 @@ async fn zencore(config: &Config, http: &reqwest::Client, admin: &str, daemon: b
         Err(e) => return check("zencore", false, e.to_string()),
     };
     let id = format!("evt_doctor_{}", Millis::now().0);
-    let event = crate::event::NewEvent::new(crate::event::EventKind::EdgeTest, None, Millis::now())
-        .with("note", "zenedge doctor");
-    let body =
-        crate::event::render_body(&crate::event::Origin::from_config(config), &event, &id, 0);
+    use crate::wire::{Data, EdgeTest, NewEvent};
+    let note = "zenedge doctor".to_owned();
+    let event = NewEvent::edge(Data::EdgeTest(EdgeTest { note }), Millis::now());
+    let body = crate::wire::render_body(&crate::event::Origin::from_config(config), &event, &id, 0);
     let result = sender.send(&id, 1, body).await;
     match (result.status, result.error) {
         (Some(s), None) => check(

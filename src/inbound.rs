@@ -19,13 +19,13 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use crate::access::Grant;
-use crate::config::{Config, DeviceType};
+use crate::config::Config;
 use crate::devices::actions::PendingUnlock;
-use crate::devices::drivers::{panel_prefix, Outgoing};
 use crate::devices::mqtt::HubRequest;
 use crate::event::Millis;
 use crate::signing::Key;
 use crate::store::{Commit, Store, StoreError};
+use crate::wire::panel::Explicit;
 
 mod command;
 mod verify;
@@ -53,22 +53,6 @@ fn reject(status: u16, error: impl Into<String>) -> Rejection {
 }
 
 /// Queues `payload` for the `display` of every panel in `room`.
-fn publish_display(config: &Config, room: &str, payload: &Value, after: &mut Vec<HubRequest>) {
-    for panel in config.devices.iter().filter(|d| {
-        d.kind == DeviceType::Panel
-            && d.meeting_space_id
-                .as_deref()
-                .unwrap_or(&config.controller.meeting_space_id)
-                == room
-    }) {
-        after.push(HubRequest::Publish(Outgoing {
-            topic: format!("{}/display", panel_prefix(config, &panel.id)),
-            payload: payload.to_string().into_bytes(),
-            retain: true,
-        }));
-    }
-}
-
 #[derive(Clone)]
 pub struct InboundState {
     pub config: Arc<Config>,
@@ -143,10 +127,6 @@ enum Later {
     Close {
         slot: Slot,
         meeting_space_id: String,
-    },
-    Display {
-        meeting_space_id: String,
-        payload: Value,
     },
 }
 
@@ -257,16 +237,7 @@ fn apply(
                 }],
             )
         }
-        Effect::Display {
-            meeting_space_id,
-            payload,
-        } => (
-            false,
-            vec![Later::Display {
-                meeting_space_id,
-                payload,
-            }],
-        ),
+        Effect::Display(explicit) => (false, vec![Later::Now(HubRequest::Explicit(explicit))]),
     })
 }
 
@@ -364,10 +335,6 @@ async fn handle(State(s): State<InboundState>, headers: HeaderMap, body: Body) -
     for l in later {
         match l {
             Later::Now(r) => after.push(r),
-            Later::Display {
-                meeting_space_id,
-                payload,
-            } => publish_display(&s.config, &meeting_space_id, &payload, &mut after),
             Later::Booking(slot) => {
                 if let Some(b) = take(&slot) {
                     after.push(HubRequest::Booking(b));
@@ -380,12 +347,12 @@ async fn handle(State(s): State<InboundState>, headers: HeaderMap, body: Body) -
                 Some(b) => after.push(HubRequest::Booking(b)),
                 None => {
                     // Unknown here: the panels still learn the room is free.
-                    publish_display(
-                        &s.config,
-                        &meeting_space_id,
-                        &json!({"state": "available", "booking_id": null, "message": null}),
-                        &mut after,
-                    );
+                    after.push(HubRequest::Explicit(Explicit {
+                        meeting_space_id,
+                        state: "available".into(),
+                        booking_id: None,
+                        message: Value::Null,
+                    }));
                 }
             },
         }

@@ -27,6 +27,7 @@ pub mod signing;
 pub mod store;
 pub mod systemd;
 pub mod telemetry;
+pub mod wire;
 
 /// Caps glibc's malloc arenas at two. By default glibc gives each thread that allocates its own
 /// arena, and on a 4-core Pi running tokio, the store's writer and blocking tasks, that adds tens

@@ -11,9 +11,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::event::Millis;
+use crate::wire::panel::{Brief, Display};
 
 /// A panel shows a booking as `reserved` this long before it starts (ZenCore's T-15).
 pub const RESERVED_BEFORE: Duration = Duration::from_secs(15 * 60);
@@ -59,20 +60,7 @@ impl crate::record::Record for Marks {
     const VERSION: u32 = 1;
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    Panel,
-    Scheduler,
-}
-
-impl Source {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Panel => "panel",
-            Source::Scheduler => "scheduler",
-        }
-    }
-}
+pub use crate::wire::StatusSource as Source;
 
 /// One `meeting.status_update`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -359,7 +347,7 @@ impl Schedule {
     }
 
     /// What the panels of `room` show at `now`.
-    pub fn display(&self, room: &str, now: Millis) -> Value {
+    pub fn display(&self, room: &str, now: Millis) -> Display {
         let current = self.current(room, now);
         let reserved = match current {
             Some(_) => None,
@@ -381,20 +369,21 @@ impl Schedule {
             let m = self.marks_of(&b.booking_id);
             m.extended_end.unwrap_or(b.end).max(b.end)
         };
-        let brief = |b: &Booking| {
-            json!({"booking_id": b.booking_id, "start_time": b.start.rfc3339(),
-                   "end_time": end_of(b).rfc3339(), "title": b.title})
-        };
-        json!({
-            "state": state,
-            "booking_id": shown.map(|b| b.booking_id.clone()),
-            "start_time": shown.map(|b| b.start.rfc3339()),
-            "end_time": shown.map(|b| end_of(b).rfc3339()),
-            "title": shown.and_then(|b| b.title.clone()),
-            "checked_in": shown.is_some_and(|b| self.marks_of(&b.booking_id).checked_in.is_some()),
-            "message": Value::Null,
-            "next": next.map(brief),
-        })
+        Display {
+            state: state.to_owned(),
+            booking_id: shown.map(|b| b.booking_id.clone()),
+            start_time: shown.map(|b| b.start),
+            end_time: shown.map(end_of),
+            title: shown.and_then(|b| b.title.clone()),
+            checked_in: shown.is_some_and(|b| self.marks_of(&b.booking_id).checked_in.is_some()),
+            message: Value::Null,
+            next: next.map(|b| Brief {
+                booking_id: b.booking_id.clone(),
+                start_time: b.start,
+                end_time: end_of(b),
+                title: b.title.clone(),
+            }),
+        }
     }
 
     /// The next moment after `now` when a status or a display may change.
@@ -444,6 +433,10 @@ impl Schedule {
 mod tests {
     use super::*;
 
+    fn view(s: &Schedule, room: &str, at: Millis) -> Value {
+        serde_json::to_value(s.display(room, at)).unwrap()
+    }
+
     const MIN: u64 = 60_000;
     const T0: u64 = 1_800_000_000_000;
 
@@ -484,14 +477,14 @@ mod tests {
     #[test]
     fn no_check_in_is_a_no_show_and_the_room_is_free() {
         let mut s = schedule(vec![booking("b1", 0, 60)]);
-        assert_eq!(s.display("room", at(-20))["state"], "available");
-        assert_eq!(s.display("room", at(-20))["next"]["booking_id"], "b1");
-        assert_eq!(s.display("room", at(-15))["state"], "reserved");
-        assert_eq!(s.display("room", at(-15))["next"]["booking_id"], "b1");
+        assert_eq!(view(&s, "room", at(-20))["state"], "available");
+        assert_eq!(view(&s, "room", at(-20))["next"]["booking_id"], "b1");
+        assert_eq!(view(&s, "room", at(-15))["state"], "reserved");
+        assert_eq!(view(&s, "room", at(-15))["next"]["booking_id"], "b1");
         assert_eq!(run(&mut s, -20, 9), vec!["b1 in_use scheduler"]);
-        assert_eq!(s.display("room", at(5))["state"], "in_use");
+        assert_eq!(view(&s, "room", at(5))["state"], "in_use");
         assert_eq!(run(&mut s, 10, 90), vec!["b1 no_show scheduler"]);
-        assert_eq!(s.display("room", at(11))["state"], "available");
+        assert_eq!(view(&s, "room", at(11))["state"], "available");
     }
 
     #[test]
@@ -515,7 +508,7 @@ mod tests {
             run(&mut s, -5, 40),
             vec!["b1 in_use scheduler", "b1 available scheduler"]
         );
-        assert_eq!(s.display("room", at(31))["state"], "available");
+        assert_eq!(view(&s, "room", at(31))["state"], "available");
     }
 
     #[test]
@@ -530,7 +523,7 @@ mod tests {
             statuses(&u),
             vec!["b1 ended_early panel", "b1 available scheduler"]
         );
-        assert_eq!(s.display("room", at(20))["state"], "available");
+        assert_eq!(view(&s, "room", at(20))["state"], "available");
         assert!(run(&mut s, 20, 120).is_empty());
         assert_eq!(
             s.action(
@@ -553,11 +546,11 @@ mod tests {
             s.action("room", "p", None, Action::Extend { minutes: 15 }, at(20)),
             Err(Refusal::Conflict)
         );
-        assert_eq!(s.display("room", at(20))["next"]["booking_id"], "b2");
+        assert_eq!(view(&s, "room", at(20))["next"]["booking_id"], "b2");
         // Back to back: b1 ends exactly when b2 starts.
         let u = run(&mut s, 2, 31);
         assert_eq!(u, vec!["b1 available scheduler", "b2 in_use scheduler"]);
-        assert_eq!(s.display("room", at(30))["booking_id"], "b2");
+        assert_eq!(view(&s, "room", at(30))["booking_id"], "b2");
         // With room after, an extension moves the end and the display.
         let mut s = schedule(vec![booking("b1", 0, 30), booking("b2", 60, 90)]);
         run(&mut s, 0, 1);
@@ -567,7 +560,7 @@ mod tests {
             .unwrap();
         assert_eq!(statuses(&u), vec!["b1 extended panel"]);
         assert_eq!(u[0].end_time, Some(at(45)));
-        assert_eq!(s.display("room", at(40))["state"], "in_use");
+        assert_eq!(view(&s, "room", at(40))["state"], "in_use");
         assert_eq!(run(&mut s, 2, 44), Vec::<String>::new());
         assert_eq!(run(&mut s, 45, 45), vec!["b1 available scheduler"]);
         assert_eq!(
@@ -600,14 +593,14 @@ mod tests {
         let mut c = booking("b1", 10, 40);
         c.closed = Some(at(0));
         s.set(c);
-        assert_eq!(s.display("room", at(5))["state"], "available");
-        assert_eq!(s.display("room", at(5))["next"]["booking_id"], "b2");
+        assert_eq!(view(&s, "room", at(5))["state"], "available");
+        assert_eq!(view(&s, "room", at(5))["next"]["booking_id"], "b2");
         assert_eq!(run(&mut s, 0, 49), Vec::<String>::new());
         assert_eq!(run(&mut s, 50, 55), vec!["b2 in_use scheduler"]);
         let mut c = booking("b2", 50, 80);
         c.closed = Some(at(56));
         s.set(c);
-        assert_eq!(s.display("room", at(57))["state"], "available");
+        assert_eq!(view(&s, "room", at(57))["state"], "available");
         // ZenCore ended it: it knows; nothing more is reported.
         assert_eq!(run(&mut s, 56, 100), Vec::<String>::new());
     }
@@ -622,7 +615,7 @@ mod tests {
         assert!(s.tick(at(20)).is_empty());
         // Forward over all of b2: it began and ended unseen; nothing.
         assert!(s.tick(at(200)).is_empty());
-        assert_eq!(s.display("room", at(200))["state"], "available");
+        assert_eq!(view(&s, "room", at(200))["state"], "available");
     }
 
     #[test]
@@ -637,7 +630,7 @@ mod tests {
             Duration::from_secs(10 * 60),
         );
         assert!(restarted.tick(at(1)).is_empty());
-        assert_eq!(restarted.display("room", at(1))["state"], "in_use");
+        assert_eq!(view(&restarted, "room", at(1))["state"], "in_use");
         assert_eq!(
             statuses(&restarted.tick(at(10))),
             vec!["b1 no_show scheduler"]

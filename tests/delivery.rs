@@ -13,8 +13,9 @@ use common::{Receiver, Reply, SECRET};
 use tokio::sync::{mpsc, oneshot, watch};
 use zenedge::config::{Config, DeviceType};
 use zenedge::delivery::{self, policy::Policy, DeliveryState, Sender};
-use zenedge::event::{DeviceRef, EventKind, Millis, NewEvent, Origin};
+use zenedge::event::{DeviceRef, Millis, Origin};
 use zenedge::store::{Enqueued, PendingEvent, State, Store};
+use zenedge::wire::{Data, DeviceOnline, EdgeTest, NewEvent, PresenceReason};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -73,12 +74,17 @@ impl Running {
             kind: DeviceType::Lock,
             meeting_space_id: None,
         });
-        let kind = if dev.is_some() {
-            EventKind::DeviceOnline
+        let data = if dev.is_some() {
+            Data::DeviceOnline(DeviceOnline {
+                reason: PresenceReason::Availability,
+                offline_since: None,
+            })
         } else {
-            EventKind::EdgeTest
+            Data::EdgeTest(EdgeTest {
+                note: "delivery test".into(),
+            })
         };
-        let e = NewEvent::new(kind, dev, Millis::now()).with("reason", "availability");
+        let e = NewEvent::new(data, dev, Millis::now());
         match self.store.enqueue(e).await.unwrap() {
             Enqueued::Stored { seq, id } => (seq, id),
             other => panic!("not stored: {other:?}"),
@@ -348,7 +354,10 @@ async fn a_refused_device_does_not_stall_others_beyond_the_window() {
     let good_n = 2000;
     let event = |dev: &str| {
         NewEvent::new(
-            EventKind::DeviceOnline,
+            Data::DeviceOnline(DeviceOnline {
+                reason: PresenceReason::Availability,
+                offline_since: None,
+            }),
             Some(DeviceRef {
                 id: dev.into(),
                 kind: DeviceType::Lock,

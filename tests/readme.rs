@@ -61,7 +61,13 @@ fn every_sh_command_in_the_readme_runs_or_exists() {
                 .args(["demo", "--once"])
                 .output()
                 .unwrap();
-            assert_eq!(out.status.code(), Some(0), "{cmd}");
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{cmd}\n--- stdout\n{}\n--- stderr\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
         } else if let Some(script) = cmd
             .split_whitespace()
             .next()

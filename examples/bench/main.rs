@@ -15,8 +15,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, watch};
 use zenedge::config::{Config, DeviceType};
 use zenedge::delivery::{self, policy::Policy, DeliveryState, Sender};
-use zenedge::event::{DeviceRef, EventKind, Millis, NewEvent, Origin};
+use zenedge::event::{DeviceRef, Millis, Origin};
 use zenedge::store::{Enqueued, Store};
+use zenedge::wire::{Data, DeviceOffline, DeviceOnline, NewEvent, PresenceReason};
 
 mod hostile;
 mod idle;
@@ -161,22 +162,29 @@ fn vm_hwm_kib() -> u64 {
 }
 
 fn event(i: usize) -> NewEvent {
-    let kind = if i.is_multiple_of(2) {
-        EventKind::DeviceOnline
+    let now = Millis::now();
+    let reason = PresenceReason::Availability;
+    let data = if i.is_multiple_of(2) {
+        Data::DeviceOnline(DeviceOnline {
+            reason,
+            offline_since: None,
+        })
     } else {
-        EventKind::DeviceOffline
+        Data::DeviceOffline(DeviceOffline {
+            reason,
+            last_seen: Some(now),
+            detected_at: now,
+        })
     };
     NewEvent::new(
-        kind,
+        data,
         Some(DeviceRef {
             id: format!("device-{}", i % 200),
             kind: DeviceType::Lock,
             meeting_space_id: None,
         }),
-        Millis::now(),
+        now,
     )
-    .with("reason", "availability")
-    .with("offline_since", serde_json::Value::Null)
 }
 
 struct Child {

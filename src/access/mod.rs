@@ -98,25 +98,7 @@ impl Credential {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DenyReason {
-    UnknownCredential,
-    OutsideWindow,
-    Revoked,
-    WrongRoom,
-}
-
-impl DenyReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DenyReason::UnknownCredential => "unknown_credential",
-            DenyReason::OutsideWindow => "outside_window",
-            DenyReason::Revoked => "revoked",
-            DenyReason::WrongRoom => "wrong_room",
-        }
-    }
-}
+pub use crate::wire::DenyReason;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {

@@ -18,10 +18,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::config::ZencoreConfig;
-use crate::event::{body_info, Millis};
+use crate::event::Millis;
 use crate::signing::{sign_all, Key};
 use crate::store::{Attempt, PendingEvent, State, Status, Store, StoreError};
 use crate::telemetry;
+use crate::wire::body_info;
 use policy::{classify, Action, Decision, Outcome, Policy, Scheduler};
 
 #[derive(Debug, thiserror::Error)]

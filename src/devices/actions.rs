@@ -10,23 +10,7 @@ use serde::Serialize;
 use super::drivers::{Command, LockState};
 use crate::event::Millis;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Source {
-    Zencore,
-    LocalCredential,
-    Operator,
-}
-
-impl Source {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Zencore => "zencore",
-            Source::LocalCredential => "local_credential",
-            Source::Operator => "operator",
-        }
-    }
-}
+pub use crate::wire::{ActionSource as Source, ActionStatus as Status};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Request {
@@ -75,24 +59,6 @@ impl PendingUnlock {
 
 fn ser_command<S: serde::Serializer>(c: &Command, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(c.as_str())
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    Succeeded,
-    Failed,
-    TimedOut,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Succeeded => "succeeded",
-            Status::Failed => "failed",
-            Status::TimedOut => "timed_out",
-        }
-    }
 }
 
 /// A finished action: everything `device.action_completed` needs.

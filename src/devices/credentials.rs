@@ -2,6 +2,7 @@
 //! decision, the doors it opens, the panel's feedback and the audit record.
 
 use super::*;
+use crate::wire::{AccessDenied, AccessLockout};
 
 impl Hub {
     /// A credential presented at panel `reader` (its JSON message).
@@ -130,12 +131,15 @@ impl Hub {
                 reason, booking_id, ..
             } => {
                 if let Some(device) = self.device_ref(reader) {
-                    out.events.push(
-                        NewEvent::new(EventKind::AccessDenied, Some(device), now)
-                            .with("credential_type", credential.kind())
-                            .with("reason", reason.as_str())
-                            .with("booking_id", booking_id.map_or(Value::Null, Value::from)),
-                    );
+                    out.events.push(NewEvent::new(
+                        Data::AccessDenied(AccessDenied {
+                            credential_type: credential.kind(),
+                            reason,
+                            booking_id,
+                        }),
+                        Some(device),
+                        now,
+                    ));
                 }
             }
         }
@@ -151,19 +155,17 @@ impl Hub {
         reader: &str,
         answer: Answer,
         granted: bool,
-        reason: Option<&str>,
+        reason: Option<&'static str>,
     ) -> Output {
         let mut out = Output::default();
         match answer {
             Answer::Panel(request_id) => out.publish.push(Outgoing {
                 topic: format!("{}/feedback", drivers::panel_prefix(&self.config, reader)),
-                payload: serde_json::json!({
-                    "request_id": request_id,
-                    "result": if granted { "granted" } else { "denied" },
-                    "reason": reason,
-                })
-                .to_string()
-                .into_bytes(),
+                payload: crate::wire::panel::to_bytes(&crate::wire::panel::AccessFeedback {
+                    request_id,
+                    result: if granted { "granted" } else { "denied" },
+                    reason,
+                }),
                 retain: false,
             }),
             Answer::Reader => out
@@ -193,12 +195,15 @@ impl Hub {
                 } => {
                     crate::telemetry::lockout_began(&reader, failures, until, lockouts);
                     if let Some(device) = self.device_ref(&reader) {
-                        out.events.push(
-                            NewEvent::new(EventKind::AccessLockout, Some(device), now)
-                                .with("failures", failures)
-                                .with("until", until.rfc3339())
-                                .with("lockouts", lockouts),
-                        );
+                        out.events.push(NewEvent::new(
+                            Data::AccessLockout(AccessLockout {
+                                failures,
+                                until,
+                                lockouts,
+                            }),
+                            Some(device),
+                            now,
+                        ));
                     }
                 }
                 Effect::Ended {

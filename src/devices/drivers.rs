@@ -223,20 +223,7 @@ fn power(word: &str) -> Result<Observation, PayloadError> {
 }
 
 /// A command to a device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Command {
-    Unlock,
-    Lock,
-}
-
-impl Command {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Command::Unlock => "unlock",
-            Command::Lock => "lock",
-        }
-    }
-}
+pub use crate::wire::DoorAction as Command;
 
 /// A message to publish. Commands are never retained (DESIGN section 3).
 #[derive(Debug, Clone, PartialEq, Eq)]

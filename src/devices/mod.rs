@@ -18,11 +18,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::config::{Config, Driver};
-use crate::event::{DeviceRef, EventKind, Millis, NewEvent};
+use crate::event::{DeviceRef, Millis};
 use crate::serial::types::{Cmd as SerialCmd, CredentialKind, Happening, LinkReason};
+use crate::wire::{ActionCompleted, Data, DeviceOffline, DeviceOnline, NewEvent};
 use actions::{Completed, Request, Start};
 use drivers::{AvailSource, Command, LockState, Observation, Outgoing, Routes, TopicKind};
 use presence::{Reason, Reported, Transition};
@@ -122,7 +123,9 @@ pub struct Hub {
     clock_trusted: bool,
     schedule: crate::schedule::Schedule,
     /// What each panel's `display` last got from the schedule.
-    displays: HashMap<String, Value>,
+    displays: HashMap<String, crate::wire::panel::Display>,
+    /// ZenCore's explicit state per room, with the schedule's view it was set over.
+    explicit: HashMap<String, (crate::wire::panel::Explicit, crate::wire::panel::Display)>,
     /// The latest time the hub was given (for the schedule's next deadline).
     last_now: Millis,
     pub counters: Arc<HubCounters>,
@@ -180,6 +183,7 @@ impl Hub {
             clock_trusted: true,
             schedule: crate::schedule::Schedule::default(),
             displays: HashMap::new(),
+            explicit: HashMap::new(),
             last_now: now,
             lockouts: crate::access::lockout::Lockouts::new(
                 crate::access::lockout::Policy::from_config(&config.access),
@@ -481,16 +485,20 @@ impl Hub {
             let last_seen = self.presence.last_seen(t.device());
             out.presence
                 .push((t.device().to_owned(), t.reported(last_seen)));
-            let opt = |m: Option<Millis>| m.map_or(Value::Null, |m| Value::from(m.rfc3339()));
             let event = match &t {
                 Transition::Online {
                     reason,
                     at,
                     offline_since,
                     ..
-                } => NewEvent::new(EventKind::DeviceOnline, Some(device), *at)
-                    .with("reason", reason.as_str())
-                    .with("offline_since", opt(*offline_since)),
+                } => NewEvent::new(
+                    Data::DeviceOnline(DeviceOnline {
+                        reason: *reason,
+                        offline_since: *offline_since,
+                    }),
+                    Some(device),
+                    *at,
+                ),
                 Transition::Offline {
                     reason,
                     last_seen,
@@ -500,10 +508,12 @@ impl Hub {
                     let id = t.device().to_owned();
                     let done = self.actions.offline(&id, now);
                     let mut completions = self.completions(done);
-                    let e = NewEvent::new(EventKind::DeviceOffline, Some(device), *detected_at)
-                        .with("reason", reason.as_str())
-                        .with("last_seen", opt(*last_seen))
-                        .with("detected_at", detected_at.rfc3339());
+                    let data = Data::DeviceOffline(DeviceOffline {
+                        reason: *reason,
+                        last_seen: *last_seen,
+                        detected_at: *detected_at,
+                    });
+                    let e = NewEvent::new(data, Some(device), *detected_at);
                     out.events.push(e);
                     out.events.append(&mut completions.events);
                     out.completed.append(&mut completions.completed);
@@ -522,24 +532,20 @@ impl Hub {
             let Some(device) = self.device_ref(&c.request.device) else {
                 continue;
             };
-            let opt = |s: &Option<String>| s.clone().map_or(Value::Null, Value::from);
-            out.events.push(
-                NewEvent::new(
-                    EventKind::DeviceActionCompleted,
-                    Some(device),
-                    c.completed_at,
-                )
-                .with("action_id", c.request.action_id.clone())
-                .with("action", c.request.command.as_str())
-                .with("status", c.status.as_str())
-                .with("source", c.request.source.as_str())
-                .with("requested_at", c.requested_at.rfc3339())
-                .with("completed_at", c.completed_at.rfc3339())
-                .with("duration_ms", c.duration_ms())
-                .with("booking_id", opt(&c.request.booking_id))
-                .with("grant_id", opt(&c.request.grant_id))
-                .with("error", c.error.map_or(Value::Null, Value::from)),
-            );
+            let data = Data::ActionCompleted(ActionCompleted {
+                action_id: c.request.action_id.clone(),
+                action: c.request.command,
+                status: c.status,
+                source: c.request.source,
+                requested_at: c.requested_at,
+                completed_at: c.completed_at,
+                duration_ms: c.duration_ms(),
+                booking_id: c.request.booking_id.clone(),
+                grant_id: c.request.grant_id.clone(),
+                error: c.error,
+            });
+            out.events
+                .push(NewEvent::new(data, Some(device), c.completed_at));
             out.completed.push(c);
         }
         out

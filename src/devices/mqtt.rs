@@ -89,8 +89,8 @@ pub enum HubRequest {
     },
     /// The grants changed: here is the whole set.
     Grants(Vec<crate::access::Grant>),
-    /// Publish a message (a panel's display).
-    Publish(super::drivers::Outgoing),
+    /// ZenCore's state for a room's panels.
+    Explicit(crate::wire::panel::Explicit),
     /// A booking as ZenCore now describes it (already durable).
     Booking(crate::schedule::Booking),
 }
@@ -510,8 +510,8 @@ impl Shell {
                             let out = self.hub.set_booking(b, self.clock.read().now);
                             self.apply(out, Vec::new()).await?;
                         }
-                        HubRequest::Publish(o) => {
-                            let out = Output { publish: vec![o], ..Output::default() };
+                        HubRequest::Explicit(e) => {
+                            let out = self.hub.set_explicit(e, self.clock.read().now);
                             self.apply(out, Vec::new()).await?;
                         }
                     }
@@ -718,7 +718,7 @@ impl Shell {
         let committed = self.store.commit(c).await?;
         for (e, stored) in out.events.iter().zip(&committed.events) {
             if let Enqueued::Stored { seq, id } = stored {
-                crate::telemetry::event_enqueued(*seq, id, e.kind.as_str());
+                crate::telemetry::event_enqueued(*seq, id, e.kind().as_str());
             }
         }
         Ok(())

@@ -17,35 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::event::Millis;
 
 /// Why a device is believed online or offline; the event's `reason`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Reason {
-    Availability,
-    StateReport,
-    Lwt,
-    HeartbeatTimeout,
-    BridgeOffline,
-    PortOpened,
-    PortClosed,
-    PollReply,
-    PollTimeout,
-}
-
-impl Reason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::Availability => "availability",
-            Reason::StateReport => "state_report",
-            Reason::Lwt => "lwt",
-            Reason::HeartbeatTimeout => "heartbeat_timeout",
-            Reason::BridgeOffline => "bridge_offline",
-            Reason::PortOpened => "port_opened",
-            Reason::PortClosed => "port_closed",
-            Reason::PollReply => "poll_reply",
-            Reason::PollTimeout => "poll_timeout",
-        }
-    }
-}
+pub use crate::wire::PresenceReason as Reason;
 
 /// The state last reported to ZenCore, persisted by the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,6 +2,7 @@
 //! check-in / end / extend.
 
 use super::*;
+use crate::wire::{panel, MeetingStatus};
 
 impl Hub {
     /// The rooms' schedule as stored (bookings and their marks).
@@ -22,6 +23,18 @@ impl Hub {
             .find(|p| p.id == device)
             .map(|p| p.meeting_space_id.clone())
             .unwrap_or_else(|| self.config.controller.meeting_space_id.clone())
+    }
+
+    /// A state ZenCore set for a room's panels: shown from now on, over the schedule's view,
+    /// until that view changes. The panels' one writer of `display` stays the hub.
+    pub fn set_explicit(&mut self, explicit: panel::Explicit, now: Millis) -> Output {
+        let schedule = self.schedule.display(&explicit.meeting_space_id, now);
+        self.explicit
+            .insert(explicit.meeting_space_id.clone(), (explicit, schedule));
+        Output {
+            publish: self.displays(now),
+            ..Output::default()
+        }
     }
 
     /// The schedule's moments due at `now`, and the displays that changed.
@@ -48,13 +61,26 @@ impl Hub {
             .collect();
         let mut out = Vec::new();
         for panel in panels {
-            let view = self.schedule.display(&self.room_of(&panel), now);
+            let room = self.room_of(&panel);
+            let schedule = self.schedule.display(&room, now);
+            // ZenCore's explicit state holds until the schedule's own view of the room moves on.
+            if self
+                .explicit
+                .get(&room)
+                .is_some_and(|(_, at)| *at != schedule)
+            {
+                self.explicit.remove(&room);
+            }
+            let view = match self.explicit.get(&room) {
+                Some((explicit, _)) => schedule.with_explicit(explicit),
+                None => schedule,
+            };
             if self.displays.get(&panel) == Some(&view) {
                 continue;
             }
             out.push(Outgoing {
                 topic: format!("{}/display", drivers::panel_prefix(&self.config, &panel)),
-                payload: view.to_string().into_bytes(),
+                payload: panel::to_bytes(&view),
                 retain: true,
             });
             self.displays.insert(panel, view);
@@ -67,18 +93,14 @@ impl Hub {
         let mut out = Output::default();
         for u in updates {
             let device = u.device_id.as_deref().and_then(|d| self.device_ref(d));
-            let mut e = NewEvent::new(EventKind::MeetingStatusUpdate, device, u.at)
-                .in_space(&u.meeting_space_id)
-                .with("booking_id", u.booking_id.clone())
-                .with("status", u.status)
-                .with("source", u.source.as_str())
-                .with(
-                    "device_id",
-                    u.device_id.clone().map_or(Value::Null, Value::from),
-                );
-            if let Some(end) = u.end_time {
-                e = e.with("end_time", end.rfc3339());
-            }
+            let data = Data::MeetingStatus(MeetingStatus {
+                booking_id: u.booking_id.clone(),
+                status: u.status,
+                source: u.source,
+                device_id: u.device_id.clone(),
+                end_time: u.end_time,
+            });
+            let mut e = NewEvent::new(data, device, u.at).in_space(&u.meeting_space_id);
             if u.source == Source::Scheduler {
                 // The same moment made again (a flush torn by a crash) keeps its id.
                 e = e.with_id(crate::event::moment_id(
@@ -124,19 +146,19 @@ impl Hub {
                 Err("malformed")
             }
         };
-        let (mut out, answer) = match result {
-            Ok(updates) => (
-                self.status_events(updates),
-                json!({"request_id": request_id, "action": name, "result": "ok", "reason": null}),
-            ),
-            Err(reason) => (
-                Output::default(),
-                json!({"request_id": request_id, "action": name, "result": "refused", "reason": reason}),
-            ),
+        let (mut out, result, reason) = match result {
+            Ok(updates) => (self.status_events(updates), "ok", None),
+            Err(reason) => (Output::default(), "refused", Some(reason)),
+        };
+        let answer = panel::ActionAnswer {
+            request_id,
+            action: name.to_owned(),
+            result,
+            reason,
         };
         out.publish.push(Outgoing {
             topic: format!("{}/feedback", drivers::panel_prefix(&self.config, panel)),
-            payload: answer.to_string().into_bytes(),
+            payload: panel::to_bytes(&answer),
             retain: false,
         });
         out.marks = self.schedule.take_dirty();

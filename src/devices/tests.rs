@@ -51,13 +51,14 @@ fn names(out: &Output) -> Vec<String> {
     out.events
         .iter()
         .map(|e| {
+            let fields = e.fields();
             format!(
                 "{} {} {}",
-                e.kind.as_str(),
+                e.kind().as_str(),
                 e.device.as_ref().map(|d| d.id.as_str()).unwrap_or("-"),
-                e.fields
+                fields
                     .get("reason")
-                    .or_else(|| e.fields.get("status"))
+                    .or_else(|| fields.get("status"))
                     .and_then(Value::as_str)
                     .unwrap_or("")
             )
@@ -130,10 +131,10 @@ fn guesses_lock_the_panel_out_and_the_panel_is_told_only_denied_or_locked_out() 
         ]
     );
     let lockout = &out.events[1];
-    assert_eq!(lockout.fields["failures"], 3);
-    assert_eq!(lockout.fields["lockouts"], 1);
+    assert_eq!(lockout.fields()["failures"], 3);
+    assert_eq!(lockout.fields()["lockouts"], 1);
     assert_eq!(
-        lockout.fields["until"],
+        lockout.fields()["until"],
         Millis(t + 2000 + 60_000).rfc3339().as_str()
     );
     // The right PIN during the lockout is not even compared: no unlock, nothing stored.
@@ -282,8 +283,8 @@ fn unlock_publishes_the_command_and_completes_on_the_report() {
         ]
     );
     let e = &out.events[1];
-    assert_eq!(e.fields["duration_ms"], 30);
-    assert_eq!(e.fields["action_id"], "a1");
+    assert_eq!(e.fields()["duration_ms"], 30);
+    assert_eq!(e.fields()["action_id"], "a1");
 }
 
 #[test]
@@ -317,10 +318,10 @@ fn an_unlock_with_duration_relocks_a_zigbee_lock_as_its_own_action() {
         Millis(5_300),
     );
     let e = &out.events[0];
-    assert_eq!(e.fields["action_id"], "z1:relock");
-    assert_eq!(e.fields["action"], "lock");
-    assert_eq!(e.fields["source"], "zencore");
-    assert_eq!(e.fields["status"], "succeeded");
+    assert_eq!(e.fields()["action_id"], "z1:relock");
+    assert_eq!(e.fields()["action"], "lock");
+    assert_eq!(e.fields()["source"], "zencore");
+    assert_eq!(e.fields()["status"], "succeeded");
 }
 
 #[test]

@@ -1,7 +1,9 @@
 //! Step 6 of the endpoint: a verified command's fields, against this controller's config, into
 //! the effects it has. Pure.
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
+
+use crate::wire::panel::Explicit;
 
 use super::{reject, Rejection};
 use crate::access::Grant;
@@ -28,11 +30,8 @@ pub enum Effect {
         booking_id: String,
         meeting_space_id: String,
     },
-    /// Publish to the `display` of every panel in the room (retained: it is state).
-    Display {
-        meeting_space_id: String,
-        payload: Value,
-    },
+    /// ZenCore's state for the room's panels (the hub publishes their retained `display`).
+    Display(Explicit),
 }
 
 impl Effect {
@@ -277,10 +276,12 @@ pub fn parse_command(
             let status = text(data, "status")?;
             let booking_id = opt_text(data, "booking_id")?;
             let message = data.get("message").cloned().unwrap_or(Value::Null);
-            accepted(vec![Effect::Display {
+            accepted(vec![Effect::Display(Explicit {
                 meeting_space_id: space,
-                payload: json!({"state": status, "booking_id": booking_id, "message": message}),
-            }])
+                state: status,
+                booking_id,
+                message,
+            })])
         }
         other => Err(reject(400, format!("unknown event `{other}`"))),
     }

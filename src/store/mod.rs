@@ -42,7 +42,8 @@ use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefiniti
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
-use crate::event::{body_info, IdGenerator, Millis, NewEvent, Origin};
+use crate::event::{IdGenerator, Millis, Origin};
+use crate::wire::{body_info, NewEvent};
 pub use record::{Record, Undecodable};
 pub use writer::{Commit, Committed, Step, Tx};
 

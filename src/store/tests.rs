@@ -3,7 +3,7 @@
 use super::*;
 use crate::config::DeviceType;
 use crate::event::DeviceRef;
-use crate::event::EventKind;
+use crate::wire::{Data, EventKind};
 use std::path::PathBuf;
 
 fn origin() -> Origin {
@@ -16,7 +16,10 @@ fn origin() -> Origin {
 
 fn presence(device: &str) -> NewEvent {
     NewEvent::new(
-        EventKind::DeviceOnline,
+        Data::DeviceOnline(crate::wire::DeviceOnline {
+            reason: crate::wire::PresenceReason::Availability,
+            offline_since: None,
+        }),
         Some(DeviceRef {
             id: device.into(),
             kind: DeviceType::Lock,
@@ -24,21 +27,30 @@ fn presence(device: &str) -> NewEvent {
         }),
         Millis::now(),
     )
-    .with("reason", "availability")
-    .with("offline_since", serde_json::Value::Null)
 }
 
 fn action(device: &str) -> NewEvent {
+    let now = Millis::now();
     NewEvent::new(
-        EventKind::DeviceActionCompleted,
+        Data::ActionCompleted(crate::wire::ActionCompleted {
+            action_id: "a".into(),
+            action: crate::wire::DoorAction::Unlock,
+            status: crate::wire::ActionStatus::Succeeded,
+            source: crate::wire::ActionSource::Zencore,
+            requested_at: now,
+            completed_at: now,
+            duration_ms: 0,
+            booking_id: None,
+            grant_id: None,
+            error: None,
+        }),
         Some(DeviceRef {
             id: device.into(),
             kind: DeviceType::Lock,
             meeting_space_id: None,
         }),
-        Millis::now(),
+        now,
     )
-    .with("action_id", "a")
 }
 
 async fn gc(store: &Store, now: Millis) -> usize {

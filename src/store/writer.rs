@@ -27,7 +27,8 @@ use super::{
     note_undecodable, Attempt, Enqueued, Gap, Meta, PendingEvent, Shared, State, Status,
     StoreError, ATTEMPTS, EVENTS, KEPT, PENDING, RECORDS, STATUS,
 };
-use crate::event::{body_info, render_body, EventKind, IdGenerator, Millis, NewEvent, Origin};
+use crate::event::{IdGenerator, Millis, Origin};
+use crate::wire::{body_info, render_body, Data, DataGap, GapReason, NewEvent};
 
 mod commit;
 
@@ -326,7 +327,7 @@ impl Writer {
         self.report_gap_if_room(txn)?;
         if self.over_budget() {
             self.reclaim(txn)?;
-            if event.kind.is_presence() && self.over_budget() {
+            if event.kind().is_presence() && self.over_budget() {
                 let seq = self.allocate()?;
                 self.note_gap(Gap {
                     from: seq,
@@ -336,7 +337,7 @@ impl Writer {
                 tracing::warn!(
                     message = "Store is full; presence event dropped.",
                     sequence = seq,
-                    event = event.kind.as_str(),
+                    event = event.kind().as_str(),
                 );
                 return Ok(Enqueued::Dropped { seq });
             }
@@ -367,9 +368,10 @@ impl Writer {
         };
         let body = render_body(&self.origin, event, &id, seq);
         txn.open_table(EVENTS)?.insert(seq, body.as_slice())?;
-        txn.open_table(PENDING)?.insert(seq, event.kind.as_str())?;
+        txn.open_table(PENDING)?
+            .insert(seq, event.kind().as_str())?;
         self.meta.live_bytes += 8 + body.len() as u64;
-        self.count_pending(event.kind.as_str(), 1);
+        self.count_pending(event.kind().as_str(), 1);
         Ok(Enqueued::Stored { seq, id })
     }
 
@@ -406,11 +408,16 @@ impl Writer {
             return Ok(());
         }
         self.meta.gap = None;
-        let event = NewEvent::new(EventKind::EdgeDataGap, None, Millis::now())
-            .with("from_sequence", gap.from)
-            .with("to_sequence", gap.to)
-            .with("count", gap.count)
-            .with("reason", "store_full");
+        let event = NewEvent::edge(
+            Data::DataGap(DataGap {
+                from_sequence: Some(gap.from),
+                to_sequence: gap.to,
+                count: Some(gap.count),
+                reason: GapReason::StoreFull,
+                quarantined_to: None,
+            }),
+            Millis::now(),
+        );
         self.insert_event(txn, &event)?;
         self.shared.full.store(false, Ordering::Relaxed);
         Ok(())

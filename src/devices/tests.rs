@@ -344,3 +344,47 @@ fn an_offline_device_fails_at_once_and_malformed_is_counted() {
     assert!(out.events.is_empty());
     assert_eq!(hub.counters.malformed.load(Ordering::Relaxed), 1);
 }
+
+fn shown(out: &Output) -> Option<Value> {
+    out.publish
+        .iter()
+        .rfind(|p| p.topic == "zenedge/edge-1/panels/panel/display")
+        .map(|p| serde_json::from_slice(&p.payload).unwrap())
+}
+
+#[test]
+fn zencore_s_explicit_state_is_shown_by_the_one_writer_until_the_schedule_moves_on() {
+    const MIN: u64 = 60_000;
+    let mut hub = panel_hub();
+    let first = shown(&hub.tick(Millis(0))).expect("a first display");
+    assert_eq!(first["state"], "available");
+
+    let explicit = crate::wire::panel::Explicit {
+        meeting_space_id: "ms".into(),
+        state: "reserved".into(),
+        booking_id: Some("b-9".into()),
+        message: Value::from("VIP visit"),
+    };
+    let v = shown(&hub.set_explicit(explicit.clone(), Millis(MIN))).expect("explicit shown");
+    assert_eq!(v["state"], "reserved");
+    assert_eq!(v["booking_id"], "b-9");
+    assert_eq!(v["message"], "VIP visit");
+    // Nothing in the schedule changed: the next tick does not take it back.
+    assert_eq!(shown(&hub.tick(Millis(2 * MIN))), None);
+    // The same state again publishes nothing new (the retained message is already right).
+    assert_eq!(shown(&hub.set_explicit(explicit, Millis(3 * MIN))), None);
+
+    // A booking that begins now changes the schedule's view: that view wins from then on.
+    let booking = crate::schedule::Booking {
+        booking_id: "b-1".into(),
+        meeting_space_id: "ms".into(),
+        start: Millis(4 * MIN),
+        end: Millis(64 * MIN),
+        title: None,
+        closed: None,
+    };
+    let v = shown(&hub.set_booking(booking, Millis(5 * MIN))).expect("schedule shown");
+    assert_eq!(v["state"], "in_use");
+    assert_eq!(v["booking_id"], "b-1");
+    assert_eq!(v["message"], Value::Null);
+}

@@ -52,7 +52,6 @@ fn reject(status: u16, error: impl Into<String>) -> Rejection {
     }
 }
 
-/// Queues `payload` for the `display` of every panel in `room`.
 #[derive(Clone)]
 pub struct InboundState {
     pub config: Arc<Config>,

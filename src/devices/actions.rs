@@ -16,7 +16,6 @@ pub use crate::wire::{ActionSource as Source, ActionStatus as Status};
 pub struct Request {
     pub action_id: String,
     pub device: String,
-    #[serde(serialize_with = "ser_command")]
     pub command: Command,
     pub source: Source,
     pub booking_id: Option<String>,
@@ -55,10 +54,6 @@ impl PendingUnlock {
             duration_s: self.duration_s,
         }
     }
-}
-
-fn ser_command<S: serde::Serializer>(c: &Command, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(c.as_str())
 }
 
 /// A finished action: everything `device.action_completed` needs.

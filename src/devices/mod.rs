@@ -122,7 +122,7 @@ pub struct Hub {
     relocks: Vec<(Millis, Request)>,
     clock_trusted: bool,
     schedule: crate::schedule::Schedule,
-    /// What each panel's `display` last got from the schedule.
+    /// What each panel's `display` was last sent (the schedule's view, or ZenCore's over it).
     displays: HashMap<String, crate::wire::panel::Display>,
     /// ZenCore's explicit state per room, with the schedule's view it was set over.
     explicit: HashMap<String, (crate::wire::panel::Explicit, crate::wire::panel::Display)>,

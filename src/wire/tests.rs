@@ -137,3 +137,154 @@ fn a_room_s_status_updates_share_one_lane_whatever_their_device() {
     assert!(v["data"].get("end_time").is_none());
     assert_eq!(v["data"]["device_id"], Value::Null);
 }
+
+mod commands {
+    use crate::wire::command::*;
+    use serde_json::{json, Map, Value};
+
+    fn data(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap_or_default()
+    }
+
+    fn grant() -> Value {
+        json!({"grant_id": "g1", "booking_id": "b1", "meeting_space_id": "ms-1",
+            "token_sha256": "AB".repeat(32), "valid_from": "2026-01-01T10:00:00Z",
+            "valid_until": "2026-01-01T11:00:00Z"})
+    }
+
+    fn error(event: &str, v: Value) -> String {
+        match decode(event, &data(v)) {
+            Err(FieldError(e)) => e,
+            Ok(d) => panic!("{event} decoded: {d:?}"),
+        }
+    }
+
+    #[test]
+    fn each_refusal_names_the_field_that_failed() {
+        let mut g = grant();
+        g.as_object_mut().unwrap().remove("grant_id");
+        assert_eq!(error("access.magic_link", g), "missing data.grant_id");
+        for (field, bad, says) in [
+            (
+                "grant_id",
+                json!(""),
+                "data.grant_id must be a non-empty string",
+            ),
+            (
+                "booking_id",
+                json!(7),
+                "data.booking_id must be a non-empty string",
+            ),
+            (
+                "valid_from",
+                json!("tomorrow"),
+                "data.valid_from is not an RFC 3339 time",
+            ),
+            (
+                "valid_from",
+                json!(1_700_000_000),
+                "data.valid_from must be a non-empty string",
+            ),
+            (
+                "token_sha256",
+                json!("xyz"),
+                "data.token_sha256 must be 64 hex digits (SHA-256 / HMAC-SHA256)",
+            ),
+            (
+                "pin_sha256",
+                json!("ab".repeat(31)),
+                "data.pin_sha256 must be 64 hex digits (SHA-256 / HMAC-SHA256)",
+            ),
+            (
+                "valid_until",
+                json!("2026-01-01T09:00:00Z"),
+                "data.valid_until must be after data.valid_from",
+            ),
+        ] {
+            let mut g = grant();
+            g[field] = bad;
+            assert_eq!(error("access.magic_link", g), says, "{field}");
+        }
+        let mut both = grant();
+        both["pin_sha256"] = json!("ab".repeat(32));
+        both["pin_hmac"] = json!("cd".repeat(32));
+        assert_eq!(
+            error("access.magic_link", both),
+            "data.pin_sha256 and data.pin_hmac: send one of them"
+        );
+        let mut ids = grant();
+        ids["device_ids"] = json!(["front", 3]);
+        assert_eq!(
+            error("access.magic_link", ids),
+            "data.device_ids[1] must be a non-empty string"
+        );
+        assert_eq!(
+            error("access.revoke", json!({})),
+            "missing data.grant_id or data.booking_id"
+        );
+        assert_eq!(
+            error("party.started", json!({})),
+            "unknown event `party.started`"
+        );
+        let start = json!({"booking_id": "b1", "meeting_space_id": "ms-1",
+            "start_time": "2026-01-01T10:00:00Z", "end_time": "2026-01-01T11:00:00Z",
+            "phase": "T-5"});
+        let e = error("booking.start", start);
+        assert!(e.starts_with("data.phase ") && e.contains("T-5"), "{e}");
+        for d in [
+            json!(0),
+            json!(3601),
+            json!(1.5),
+            json!("5"),
+            json!(u64::MAX),
+        ] {
+            let unlock = json!({"action_id": "a", "device_id": "front", "booking_id": "b",
+                "not_after": "2026-01-01T10:00:00Z", "duration_s": d});
+            assert_eq!(
+                error("access.unlock", unlock),
+                "data.duration_s must be a whole number of seconds, 1..=3600"
+            );
+        }
+    }
+
+    #[test]
+    fn a_command_decodes_to_its_type_and_renders_back_to_the_same_data() {
+        let Ok(Decoded::Command(c)) = decode("access.magic_link", &data(grant())) else {
+            panic!("grant not decoded");
+        };
+        let Command::MagicLink(g) = *c else {
+            panic!("not a grant: {c:?}");
+        };
+        // Hashes are kept lowercase, so a comparison later is one of bytes.
+        assert_eq!(g.token_sha256.0, "ab".repeat(32));
+        assert_eq!(g.valid_until.0.rfc3339(), "2026-01-01T11:00:00.000Z");
+        let back = serde_json::to_value(Command::MagicLink(g.clone())).unwrap();
+        assert_eq!(back["event"], "access.magic_link");
+        let Ok(Decoded::Command(again)) = decode("access.magic_link", &data(back["data"].clone()))
+        else {
+            panic!("rendered grant not decoded");
+        };
+        assert_eq!(*again, Command::MagicLink(g));
+
+        // The grant wins when a revoke names both.
+        assert_eq!(
+            decode(
+                "access.revoke",
+                &data(json!({"grant_id": "g", "booking_id": "b"}))
+            ),
+            Ok(Decoded::Command(Box::new(Command::Revoke(Revoke::Grant(
+                "g".into()
+            )))))
+        );
+        for ignored in ["organization.updated", "member.added", "device.online"] {
+            assert_eq!(decode(ignored, &Map::new()), Ok(Decoded::Ignored));
+        }
+        // Fields the contract does not name are not refused: ZenCore may add some.
+        let mut more = grant();
+        more["colour"] = json!("teal");
+        assert!(matches!(
+            decode("access.magic_link", &data(more)),
+            Ok(Decoded::Command(_))
+        ));
+    }
+}

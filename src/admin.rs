@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, watch};
 use crate::delivery::DeliveryState;
 use crate::event::Millis;
 use crate::store::{Enqueued, PendingEvent, State, Store, StoreError};
+use crate::telemetry::InternalEvent;
 use crate::wire::{Data, EdgeTest, EventKind, NewEvent};
 
 /// The most `edge.test` events one request may queue (DESIGN §6).
@@ -400,7 +401,12 @@ async fn test_webhook(
         .into_iter()
         .filter_map(|e| match e {
             Enqueued::Stored { seq, id } => {
-                crate::telemetry::event_enqueued(seq, &id, EventKind::EdgeTest.as_str());
+                crate::telemetry::events::EventEnqueued {
+                    sequence: seq,
+                    event_id: &id,
+                    event: EventKind::EdgeTest.as_str(),
+                }
+                .emit();
                 Some(json!({"id": id, "sequence": seq}))
             }
             Enqueued::Dropped { .. } => None,

@@ -62,7 +62,8 @@ pub fn start(listen: SocketAddr, login: Option<(String, String)>) -> anyhow::Res
         .name("mqtt-broker".into())
         .spawn(move || {
             if let Err(e) = broker.start() {
-                tracing::error!(message = "Embedded MQTT broker stopped.", error = %e);
+                use crate::telemetry::InternalEvent;
+                crate::telemetry::events::EmbeddedBrokerStopped { error: &e }.emit();
             }
         })?;
     Ok(())

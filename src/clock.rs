@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::access::{read_clock, ClockFloor, ClockReading, ClockStatus};
 use crate::event::Millis;
+use crate::telemetry::{events::ClockFloorLowered, InternalEvent};
 
 /// The controller clock with its persisted floor, shared by the inbound endpoint and the
 /// credential path.
@@ -55,7 +56,12 @@ impl Clock {
                 )
                 .is_ok()
             {
-                crate::telemetry::clock_floor_lowered(floor, reading.floor, "synchronised clock");
+                ClockFloorLowered {
+                    from: &floor.rfc3339(),
+                    to: &reading.floor.rfc3339(),
+                    by: "synchronised clock",
+                }
+                .emit();
                 self.persist(reading.floor, true);
             }
         } else if reading.trusted && reading.now >= floor.saturating_add(FLOOR_STEP) {
@@ -92,7 +98,12 @@ impl Clock {
         self.store.commit(c).await?;
         self.floor.store(to.0, Ordering::Relaxed);
         if to < before.floor {
-            crate::telemetry::clock_floor_lowered(before.floor, to, "operator reset");
+            ClockFloorLowered {
+                from: &before.floor.rfc3339(),
+                to: &to.rfc3339(),
+                by: "operator reset",
+            }
+            .emit();
         }
         Ok((before, self.read()))
     }

@@ -21,6 +21,7 @@ use crate::delivery::{self, policy::Policy, DeliveryState, Sender};
 use crate::devices;
 use crate::event::{Millis, Origin};
 use crate::store::Store;
+use crate::telemetry::{events as t, InternalEvent};
 use crate::wire::{Data, DataGap, GapReason, NewEvent};
 
 /// How long requests in flight may run on after a stop was asked for.
@@ -79,10 +80,7 @@ async fn run_inner(
     };
     let undecodable = store.read(check_records).await?;
     if undecodable > 0 {
-        tracing::error!(
-            message = "Some stored records cannot be decoded; they are kept and not used (zenedge status lists them).",
-            count = undecodable
-        );
+        t::RecordsUndecodable { count: undecodable }.emit();
     }
     if let Some(aside) = store.quarantined() {
         // The old store's undelivered events are lost to us; say so to ZenCore, with the
@@ -111,10 +109,18 @@ async fn run_inner(
         };
         let anonymous = login.is_none();
         crate::broker::start(SocketAddr::new(ip, config.mqtt.port), login)?;
-        tracing::info!(message = "Embedded MQTT broker started.", host = %config.mqtt.host, port = config.mqtt.port, anonymous);
+        t::EmbeddedBrokerStarted {
+            host: &config.mqtt.host,
+            port: config.mqtt.port,
+            anonymous,
+        }
+        .emit();
     }
     if std::env::var("ZENEDGE_FAULT").as_deref() == Ok("wedge-delivery") {
-        tracing::warn!(message = "Fault hook: the delivery loop will stop going round.");
+        t::FaultHook {
+            hook: "wedge-delivery: the delivery loop will stop going round",
+        }
+        .emit();
         crate::telemetry::liveness()
             .wedge_delivery
             .store(true, Ordering::Relaxed);
@@ -149,14 +155,11 @@ async fn run_inner(
                 _ = reload => {
                     let Some(p) = &path else { continue };
                     match Config::load(p) {
-                        Err(e) => tracing::error!(
-                            message = "New config rejected; the running one stays.",
-                            error = %e
-                        ),
+                        Err(e) => t::ConfigRejected { error: &e }.emit(),
                         Ok(new) if new.controller.state_dir != config.controller.state_dir
                             || new.mqtt.embedded != config.mqtt.embedded =>
                         {
-                            tracing::error!(message = "controller.state_dir and mqtt.embedded change only with a restart; the running config stays.");
+                            t::ConfigNeedsRestart {}.emit();
                         }
                         Ok(new) => break Some(new),
                     }
@@ -165,19 +168,19 @@ async fn run_inner(
         };
         match next {
             None => {
-                tracing::info!(message = "Stopping.");
+                t::Stopping {}.emit();
                 crate::systemd::stopping();
                 let _ = stop_tx.send(true);
                 serving.await?;
                 store.sync().await?;
-                tracing::info!(message = "Stopped.");
+                t::Stopped {}.emit();
                 return Ok(());
             }
             Some(new) => {
-                tracing::info!(
-                    message = "Reloading the config.",
-                    devices = new.devices.len()
-                );
+                t::ConfigReloading {
+                    devices: new.devices.len(),
+                }
+                .emit();
                 crate::systemd::reloading();
                 let _ = stop_tx.send(true);
                 serving.await?;
@@ -330,14 +333,16 @@ async fn serve(
                 }
                 Store::gc_delivered(&mut c, now);
                 match store.commit(c).await {
-                    Ok(done) if done.removed > 0 => {
-                        tracing::info!(
-                            message = "Delivered events past retention removed.",
-                            count = done.removed
-                        )
+                    Ok(done) if done.removed > 0 => t::DeliveredRemoved {
+                        count: done.removed as u64,
                     }
+                    .emit(),
                     Ok(_) => {}
-                    Err(e) => crate::telemetry::store_error("gc", &e),
+                    Err(e) => t::StoreFailed {
+                        context: "gc",
+                        error: &e,
+                    }
+                    .emit(),
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(GC_INTERVAL) => {}
@@ -398,17 +403,17 @@ async fn serve(
             }
         })
     };
-    tracing::info!(
-        message = "ZenEdge is running.",
-        controller_id = %config.controller.id,
-        admin = %bound.admin,
-        admin_socket = %socket_path.display(),
-        inbound = %bound.inbound,
-        webhook_url = %config.zencore.webhook_url,
-        last_sequence = store.last_sequence(),
-    );
+    t::Running {
+        controller_id: &config.controller.id,
+        admin: &bound.admin,
+        admin_socket: &socket_path.display(),
+        inbound: &bound.inbound,
+        webhook_url: &config.zencore.webhook_url,
+        last_sequence: store.last_sequence(),
+    }
+    .emit();
     for warning in config.warnings() {
-        tracing::warn!(message = "Config warning.", warning);
+        t::ConfigWarning { warning: &warning }.emit();
     }
     if !stopping {
         if let Some(f) = on_ready.take() {
@@ -428,11 +433,11 @@ async fn serve(
                 Ok(()) => "it returned".to_string(),
                 Err(e) => e,
             };
-            tracing::error!(
-                message = "An essential task stopped; exiting so that ZenEdge is restarted.",
-                task,
-                error = %why
-            );
+            t::EssentialStopped {
+                adapter: task,
+                error: &why,
+            }
+            .emit();
             let _ = store.sync().await;
             anyhow::bail!("the {task} task stopped: {why}");
         }
@@ -450,10 +455,16 @@ async fn serve(
     let _ = status_task.await;
     match mqtt_task.await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            tracing::error!(message = "Device task stopped on a store error.", error = %e)
+        Ok(Err(e)) => t::ShutdownError {
+            adapter: "device",
+            error: &e,
         }
-        Err(e) => tracing::error!(message = "Device task failed.", error = %e),
+        .emit(),
+        Err(e) => t::ShutdownError {
+            adapter: "device",
+            error: &e,
+        }
+        .emit(),
     }
     store.sync().await?;
     match delivery_result {
@@ -491,7 +502,7 @@ pub async fn stop_signal() {
     ) {
         (Ok(t), Ok(i)) => (t, i),
         _ => {
-            tracing::error!(message = "Cannot install signal handlers; stopping on Ctrl-C only.");
+            t::SignalHandlersMissing {}.emit();
             let _ = tokio::signal::ctrl_c().await;
             return;
         }

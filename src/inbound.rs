@@ -25,6 +25,7 @@ use crate::devices::mqtt::HubRequest;
 use crate::event::Millis;
 use crate::signing::Key;
 use crate::store::{Commit, Store, StoreError};
+use crate::telemetry::{events as t, InternalEvent};
 use crate::wire::panel::Explicit;
 
 mod command;
@@ -241,7 +242,11 @@ fn apply(
 }
 
 fn store_failure(e: StoreError) -> Response {
-    crate::telemetry::store_error("inbound command", &e);
+    t::StoreFailed {
+        context: "inbound command",
+        error: &e,
+    }
+    .emit();
     answer(500, json!({"error": "store"}))
 }
 
@@ -270,7 +275,12 @@ async fn handle(State(s): State<InboundState>, headers: HeaderMap, body: Body) -
     let verified = match verify(&s.keys, header, &body, clock, s.config.inbound.tolerance) {
         Ok(v) => v,
         Err(r) => {
-            tracing::warn!(message = "Inbound command refused.", status = r.status, error = %r.error);
+            t::InboundRefused {
+                event: "",
+                status: r.status,
+                error: &r.error,
+            }
+            .emit();
             return r.into();
         }
     };
@@ -286,7 +296,12 @@ async fn handle(State(s): State<InboundState>, headers: HeaderMap, body: Body) -
     let command = match parse_command(&s.config, &verified.event, &verified.data, clock.now) {
         Ok(c) => c,
         Err(r) => {
-            tracing::warn!(message = "Inbound command refused.", event = %verified.event, status = r.status, error = %r.error);
+            t::InboundRefused {
+                event: &verified.event,
+                status: r.status,
+                error: &r.error,
+            }
+            .emit();
             return r.into();
         }
     };
@@ -367,10 +382,14 @@ async fn handle(State(s): State<InboundState>, headers: HeaderMap, body: Body) -
     let ignored = after.is_empty() && !grants_changed;
     for r in after {
         if s.hub.send(r).await.is_err() {
-            tracing::error!(message = "Device task stopped; accepted command not carried out.");
+            t::CommandNotCarriedOut {}.emit();
         }
     }
-    tracing::info!(message = "Inbound command accepted.", event = %verified.event, id = %verified.key);
+    t::InboundAccepted {
+        event: &verified.event,
+        id: &verified.key,
+    }
+    .emit();
     if ignored {
         answer(202, json!({"status": "ignored", "id": verified.key}))
     } else {

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use zenedge::cli::{self, Command};
+use zenedge::telemetry::{events::DaemonFailed, InternalEvent};
 
 fn main() -> ExitCode {
     zenedge::limit_malloc_arenas();
@@ -51,10 +52,10 @@ fn main() -> ExitCode {
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!(
-                        message = "ZenEdge stopped on an error.",
-                        error = format!("{e:#}")
-                    );
+                    DaemonFailed {
+                        error: &format!("{e:#}"),
+                    }
+                    .emit();
                     eprintln!("zenedge: {e:#}");
                     ExitCode::from(cli::exit::SOFTWARE)
                 }

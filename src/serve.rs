@@ -21,6 +21,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch, Notify};
 
+use crate::telemetry::{events as t, InternalEvent};
+
 /// The whole request head must arrive within this.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// The body must arrive within this once the head is in.
@@ -40,6 +42,7 @@ struct Slot {
     /// Set once the request head is in: from then on the connection is not evicted.
     head: Arc<AtomicBool>,
     evict: Option<oneshot::Sender<()>>,
+    peer: std::net::SocketAddr,
 }
 
 impl Slots {
@@ -50,6 +53,7 @@ impl Slots {
 
     /// Makes room for one more by evicting the oldest connection still without a request head.
     fn make_room(&mut self, max: usize) {
+        use crate::telemetry::InternalEvent;
         if self.open.len() < max {
             return;
         }
@@ -62,7 +66,7 @@ impl Slots {
             if let Some(evict) = slot.evict {
                 let _ = evict.send(());
             }
-            crate::telemetry::inbound_evicted();
+            crate::telemetry::events::InboundEvicted { peer: &slot.peer }.emit();
         }
     }
 }
@@ -101,7 +105,7 @@ pub async fn serve(
                 Ok(a) => a,
                 Err(e) => {
                     // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(message = "Inbound accept failed.", error = %e);
+                    t::InboundAcceptFailed { error: &e }.emit();
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -120,6 +124,7 @@ pub async fn serve(
                 id,
                 head: head.clone(),
                 evict: Some(evict_tx),
+                peer,
             });
             id
         };
@@ -134,12 +139,12 @@ pub async fn serve(
                     Some(acceptor) => {
                         match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
                             Ok(Ok(s)) => connection(TokioIo::new(s), router, head, &mut stop).await,
-                            Ok(Err(e)) => {
-                                tracing::debug!(message = "Inbound TLS handshake failed.", %peer, error = %e)
+                            Ok(Err(e)) => t::InboundTlsFailed {
+                                peer: &peer,
+                                error: &e,
                             }
-                            Err(_) => {
-                                tracing::debug!(message = "Inbound TLS handshake timed out.", %peer)
-                            }
+                            .emit(),
+                            Err(_) => t::InboundTlsTimedOut { peer: &peer }.emit(),
                         }
                     }
                     None => connection(TokioIo::new(stream), router, head, &mut stop).await,
@@ -147,11 +152,10 @@ pub async fn serve(
             };
             tokio::select! {
                 r = tokio::time::timeout(CONNECTION_LIMIT, work) => if r.is_err() {
-                    tracing::debug!(message = "Inbound connection closed at its time limit.", %peer);
+                    t::InboundTimeLimit { peer: &peer }.emit();
                 },
-                _ = evict_rx => {
-                    tracing::debug!(message = "Inbound connection without a request evicted for a new one.", %peer);
-                }
+                // Logged and counted when it was chosen (`make_room`).
+                _ = evict_rx => {}
             }
             lock(&slots).open.retain(|s| s.id != id);
             freed.notify_one();

@@ -8,11 +8,11 @@ use std::time::Duration;
 use sd_notify::NotifyState;
 use tokio::sync::watch;
 
-use crate::telemetry::liveness;
+use crate::telemetry::{events as t, liveness, InternalEvent};
 
 fn notify(states: &[NotifyState]) {
     if let Err(e) = sd_notify::notify(false, states) {
-        tracing::warn!(message = "Cannot notify systemd.", error = %e);
+        t::SystemdNotifyFailed { error: &e }.emit();
     }
 }
 
@@ -60,11 +60,11 @@ pub async fn watchdog(mut stop: watch::Receiver<bool>) {
         if now.0 > last.0 && now.1 > last.1 {
             notify(&[NotifyState::Watchdog]);
         } else {
-            tracing::error!(
-                message = "A critical task has stopped making progress; withholding the systemd watchdog.",
-                delivery_alive = now.0 > last.0,
-                devices_alive = now.1 > last.1,
-            );
+            t::WatchdogWithheld {
+                delivery_alive: now.0 > last.0,
+                devices_alive: now.1 > last.1,
+            }
+            .emit();
         }
         last = now;
     }

@@ -21,7 +21,7 @@ use crate::config::ZencoreConfig;
 use crate::event::Millis;
 use crate::signing::{sign_all, Key};
 use crate::store::{Attempt, PendingEvent, State, Status, Store, StoreError};
-use crate::telemetry;
+use crate::telemetry::{self, events as t, AttemptEnd, InternalEvent};
 use crate::wire::body_info;
 use policy::{classify, Action, Decision, Outcome, Policy, Scheduler};
 
@@ -359,7 +359,11 @@ pub async fn run(
                     }
                     Ok(None) => scheduler.remove(seq),
                     Err(e) => {
-                        telemetry::store_error("read event body", &e);
+                        t::StoreFailed {
+                            context: "read event body",
+                            error: &e,
+                        }
+                        .emit();
                         scheduler.complete(
                             seq,
                             Outcome::Failed { retry_after: None },
@@ -370,7 +374,11 @@ pub async fn run(
                 },
                 Action::Expire { seq } => {
                     store.set_dead(seq, "max_age");
-                    telemetry::dead_lettered(seq, "max_age");
+                    t::DeadLettered {
+                        sequence: seq,
+                        reason: "max_age",
+                    }
+                    .emit();
                 }
             }
         }
@@ -422,11 +430,10 @@ pub async fn run(
     match drained {
         Ok(result) => result?,
         Err(_) => {
-            tracing::warn!(
-                message =
-                    "Requests still in flight at shutdown; they will be retried after restart.",
-                in_flight = in_flight.len()
-            );
+            t::InFlightAtShutdown {
+                in_flight: in_flight.len(),
+            }
+            .emit();
             in_flight.abort_all();
         }
     }
@@ -446,18 +453,19 @@ fn finish(
 ) {
     let outcome = classify(result.status, result.retry_after);
     let now = Millis::now();
-    telemetry::attempt_finished(
-        seq,
+    t::AttemptFinished {
+        sequence: seq,
         attempt,
-        result.status,
-        result.duration_ms,
-        result.error.as_deref(),
-        match outcome {
-            Outcome::Delivered => telemetry::AttemptEnd::Delivered,
-            Outcome::Unreachable { .. } => telemetry::AttemptEnd::Unreachable,
-            Outcome::Failed { .. } | Outcome::Gone => telemetry::AttemptEnd::Failed,
+        status: result.status,
+        duration_ms: result.duration_ms,
+        error: result.error.as_deref(),
+        end: match outcome {
+            Outcome::Delivered => AttemptEnd::Delivered,
+            Outcome::Unreachable { .. } => AttemptEnd::Unreachable,
+            Outcome::Failed { .. } | Outcome::Gone => AttemptEnd::Failed,
         },
-    );
+    }
+    .emit();
     let decision = scheduler.complete(seq, outcome, now, unit);
     // The store keeps the larger attempt count of this and what it has.
     let mut status = Status::untried();
@@ -473,7 +481,11 @@ fn finish(
             status.state = State::Dead;
             status.dead_reason = Some(reason.to_owned());
             status.next_attempt_ms = None;
-            telemetry::dead_lettered(seq, reason);
+            t::DeadLettered {
+                sequence: seq,
+                reason,
+            }
+            .emit();
         }
         Decision::Retry { at } => {
             status.state = State::Pending;

@@ -2,6 +2,7 @@
 //! before every Zigbee2MQTT device is taken offline with it.
 
 use super::*;
+use crate::telemetry::{events as t, InternalEvent};
 
 impl Hub {
     /// Advances time: debounce, silence, action timeouts, relocks, the rooms' schedule.
@@ -18,10 +19,7 @@ impl Hub {
                 let Some(ask) = drivers::bridge_health_check(topic) else {
                     return self.bridge_offline(now);
                 };
-                tracing::info!(
-                    message = "Zigbee2MQTT bridge says offline; asking it before believing it.",
-                    topic
-                );
+                t::BridgeAsked { topic }.emit();
                 self.bridge_checks.insert(topic.to_owned(), now);
                 out.publish.push(ask);
             }
@@ -38,11 +36,11 @@ impl Hub {
                     self.counters
                         .bridge_offline_ignored
                         .fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(
-                        message = "Zigbee2MQTT bridge answered its health check: its \"offline\" is ignored (published by another client, or stale; see SECURITY.md on broker ACLs).",
-                        topic = %state_topic,
-                        healthy
-                    );
+                    t::BridgeOfflineIgnored {
+                        topic: &state_topic,
+                        healthy,
+                    }
+                    .emit();
                 }
             }
             _ => {}

@@ -2,6 +2,7 @@
 //! decision, the doors it opens, the panel's feedback and the audit record.
 
 use super::*;
+use crate::telemetry::{events as t, InternalEvent};
 use crate::wire::{AccessDenied, AccessLockout};
 
 impl Hub {
@@ -22,10 +23,7 @@ impl Hub {
         };
         let Some(credential) = credential else {
             self.counters.malformed.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                message = "Malformed credential message ignored.",
-                device = reader
-            );
+            t::CredentialMalformed { device: reader }.emit();
             return Output::default();
         };
         self.present(reader, credential, Answer::Panel(request_id), now)
@@ -48,12 +46,13 @@ impl Hub {
         let gate = self.lockouts.gate(reader, now, &mut effects);
         out.merge(self.lockout_effects(effects, now));
         if let Gate::LockedOut { .. } = gate {
-            crate::telemetry::access_decision(
-                reader,
-                "denied",
-                Some("locked_out"),
-                credential.kind(),
-            );
+            t::AccessDecision {
+                device: reader,
+                granted: false,
+                reason: Some("locked_out"),
+                credential_type: credential.kind(),
+            }
+            .emit();
             out.merge(self.feedback(reader, answer, false, Some("locked_out")));
             return out;
         }
@@ -95,7 +94,13 @@ impl Hub {
             clock_untrusted: !self.clock_trusted,
             attempts: None,
         });
-        crate::telemetry::access_decision(reader, result, reason, credential.kind());
+        t::AccessDecision {
+            device: reader,
+            granted: result == "granted",
+            reason,
+            credential_type: credential.kind(),
+        }
+        .emit();
         let effects = self.lockouts.compared(reader, result == "granted", now);
         let began = effects
             .iter()
@@ -193,7 +198,13 @@ impl Hub {
                     until,
                     lockouts,
                 } => {
-                    crate::telemetry::lockout_began(&reader, failures, until, lockouts);
+                    t::LockoutBegan {
+                        device: &reader,
+                        failures,
+                        until: &until.rfc3339(),
+                        lockouts_in_a_row: lockouts,
+                    }
+                    .emit();
                     if let Some(device) = self.device_ref(&reader) {
                         out.events.push(NewEvent::new(
                             Data::AccessLockout(AccessLockout {
@@ -212,7 +223,11 @@ impl Hub {
                     until,
                     attempts,
                 } => {
-                    crate::telemetry::lockout_ended(&reader, attempts);
+                    t::LockoutEnded {
+                        device: &reader,
+                        attempts,
+                    }
+                    .emit();
                     out.audit.push(crate::audit::Entry {
                         at: until.rfc3339(),
                         credential_type: "any".into(),

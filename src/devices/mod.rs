@@ -23,6 +23,7 @@ use serde_json::Value;
 use crate::config::{Config, Driver};
 use crate::event::{DeviceRef, Millis};
 use crate::serial::types::{Cmd as SerialCmd, CredentialKind, Happening, LinkReason};
+use crate::telemetry::{events as t, InternalEvent};
 use crate::wire::{ActionCompleted, Data, DeviceOffline, DeviceOnline, NewEvent};
 use actions::{Completed, Request, Start};
 use drivers::{AvailSource, Command, LockState, Observation, Outgoing, Routes, TopicKind};
@@ -242,7 +243,11 @@ impl Hub {
                 Ok(o) => o,
                 Err(error) => {
                     self.counters.malformed.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(message = "Malformed device message ignored.", topic, %error);
+                    t::DeviceMessageMalformed {
+                        topic,
+                        error: &error,
+                    }
+                    .emit();
                     continue;
                 }
             };
@@ -392,7 +397,12 @@ impl Hub {
                         self.actions.observe(device, state, now)
                     }
                     Err(error) => {
-                        tracing::warn!(message = "Serial device command failed.", device, command = command.as_str(), %error);
+                        t::SerialCommandFailed {
+                            device,
+                            command: command.as_str(),
+                            error: &error,
+                        }
+                        .emit();
                         self.actions
                             .failed(device, command, error.action_error(), now)
                     }
@@ -425,10 +435,7 @@ impl Hub {
         let mut out = Output::default();
         for topic in unanswered {
             self.bridge_checks.remove(&topic);
-            tracing::warn!(
-                message = "Zigbee2MQTT bridge did not answer its health check: its devices are offline.",
-                topic = %topic
-            );
+            t::BridgeUnanswered { topic: &topic }.emit();
             out.merge(self.bridge_offline(now));
         }
         let t = self.presence.tick(now);

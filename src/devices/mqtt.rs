@@ -31,6 +31,7 @@ use super::{DeviceView, Hub, Output};
 use crate::config::Config;
 use crate::event::Millis;
 use crate::store::{Commit, Enqueued, Store, StoreError};
+use crate::telemetry::{events as t, InternalEvent};
 
 /// First reconnect delay; doubles per failed attempt up to [`MAX_BACKOFF`].
 const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
@@ -316,10 +317,7 @@ async fn poll_loop(
                     let n = overload.fetch_add(1, Ordering::Relaxed) + 1;
                     if last_warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
                         last_warned = Some(std::time::Instant::now());
-                        tracing::warn!(
-                            message = "MQTT messages arrive faster than they are handled; QoS 0 messages dropped.",
-                            dropped_total = n
-                        );
+                        t::MqttQos0Dropped { dropped_total: n }.emit();
                     }
                     Ok(())
                 } else {
@@ -458,10 +456,16 @@ impl Shell {
         let unlocks = self.store.read(|s| s.records::<PendingUnlock>()).await?;
         for (_, u) in unlocks {
             let out = if u.not_after <= now {
-                tracing::warn!(message = "Unlock accepted before a restart has expired.", action_id = %u.action_id);
+                t::UnlockExpiredAtRestart {
+                    action_id: &u.action_id,
+                }
+                .emit();
                 self.hub.fail(u.request(), "expired", now)
             } else {
-                tracing::info!(message = "Carrying out an unlock accepted before a restart.", action_id = %u.action_id);
+                t::UnlockResumed {
+                    action_id: &u.action_id,
+                }
+                .emit();
                 self.hub.request(u.request(), now)
             };
             self.apply(out, Vec::new()).await?;
@@ -554,27 +558,27 @@ impl Shell {
                         s.subscribed = false;
                         s.last_error = None;
                     });
-                    tracing::info!(
-                        message = "MQTT connected.",
-                        host = %self.config.mqtt.host,
-                        port = self.config.mqtt.port
-                    );
+                    t::MqttConnected {
+                        host: &self.config.mqtt.host,
+                        port: self.config.mqtt.port,
+                    }
+                    .emit();
                     self.on_connect().await;
                 }
                 Incoming::Subscribed => self.set_status(|s| s.subscribed = true),
                 Incoming::Disconnected(error) => {
                     if self.sessions.closed(Millis::now()) {
-                        tracing::warn!(
-                            message = "The broker keeps closing ZenEdge's MQTT session right after it opens: another client is probably connecting with ZenEdge's client id (see SECURITY.md: broker ACLs, use_username_as_clientid).",
-                            client_id = %self.config.mqtt_client_id()
-                        );
+                        t::MqttTakeoverSuspected {
+                            client_id: &self.config.mqtt_client_id(),
+                        }
+                        .emit();
                         self.set_status(|s| s.takeover_suspected += 1);
                     }
                     let was = self.status.borrow().connected;
                     if was {
-                        tracing::warn!(message = "MQTT connection lost; reconnecting with backoff.", %error);
+                        t::MqttLost { error: &error }.emit();
                     } else {
-                        tracing::debug!(message = "MQTT connect failed.", %error);
+                        t::MqttConnectFailed { error: &error }.emit();
                     }
                     self.set_status(|s| {
                         s.connected = false;
@@ -614,14 +618,14 @@ impl Shell {
         if topics.is_empty() {
             self.set_status(|s| s.subscribed = true);
         } else if let Err(e) = self.client.subscribe_many(topics).await {
-            tracing::error!(message = "MQTT subscribe failed.", error = %e);
+            t::MqttSubscribeFailed { error: &e }.emit();
         }
         if let Err(e) = self
             .client
             .publish(status_topic(&self.config), QoS::AtLeastOnce, true, "online")
             .await
         {
-            tracing::error!(message = "Cannot publish ZenEdge's online status.", error = %e);
+            t::MqttOnlineFailed { error: &e }.emit();
         }
     }
 
@@ -635,12 +639,20 @@ impl Shell {
         if let Err(e) = durable {
             // Nothing is acknowledged: the broker redelivers after a reconnect, and the
             // events are made again then.
-            crate::telemetry::store_error("store device events", &e);
+            t::StoreFailed {
+                context: "store device events",
+                error: &e,
+            }
+            .emit();
             return Err(e);
         }
         for p in &to_ack {
             if let Err(e) = self.client.ack(p).await {
-                tracing::warn!(message = "MQTT ack failed.", topic = %p.topic, error = %e);
+                t::MqttAckFailed {
+                    topic: &p.topic,
+                    error: &e,
+                }
+                .emit();
             }
         }
         for o in out.publish {
@@ -649,24 +661,28 @@ impl Shell {
                 .publish(o.topic.clone(), QoS::AtLeastOnce, o.retain, o.payload)
                 .await
             {
-                tracing::error!(message = "MQTT publish failed.", topic = %o.topic, error = %e);
+                t::MqttPublishFailed {
+                    topic: &o.topic,
+                    error: &e,
+                }
+                .emit();
             }
         }
         if let Some(ports) = &self.ports {
             for (device, cmd) in out.serial {
                 if !ports.send(&device, cmd) {
-                    tracing::error!(message = "Serial device thread is gone.", %device);
+                    t::SerialThreadGone { device: &device }.emit();
                 }
             }
         }
         for c in out.completed {
-            tracing::info!(
-                message = "Action completed.",
-                device = %c.request.device,
-                action_id = %c.request.action_id,
-                status = c.status.as_str(),
-                error = c.error.unwrap_or("")
-            );
+            t::ActionFinished {
+                device: &c.request.device,
+                action_id: &c.request.action_id,
+                status: c.status.as_str(),
+                error: c.error.unwrap_or(""),
+            }
+            .emit();
             if let Some(w) = self.waiters.remove(&c.request.action_id) {
                 let _ = w.send(c);
             }
@@ -718,7 +734,12 @@ impl Shell {
         let committed = self.store.commit(c).await?;
         for (e, stored) in out.events.iter().zip(&committed.events) {
             if let Enqueued::Stored { seq, id } = stored {
-                crate::telemetry::event_enqueued(*seq, id, e.kind().as_str());
+                t::EventEnqueued {
+                    sequence: *seq,
+                    event_id: id,
+                    event: e.kind().as_str(),
+                }
+                .emit();
             }
         }
         Ok(())

@@ -2,6 +2,7 @@
 //! check-in / end / extend.
 
 use super::*;
+use crate::telemetry::{events as t, InternalEvent};
 use crate::wire::{panel, MeetingStatus};
 
 impl Hub {
@@ -110,7 +111,12 @@ impl Hub {
                     u.at,
                 ));
             }
-            tracing::info!(message = "Room status.", booking_id = %u.booking_id, status = u.status, source = u.source.as_str());
+            t::RoomStatus {
+                booking_id: &u.booking_id,
+                status: u.status,
+                source: u.source.as_str(),
+            }
+            .emit();
             out.events.push(e);
         }
         out
@@ -138,11 +144,11 @@ impl Hub {
                 .map_err(|r| r.as_str()),
             None => {
                 self.counters.malformed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    message = "Malformed panel action ignored.",
-                    device = panel,
-                    action = name
-                );
+                t::PanelActionMalformed {
+                    device: panel,
+                    action: name,
+                }
+                .emit();
                 Err("malformed")
             }
         };

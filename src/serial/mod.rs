@@ -24,6 +24,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, DeviceConfig, Driver};
+use crate::telemetry::{events as t, InternalEvent};
 use modbus::{Relay, RelaySettings};
 use osdp::{Cp, ReaderSettings};
 
@@ -268,7 +269,12 @@ impl<F: Fn(Report) -> bool> Shell<F> {
                 Ok(p) => p,
                 Err(error) => {
                     if !told_closed {
-                        tracing::warn!(message = "Serial port cannot be opened; retrying with backoff.", device = %self.device, port = %self.path.display(), %error);
+                        t::SerialOpenFailed {
+                            device: &self.device,
+                            port: &self.path.display(),
+                            error: &error,
+                        }
+                        .emit();
                         self.emit(Happening::Offline(LinkReason::PortClosed));
                         told_closed = true;
                     }
@@ -279,7 +285,11 @@ impl<F: Fn(Report) -> bool> Shell<F> {
                     continue;
                 }
             };
-            tracing::info!(message = "Serial port opened.", device = %self.device, port = %self.path.display());
+            t::SerialOpened {
+                device: &self.device,
+                port: &self.path.display(),
+            }
+            .emit();
             self.stats(|s| {
                 s.opens += 1;
                 s.open = true;
@@ -293,7 +303,12 @@ impl<F: Fn(Report) -> bool> Shell<F> {
             match error {
                 None => break,
                 Some(error) => {
-                    tracing::warn!(message = "Serial port lost; reopening.", device = %self.device, port = %self.path.display(), %error);
+                    t::SerialLost {
+                        device: &self.device,
+                        port: &self.path.display(),
+                        error: &error,
+                    }
+                    .emit();
                     self.stats(|s| {
                         s.losses += 1;
                         s.last_error = Some(error.clone());

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::sc::{Block, Session};
 use super::types::{Cmd, CredentialKind, Happening, LinkReason, SerialFailure, Step};
+use crate::telemetry::{events as t, InternalEvent};
 
 mod frame;
 
@@ -306,7 +307,7 @@ impl Cp {
             Err(ReplyError::NotReply) => return,
             Err(error) => {
                 self.counters.sc_failures += 1;
-                tracing::warn!(message = "OSDP reply refused; restarting the link.", %error);
+                t::OsdpReplyRefused { error: &error }.emit();
                 self.fail_link(now, step);
                 return;
             }
@@ -340,11 +341,11 @@ impl Cp {
             // NAK 4 (sequence) and 6 (Secure Channel condition) mean the link state is lost;
             // a NAK during the handshake means the reader will not go further.
             if matches!(reason, 4 | 6) || self.phase != Phase::Online {
-                tracing::warn!(
-                    message = "OSDP reader refused a command; restarting the link.",
-                    command = sent_code,
-                    nak = reason
-                );
+                t::OsdpNak {
+                    command: sent_code,
+                    nak: reason,
+                }
+                .emit();
                 self.fail_link(now, step);
             }
             return;
@@ -362,7 +363,7 @@ impl Cp {
                 // Function 9 is communication security; compliance 0 means none.
                 let sc_capable = reply.data.chunks_exact(3).any(|c| c[0] == 9 && c[1] >= 1);
                 if !sc_capable {
-                    tracing::error!(message = "OSDP reader has no Secure Channel; set `insecure = true` only if that is acceptable.");
+                    t::OsdpNoSecureChannel {}.emit();
                     self.counters.sc_failures += 1;
                     self.fail_link(now, step);
                     return;
@@ -411,7 +412,7 @@ impl Cp {
                     }
                     Err(error) => {
                         self.counters.sc_failures += 1;
-                        tracing::error!(message = "OSDP Secure Channel handshake failed.", %error);
+                        t::OsdpHandshakeFailed { error: &error }.emit();
                         self.fail_link(now, step);
                     }
                 }
@@ -426,9 +427,7 @@ impl Cp {
                     self.link_up(now, step);
                 } else {
                     self.counters.sc_failures += 1;
-                    tracing::error!(
-                        message = "OSDP Secure Channel: the reader's R-MAC does not match."
-                    );
+                    t::OsdpRmacMismatch {}.emit();
                     self.fail_link(now, step);
                 }
             }

@@ -22,9 +22,7 @@ pub(super) fn open_redb(file: &Path) -> Result<redb::Database, OpenFailure> {
             .set_cache_size(CACHE_SIZE)
             .set_repair_callback(|session| {
                 if session.progress() == 0.0 {
-                    tracing::warn!(
-                        message = "The store was not closed cleanly; checking and repairing it."
-                    );
+                    t::StoreNotClosedCleanly {}.emit();
                 }
             })
             .create(file)?;
@@ -71,10 +69,10 @@ pub(super) fn open_redb(file: &Path) -> Result<redb::Database, OpenFailure> {
 pub(super) fn read_floor(path: &Path) -> Result<u64, StoreError> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(text.trim().parse().unwrap_or_else(|_| {
-            tracing::warn!(
-                message = "Sequence floor file is unreadable; ignoring it.",
-                path = %path.display()
-            );
+            t::SequenceFloorUnreadable {
+                path: &path.display(),
+            }
+            .emit();
             0
         })),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
@@ -124,11 +122,11 @@ pub(super) fn private_dir(dir: &Path) -> Result<(), StoreError> {
     let mode = std::fs::metadata(dir).map_err(io)?.permissions().mode() & 0o777;
     if mode != 0o700 {
         if mode & 0o077 != 0 {
-            tracing::warn!(
-                message = "The state directory was readable by others; tightened to 0700.",
-                path = %dir.display(),
-                mode = format!("{mode:o}"),
-            );
+            t::StateDirTightened {
+                path: &dir.display(),
+                mode: &format!("{mode:o}"),
+            }
+            .emit();
         }
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
     }

@@ -43,6 +43,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
 use crate::event::{IdGenerator, Millis, Origin};
+use crate::telemetry::{events as t, InternalEvent};
 use crate::wire::{body_info, NewEvent};
 pub use record::{Record, Undecodable};
 pub use writer::{Commit, Committed, Step, Tx};
@@ -350,12 +351,12 @@ pub(crate) fn note_undecodable(
         .insert((family.to_owned(), key.to_owned()), error.clone())
         .is_none();
     if fresh {
-        tracing::error!(
-            message = "A stored record cannot be decoded; it is kept as it is and not used.",
+        t::RecordUndecodable {
             family,
             key,
-            error,
-        );
+            error: &error,
+        }
+        .emit();
     }
 }
 
@@ -408,11 +409,11 @@ impl Store {
         let dir = state_dir.join(STORE_DIR);
         if dir.join("conf").is_file() && dir.join("db").is_file() {
             let aside = free_name(state_dir, &format!("{STORE_DIR}.sled-old"));
-            tracing::warn!(
-                message = "Found a sled store from an earlier build; moving it aside (its events are not migrated).",
-                path = %dir.display(),
-                moved_to = %aside.display(),
-            );
+            t::SledStoreMovedAside {
+                path: &dir.display(),
+                moved_to: &aside.display(),
+            }
+            .emit();
             std::fs::rename(&dir, &aside).map_err(io(&dir))?;
         }
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
@@ -427,12 +428,12 @@ impl Store {
                     state_dir,
                     &format!("{STORE_DIR}.corrupt-{}", Millis::now().unix_seconds()),
                 );
-                tracing::error!(
-                    message = "Store is corrupt; moving it aside and starting a fresh one.",
-                    path = %dir.display(),
-                    moved_to = %aside.display(),
-                    error = %reason,
-                );
+                t::StoreCorrupt {
+                    path: &dir.display(),
+                    moved_to: &aside.display(),
+                    error: &reason,
+                }
+                .emit();
                 std::fs::rename(&dir, &aside).map_err(io(&dir))?;
                 std::fs::create_dir_all(&dir).map_err(io(&dir))?;
                 private_dir(&dir)?;
@@ -552,7 +553,11 @@ impl Store {
     /// Queues a commit without waiting for it; a failure is logged.
     pub fn submit(&self, commit: Commit) {
         if let Err(e) = self.send(commit, writer::Reply::Detached) {
-            crate::telemetry::store_error("queue a commit", &e);
+            t::StoreFailed {
+                context: "queue a commit",
+                error: &e,
+            }
+            .emit();
         }
     }
 

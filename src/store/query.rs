@@ -51,10 +51,7 @@ impl Store {
             };
             let info = events.get(seq)?.and_then(|b| body_info(b.value()));
             let Some(info) = info else {
-                tracing::error!(
-                    message = "Stored event is unreadable; moving it to dead letters.",
-                    sequence = seq
-                );
+                t::EventUnreadable { sequence: seq }.emit();
                 self.set_dead(seq, "unreadable");
                 continue;
             };

@@ -28,6 +28,7 @@ use super::{
     StoreError, ATTEMPTS, EVENTS, KEPT, PENDING, RECORDS, STATUS,
 };
 use crate::event::{IdGenerator, Millis, Origin};
+use crate::telemetry::{events as t, InternalEvent};
 use crate::wire::{body_info, render_body, Data, DataGap, GapReason, NewEvent};
 
 mod commit;
@@ -66,7 +67,11 @@ impl Reply {
             }
             Reply::Detached => {
                 if let Err(e) = result {
-                    crate::telemetry::store_error("background commit", &e);
+                    t::StoreFailed {
+                        context: "background commit",
+                        error: &e,
+                    }
+                    .emit();
                 }
             }
         }
@@ -161,7 +166,11 @@ impl Writer {
         match self.group(&[], true) {
             Ok(_) => true,
             Err(e) => {
-                crate::telemetry::store_error("durable commit", &e);
+                t::StoreFailed {
+                    context: "durable commit",
+                    error: &e,
+                }
+                .emit();
                 false
             }
         }
@@ -173,7 +182,7 @@ impl Writer {
             Ok(results) => results,
             Err(e) if commits.len() <= 1 => vec![Err(e)],
             Err(e) => {
-                tracing::warn!(message = "A group commit failed; applying its commits one by one.", error = %e);
+                t::GroupCommitFailed { error: &e }.emit();
                 commits
                     .iter()
                     .map(|c| {
@@ -334,11 +343,11 @@ impl Writer {
                     to: seq,
                     count: 1,
                 });
-                tracing::warn!(
-                    message = "Store is full; presence event dropped.",
-                    sequence = seq,
-                    event = event.kind().as_str(),
-                );
+                t::PresenceEventDropped {
+                    sequence: seq,
+                    event: event.kind().as_str(),
+                }
+                .emit();
                 return Ok(Enqueued::Dropped { seq });
             }
         }
@@ -495,21 +504,21 @@ impl Writer {
             gap = Some(gap.map_or(one, |g| g.merge(one)));
         }
         if let Some(gap) = gap {
-            tracing::warn!(
-                message = "Store over its byte budget; oldest presence events dropped.",
-                from_sequence = gap.from,
-                to_sequence = gap.to,
-                count = gap.count,
-            );
+            t::PresenceEventsReclaimed {
+                from_sequence: gap.from,
+                to_sequence: gap.to,
+                count: gap.count,
+            }
+            .emit();
             self.note_gap(gap);
         }
         let full = self.meta.live_bytes > target;
         if full && !self.shared.full.swap(true, Ordering::Relaxed) {
-            tracing::error!(
-                message = "Store is full of events that may not be dropped; new presence events will be dropped.",
-                live_bytes = self.meta.live_bytes,
-                max_store_bytes = self.shared.max_bytes.load(Ordering::Relaxed),
-            );
+            t::StoreFullOfUndroppable {
+                live_bytes: self.meta.live_bytes,
+                max_store_bytes: self.shared.max_bytes.load(Ordering::Relaxed),
+            }
+            .emit();
         }
         if full {
             self.reclaim_failed_at = now;

@@ -1,6 +1,11 @@
-//! Everything the daemon says about itself, in one place: each observable happening is one
-//! function that writes its log line and moves its metric together, so the two never disagree.
+//! Everything the daemon says about itself, in one place: each observable happening is a type
+//! ([`events`]) whose `emit` writes its log line and moves its metric together, so the two never
+//! disagree; here are the counters, the gauges read at scrape time and the Prometheus text.
 //! Log fields are key/value; the error field is always `error`.
+
+pub mod events;
+
+pub use events::{AttemptEnd, InternalEvent};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -24,6 +29,8 @@ pub struct Metrics {
     pub access_locked_out: AtomicU64,
     pub lockouts: AtomicU64,
     pub inbound_evicted: AtomicU64,
+    /// Adapters (MQTT, serial ports, listeners) restarted after they failed.
+    pub adapter_restarts: AtomicU64,
 }
 
 /// Upper bounds (seconds) of the attempt latency histogram; the last bucket is +Inf.
@@ -40,84 +47,6 @@ fn inc(counter: &AtomicU64, by: u64) {
     counter.fetch_add(by, Ordering::Relaxed);
 }
 
-pub fn event_enqueued(seq: u64, id: &str, event: &str) {
-    inc(&metrics().events_enqueued, 1);
-    tracing::debug!(message = "Event stored.", sequence = seq, event_id = %id, event);
-}
-
-/// How a delivery attempt ended, as telemetry counts it (the shell maps the policy's verdict
-/// to it, so telemetry depends on no machine).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttemptEnd {
-    Delivered,
-    Unreachable,
-    Failed,
-}
-
-pub fn attempt_finished(
-    seq: u64,
-    attempt: u32,
-    status: Option<u16>,
-    duration_ms: u64,
-    error: Option<&str>,
-    end: AttemptEnd,
-) {
-    let m = metrics();
-    inc(&m.attempts, 1);
-    inc(&m.attempt_ms_total, duration_ms);
-    let secs = duration_ms as f64 / 1000.0;
-    if let Some(i) = LATENCY_BUCKETS.iter().position(|b| secs <= *b) {
-        inc(&m.attempt_buckets[i], 1);
-    }
-    match end {
-        AttemptEnd::Delivered => {
-            inc(&m.deliveries_succeeded, 1);
-            tracing::debug!(
-                message = "Event delivered.",
-                sequence = seq,
-                attempt,
-                status,
-                duration_ms
-            );
-        }
-        AttemptEnd::Unreachable => {
-            inc(&m.deliveries_unreachable, 1);
-            tracing::warn!(
-                message = "ZenCore unreachable.",
-                sequence = seq,
-                attempt,
-                status,
-                duration_ms,
-                error = error.unwrap_or("")
-            );
-        }
-        AttemptEnd::Failed => {
-            inc(&m.deliveries_failed, 1);
-            tracing::warn!(
-                message = "Delivery failed.",
-                sequence = seq,
-                attempt,
-                status,
-                duration_ms,
-                error = error.unwrap_or("")
-            );
-        }
-    }
-}
-
-pub fn dead_lettered(seq: u64, reason: &str) {
-    inc(&metrics().dead_lettered, 1);
-    tracing::warn!(
-        message = "Event moved to dead letters.",
-        sequence = seq,
-        reason
-    );
-}
-
-pub fn store_error(context: &str, error: &dyn std::fmt::Display) {
-    tracing::error!(message = "Store operation failed.", context, error = %error);
-}
-
 /// An error with its causes, `outer: cause: root cause`: the last part usually says what really
 /// happened ("connection refused").
 pub fn error_chain(e: &dyn std::error::Error) -> String {
@@ -129,62 +58,6 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
-}
-
-/// An access decision at a panel or reader: the one place decisions are logged and counted.
-pub fn access_decision(device: &str, result: &str, reason: Option<&str>, credential_type: &str) {
-    let m = metrics();
-    if result == "granted" {
-        inc(&m.access_granted, 1);
-    } else if reason == Some("locked_out") {
-        // Counted, not logged one by one: a flood of guesses must not flood the journal. The
-        // lockout's own lines say when it began and how many attempts it refused.
-        inc(&m.access_locked_out, 1);
-        return;
-    } else {
-        inc(&m.access_denied, 1);
-    }
-    tracing::info!(
-        message = "Access decision.",
-        device,
-        result,
-        reason = reason.unwrap_or(""),
-        credential_type
-    );
-}
-
-/// A panel or reader was locked out after `failures` denied credentials.
-pub fn lockout_began(device: &str, failures: u32, until: crate::event::Millis, lockouts: u32) {
-    inc(&metrics().lockouts, 1);
-    tracing::warn!(
-        message = "Too many denied credentials: locked out.",
-        device,
-        failures,
-        until = %until.rfc3339(),
-        lockouts_in_a_row = lockouts
-    );
-}
-
-/// A lockout ran out; `attempts` credentials were refused during it without being compared.
-pub fn lockout_ended(device: &str, attempts: u64) {
-    tracing::info!(message = "Lockout ended.", device, attempts);
-}
-
-/// An inbound connection that had sent no whole request was closed to make room for a new
-/// one (counted: a steady count means someone holds connections open).
-pub fn inbound_evicted() {
-    inc(&metrics().inbound_evicted, 1);
-}
-
-/// The clock floor came down: a synchronised clock or an operator put a clock right that had once
-/// been ahead.
-pub fn clock_floor_lowered(from: crate::event::Millis, to: crate::event::Millis, by: &str) {
-    tracing::warn!(
-        message = "Clock floor lowered.",
-        from = %from.rfc3339(),
-        to = %to.rfc3339(),
-        by
-    );
 }
 
 /// Values read at scrape time from the store, delivery and MQTT.
@@ -404,6 +277,13 @@ pub fn prometheus(g: &Gauges) -> String {
     );
     metric(
         &mut out,
+        "zenedge_adapter_restarts_total",
+        "counter",
+        "Adapters (MQTT link, serial ports, listeners) restarted after they failed.",
+        &[("", load(&m.adapter_restarts) as f64)],
+    );
+    metric(
+        &mut out,
         "zenedge_store_data_bytes",
         "gauge",
         "Stored event data counted against max_store_bytes.",
@@ -605,3 +485,6 @@ pub fn liveness() -> &'static Liveness {
     static LIVENESS: OnceLock<Liveness> = OnceLock::new();
     LIVENESS.get_or_init(Liveness::default)
 }
+
+#[cfg(test)]
+mod tests;

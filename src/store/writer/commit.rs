@@ -331,13 +331,12 @@ pub(in crate::store) fn keep_aside(
         name = format!("{key}#{n}");
     }
     kept.insert((family, name.as_str()), bytes)?;
-    tracing::warn!(
-        message = "An undecodable record was about to be replaced; its bytes are kept aside.",
-        table = "records",
+    t::RecordKeptAside {
         family,
         key,
-        kept_as = %name,
-    );
+        kept_as: &name,
+    }
+    .emit();
     shared
         .notes
         .lock()

@@ -9,8 +9,8 @@ impl Hub {
     /// The Zigbee2MQTT bridge: offline takes every Zigbee2MQTT device with it — once the bridge
     /// has had [`BRIDGE_CHECK`] to answer a health check and has not. Anyone on the broker can
     /// publish (and retain) `bridge/state` "offline"; a bridge that answers is running.
-    pub(super) fn bridge(&mut self, topic: &str, observation: Observation, now: Millis) -> Output {
-        let mut out = Output::default();
+    pub(super) fn bridge(&mut self, topic: &str, observation: Observation, now: Millis) -> Effects {
+        let mut out = Effects::default();
         match observation {
             Observation::Availability { online: false, .. } => {
                 if self.bridge_checks.contains_key(topic) {
@@ -21,7 +21,7 @@ impl Hub {
                 };
                 t::BridgeAsked { topic }.emit();
                 self.bridge_checks.insert(topic.to_owned(), now);
-                out.publish.push(ask);
+                out.push(Effect::Publish(ask));
             }
             Observation::Availability { online: true, .. } => {
                 self.bridge_checks.remove(topic);
@@ -49,8 +49,8 @@ impl Hub {
     }
 
     /// Every Zigbee2MQTT device offline, reason `bridge_offline`.
-    pub(super) fn bridge_offline(&mut self, now: Millis) -> Output {
-        let mut out = Output::default();
+    pub(super) fn bridge_offline(&mut self, now: Millis) -> Effects {
+        let mut out = Effects::default();
         let ids: Vec<String> = self
             .config
             .devices

@@ -7,7 +7,7 @@ use crate::wire::{AccessDenied, AccessLockout};
 
 impl Hub {
     /// A credential presented at panel `reader` (its JSON message).
-    pub(super) fn credential(&mut self, reader: &str, v: &Value, now: Millis) -> Output {
+    pub(super) fn credential(&mut self, reader: &str, v: &Value, now: Millis) -> Effects {
         use crate::access::Credential;
         let request_id = v.get("request_id").cloned().unwrap_or(Value::Null);
         let credential = match (v.get("type").and_then(Value::as_str), v) {
@@ -24,7 +24,7 @@ impl Hub {
         let Some(credential) = credential else {
             self.counters.malformed.fetch_add(1, Ordering::Relaxed);
             t::CredentialMalformed { device: reader }.emit();
-            return Output::default();
+            return Effects::default();
         };
         self.present(reader, credential, Answer::Panel(request_id), now)
     }
@@ -38,10 +38,10 @@ impl Hub {
         credential: crate::access::Credential,
         answer: Answer,
         now: Millis,
-    ) -> Output {
+    ) -> Effects {
         use crate::access::lockout::Gate;
         use crate::access::{decide, Decision};
-        let mut out = Output::default();
+        let mut out = Effects::default();
         let mut effects = Vec::new();
         let gate = self.lockouts.gate(reader, now, &mut effects);
         out.merge(self.lockout_effects(effects, now));
@@ -82,7 +82,7 @@ impl Hub {
                 Vec::new(),
             ),
         };
-        out.audit.push(crate::audit::Entry {
+        out.push(Effect::Audit(crate::audit::Entry {
             at: now.rfc3339(),
             credential_type: credential.kind().into(),
             reader: reader.into(),
@@ -91,9 +91,9 @@ impl Hub {
             booking_id: booking_id.clone(),
             result: result.into(),
             reason: reason.map(String::from),
-            clock_untrusted: !self.clock_trusted,
+            clock_untrusted: !self.ctx.clock_trusted,
             attempts: None,
-        });
+        }));
         t::AccessDecision {
             device: reader,
             granted: result == "granted",
@@ -121,7 +121,7 @@ impl Hub {
             } => {
                 for (i, door) in doors.into_iter().enumerate() {
                     let request = Request {
-                        action_id: format!("{}:{i}", (self.ids)()),
+                        action_id: format!("{}:{i}", (self.ctx.ids)()),
                         device: door,
                         command: Command::Unlock,
                         source: actions::Source::LocalCredential,
@@ -136,7 +136,7 @@ impl Hub {
                 reason, booking_id, ..
             } => {
                 if let Some(device) = self.device_ref(reader) {
-                    out.events.push(NewEvent::new(
+                    out.push(Effect::Event(NewEvent::new(
                         Data::AccessDenied(AccessDenied {
                             credential_type: credential.kind(),
                             reason,
@@ -144,7 +144,7 @@ impl Hub {
                         }),
                         Some(device),
                         now,
-                    ));
+                    )));
                 }
             }
         }
@@ -161,10 +161,10 @@ impl Hub {
         answer: Answer,
         granted: bool,
         reason: Option<&'static str>,
-    ) -> Output {
-        let mut out = Output::default();
+    ) -> Effects {
+        let mut out = Effects::default();
         match answer {
-            Answer::Panel(request_id) => out.publish.push(Outgoing {
+            Answer::Panel(request_id) => out.push(Effect::Publish(Outgoing {
                 topic: format!("{}/feedback", drivers::panel_prefix(&self.config, reader)),
                 payload: crate::wire::panel::to_bytes(&crate::wire::panel::AccessFeedback {
                     request_id,
@@ -172,10 +172,11 @@ impl Hub {
                     reason,
                 }),
                 retain: false,
-            }),
-            Answer::Reader => out
-                .serial
-                .push((reader.to_owned(), SerialCmd::Feedback { granted })),
+            })),
+            Answer::Reader => out.push(Effect::Serial(
+                reader.to_owned(),
+                SerialCmd::Feedback { granted },
+            )),
         }
         out
     }
@@ -186,13 +187,13 @@ impl Hub {
         &self,
         effects: Vec<crate::access::lockout::Effect>,
         now: Millis,
-    ) -> Output {
-        use crate::access::lockout::Effect;
-        let mut out = Output::default();
+    ) -> Effects {
+        use crate::access::lockout::Effect as Step;
+        let mut out = Effects::default();
         for e in effects {
             match e {
-                Effect::Store(reader, guard) => out.lockouts.push((reader, guard)),
-                Effect::Began {
+                Step::Store(reader, guard) => out.push(Effect::Lockout(reader, guard)),
+                Step::Began {
                     reader,
                     failures,
                     until,
@@ -206,7 +207,7 @@ impl Hub {
                     }
                     .emit();
                     if let Some(device) = self.device_ref(&reader) {
-                        out.events.push(NewEvent::new(
+                        out.push(Effect::Event(NewEvent::new(
                             Data::AccessLockout(AccessLockout {
                                 failures,
                                 until,
@@ -214,10 +215,10 @@ impl Hub {
                             }),
                             Some(device),
                             now,
-                        ));
+                        )));
                     }
                 }
-                Effect::Ended {
+                Step::Ended {
                     reader,
                     since,
                     until,
@@ -228,7 +229,7 @@ impl Hub {
                         attempts,
                     }
                     .emit();
-                    out.audit.push(crate::audit::Entry {
+                    out.push(Effect::Audit(crate::audit::Entry {
                         at: until.rfc3339(),
                         credential_type: "any".into(),
                         reader,
@@ -237,9 +238,9 @@ impl Hub {
                         booking_id: None,
                         result: "locked_out".into(),
                         reason: Some(format!("locked out from {}", since.rfc3339())),
-                        clock_untrusted: !self.clock_trusted,
+                        clock_untrusted: !self.ctx.clock_trusted,
                         attempts: Some(attempts),
-                    });
+                    }));
                 }
             }
         }

@@ -29,53 +29,167 @@ use actions::{Completed, Request, Start};
 use drivers::{AvailSource, Command, LockState, Observation, Outgoing, Routes, TopicKind};
 use presence::{Reason, Reported, Transition};
 
-/// What the shell must do after feeding the hub.
-#[derive(Debug, Default)]
-pub struct Output {
-    /// Events to store, in order.
-    pub events: Vec<NewEvent>,
-    /// Presence records to store with them.
-    pub presence: Vec<(String, Reported)>,
-    /// Messages to publish.
-    pub publish: Vec<Outgoing>,
-    /// Actions that finished (their events are in `events`).
-    pub completed: Vec<Completed>,
-    /// Access decisions for the audit log.
-    pub audit: Vec<crate::audit::Entry>,
-    /// Commands for serial devices.
-    pub serial: Vec<(String, SerialCmd)>,
-    /// Booking marks to store with the events (the status moments they record).
-    pub marks: Vec<(String, crate::schedule::Marks)>,
-    /// Bookings long over, to delete.
-    pub forget: Vec<String>,
-    /// Lockout state of panels and readers to store (DESIGN §2, guessing is bounded).
-    pub lockouts: Vec<(String, crate::access::lockout::Guard)>,
+/// One thing the shell must do after feeding the hub: a closed set, so a shell that forgets one
+/// does not compile.
+#[derive(Debug, Clone)]
+pub enum Effect {
+    /// An event to store (events are stored in the order of their effects).
+    Event(NewEvent),
+    /// A device's presence record, stored with its event.
+    Presence(String, Reported),
+    /// A message to publish (after the commit).
+    Publish(Outgoing),
+    /// An action finished; its event is an earlier `Event`. Stored (a ZenCore unlock's pending
+    /// record is removed with it), then answered to whoever waits on it.
+    Completed(Completed),
+    /// An access decision for the audit log.
+    Audit(crate::audit::Entry),
+    /// A command for a serial device's port thread.
+    Serial(String, SerialCmd),
+    /// A booking's marks, stored with the events of the status moments they record.
+    Mark(String, crate::schedule::Marks),
+    /// A booking long over, to delete.
+    Forget(String),
+    /// A panel's or reader's lockout state to store (DESIGN §2, guessing is bounded).
+    Lockout(String, crate::access::lockout::Guard),
 }
 
-impl Output {
-    fn merge(&mut self, other: Output) {
-        self.events.extend(other.events);
-        self.presence.extend(other.presence);
-        self.publish.extend(other.publish);
-        self.completed.extend(other.completed);
-        self.audit.extend(other.audit);
-        self.serial.extend(other.serial);
-        self.marks.extend(other.marks);
-        self.forget.extend(other.forget);
-        self.lockouts.extend(other.lockouts);
+impl Effect {
+    /// Whether the shell must store it (one durable commit) before the input is acknowledged.
+    /// Publishes and serial commands are not stored; everything else is.
+    pub fn is_stored(&self) -> bool {
+        !matches!(self, Effect::Publish(_) | Effect::Serial(..))
+    }
+}
+
+/// What one input to the hub made: its effects, in order.
+#[derive(Debug, Default, Clone)]
+pub struct Effects(pub Vec<Effect>);
+
+impl Effects {
+    fn push(&mut self, effect: Effect) {
+        self.0.push(effect);
     }
 
-    /// Whether any of it must be stored (one durable commit) before the broker is acknowledged.
-    /// Publishes and serial commands are not stored; everything else is.
-    pub fn needs_commit(&self) -> bool {
-        !(self.events.is_empty()
-            && self.presence.is_empty()
-            && self.audit.is_empty()
-            && self.completed.is_empty()
-            && self.marks.is_empty()
-            && self.forget.is_empty()
-            && self.lockouts.is_empty())
+    fn merge(&mut self, other: Effects) {
+        self.0.extend(other.0);
     }
+
+    /// Whether any of it must be stored before the input is acknowledged.
+    pub fn needs_commit(&self) -> bool {
+        self.0.iter().any(Effect::is_stored)
+    }
+
+    pub fn events(&self) -> Vec<&NewEvent> {
+        self.0
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Event(x) => Some(x),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn publish(&self) -> Vec<&Outgoing> {
+        self.0
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Publish(x) => Some(x),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn completed(&self) -> Vec<&Completed> {
+        self.0
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Completed(x) => Some(x),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn audit(&self) -> Vec<&crate::audit::Entry> {
+        self.0
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Audit(x) => Some(x),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn presence(&self) -> Vec<(&str, &Reported)> {
+        self.0
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Presence(d, r) => Some((d.as_str(), r)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn lockouts(&self) -> Vec<(&str, &crate::access::lockout::Guard)> {
+        self.0
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Lockout(d, g) => Some((d.as_str(), g)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+impl IntoIterator for Effects {
+    type Item = Effect;
+    type IntoIter = std::vec::IntoIter<Effect>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+/// Everything that can happen to the devices machine.
+#[derive(Debug)]
+pub enum Input<'a> {
+    /// An MQTT message. `retained`: a retained message replayed on subscribe says what was
+    /// last published, not that the device is alive now.
+    Message {
+        topic: &'a str,
+        payload: &'a [u8],
+        retained: bool,
+    },
+    /// What a serial device's port thread reports.
+    Serial {
+        device: &'a str,
+        happening: Happening,
+    },
+    /// Start an action (operator, ZenCore, a relock).
+    Request(Request),
+    /// Complete an action without trying it (a ZenCore unlock whose `not_after` passed while
+    /// ZenEdge was down).
+    Fail {
+        request: Request,
+        error: &'static str,
+    },
+    /// A booking as ZenCore now describes it (already durable).
+    Booking(crate::schedule::Booking),
+    /// ZenCore's state for a room's panels.
+    Explicit(crate::wire::panel::Explicit),
+    /// Time passed: presence silence, action timeouts, relocks, the schedule's moments.
+    Tick,
+}
+
+/// The context of one input: read once by the shell, passed in, never read by the hub itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx {
+    pub now: Millis,
+    /// Whether `now` comes from a trusted clock (else it is the floor, and access decisions
+    /// say so in the audit log).
+    pub clock_trusted: bool,
+    /// Mints new action ids (local-credential unlocks): [`new_action_id`] in the daemon, a
+    /// counter in tests.
+    pub ids: fn() -> String,
 }
 
 /// Counters the hub keeps for `/v1/status` and metrics.
@@ -121,7 +235,8 @@ pub struct Hub {
     places: Vec<crate::access::Place>,
     /// Locks to send again after an unlock's `duration_s`: (when, the lock request).
     relocks: Vec<(Millis, Request)>,
-    clock_trusted: bool,
+    /// The context of the input being handled (time, trust in the clock, the id source).
+    ctx: Ctx,
     schedule: crate::schedule::Schedule,
     /// What each panel's `display` was last sent (the schedule's view, or ZenCore's over it).
     displays: HashMap<String, crate::wire::panel::Display>,
@@ -130,9 +245,6 @@ pub struct Hub {
     /// The latest time the hub was given (for the schedule's next deadline).
     last_now: Millis,
     pub counters: Arc<HubCounters>,
-    /// Mints the action ids of local-credential unlocks (the shell passes
-    /// [`new_action_id`]; the hub itself reads no clock and draws no randomness).
-    ids: Box<dyn FnMut() -> String + Send + Sync>,
     lockouts: crate::access::lockout::Lockouts,
     /// Bridges whose `bridge/state` said offline, by that topic: when ZenEdge asked them.
     bridge_checks: HashMap<String, Millis>,
@@ -141,12 +253,7 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(
-        config: Arc<Config>,
-        reported: HashMap<String, Reported>,
-        now: Millis,
-        ids: Box<dyn FnMut() -> String + Send + Sync>,
-    ) -> Hub {
+    pub fn new(config: Arc<Config>, reported: HashMap<String, Reported>, now: Millis) -> Hub {
         let routes = Routes::new(&config);
         let pin_keys = config
             .inbound
@@ -181,7 +288,11 @@ impl Hub {
             grants: Vec::new(),
             places: crate::access::places(&config),
             relocks: Vec::new(),
-            clock_trusted: true,
+            ctx: Ctx {
+                now,
+                clock_trusted: true,
+                ids: new_action_id,
+            },
             schedule: crate::schedule::Schedule::default(),
             displays: HashMap::new(),
             explicit: HashMap::new(),
@@ -192,7 +303,6 @@ impl Hub {
             ),
             config,
             counters: Arc::default(),
-            ids,
             bridge_checks: HashMap::new(),
             pin_keys,
         }
@@ -213,10 +323,25 @@ impl Hub {
         self.grants = grants;
     }
 
-    /// Whether the time passed to [`Hub::message`] comes from a trusted clock (else it is the
-    /// floor, and access decisions say so in the audit log).
-    pub fn set_clock_trusted(&mut self, trusted: bool) {
-        self.clock_trusted = trusted;
+    /// The hub's one entry: an input, in its context, gives the effects the shell carries out.
+    /// The time, whether the clock is trusted, and the source of new ids all come from `ctx`:
+    /// the hub reads no clock and draws no randomness of its own.
+    pub fn handle(&mut self, input: Input<'_>, ctx: &Ctx) -> Effects {
+        self.ctx = *ctx;
+        let now = ctx.now;
+        match input {
+            Input::Message {
+                topic,
+                payload,
+                retained,
+            } => self.message(topic, payload, retained, now),
+            Input::Serial { device, happening } => self.serial(device, happening, now),
+            Input::Request(request) => self.request(request, now),
+            Input::Fail { request, error } => self.fail(request, error, now),
+            Input::Booking(booking) => self.set_booking(booking, now),
+            Input::Explicit(explicit) => self.set_explicit(explicit, now),
+            Input::Tick => self.tick(now),
+        }
     }
 
     pub fn routes(&self) -> &Routes {
@@ -234,9 +359,9 @@ impl Hub {
 
     /// One MQTT message. `retained`: a retained message replayed on subscribe says what was
     /// last published, not that the device is alive now.
-    pub fn message(&mut self, topic: &str, payload: &[u8], retained: bool, now: Millis) -> Output {
+    pub fn message(&mut self, topic: &str, payload: &[u8], retained: bool, now: Millis) -> Effects {
         self.counters.messages.fetch_add(1, Ordering::Relaxed);
-        let mut out = Output::default();
+        let mut out = Effects::default();
         let routes: Vec<(Option<usize>, TopicKind)> = self.routes.lookup(topic).to_vec();
         for (device, kind) in routes {
             let observation = match drivers::parse(kind, payload) {
@@ -308,13 +433,13 @@ impl Hub {
     }
 
     /// Starts an action; its result arrives later in an [`Output`]'s `completed`.
-    pub fn request(&mut self, request: Request, now: Millis) -> Output {
+    pub fn request(&mut self, request: Request, now: Millis) -> Effects {
         let Some(device) = self
             .index
             .get(&request.device)
             .and_then(|i| self.config.devices.get(*i))
         else {
-            return Output::default();
+            return Effects::default();
         };
         let outgoing = drivers::command(&self.config, device, request.command);
         // A relay board always has a coil; a reader only opens a door wired to its output.
@@ -338,19 +463,22 @@ impl Hub {
             .actions
             .request(request, online, outgoing.is_some() || serial, timeout, now)
         {
-            Start::Send => Output {
-                publish: outgoing.into_iter().collect(),
-                serial: if serial { vec![serial_cmd] } else { Vec::new() },
-                ..Output::default()
-            },
+            Start::Send => {
+                let mut out = Effects::default();
+                out.0.extend(outgoing.map(Effect::Publish));
+                if serial {
+                    out.push(Effect::Serial(serial_cmd.0, serial_cmd.1));
+                }
+                out
+            }
             Start::Done(c) => self.completions(vec![c]),
         }
     }
 
     /// What a serial device's port thread reports.
-    pub fn serial(&mut self, device: &str, happening: Happening, now: Millis) -> Output {
+    pub fn serial(&mut self, device: &str, happening: Happening, now: Millis) -> Effects {
         if !self.index.contains_key(device) {
-            return Output::default();
+            return Effects::default();
         }
         let reason = |r: LinkReason| match r {
             LinkReason::PortOpened => Reason::PortOpened,
@@ -379,13 +507,13 @@ impl Hub {
                     LockState::Locked
                 };
                 self.last_state.insert(device.to_owned(), (state, now));
-                Output::default()
+                Effects::default()
             }
             Happening::Done { cmd, result } => {
                 let command = match cmd {
                     SerialCmd::Unlock { .. } => Command::Unlock,
                     SerialCmd::Lock => Command::Lock,
-                    SerialCmd::Feedback { .. } => return Output::default(),
+                    SerialCmd::Feedback { .. } => return Effects::default(),
                 };
                 let done = match result {
                     Ok(()) => {
@@ -424,7 +552,7 @@ impl Hub {
         self.index.contains_key(device)
     }
 
-    pub fn tick(&mut self, now: Millis) -> Output {
+    pub fn tick(&mut self, now: Millis) -> Effects {
         self.last_now = now;
         let unanswered: Vec<String> = self
             .bridge_checks
@@ -432,7 +560,7 @@ impl Hub {
             .filter(|(_, asked)| asked.saturating_add(BRIDGE_CHECK) <= now)
             .map(|(t, _)| t.clone())
             .collect();
-        let mut out = Output::default();
+        let mut out = Effects::default();
         for topic in unanswered {
             self.bridge_checks.remove(&topic);
             t::BridgeUnanswered { topic: &topic }.emit();
@@ -473,7 +601,7 @@ impl Hub {
 
     /// Completes an action without trying it (an accepted unlock whose `not_after` passed
     /// while ZenEdge was down).
-    pub fn fail(&mut self, request: Request, error: &'static str, now: Millis) -> Output {
+    pub fn fail(&mut self, request: Request, error: &'static str, now: Millis) -> Effects {
         self.completions(vec![Completed {
             request,
             status: actions::Status::Failed,
@@ -483,15 +611,17 @@ impl Hub {
         }])
     }
 
-    fn transitions(&mut self, ts: Vec<Transition>, now: Millis) -> Output {
-        let mut out = Output::default();
+    fn transitions(&mut self, ts: Vec<Transition>, now: Millis) -> Effects {
+        let mut out = Effects::default();
         for t in ts {
             let Some(device) = self.device_ref(t.device()) else {
                 continue;
             };
             let last_seen = self.presence.last_seen(t.device());
-            out.presence
-                .push((t.device().to_owned(), t.reported(last_seen)));
+            out.push(Effect::Presence(
+                t.device().to_owned(),
+                t.reported(last_seen),
+            ));
             let event = match &t {
                 Transition::Online {
                     reason,
@@ -514,26 +644,25 @@ impl Hub {
                 } => {
                     let id = t.device().to_owned();
                     let done = self.actions.offline(&id, now);
-                    let mut completions = self.completions(done);
+                    let completions = self.completions(done);
                     let data = Data::DeviceOffline(DeviceOffline {
                         reason: *reason,
                         last_seen: *last_seen,
                         detected_at: *detected_at,
                     });
                     let e = NewEvent::new(data, Some(device), *detected_at);
-                    out.events.push(e);
-                    out.events.append(&mut completions.events);
-                    out.completed.append(&mut completions.completed);
+                    out.push(Effect::Event(e));
+                    out.merge(completions);
                     continue;
                 }
             };
-            out.events.push(event);
+            out.push(Effect::Event(event));
         }
         out
     }
 
-    fn completions(&mut self, done: Vec<Completed>) -> Output {
-        let mut out = Output::default();
+    fn completions(&mut self, done: Vec<Completed>) -> Effects {
+        let mut out = Effects::default();
         for c in done {
             self.schedule_relock(&c);
             let Some(device) = self.device_ref(&c.request.device) else {
@@ -551,9 +680,12 @@ impl Hub {
                 grant_id: c.request.grant_id.clone(),
                 error: c.error,
             });
-            out.events
-                .push(NewEvent::new(data, Some(device), c.completed_at));
-            out.completed.push(c);
+            out.push(Effect::Event(NewEvent::new(
+                data,
+                Some(device),
+                c.completed_at,
+            )));
+            out.push(Effect::Completed(c));
         }
         out
     }

@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::actions::PendingUnlock;
 use super::actions::{Completed, Request};
 use super::drivers::{status_topic, Routes};
-use super::{DeviceView, Hub, Output};
+use super::{Ctx, DeviceView, Effect, Effects, Hub, Input};
 use crate::config::Config;
 use crate::event::Millis;
 use crate::store::{Commit, Enqueued, Store, StoreError};
@@ -244,7 +244,6 @@ pub async fn start(
         config.clone(),
         reported.into_iter().collect(),
         Millis::now(),
-        Box::new(super::new_action_id),
     );
     hub.set_grants(grants.into_iter().map(|(_, g)| g).collect());
     hub.set_lockouts(lockouts);
@@ -452,27 +451,31 @@ impl Shell {
         }
         // ZenCore unlocks accepted before a crash and never completed: carry them out, or
         // report them expired.
-        let now = Millis::now();
         let unlocks = self.store.read(|s| s.records::<PendingUnlock>()).await?;
         for (_, u) in unlocks {
-            let out = if u.not_after <= now {
+            let ctx = self.ctx();
+            let input = if u.not_after <= ctx.now {
                 t::UnlockExpiredAtRestart {
                     action_id: &u.action_id,
                 }
                 .emit();
-                self.hub.fail(u.request(), "expired", now)
+                Input::Fail {
+                    request: u.request(),
+                    error: "expired",
+                }
             } else {
                 t::UnlockResumed {
                     action_id: &u.action_id,
                 }
                 .emit();
-                self.hub.request(u.request(), now)
+                Input::Request(u.request())
             };
+            let out = self.hub.handle(input, &ctx);
             self.apply(out, Vec::new()).await?;
         }
         // The rooms' schedule as stored: moments due while ZenCore or ZenEdge was down, and
         // every panel's display right away.
-        let out = self.hub.tick(self.clock.read().now);
+        let out = self.hub.handle(Input::Tick, &self.ctx());
         self.apply(out, Vec::new()).await?;
         let mut heartbeat = tokio::time::interval(Duration::from_millis(500));
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -506,22 +509,22 @@ impl Shell {
                             if let Some(reply) = reply {
                                 self.waiters.insert(request.action_id.clone(), reply);
                             }
-                            let out = self.hub.request(request, Millis::now());
+                            let out = self.hub.handle(Input::Request(request), &self.ctx());
                             self.apply(out, Vec::new()).await?;
                         }
                         HubRequest::Grants(grants) => self.hub.set_grants(grants),
                         HubRequest::Booking(b) => {
-                            let out = self.hub.set_booking(b, self.clock.read().now);
+                            let out = self.hub.handle(Input::Booking(b), &self.ctx());
                             self.apply(out, Vec::new()).await?;
                         }
                         HubRequest::Explicit(e) => {
-                            let out = self.hub.set_explicit(e, self.clock.read().now);
+                            let out = self.hub.handle(Input::Explicit(e), &self.ctx());
                             self.apply(out, Vec::new()).await?;
                         }
                     }
                 }
                 _ = tokio::time::sleep(sleep_for.unwrap_or_default()), if sleep_for.is_some() => {
-                    let out = self.hub.tick(Millis::now());
+                    let out = self.hub.handle(Input::Tick, &self.ctx());
                     self.apply(out, Vec::new()).await?;
                 }
             }
@@ -547,7 +550,7 @@ impl Shell {
     }
 
     async fn handle_batch(&mut self, batch: Vec<Incoming>) -> Result<(), StoreError> {
-        let mut out = Output::default();
+        let mut out = Effects::default();
         let mut to_ack = Vec::new();
         for item in batch {
             match item {
@@ -587,18 +590,22 @@ impl Shell {
                     });
                 }
                 Incoming::Serial(r) => {
-                    let clock = self.clock.read();
-                    self.hub.set_clock_trusted(clock.trusted);
-                    out.merge(self.hub.serial(&r.device, r.happening, clock.now));
+                    let input = Input::Serial {
+                        device: &r.device,
+                        happening: r.happening,
+                    };
+                    out.merge(self.hub.handle(input, &self.ctx()));
                 }
                 Incoming::Message(p) => {
                     if p.qos == QoS::AtMostOnce {
                         self.qos0_waiting.fetch_sub(1, Ordering::AcqRel);
                     }
-                    let clock = self.clock.read();
-                    self.hub.set_clock_trusted(clock.trusted);
-                    let o = self.hub.message(&p.topic, &p.payload, p.retain, clock.now);
-                    out.merge(o);
+                    let input = Input::Message {
+                        topic: &p.topic,
+                        payload: &p.payload,
+                        retained: p.retain,
+                    };
+                    out.merge(self.hub.handle(input, &self.ctx()));
                     if p.qos != QoS::AtMostOnce {
                         to_ack.push(p);
                     }
@@ -630,7 +637,7 @@ impl Shell {
     }
 
     /// Stores what the hub produced, flushes, then acknowledges, publishes and answers.
-    async fn apply(&mut self, out: Output, to_ack: Vec<Publish>) -> Result<(), StoreError> {
+    async fn apply(&mut self, out: Effects, to_ack: Vec<Publish>) -> Result<(), StoreError> {
         let durable = if out.needs_commit() {
             self.stage_and_flush(&out).await
         } else {
@@ -655,36 +662,45 @@ impl Shell {
                 .emit();
             }
         }
-        for o in out.publish {
-            if let Err(e) = self
-                .client
-                .publish(o.topic.clone(), QoS::AtLeastOnce, o.retain, o.payload)
-                .await
-            {
-                t::MqttPublishFailed {
-                    topic: &o.topic,
-                    error: &e,
+        // What is not stored, in the order the hub asked for it.
+        for effect in out {
+            match effect {
+                Effect::Publish(o) => {
+                    if let Err(e) = self
+                        .client
+                        .publish(o.topic.clone(), QoS::AtLeastOnce, o.retain, o.payload)
+                        .await
+                    {
+                        t::MqttPublishFailed {
+                            topic: &o.topic,
+                            error: &e,
+                        }
+                        .emit();
+                    }
                 }
-                .emit();
-            }
-        }
-        if let Some(ports) = &self.ports {
-            for (device, cmd) in out.serial {
-                if !ports.send(&device, cmd) {
-                    t::SerialThreadGone { device: &device }.emit();
+                Effect::Serial(device, cmd) => {
+                    if !self.ports.as_ref().is_some_and(|p| p.send(&device, cmd)) {
+                        t::SerialThreadGone { device: &device }.emit();
+                    }
                 }
-            }
-        }
-        for c in out.completed {
-            t::ActionFinished {
-                device: &c.request.device,
-                action_id: &c.request.action_id,
-                status: c.status.as_str(),
-                error: c.error.unwrap_or(""),
-            }
-            .emit();
-            if let Some(w) = self.waiters.remove(&c.request.action_id) {
-                let _ = w.send(c);
+                Effect::Completed(c) => {
+                    t::ActionFinished {
+                        device: &c.request.device,
+                        action_id: &c.request.action_id,
+                        status: c.status.as_str(),
+                        error: c.error.unwrap_or(""),
+                    }
+                    .emit();
+                    if let Some(w) = self.waiters.remove(&c.request.action_id) {
+                        let _ = w.send(c);
+                    }
+                }
+                Effect::Event(_)
+                | Effect::Presence(..)
+                | Effect::Audit(_)
+                | Effect::Mark(..)
+                | Effect::Forget(_)
+                | Effect::Lockout(..) => {}
             }
         }
         self.publish_views();
@@ -703,36 +719,43 @@ impl Shell {
     /// records them (presence, marks, audit, finished unlocks). One commit means a crash keeps
     /// all of it or none; ordered this way, a torn commit could only re-make events, never
     /// lose them (the same ids are re-derived for schedule moments).
-    async fn stage_and_flush(&self, out: &Output) -> Result<(), StoreError> {
+    async fn stage_and_flush(&self, out: &Effects) -> Result<(), StoreError> {
         let mut c = Commit::new();
-        for e in &out.events {
-            c.event(e.clone());
+        let events = out.events();
+        for e in &events {
+            c.event((*e).clone());
         }
-        for (device, reported) in &out.presence {
-            c.put(device, reported)?;
-        }
-        for entry in &out.audit {
-            crate::audit::append(&mut c, entry.clone());
-        }
-        for (id, marks) in &out.marks {
-            c.put(id, marks)?;
-        }
-        for id in &out.forget {
-            c.remove::<crate::schedule::Booking>(id);
-            c.remove::<crate::schedule::Marks>(id);
-        }
-        for (reader, guard) in &out.lockouts {
-            c.put(reader, guard)?;
-        }
-        // A finished ZenCore unlock is forgotten in the commit that stores its result, so a
-        // crash can neither lose the result nor carry the unlock out twice.
-        for done in &out.completed {
-            if done.request.source == super::actions::Source::Zencore {
-                c.remove::<PendingUnlock>(&done.request.action_id);
+        for effect in &out.0 {
+            match effect {
+                Effect::Presence(device, reported) => {
+                    c.put(device, reported)?;
+                }
+                Effect::Audit(entry) => crate::audit::append(&mut c, entry.clone()),
+                Effect::Mark(id, marks) => {
+                    c.put(id, marks)?;
+                }
+                Effect::Forget(id) => {
+                    c.remove::<crate::schedule::Booking>(id);
+                    c.remove::<crate::schedule::Marks>(id);
+                }
+                Effect::Lockout(reader, guard) => {
+                    c.put(reader, guard)?;
+                }
+                // A finished ZenCore unlock is forgotten in the commit that stores its result,
+                // so a crash can neither lose the result nor carry the unlock out twice.
+                Effect::Completed(done)
+                    if done.request.source == super::actions::Source::Zencore =>
+                {
+                    c.remove::<PendingUnlock>(&done.request.action_id);
+                }
+                Effect::Completed(_)
+                | Effect::Event(_)
+                | Effect::Publish(_)
+                | Effect::Serial(..) => {}
             }
         }
         let committed = self.store.commit(c).await?;
-        for (e, stored) in out.events.iter().zip(&committed.events) {
+        for (e, stored) in events.iter().zip(&committed.events) {
             if let Enqueued::Stored { seq, id } = stored {
                 t::EventEnqueued {
                     sequence: *seq,
@@ -743,6 +766,16 @@ impl Shell {
             }
         }
         Ok(())
+    }
+
+    /// The context of one input: the clock read once, trusted or not, and the id source.
+    fn ctx(&self) -> Ctx {
+        let clock = self.clock.read();
+        Ctx {
+            now: clock.now,
+            clock_trusted: clock.trusted,
+            ids: super::new_action_id,
+        }
     }
 
     fn publish_views(&self) {

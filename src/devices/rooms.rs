@@ -12,7 +12,7 @@ impl Hub {
     }
 
     /// A booking as ZenCore now describes it.
-    pub fn set_booking(&mut self, booking: crate::schedule::Booking, now: Millis) -> Output {
+    pub fn set_booking(&mut self, booking: crate::schedule::Booking, now: Millis) -> Effects {
         self.schedule.set(booking);
         self.tick(now)
     }
@@ -28,26 +28,27 @@ impl Hub {
 
     /// A state ZenCore set for a room's panels: shown from now on, over the schedule's view,
     /// until that view changes. The panels' one writer of `display` stays the hub.
-    pub fn set_explicit(&mut self, explicit: panel::Explicit, now: Millis) -> Output {
+    pub fn set_explicit(&mut self, explicit: panel::Explicit, now: Millis) -> Effects {
         let schedule = self.schedule.display(&explicit.meeting_space_id, now);
         self.explicit
             .insert(explicit.meeting_space_id.clone(), (explicit, schedule));
-        Output {
-            publish: self.displays(now),
-            ..Output::default()
-        }
+        Effects(
+            self.displays(now)
+                .into_iter()
+                .map(Effect::Publish)
+                .collect(),
+        )
     }
 
     /// The schedule's moments due at `now`, and the displays that changed.
-    pub(super) fn schedule_tick(&mut self, now: Millis) -> Output {
+    pub(super) fn schedule_tick(&mut self, now: Millis) -> Effects {
         let updates = self.schedule.tick(now);
         let mut out = self.status_events(updates);
         for id in self.schedule.expired(now) {
             self.schedule.forget(&id);
-            out.forget.push(id);
+            out.push(Effect::Forget(id));
         }
-        out.marks = self.schedule.take_dirty();
-        out.publish.extend(self.displays(now));
+        self.marks_and_displays(&mut out, now);
         out
     }
 
@@ -89,9 +90,9 @@ impl Hub {
         out
     }
 
-    pub(super) fn status_events(&self, updates: Vec<crate::schedule::StatusUpdate>) -> Output {
+    pub(super) fn status_events(&self, updates: Vec<crate::schedule::StatusUpdate>) -> Effects {
         use crate::schedule::Source;
-        let mut out = Output::default();
+        let mut out = Effects::default();
         for u in updates {
             let device = u.device_id.as_deref().and_then(|d| self.device_ref(d));
             let data = Data::MeetingStatus(MeetingStatus {
@@ -117,13 +118,13 @@ impl Hub {
                 source: u.source.as_str(),
             }
             .emit();
-            out.events.push(e);
+            out.push(Effect::Event(e));
         }
         out
     }
 
     /// A panel's `check_in` / `end_meeting` / `extend`.
-    pub(super) fn panel_action(&mut self, panel: &str, v: &Value, now: Millis) -> Output {
+    pub(super) fn panel_action(&mut self, panel: &str, v: &Value, now: Millis) -> Effects {
         use crate::schedule::Action;
         let request_id = v.get("request_id").cloned().unwrap_or(Value::Null);
         let name = v.get("action").and_then(Value::as_str).unwrap_or("");
@@ -154,7 +155,7 @@ impl Hub {
         };
         let (mut out, result, reason) = match result {
             Ok(updates) => (self.status_events(updates), "ok", None),
-            Err(reason) => (Output::default(), "refused", Some(reason)),
+            Err(reason) => (Effects::default(), "refused", Some(reason)),
         };
         let answer = panel::ActionAnswer {
             request_id,
@@ -162,13 +163,22 @@ impl Hub {
             result,
             reason,
         };
-        out.publish.push(Outgoing {
+        out.push(Effect::Publish(Outgoing {
             topic: format!("{}/feedback", drivers::panel_prefix(&self.config, panel)),
             payload: panel::to_bytes(&answer),
             retain: false,
-        });
-        out.marks = self.schedule.take_dirty();
-        out.publish.extend(self.displays(now));
+        }));
+        self.marks_and_displays(&mut out, now);
         out
+    }
+
+    /// The schedule's changed marks (to store) and the displays that changed (to publish).
+    fn marks_and_displays(&mut self, out: &mut Effects, now: Millis) {
+        for (id, marks) in self.schedule.take_dirty() {
+            out.push(Effect::Mark(id, marks));
+        }
+        for display in self.displays(now) {
+            out.push(Effect::Publish(display));
+        }
     }
 }

@@ -1,11 +1,3 @@
-fn test_ids() -> Box<dyn FnMut() -> String + Send + Sync> {
-    let mut n = 0;
-    Box::new(move || {
-        n += 1;
-        format!("act_test_{n}")
-    })
-}
-
 use super::*;
 use sha2::{Digest, Sha256};
 use std::path::Path;
@@ -47,8 +39,8 @@ topic = "strike_1"
     )
 }
 
-fn names(out: &Output) -> Vec<String> {
-    out.events
+fn names(out: &Effects) -> Vec<String> {
+    out.events()
         .iter()
         .map(|e| {
             let fields = e.fields();
@@ -77,7 +69,7 @@ type = "panel"
 driver = "zenedge-panel"
 "#,
     );
-    let mut hub = Hub::new(config, HashMap::new(), Millis(0), test_ids());
+    let mut hub = Hub::new(config, HashMap::new(), Millis(0));
     hub.set_grants(vec![crate::access::Grant {
         grant_id: "g".into(),
         booking_id: "b".into(),
@@ -96,7 +88,7 @@ driver = "zenedge-panel"
     hub
 }
 
-fn pin(hub: &mut Hub, pin: &str, at: u64) -> (Output, Value) {
+fn pin(hub: &mut Hub, pin: &str, at: u64) -> (Effects, Value) {
     let out = hub.message(
         "zenedge/edge-1/panels/panel/credential",
         format!(r#"{{"type":"pin","pin":"{pin}"}}"#).as_bytes(),
@@ -104,7 +96,7 @@ fn pin(hub: &mut Hub, pin: &str, at: u64) -> (Output, Value) {
         Millis(at),
     );
     let feedback = out
-        .publish
+        .publish()
         .iter()
         .find(|p| p.topic.ends_with("/feedback"))
         .map(|p| serde_json::from_slice(&p.payload).unwrap())
@@ -119,7 +111,11 @@ fn guesses_lock_the_panel_out_and_the_panel_is_told_only_denied_or_locked_out() 
     let (out, fb) = pin(&mut hub, "0000", t);
     assert_eq!(fb["reason"], "denied", "not unknown_credential: {fb}");
     assert_eq!(names(&out), vec!["access.denied panel unknown_credential"]);
-    assert_eq!(out.lockouts.len(), 1, "the guard is stored with the denial");
+    assert_eq!(
+        out.lockouts().len(),
+        1,
+        "the guard is stored with the denial"
+    );
     pin(&mut hub, "0001", t + 1000);
     let (out, fb) = pin(&mut hub, "0002", t + 2000);
     assert_eq!(fb["reason"], "locked_out");
@@ -130,7 +126,7 @@ fn guesses_lock_the_panel_out_and_the_panel_is_told_only_denied_or_locked_out() 
             "access.lockout panel "
         ]
     );
-    let lockout = &out.events[1];
+    let lockout = &out.events()[1];
     assert_eq!(lockout.fields()["failures"], 3);
     assert_eq!(lockout.fields()["lockouts"], 1);
     assert_eq!(
@@ -144,8 +140,11 @@ fn guesses_lock_the_panel_out_and_the_panel_is_told_only_denied_or_locked_out() 
             (fb["result"].as_str(), fb["reason"].as_str()),
             (Some("denied"), Some("locked_out"))
         );
-        assert!(out.events.is_empty() && out.audit.is_empty() && out.lockouts.is_empty());
-        assert!(out.publish.iter().all(|p| !p.topic.contains("front_door")));
+        assert!(out.events().is_empty() && out.audit().is_empty() && out.lockouts().is_empty());
+        assert!(out
+            .publish()
+            .iter()
+            .all(|p| !p.topic.contains("front_door")));
     }
     assert!(hub
         .views()
@@ -153,27 +152,27 @@ fn guesses_lock_the_panel_out_and_the_panel_is_told_only_denied_or_locked_out() 
         .any(|v| v.id == "panel" && v.locked_out_until.is_some()));
     // When it ends: one audit record with the attempts, and the PIN works again.
     let out = hub.tick(Millis(t + 2000 + 60_000));
-    assert_eq!(out.audit.len(), 1);
-    assert_eq!(out.audit[0].result, "locked_out");
-    assert_eq!(out.audit[0].attempts, Some(50));
+    assert_eq!(out.audit().len(), 1);
+    assert_eq!(out.audit()[0].result, "locked_out");
+    assert_eq!(out.audit()[0].attempts, Some(50));
     let (out, fb) = pin(&mut hub, "4711", t + 70_000);
     assert_eq!(fb["result"], "granted");
     assert!(out
-        .publish
+        .publish()
         .iter()
         .any(|p| p.topic == "zigbee2mqtt/front_door/set"));
 }
 
 #[test]
 fn retained_state_is_not_liveness_but_availability_is() {
-    let mut hub = Hub::new(config(), HashMap::new(), Millis(0), test_ids());
+    let mut hub = Hub::new(config(), HashMap::new(), Millis(0));
     let out = hub.message(
         "zigbee2mqtt/front_door",
         br#"{"lock_state":"locked"}"#,
         true,
         Millis(1),
     );
-    assert!(out.events.is_empty());
+    assert!(out.events().is_empty());
     let out = hub.message(
         "zigbee2mqtt/front_door/availability",
         br#"{"state":"online"}"#,
@@ -181,12 +180,12 @@ fn retained_state_is_not_liveness_but_availability_is() {
         Millis(2),
     );
     assert_eq!(names(&out), vec!["device.online front availability"]);
-    assert_eq!(out.presence.len(), 1);
+    assert_eq!(out.presence().len(), 1);
 }
 
 /// A hub whose Zigbee lock has reported itself locked.
 fn hub_with_the_zigbee_lock_heard() -> Hub {
-    let mut hub = Hub::new(config(), HashMap::new(), Millis(0), test_ids());
+    let mut hub = Hub::new(config(), HashMap::new(), Millis(0));
     hub.message(
         "zigbee2mqtt/front_door",
         br#"{"state":"LOCK"}"#,
@@ -210,7 +209,7 @@ fn bridge_offline_takes_every_zigbee_device_offline() {
     );
     assert!(names(&out).is_empty());
     assert_eq!(
-        out.publish[0].topic,
+        out.publish()[0].topic,
         "zigbee2mqtt/bridge/request/health_check"
     );
     let asked = Millis(2);
@@ -220,7 +219,7 @@ fn bridge_offline_takes_every_zigbee_device_offline() {
     );
     // A second "offline" while asking asks nothing more.
     let again = hub.message("zigbee2mqtt/bridge/state", b"offline", true, Millis(3));
-    assert!(again.publish.is_empty());
+    assert!(again.publish().is_empty());
     let out = hub.tick(asked.saturating_add(BRIDGE_CHECK));
     assert_eq!(names(&out), vec!["device.offline front bridge_offline"]);
 }
@@ -230,7 +229,7 @@ fn a_bridge_that_answers_its_health_check_is_not_offline() {
     let mut hub = hub_with_the_zigbee_lock_heard();
     // A retained "offline" from a stranger, replayed on subscribe.
     let out = hub.message("zigbee2mqtt/bridge/state", b"offline", true, Millis(2));
-    assert_eq!(out.publish.len(), 1);
+    assert_eq!(out.publish().len(), 1);
     let out = hub.message(
         "zigbee2mqtt/bridge/response/health_check",
         br#"{"data":{"healthy":true},"status":"ok"}"#,
@@ -259,7 +258,7 @@ fn a_bridge_that_answers_its_health_check_is_not_offline() {
 
 #[test]
 fn unlock_publishes_the_command_and_completes_on_the_report() {
-    let mut hub = Hub::new(config(), HashMap::new(), Millis(0), test_ids());
+    let mut hub = Hub::new(config(), HashMap::new(), Millis(0));
     let req = Request {
         action_id: "a1".into(),
         device: "strike".into(),
@@ -270,10 +269,10 @@ fn unlock_publishes_the_command_and_completes_on_the_report() {
         duration_s: None,
     };
     let out = hub.request(req, Millis(10));
-    assert_eq!(out.publish.len(), 1);
-    assert_eq!(out.publish[0].topic, "cmnd/strike_1/POWER");
-    assert_eq!(out.publish[0].payload, b"ON");
-    assert!(!out.publish[0].retain);
+    assert_eq!(out.publish().len(), 1);
+    assert_eq!(out.publish()[0].topic, "cmnd/strike_1/POWER");
+    assert_eq!(out.publish()[0].payload, b"ON");
+    assert!(!out.publish()[0].retain);
     let out = hub.message("stat/strike_1/POWER", b"ON", false, Millis(40));
     assert_eq!(
         names(&out),
@@ -282,14 +281,14 @@ fn unlock_publishes_the_command_and_completes_on_the_report() {
             "device.action_completed strike succeeded"
         ]
     );
-    let e = &out.events[1];
+    let e = &out.events()[1];
     assert_eq!(e.fields()["duration_ms"], 30);
     assert_eq!(e.fields()["action_id"], "a1");
 }
 
 #[test]
 fn an_unlock_with_duration_relocks_a_zigbee_lock_as_its_own_action() {
-    let mut hub = Hub::new(config(), HashMap::new(), Millis(0), test_ids());
+    let mut hub = Hub::new(config(), HashMap::new(), Millis(0));
     let req = Request {
         action_id: "z1".into(),
         device: "front".into(),
@@ -306,18 +305,18 @@ fn an_unlock_with_duration_relocks_a_zigbee_lock_as_its_own_action() {
         false,
         Millis(100),
     );
-    assert_eq!(out.completed.len(), 1);
+    assert_eq!(out.completed().len(), 1);
     assert_eq!(hub.next_deadline(), Some(Millis(5_100)));
-    assert!(hub.tick(Millis(5_099)).publish.is_empty());
+    assert!(hub.tick(Millis(5_099)).publish().is_empty());
     let out = hub.tick(Millis(5_100));
-    assert_eq!(out.publish[0].payload, br#"{"state":"LOCK"}"#);
+    assert_eq!(out.publish()[0].payload, br#"{"state":"LOCK"}"#);
     let out = hub.message(
         "zigbee2mqtt/front_door",
         br#"{"lock_state":"locked"}"#,
         false,
         Millis(5_300),
     );
-    let e = &out.events[0];
+    let e = &out.events()[0];
     assert_eq!(e.fields()["action_id"], "z1:relock");
     assert_eq!(e.fields()["action"], "lock");
     assert_eq!(e.fields()["source"], "zencore");
@@ -326,7 +325,7 @@ fn an_unlock_with_duration_relocks_a_zigbee_lock_as_its_own_action() {
 
 #[test]
 fn an_offline_device_fails_at_once_and_malformed_is_counted() {
-    let mut hub = Hub::new(config(), HashMap::new(), Millis(0), test_ids());
+    let mut hub = Hub::new(config(), HashMap::new(), Millis(0));
     hub.message("tele/strike_1/LWT", b"Offline", false, Millis(1));
     let req = Request {
         action_id: "a2".into(),
@@ -338,15 +337,15 @@ fn an_offline_device_fails_at_once_and_malformed_is_counted() {
         duration_s: None,
     };
     let out = hub.request(req, Millis(2));
-    assert!(out.publish.is_empty());
-    assert_eq!(out.completed[0].error, Some("device_offline"));
+    assert!(out.publish().is_empty());
+    assert_eq!(out.completed()[0].error, Some("device_offline"));
     let out = hub.message("stat/strike_1/RESULT", b"{not json", false, Millis(3));
-    assert!(out.events.is_empty());
+    assert!(out.events().is_empty());
     assert_eq!(hub.counters.malformed.load(Ordering::Relaxed), 1);
 }
 
-fn shown(out: &Output) -> Option<Value> {
-    out.publish
+fn shown(out: &Effects) -> Option<Value> {
+    out.publish()
         .iter()
         .rfind(|p| p.topic == "zenedge/edge-1/panels/panel/display")
         .map(|p| serde_json::from_slice(&p.payload).unwrap())
@@ -387,4 +386,123 @@ fn zencore_s_explicit_state_is_shown_by_the_one_writer_until_the_schedule_moves_
     assert_eq!(v["state"], "in_use");
     assert_eq!(v["booking_id"], "b-1");
     assert_eq!(v["message"], Value::Null);
+}
+
+/// Each effect in one line, so a table row can say what an input must make.
+fn effects(out: &Effects) -> Vec<String> {
+    out.0
+        .iter()
+        .map(|e| match e {
+            Effect::Event(e) => format!(
+                "event {} {}",
+                e.kind().as_str(),
+                e.device.as_ref().map(|d| d.id.as_str()).unwrap_or("-")
+            ),
+            Effect::Presence(d, r) => format!("presence {d} online={}", r.online),
+            Effect::Publish(p) => format!(
+                "publish {} {}",
+                p.topic,
+                String::from_utf8_lossy(&p.payload)
+            ),
+            Effect::Completed(c) => {
+                format!("completed {} {}", c.request.action_id, c.status.as_str())
+            }
+            Effect::Audit(a) => format!("audit {} {}", a.reader, a.result),
+            Effect::Serial(d, c) => format!("serial {d} {c:?}"),
+            Effect::Mark(id, _) => format!("mark {id}"),
+            Effect::Forget(id) => format!("forget {id}"),
+            Effect::Lockout(d, _) => format!("lockout {d}"),
+        })
+        .collect()
+}
+
+fn counter_ids() -> String {
+    use std::sync::atomic::AtomicU64;
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!("act_t{}", N.fetch_add(1, Ordering::Relaxed))
+}
+
+#[test]
+fn the_devices_machine_as_a_table_of_inputs_and_effects() {
+    let mut hub = Hub::new(config(), HashMap::new(), Millis(0));
+    let ctx = |t: u64| Ctx {
+        now: Millis(t),
+        clock_trusted: true,
+        ids: counter_ids,
+    };
+    let unlock = |id: &str, device: &str| {
+        Input::Request(Request {
+            action_id: id.into(),
+            device: device.into(),
+            command: Command::Unlock,
+            source: actions::Source::Operator,
+            booking_id: None,
+            grant_id: None,
+            duration_s: None,
+        })
+    };
+    let message = |topic: &'static str, payload: &'static [u8]| Input::Message {
+        topic,
+        payload,
+        retained: false,
+    };
+    let rows: Vec<(u64, Input<'_>, Vec<&str>)> = vec![
+        (
+            10,
+            message(
+                "zigbee2mqtt/front_door/availability",
+                br#"{"state":"online"}"#,
+            ),
+            vec!["presence front online=true", "event device.online front"],
+        ),
+        // A retained state is what was last published, not a sign of life.
+        (
+            20,
+            Input::Message {
+                topic: "stat/strike_1/POWER",
+                payload: b"OFF",
+                retained: true,
+            },
+            vec![],
+        ),
+        (
+            30,
+            unlock("a1", "strike"),
+            vec!["publish cmnd/strike_1/POWER ON"],
+        ),
+        (
+            60,
+            message("stat/strike_1/POWER", b"ON"),
+            vec![
+                "presence strike online=true",
+                "event device.online strike",
+                "event device.action_completed strike",
+                "completed a1 succeeded",
+            ],
+        ),
+        // Garbage is counted, never an effect.
+        (70, message("zigbee2mqtt/front_door", b"\xff{"), vec![]),
+        (
+            80,
+            unlock("a2", "front"),
+            vec![r#"publish zigbee2mqtt/front_door/set {"state":"UNLOCK"}"#],
+        ),
+        // Nothing heard within the lock's action timeout: `timed_out`, exactly once.
+        (
+            80 + 60_000,
+            Input::Tick,
+            vec![
+                "event device.action_completed front",
+                "completed a2 timed_out",
+            ],
+        ),
+        (80 + 60_001, Input::Tick, vec![]),
+        // An action for a device this controller does not have does nothing.
+        (80 + 60_002, unlock("a3", "nobody"), vec![]),
+    ];
+    for (i, (t, input, want)) in rows.into_iter().enumerate() {
+        let out = hub.handle(input, &ctx(t));
+        assert_eq!(effects(&out), want, "row {i} at {t} ms");
+    }
+    assert_eq!(hub.counters.malformed.load(Ordering::Relaxed), 1);
 }

@@ -41,7 +41,7 @@ pub const MAX_TEST_NOTE_BYTES: usize = 1024;
 
 #[derive(Clone)]
 pub struct AdminState {
-    pub mqtt: crate::devices::mqtt::MqttHandle,
+    pub mqtt: crate::runtime::MqttHandle,
     pub config: Arc<crate::config::Config>,
     pub store: Store,
     pub requeue: mpsc::UnboundedSender<PendingEvent>,
@@ -488,7 +488,7 @@ async fn device_action(
     let (reply, answer) = tokio::sync::oneshot::channel();
     s.mqtt
         .requests
-        .send(crate::devices::mqtt::HubRequest::Action {
+        .send(crate::runtime::HubRequest::Action {
             request,
             reply: Some(reply),
         })

@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::delivery::{self, policy::Policy, DeliveryState, Sender};
 use crate::devices;
 use crate::event::{Millis, Origin};
+use crate::runtime::supervise::{supervise, Restarts};
 use crate::store::Store;
 use crate::telemetry::{events as t, InternalEvent};
 use crate::wire::{Data, DataGap, GapReason, NewEvent};
@@ -212,7 +213,7 @@ async fn serve(
         )
     };
     let needs_mqtt = !devices::drivers::Routes::new(&config).is_empty();
-    let (mqtt, mqtt_run) = devices::mqtt::start(
+    let (mqtt, mqtt_run) = crate::runtime::start(
         config.clone(),
         store.clone(),
         clock.clone(),
@@ -245,7 +246,6 @@ async fn serve(
         hub: mqtt.requests.clone(),
     };
     let inbound_addr = inbound_listener.local_addr()?;
-    let inbound_stop = stopped(shutdown_rx.clone());
     let inbound_tls = match (&config.inbound.tls_cert_file, &config.inbound.tls_key_file) {
         (Some(cert), Some(key)) => Some(
             crate::serve::tls_acceptor(cert, key)
@@ -254,17 +254,32 @@ async fn serve(
         _ => None,
     };
     let max_connections = config.inbound.max_connections;
-    let inbound_task = tokio::spawn(async move {
-        crate::serve::serve(
-            inbound_listener,
-            crate::inbound::router(inbound_state),
-            max_connections,
-            inbound_tls,
-            inbound_stop,
-        )
-        .await;
-        Ok::<(), std::io::Error>(())
-    });
+    // The listeners are supervised: one that ends on its own is bound again on the address it
+    // had (the first run uses the socket bound above, so a port 0 keeps its number).
+    let inbound_task = {
+        let mut first = Some(inbound_listener);
+        let router = crate::inbound::router(inbound_state);
+        tokio::spawn(supervise(
+            "inbound",
+            shutdown_rx.clone(),
+            Restarts::default(),
+            move |stop| {
+                let listener = first.take();
+                let (router, tls) = (router.clone(), inbound_tls.clone());
+                async move {
+                    let listener = match listener {
+                        Some(l) => l,
+                        None => TcpListener::bind(inbound_addr)
+                            .await
+                            .with_context(|| format!("cannot listen on {inbound_addr}"))?,
+                    };
+                    crate::serve::serve(listener, router, max_connections, tls, stopped(stop))
+                        .await;
+                    Ok(())
+                }
+            },
+        ))
+    };
 
     let admin_listener = TcpListener::bind(config.admin.listen)
         .await
@@ -286,19 +301,55 @@ async fn serve(
     };
     let socket_path = config.admin_socket();
     let socket_listener = admin::bind_socket(&socket_path, config.admin.socket_group.as_deref())?;
-    let admin_stop = stopped(shutdown_rx.clone());
-    let tcp_state = admin_state.clone();
-    let admin_task = tokio::spawn(async move {
-        axum::serve(admin_listener, admin::tcp_router(tcp_state))
-            .with_graceful_shutdown(admin_stop)
-            .await
-    });
-    let socket_stop = stopped(shutdown_rx.clone());
-    let socket_task = tokio::spawn(async move {
-        axum::serve(socket_listener, admin::router(admin_state))
-            .with_graceful_shutdown(socket_stop)
-            .await
-    });
+    let admin_task = {
+        let mut first = Some(admin_listener);
+        let router = admin::tcp_router(admin_state.clone());
+        let addr = bound.admin;
+        tokio::spawn(supervise(
+            "admin",
+            shutdown_rx.clone(),
+            Restarts::default(),
+            move |stop| {
+                let listener = first.take();
+                let router = router.clone();
+                async move {
+                    let listener = match listener {
+                        Some(l) => l,
+                        None => TcpListener::bind(addr)
+                            .await
+                            .with_context(|| format!("cannot listen on {addr}"))?,
+                    };
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(stopped(stop))
+                        .await?;
+                    Ok(())
+                }
+            },
+        ))
+    };
+    let socket_task = {
+        let mut first = Some(socket_listener);
+        let router = admin::router(admin_state);
+        let (path, group) = (socket_path.clone(), config.admin.socket_group.clone());
+        tokio::spawn(supervise(
+            "admin socket",
+            shutdown_rx.clone(),
+            Restarts::default(),
+            move |stop| {
+                let listener = match first.take() {
+                    Some(l) => Ok(l),
+                    None => admin::bind_socket(&path, group.as_deref()),
+                };
+                let router = router.clone();
+                async move {
+                    axum::serve(listener?, router)
+                        .with_graceful_shutdown(stopped(stop))
+                        .await?;
+                    Ok(())
+                }
+            },
+        ))
+    };
 
     let mut delivery_task = tokio::spawn(delivery::run(
         store.clone(),

@@ -20,6 +20,7 @@ pub mod event;
 pub mod inbound;
 pub mod logging;
 pub mod record;
+pub mod runtime;
 pub mod schedule;
 pub mod serial;
 pub mod serve;

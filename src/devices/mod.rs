@@ -71,7 +71,7 @@ impl Effects {
         self.0.push(effect);
     }
 
-    fn merge(&mut self, other: Effects) {
+    pub fn merge(&mut self, other: Effects) {
         self.0.extend(other.0);
     }
 

@@ -22,37 +22,3 @@ fn three_sessions_closed_right_after_opening_suggest_a_client_id_takeover() {
         assert!(!w.closed(s(close)));
     }
 }
-
-fn msg(topic: &str, qos: QoS) -> Incoming {
-    let mut p = Publish::new(topic, qos, "x");
-    p.pkid = 1;
-    Incoming::Message(p)
-}
-
-fn topics(run: &[Incoming]) -> Vec<String> {
-    run.iter()
-        .map(|i| match i {
-            Incoming::Message(p) => p.topic.clone(),
-            _ => "-".into(),
-        })
-        .collect()
-}
-
-#[test]
-fn a_batch_is_cut_where_a_topic_comes_again_and_keeps_its_order() {
-    let batch = vec![
-        msg("a", QoS::AtLeastOnce),
-        msg("b", QoS::AtLeastOnce),
-        msg("b", QoS::AtMostOnce),
-        Incoming::Subscribed,
-        msg("a", QoS::AtLeastOnce),
-        msg("c", QoS::AtLeastOnce),
-        msg("a", QoS::AtLeastOnce),
-    ];
-    let runs: Vec<Vec<String>> = one_per_topic(batch).iter().map(|r| topics(r)).collect();
-    assert_eq!(
-        runs,
-        vec![vec!["a", "b", "b", "-"], vec!["a", "c"], vec!["a"],]
-    );
-    assert!(one_per_topic(Vec::new()).is_empty());
-}

@@ -224,7 +224,7 @@ async fn healthz(AxState(s): AxState<AdminState>) -> Response {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct StatusReport {
-    pub mqtt: crate::devices::mqtt::MqttStatus,
+    pub mqtt: crate::mqtt::MqttStatus,
     pub version: String,
     pub controller_id: String,
     pub started_at: String,
@@ -425,7 +425,7 @@ async fn devices(AxState(s): AxState<AdminState>) -> Response {
 /// (DESIGN §3), with the reason and since when. Serial devices keep their own state.
 fn unknown_while_mqtt_down(
     mut views: Vec<crate::devices::DeviceView>,
-    mqtt: &crate::devices::mqtt::MqttStatus,
+    mqtt: &crate::mqtt::MqttStatus,
     config: &crate::config::Config,
 ) -> Vec<crate::devices::DeviceView> {
     if !mqtt.down_and_needed() {
@@ -573,7 +573,7 @@ async fn audit(
         ));
     }
     let store = s.store.clone();
-    let page = blocking(move || crate::audit::newest(&store, limit, q.before)).await?;
+    let page = blocking(move || crate::audit_log::newest(&store, limit, q.before)).await?;
     let records: Vec<serde_json::Value> = page
         .iter()
         .map(|(seq, bytes)| {
@@ -583,7 +583,7 @@ async fn audit(
         .collect();
     let verification = if q.verify.unwrap_or(false) {
         let store = s.store.clone();
-        Some(blocking(move || crate::audit::verify_stored(&store)).await?)
+        Some(blocking(move || crate::audit_log::verify_stored(&store)).await?)
     } else {
         None
     };

@@ -27,8 +27,6 @@ use crate::wire::{Data, DataGap, GapReason, NewEvent};
 
 /// How long requests in flight may run on after a stop was asked for.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-/// How often delivered events past their retention are deleted.
-const GC_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// Addresses the daemon listens on, known once it is up (useful when a test binds port 0).
 #[derive(Debug, Clone, Copy)]
@@ -267,12 +265,7 @@ async fn serve(
                 let listener = first.take();
                 let (router, tls) = (router.clone(), inbound_tls.clone());
                 async move {
-                    let listener = match listener {
-                        Some(l) => l,
-                        None => TcpListener::bind(inbound_addr)
-                            .await
-                            .with_context(|| format!("cannot listen on {inbound_addr}"))?,
-                    };
+                    let listener = listener_again(listener, inbound_addr).await?;
                     crate::serve::serve(listener, router, max_connections, tls, stopped(stop))
                         .await;
                     Ok(())
@@ -313,12 +306,7 @@ async fn serve(
                 let listener = first.take();
                 let router = router.clone();
                 async move {
-                    let listener = match listener {
-                        Some(l) => l,
-                        None => TcpListener::bind(addr)
-                            .await
-                            .with_context(|| format!("cannot listen on {addr}"))?,
-                    };
+                    let listener = listener_again(listener, addr).await?;
                     axum::serve(listener, router)
                         .with_graceful_shutdown(stopped(stop))
                         .await?;
@@ -362,45 +350,21 @@ async fn serve(
     ));
 
     let gc_task = {
-        let store = store.clone();
-        let clock = clock.clone();
+        let (store, clock) = (store.clone(), clock.clone());
         let audit_retention = config.access.audit_retention;
-        let mut stop = shutdown_rx.clone();
-        tokio::spawn(async move {
-            loop {
-                let now = Millis::now();
-                let mut c = crate::store::Commit::lazy();
-                crate::inbound::gc_dedup(&mut c, now);
-                crate::access::gc_grants(&mut c, now);
-                // Audit records are pruned only on a clock we trust: a clock wrongly ahead must
-                // not age the log away.
-                let reading = clock.read();
-                if reading.trusted {
-                    let cutoff = reading
-                        .now
-                        .0
-                        .saturating_sub(audit_retention.as_millis() as u64);
-                    crate::audit::prune(&mut c, Millis(cutoff));
-                }
-                Store::gc_delivered(&mut c, now);
-                match store.commit(c).await {
-                    Ok(done) if done.removed > 0 => t::DeliveredRemoved {
-                        count: done.removed as u64,
-                    }
-                    .emit(),
-                    Ok(_) => {}
-                    Err(e) => t::StoreFailed {
-                        context: "gc",
-                        error: &e,
-                    }
-                    .emit(),
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(GC_INTERVAL) => {}
-                    _ = stop.wait_for(|s| *s) => break,
-                }
-            }
-        })
+        tokio::spawn(supervise(
+            "housekeeping",
+            shutdown_rx.clone(),
+            Restarts::default(),
+            move |stop| {
+                crate::runtime::housekeeping::run(
+                    store.clone(),
+                    clock.clone(),
+                    audit_retention,
+                    stop,
+                )
+            },
+        ))
     };
 
     // Ready once the listeners are up and, when devices talk MQTT, the broker has acknowledged
@@ -522,6 +486,20 @@ async fn serve(
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e).context("delivery stopped on a store error"),
         Err(e) => Err(e).context("delivery task failed"),
+    }
+}
+
+/// A supervised listener's socket: the one bound at start on its first run, bound again on the
+/// address it got (so a port 0 keeps its number) when the listener is started again.
+async fn listener_again(
+    first: Option<TcpListener>,
+    addr: SocketAddr,
+) -> anyhow::Result<TcpListener> {
+    match first {
+        Some(l) => Ok(l),
+        None => TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}")),
     }
 }
 

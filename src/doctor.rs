@@ -195,11 +195,8 @@ pub async fn run(config: &Config) -> Vec<Check> {
 /// Connects with the configured client settings (a separate client id, so the daemon's session
 /// is left alone) and waits for the broker's answer.
 async fn mqtt(config: &Config) -> Check {
-    let o = match crate::devices::mqtt::options(
-        config,
-        format!("{}-doctor", config.mqtt_client_id()),
-        false,
-    ) {
+    let o = match crate::mqtt::options(config, format!("{}-doctor", config.mqtt_client_id()), false)
+    {
         Ok(o) => o,
         Err(e) => return check("mqtt", false, e.to_string()),
     };

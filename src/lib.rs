@@ -7,6 +7,7 @@
 pub mod access;
 pub mod admin;
 pub mod audit;
+pub mod audit_log;
 pub mod broker;
 pub mod cli;
 pub mod clock;
@@ -19,6 +20,7 @@ pub mod doctor;
 pub mod event;
 pub mod inbound;
 pub mod logging;
+pub mod mqtt;
 pub mod record;
 pub mod runtime;
 pub mod schedule;

@@ -321,11 +321,11 @@ async fn a_grant_survives_sigkill_and_an_edited_audit_record_is_detected() {
         };
         let store =
             zenedge::store::Store::open(&r.dir.path().join("state"), origin, 1 << 30).unwrap();
-        let raw = zenedge::audit::raw(&store).unwrap();
+        let raw = zenedge::audit_log::raw(&store).unwrap();
         let edited = String::from_utf8(raw[0].1.clone())
             .unwrap()
             .replace("\"granted\"", "\"denied\"");
-        zenedge::audit::overwrite(&store, raw[0].0, edited.as_bytes()).unwrap();
+        zenedge::audit_log::overwrite(&store, raw[0].0, edited.as_bytes()).unwrap();
         store.flush().unwrap();
     }
     r.start_daemon().await;

@@ -38,7 +38,7 @@ fn fill_audit(state: &std::path::Path, n: usize) -> anyhow::Result<()> {
     for chunk in 0..n.div_ceil(1000) {
         let mut c = zenedge::store::Commit::new();
         for i in 0..1000.min(n - chunk * 1000) {
-            zenedge::audit::append(
+            zenedge::audit_log::append(
                 &mut c,
                 zenedge::audit::Entry {
                     at: now.rfc3339(),

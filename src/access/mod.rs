@@ -60,19 +60,6 @@ impl ClockFloor {
     pub const KEY: &'static str = "floor";
 }
 
-/// A commit step that deletes grants whose window ended more than a day ago (a revoked or
-/// expired grant is kept that long so a late attempt is denied with the right reason).
-pub fn gc_grants(commit: &mut crate::store::Commit, now: Millis) {
-    commit.step(move |tx| {
-        tx.retain::<Grant>(|_, g| {
-            g.valid_until
-                .saturating_add(std::time::Duration::from_secs(86_400))
-                >= now
-        })
-        .map(|_| ())
-    });
-}
-
 /// What was presented at a panel or reader.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credential {

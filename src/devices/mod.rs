@@ -9,7 +9,6 @@ pub mod actions;
 mod bridge;
 mod credentials;
 pub mod drivers;
-pub mod mqtt;
 pub mod presence;
 mod rooms;
 
@@ -80,64 +79,69 @@ impl Effects {
         self.0.iter().any(Effect::is_stored)
     }
 
+    /// The effects `pick` selects, in order (for tests and the shell's commit).
+    fn pick<'a, T>(&'a self, pick: impl Fn(&'a Effect) -> Option<T>) -> Vec<T> {
+        self.0.iter().filter_map(pick).collect()
+    }
+
     pub fn events(&self) -> Vec<&NewEvent> {
-        self.0
-            .iter()
-            .filter_map(|e| match e {
-                Effect::Event(x) => Some(x),
-                _ => None,
-            })
-            .collect()
+        self.pick(|e| {
+            if let Effect::Event(x) = e {
+                Some(x)
+            } else {
+                None
+            }
+        })
     }
 
     pub fn publish(&self) -> Vec<&Outgoing> {
-        self.0
-            .iter()
-            .filter_map(|e| match e {
-                Effect::Publish(x) => Some(x),
-                _ => None,
-            })
-            .collect()
+        self.pick(|e| {
+            if let Effect::Publish(x) = e {
+                Some(x)
+            } else {
+                None
+            }
+        })
     }
 
     pub fn completed(&self) -> Vec<&Completed> {
-        self.0
-            .iter()
-            .filter_map(|e| match e {
-                Effect::Completed(x) => Some(x),
-                _ => None,
-            })
-            .collect()
+        self.pick(|e| {
+            if let Effect::Completed(x) = e {
+                Some(x)
+            } else {
+                None
+            }
+        })
     }
 
     pub fn audit(&self) -> Vec<&crate::audit::Entry> {
-        self.0
-            .iter()
-            .filter_map(|e| match e {
-                Effect::Audit(x) => Some(x),
-                _ => None,
-            })
-            .collect()
+        self.pick(|e| {
+            if let Effect::Audit(x) = e {
+                Some(x)
+            } else {
+                None
+            }
+        })
     }
 
     pub fn presence(&self) -> Vec<(&str, &Reported)> {
-        self.0
-            .iter()
-            .filter_map(|e| match e {
-                Effect::Presence(d, r) => Some((d.as_str(), r)),
-                _ => None,
-            })
-            .collect()
+        self.pick(|e| {
+            if let Effect::Presence(d, r) = e {
+                Some((d.as_str(), r))
+            } else {
+                None
+            }
+        })
     }
 
     pub fn lockouts(&self) -> Vec<(&str, &crate::access::lockout::Guard)> {
-        self.0
-            .iter()
-            .filter_map(|e| match e {
-                Effect::Lockout(d, g) => Some((d.as_str(), g)),
-                _ => None,
-            })
-            .collect()
+        self.pick(|e| {
+            if let Effect::Lockout(d, g) = e {
+                Some((d.as_str(), g))
+            } else {
+                None
+            }
+        })
     }
 }
 

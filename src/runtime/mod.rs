@@ -1,6 +1,6 @@
 //! The runtime: one loop that owns the device hub and carries out what it asks for.
 //!
-//! The adapters — the MQTT link (`devices::mqtt`), the serial ports (`serial`), the inbound
+//! The adapters — the MQTT link (`mqtt`), the serial ports (`serial`), the inbound
 //! endpoint and the admin API (through [`HubRequest`]s) — pass what happens to this loop, which
 //! reads the clock once per input, feeds the hub (`Hub::handle`), makes the hub's effects that
 //! must be kept durable in one commit, and only then acknowledges MQTT messages, publishes,
@@ -24,12 +24,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::config::Config;
 use crate::devices::actions::{Completed, PendingUnlock, Request};
 use crate::devices::drivers::{status_topic, Routes};
-use crate::devices::mqtt::{self, LinkEvent, MqttSetupError, MqttStatus, SessionWatch};
 use crate::devices::{Ctx, DeviceView, Effect, Effects, Hub, Input as HubInput};
 use crate::event::Millis;
+use crate::mqtt::{self, LinkEvent, MqttSetupError, MqttStatus, SessionWatch};
 use crate::store::{Commit, Enqueued, Store, StoreError};
 use crate::telemetry::{events as t, InternalEvent};
 
+pub mod housekeeping;
 pub mod supervise;
 
 /// Messages handled per flush.
@@ -476,7 +477,7 @@ impl Runtime {
                 Effect::Presence(device, reported) => {
                     c.put(device, reported)?;
                 }
-                Effect::Audit(entry) => crate::audit::append(&mut c, entry.clone()),
+                Effect::Audit(entry) => crate::audit_log::append(&mut c, entry.clone()),
                 Effect::Mark(id, marks) => {
                     c.put(id, marks)?;
                 }

@@ -342,27 +342,14 @@ impl InternalEvent for AttemptFinished<'_> {
                     duration_ms
                 );
             }
-            AttemptEnd::Unreachable => {
-                inc(&m.deliveries_unreachable, 1);
-                tracing::warn!(
-                    message = "ZenCore unreachable.",
-                    sequence,
-                    attempt,
-                    status,
-                    duration_ms,
-                    error
-                );
-            }
-            AttemptEnd::Failed => {
-                inc(&m.deliveries_failed, 1);
-                tracing::warn!(
-                    message = "Delivery failed.",
-                    sequence,
-                    attempt,
-                    status,
-                    duration_ms,
-                    error
-                );
+            AttemptEnd::Unreachable | AttemptEnd::Failed => {
+                let (counter, message) = if self.end == AttemptEnd::Unreachable {
+                    (&m.deliveries_unreachable, "ZenCore unreachable.")
+                } else {
+                    (&m.deliveries_failed, "Delivery failed.")
+                };
+                inc(counter, 1);
+                tracing::warn!(message, sequence, attempt, status, duration_ms, error);
             }
         }
     }

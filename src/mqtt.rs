@@ -17,8 +17,8 @@ use rumqttc::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::drivers::status_topic;
 use crate::config::Config;
+use crate::devices::drivers::status_topic;
 use crate::event::Millis;
 use crate::store::StoreError;
 use crate::telemetry::{events as t, InternalEvent};

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::drivers::{Command, LockState};
 use crate::event::Millis;
+pub use crate::wire::ActionError;
 
 pub use crate::wire::{ActionSource as Source, ActionStatus as Status};
 
@@ -64,7 +65,7 @@ pub struct Completed {
     pub status: Status,
     pub requested_at: Millis,
     pub completed_at: Millis,
-    pub error: Option<&'static str>,
+    pub error: Option<ActionError>,
 }
 
 impl Completed {
@@ -118,10 +119,10 @@ impl Tracker {
             })
         };
         if !can_send {
-            return fail(request, "unsupported");
+            return fail(request, ActionError::Unsupported);
         }
         if online == Some(false) {
-            return fail(request, "device_offline");
+            return fail(request, ActionError::DeviceOffline);
         }
         self.pending
             .entry(request.device.clone())
@@ -142,7 +143,7 @@ impl Tracker {
         let mut done = Vec::new();
         queue.retain(|p| {
             let outcome = match (p.request.command, state) {
-                (_, LockState::Jammed) => Some((Status::Failed, Some("jammed"))),
+                (_, LockState::Jammed) => Some((Status::Failed, Some(ActionError::Jammed))),
                 (Command::Unlock, LockState::Unlocked) | (Command::Lock, LockState::Locked) => {
                     Some((Status::Succeeded, None))
                 }
@@ -174,7 +175,7 @@ impl Tracker {
         &mut self,
         device: &str,
         command: Command,
-        error: &'static str,
+        error: ActionError,
         now: Millis,
     ) -> Vec<Completed> {
         let Some(queue) = self.pending.get_mut(device) else {
@@ -210,7 +211,7 @@ impl Tracker {
                 status: Status::Failed,
                 requested_at: p.requested_at,
                 completed_at: now,
-                error: Some("device_offline"),
+                error: Some(ActionError::DeviceOffline),
             })
             .collect()
     }
@@ -228,7 +229,7 @@ impl Tracker {
                     status: Status::TimedOut,
                     requested_at: p.requested_at,
                     completed_at: now,
-                    error: Some("timeout"),
+                    error: Some(ActionError::Timeout),
                 });
                 false
             });
@@ -297,7 +298,7 @@ mod tests {
         let done = t.observe("door", LockState::Jammed, Millis(5));
         assert_eq!(
             (done[0].status, done[0].error),
-            (Status::Failed, Some("jammed"))
+            (Status::Failed, Some(ActionError::Jammed))
         );
 
         t.request(req("b", Command::Unlock), Some(true), true, T, Millis(0));
@@ -309,13 +310,13 @@ mod tests {
         match t.request(req("c", Command::Unlock), Some(false), true, T, Millis(0)) {
             Start::Done(c) => assert_eq!(
                 (c.status, c.error),
-                (Status::Failed, Some("device_offline"))
+                (Status::Failed, Some(ActionError::DeviceOffline))
             ),
             other => panic!("{other:?}"),
         }
         t.request(req("d", Command::Unlock), Some(true), true, T, Millis(0));
         let done = t.offline("door", Millis(3));
-        assert_eq!(done[0].error, Some("device_offline"));
+        assert_eq!(done[0].error, Some(ActionError::DeviceOffline));
         assert!(t.next_deadline().is_none());
     }
 }

@@ -174,7 +174,7 @@ pub enum Input<'a> {
     /// ZenEdge was down).
     Fail {
         request: Request,
-        error: &'static str,
+        error: actions::ActionError,
     },
     /// A booking as ZenCore now describes it (already durable).
     Booking(crate::schedule::Booking),
@@ -605,7 +605,7 @@ impl Hub {
 
     /// Completes an action without trying it (an accepted unlock whose `not_after` passed
     /// while ZenEdge was down).
-    pub fn fail(&mut self, request: Request, error: &'static str, now: Millis) -> Effects {
+    pub fn fail(&mut self, request: Request, error: actions::ActionError, now: Millis) -> Effects {
         self.completions(vec![Completed {
             request,
             status: actions::Status::Failed,

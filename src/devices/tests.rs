@@ -338,7 +338,10 @@ fn an_offline_device_fails_at_once_and_malformed_is_counted() {
     };
     let out = hub.request(req, Millis(2));
     assert!(out.publish().is_empty());
-    assert_eq!(out.completed()[0].error, Some("device_offline"));
+    assert_eq!(
+        out.completed()[0].error,
+        Some(actions::ActionError::DeviceOffline)
+    );
     let out = hub.message("stat/strike_1/RESULT", b"{not json", false, Millis(3));
     assert!(out.events().is_empty());
     assert_eq!(hub.counters.malformed.load(Ordering::Relaxed), 1);

@@ -208,7 +208,7 @@ impl Runtime {
                 .emit();
                 HubInput::Fail {
                     request: u.request(),
-                    error: "expired",
+                    error: crate::wire::ActionError::Expired,
                 }
             } else {
                 t::UnlockResumed {
@@ -435,7 +435,7 @@ impl Runtime {
                         device: &c.request.device,
                         action_id: &c.request.action_id,
                         status: c.status.as_str(),
-                        error: c.error.unwrap_or(""),
+                        error: c.error.map_or("", |e| e.as_str()),
                     }
                     .emit();
                     if let Some(w) = self.waiters.remove(&c.request.action_id) {

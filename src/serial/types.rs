@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use crate::wire::ActionError;
+
 /// A command for a serial device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cmd {
@@ -58,13 +60,15 @@ pub enum SerialFailure {
 
 impl SerialFailure {
     /// The action error ZenCore hears (`device.action_completed` `error`).
-    pub fn action_error(&self) -> &'static str {
+    pub fn action_error(&self) -> ActionError {
         match self {
-            SerialFailure::Timeout => "timeout",
-            SerialFailure::PortClosed => "port_closed",
-            SerialFailure::DeviceOffline => "device_offline",
-            SerialFailure::Nak(_) => "nak",
-            SerialFailure::ModbusException(_) | SerialFailure::UnexpectedReply(_) => "device_error",
+            SerialFailure::Timeout => ActionError::Timeout,
+            SerialFailure::PortClosed => ActionError::PortClosed,
+            SerialFailure::DeviceOffline => ActionError::DeviceOffline,
+            SerialFailure::Nak(_) => ActionError::Nak,
+            SerialFailure::ModbusException(_) | SerialFailure::UnexpectedReply(_) => {
+                ActionError::DeviceError
+            }
         }
     }
 }

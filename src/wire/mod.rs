@@ -153,6 +153,43 @@ impl ActionStatus {
     }
 }
 
+/// Why an action failed (`error` of `device.action_completed`: DESIGN §1's short codes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionError {
+    /// The device is known to be offline (at the request, or it went offline meanwhile).
+    DeviceOffline,
+    /// The lock reported itself jammed.
+    Jammed,
+    /// A ZenCore unlock whose `not_after` passed before it could be carried out.
+    Expired,
+    /// The device has no way to carry out this command.
+    Unsupported,
+    /// A serial device did not answer the command.
+    Timeout,
+    /// The serial port closed with the command waiting.
+    PortClosed,
+    /// An OSDP reader refused the command.
+    Nak,
+    /// A serial device answered with an error (a Modbus exception, an unexpected reply).
+    DeviceError,
+}
+
+impl ActionError {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionError::DeviceOffline => "device_offline",
+            ActionError::Jammed => "jammed",
+            ActionError::Expired => "expired",
+            ActionError::Unsupported => "unsupported",
+            ActionError::Timeout => "timeout",
+            ActionError::PortClosed => "port_closed",
+            ActionError::Nak => "nak",
+            ActionError::DeviceError => "device_error",
+        }
+    }
+}
+
 /// Why a presented credential was denied (`reason` of `access.denied`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -226,7 +263,7 @@ pub struct ActionCompleted {
     pub duration_ms: u64,
     pub booking_id: Option<String>,
     pub grant_id: Option<String>,
-    pub error: Option<&'static str>,
+    pub error: Option<ActionError>,
 }
 
 /// `access.denied`.

@@ -247,7 +247,7 @@ fn a_refused_command_fails_with_the_nak_reason_and_the_hub_hears_nak() {
         .expect("the OUT command is sent");
     let s = cp.bytes(&reply(1, seq_of(out), code::NAK, &[0x03]), t0);
     let failure = SerialFailure::Nak(3);
-    assert_eq!(failure.action_error(), "nak");
+    assert_eq!(failure.action_error().as_str(), "nak");
     assert!(
         s.happened.contains(&Happening::Done {
             cmd: unlock,

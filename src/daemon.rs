@@ -383,19 +383,29 @@ async fn serve(
         let mqtt = mqtt.status.clone();
         let views = mqtt_views.clone();
         let delivery = delivery_state.clone();
+        // Each watch is read once and its guard dropped at once: a watch's lock prefers
+        // writers, so a second borrow taken while the first is held waits behind a writer that
+        // waits for the first — a deadlock (it happened: two `delivery.borrow()`s in one
+        // `format!` hung the daemon at start while delivery published its state).
         move || {
-            let v = views.borrow();
-            let online = v.iter().filter(|d| d.online == Some(true)).count();
+            let (online, devices) = {
+                let v = views.borrow();
+                let online = v.iter().filter(|d| d.online == Some(true)).count();
+                (online, v.len())
+            };
+            let connected = mqtt.borrow().connected;
+            let (pending, reachable) = {
+                let d = delivery.borrow();
+                (d.pending, d.reachable)
+            };
             format!(
-                "mqtt {}, {online}/{} devices online, {} queued, zencore {}",
-                if mqtt.borrow().connected {
+                "mqtt {}, {online}/{devices} devices online, {pending} queued, zencore {}",
+                if connected {
                     "connected"
                 } else {
                     "disconnected"
                 },
-                v.len(),
-                delivery.borrow().pending,
-                if delivery.borrow().reachable {
+                if reachable {
                     "reachable"
                 } else {
                     "unreachable"

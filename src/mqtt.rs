@@ -222,6 +222,9 @@ async fn poll_loop(
     qos0_waiting: Arc<AtomicUsize>,
 ) {
     let mut last_warned: Option<std::time::Instant> = None;
+    if std::env::var("ZENEDGE_FAULT").as_deref() == Ok("mqtt-poll-panics") {
+        panic!("fault hook: the MQTT poll task panics");
+    }
     let mut backoff = INITIAL_BACKOFF;
     let mut connecting = true;
     loop {

@@ -140,10 +140,17 @@ async fn a_wedged_delivery_loop_stops_the_watchdog() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_essential_task_that_ends_makes_the_daemon_exit_non_zero() {
+    // The runtime loop ending on a store failure, and the MQTT link's poll task panicking.
+    for fault in ["device-task-ends", "mqtt-poll-panics"] {
+        essential_task_ends(fault).await;
+    }
+}
+
+async fn essential_task_ends(fault: &str) {
     let (_rx, dir, _admin, config) = room().await;
     let socket = dir.path().join("notify.sock");
     let _notified = Notified::listen(&socket);
-    let mut child = spawn(&config, &socket, Some("device-task-ends"));
+    let mut child = spawn(&config, &socket, Some(fault));
     // It must not keep running (and answering 202) without its device task: it exits, non-zero,
     // for systemd to restart it.
     let pid = child.0.id().to_string();
@@ -164,6 +171,6 @@ async fn an_essential_task_that_ends_makes_the_daemon_exit_non_zero() {
             }
         })
     })
-    .expect("the daemon kept running without its device task");
-    assert!(!status.success(), "{status:?}");
+    .unwrap_or_else(|| panic!("the daemon kept running after {fault}"));
+    assert!(!status.success(), "{fault}: {status:?}");
 }

@@ -33,6 +33,16 @@ use crate::telemetry::{events as t, InternalEvent};
 pub mod housekeeping;
 pub mod supervise;
 
+/// Why the runtime stopped before it was asked to (the daemon then exits non-zero).
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The MQTT link's poll task ended: no device message can arrive any more.
+    #[error("the MQTT link's poll task stopped: {0}")]
+    LinkStopped(String),
+}
+
 /// Messages handled per flush.
 const BATCH: usize = 512;
 
@@ -75,7 +85,7 @@ pub async fn start(
     store: Store,
     clock: Arc<crate::clock::Clock>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(MqttHandle, impl Future<Output = Result<(), StoreError>>), MqttSetupError> {
+) -> Result<(MqttHandle, impl Future<Output = Result<(), RuntimeError>>), MqttSetupError> {
     let (input_tx, input_rx) = mpsc::unbounded_channel();
     let mqtt_tx = input_tx.clone();
     let link = mqtt::connect(&config, move |e| mqtt_tx.send(Input::Mqtt(e)).is_ok())?;
@@ -133,11 +143,7 @@ pub async fn start(
         clock,
         ports: Some(ports),
     };
-    let run = async move {
-        let result = runtime.run(input_rx, requests_rx, shutdown).await;
-        poll.abort();
-        result
-    };
+    let run = runtime.run(input_rx, requests_rx, poll, shutdown);
     Ok((handle, run))
 }
 
@@ -188,13 +194,28 @@ impl Runtime {
         mut self,
         mut incoming: mpsc::UnboundedReceiver<Input>,
         mut requests: mpsc::Receiver<HubRequest>,
+        mut poll: tokio::task::JoinHandle<()>,
         shutdown: impl Future<Output = ()>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), RuntimeError> {
+        let result = self
+            .serve(&mut incoming, &mut requests, &mut poll, shutdown)
+            .await;
+        poll.abort();
+        result
+    }
+
+    async fn serve(
+        &mut self,
+        incoming: &mut mpsc::UnboundedReceiver<Input>,
+        requests: &mut mpsc::Receiver<HubRequest>,
+        poll: &mut tokio::task::JoinHandle<()>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), RuntimeError> {
         tokio::pin!(shutdown);
         self.publish_views();
         if std::env::var("ZENEDGE_FAULT").as_deref() == Ok("device-task-ends") {
             // The fault hook: the device task ends as a store failure would end it.
-            return Err(StoreError::WriterGone);
+            return Err(StoreError::WriterGone.into());
         }
         // ZenCore unlocks accepted before a crash and never completed: carry them out, or
         // report them expired.
@@ -237,6 +258,15 @@ impl Runtime {
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
+                // The poll task ends only with the runtime; before it, it panicked, and no
+                // device message can arrive any more: essential, so the process ends non-zero.
+                r = &mut *poll => {
+                    let why = match r {
+                        Ok(()) => "it returned".to_owned(),
+                        Err(e) => e.to_string(),
+                    };
+                    return Err(RuntimeError::LinkStopped(why));
+                }
                 Some(first) = incoming.recv() => {
                     let mut batch = vec![first];
                     while batch.len() < BATCH {

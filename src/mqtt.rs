@@ -79,14 +79,6 @@ pub enum LinkEvent {
     Disconnected(String),
 }
 
-fn ok(sent: bool) -> Result<(), ()> {
-    if sent {
-        Ok(())
-    } else {
-        Err(())
-    }
-}
-
 /// The MQTT link once started: the client to publish and ack with, the poll task, and what it
 /// counts.
 pub struct Link {
@@ -233,12 +225,13 @@ async fn poll_loop(
             connecting = false;
         }
         let event = eventloop.poll().await;
-        let sent = match event {
+        // Whether the runtime still listens; when it is gone, so is the reason to poll.
+        let listening = match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff = INITIAL_BACKOFF;
-                ok(send(LinkEvent::Connected))
+                send(LinkEvent::Connected)
             }
-            Ok(Event::Incoming(Packet::SubAck(_))) => ok(send(LinkEvent::Subscribed)),
+            Ok(Event::Incoming(Packet::SubAck(_))) => send(LinkEvent::Subscribed),
             // QoS 0 has no redelivery and no flow control: while the hub is behind, it is
             // dropped (counted), so a flood cannot grow memory.
             Ok(Event::Incoming(Packet::Publish(p))) if p.qos == QoS::AtMostOnce => {
@@ -249,13 +242,13 @@ async fn poll_loop(
                         last_warned = Some(std::time::Instant::now());
                         t::MqttQos0Dropped { dropped_total: n }.emit();
                     }
-                    Ok(())
+                    true
                 } else {
-                    ok(send(LinkEvent::Message(p)))
+                    send(LinkEvent::Message(p))
                 }
             }
-            Ok(Event::Incoming(Packet::Publish(p))) => ok(send(LinkEvent::Message(p))),
-            Ok(_) => Ok(()),
+            Ok(Event::Incoming(Packet::Publish(p))) => send(LinkEvent::Message(p)),
+            Ok(_) => true,
             Err(e) => {
                 let text = describe(&e);
                 let _ = send(LinkEvent::Disconnected(text));
@@ -265,10 +258,10 @@ async fn poll_loop(
                 tokio::time::sleep(delay).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 connecting = true;
-                Ok(())
+                true
             }
         };
-        if sent.is_err() {
+        if !listening {
             return;
         }
     }

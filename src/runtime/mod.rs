@@ -243,8 +243,7 @@ impl Runtime {
         }
         // The rooms' schedule as stored: moments due while ZenCore or ZenEdge was down, and
         // every panel's display right away.
-        let out = self.hub.handle(HubInput::Tick, &self.ctx());
-        self.apply(out, Vec::new()).await?;
+        self.step(HubInput::Tick).await?;
         let mut heartbeat = tokio::time::interval(Duration::from_millis(500));
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -286,23 +285,15 @@ impl Runtime {
                             if let Some(reply) = reply {
                                 self.waiters.insert(request.action_id.clone(), reply);
                             }
-                            let out = self.hub.handle(HubInput::Request(request), &self.ctx());
-                            self.apply(out, Vec::new()).await?;
+                            self.step(HubInput::Request(request)).await?;
                         }
                         HubRequest::Grants(grants) => self.hub.set_grants(grants),
-                        HubRequest::Booking(b) => {
-                            let out = self.hub.handle(HubInput::Booking(b), &self.ctx());
-                            self.apply(out, Vec::new()).await?;
-                        }
-                        HubRequest::Explicit(e) => {
-                            let out = self.hub.handle(HubInput::Explicit(e), &self.ctx());
-                            self.apply(out, Vec::new()).await?;
-                        }
+                        HubRequest::Booking(b) => self.step(HubInput::Booking(b)).await?,
+                        HubRequest::Explicit(e) => self.step(HubInput::Explicit(e)).await?,
                     }
                 }
                 _ = tokio::time::sleep(sleep_for.unwrap_or_default()), if sleep_for.is_some() => {
-                    let out = self.hub.handle(HubInput::Tick, &self.ctx());
-                    self.apply(out, Vec::new()).await?;
+                    self.step(HubInput::Tick).await?;
                 }
             }
         }
@@ -324,6 +315,13 @@ impl Runtime {
         // Give the event loop a moment to send both.
         tokio::time::sleep(Duration::from_millis(100)).await;
         Ok(())
+    }
+
+    /// One input that acknowledges nothing (a request, a tick): fed to the hub in a fresh
+    /// context, its effects carried out.
+    async fn step(&mut self, input: HubInput<'_>) -> Result<(), StoreError> {
+        let out = self.hub.handle(input, &self.ctx());
+        self.apply(out, Vec::new()).await
     }
 
     async fn handle_batch(&mut self, batch: Vec<Input>) -> Result<(), StoreError> {

@@ -47,35 +47,43 @@ fn a_happening_writes_its_line_with_every_field() {
 fn a_happening_with_a_counter_moves_it_with_its_line() {
     let before = metrics().adapter_restarts.load(Ordering::Relaxed);
     let out = logged(|| {
-        AdapterRestarting {
-            adapter: "mqtt",
-            error: &"broker gone",
-            retry_in_ms: 1000,
-            restarts: 3,
+        for _ in 0..1000 {
+            AdapterRestarting {
+                adapter: "mqtt",
+                error: &"broker gone",
+                retry_in_ms: 1000,
+                restarts: 3,
+            }
+            .emit()
         }
-        .emit()
     });
     assert!(out.contains("restarting it with backoff"), "{out}");
     assert!(
         out.contains("adapter=\"mqtt\"") && out.contains("restarts=3"),
         "{out}"
     );
-    // Other tests may count too (the counters are process-wide), never fewer.
-    assert!(metrics().adapter_restarts.load(Ordering::Relaxed) > before);
+    // The counters are process-wide and other tests may count too, but none 1,000 times: a
+    // rise of 1,000 is this test's own.
+    assert!(metrics().adapter_restarts.load(Ordering::Relaxed) >= before + 1000);
 }
 
 #[test]
 fn a_decision_at_a_locked_out_reader_is_counted_and_not_logged() {
+    let before = metrics().access_locked_out.load(Ordering::Relaxed);
     let out = logged(|| {
-        AccessDecision {
-            device: "reader-1",
-            granted: false,
-            reason: Some("locked_out"),
-            credential_type: "pin",
+        for _ in 0..1000 {
+            AccessDecision {
+                device: "reader-1",
+                granted: false,
+                reason: Some("locked_out"),
+                credential_type: "pin",
+            }
+            .emit()
         }
-        .emit()
     });
     assert_eq!(out, "", "a flood of guesses must not flood the journal");
+    // Other tests count a few locked-out attempts too, never 1,000.
+    assert!(metrics().access_locked_out.load(Ordering::Relaxed) >= before + 1000);
     let out = logged(|| {
         AccessDecision {
             device: "reader-1",

@@ -17,14 +17,13 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     pub at: String,
-    pub credential_type: String,
+    pub credential_type: crate::wire::CredentialType,
     /// The panel or reader where it was presented.
     pub reader: String,
     pub doors: Vec<String>,
     pub grant_id: Option<String>,
     pub booking_id: Option<String>,
-    /// `granted` or `denied`.
-    pub result: String,
+    pub result: Outcome,
     pub reason: Option<String>,
     /// The decision used the clock floor because the system clock was not trusted.
     pub clock_untrusted: bool,
@@ -32,6 +31,38 @@ pub struct Entry {
     /// during it, refused without being compared and not recorded one by one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempts: Option<u64>,
+}
+
+/// `result` of an audit record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Granted,
+    Denied,
+    /// The record that closes a lockout (its `attempts` were refused uncompared).
+    LockedOut,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Granted => "granted",
+            Outcome::Denied => "denied",
+            Outcome::LockedOut => "locked_out",
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for Outcome {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,15 +204,15 @@ pub fn verify(records: &[(u64, Vec<u8>)]) -> Result<usize, (u64, String)> {
 pub(crate) mod tests {
     use super::*;
 
-    pub(crate) fn entry(result: &str) -> Entry {
+    pub(crate) fn entry(result: Outcome) -> Entry {
         Entry {
             at: "2026-01-01T00:00:00.000Z".into(),
-            credential_type: "pin".into(),
+            credential_type: crate::wire::CredentialType::Pin,
             reader: "panel".into(),
             doors: vec!["front".into()],
             grant_id: Some("g1".into()),
             booking_id: Some("b1".into()),
-            result: result.into(),
+            result,
             reason: None,
             clock_untrusted: false,
             attempts: None,
@@ -192,7 +223,7 @@ pub(crate) mod tests {
         let mut prev = GENESIS.to_string();
         (1..=n)
             .map(|seq| {
-                let r = Record::chain(seq, prev.clone(), entry("granted"));
+                let r = Record::chain(seq, prev.clone(), entry(Outcome::Granted));
                 prev = r.hash.clone();
                 (seq, serde_json::to_vec(&r).unwrap())
             })

@@ -144,7 +144,7 @@ mod tests {
     fn at_day(day: u64) -> Entry {
         Entry {
             at: crate::event::Millis(day * 86_400_000).rfc3339(),
-            ..entry("denied")
+            ..entry(crate::audit::Outcome::Denied)
         }
     }
 

@@ -781,3 +781,7 @@ fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// Configs for the machines' unit tests.
+#[cfg(test)]
+pub(crate) mod testing;

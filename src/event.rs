@@ -8,6 +8,19 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::{Config, DeviceType};
 
+/// The context of one input to a machine (the devices hub, access, rooms): read once by the
+/// runtime, passed in, never read by a machine itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx {
+    pub now: Millis,
+    /// Whether `now` comes from a trusted clock (else it is the floor, and access decisions
+    /// say so in the audit log).
+    pub clock_trusted: bool,
+    /// Mints new action ids (local-credential unlocks): `devices::new_action_id` in the daemon,
+    /// a counter in tests.
+    pub ids: fn() -> String,
+}
+
 /// Who the event is about, when it is about a device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceRef {
@@ -15,6 +28,16 @@ pub struct DeviceRef {
     pub kind: DeviceType,
     /// The device's own room when its config entry sets one.
     pub meeting_space_id: Option<String>,
+}
+
+impl DeviceRef {
+    pub fn of(d: &crate::config::DeviceConfig) -> DeviceRef {
+        DeviceRef {
+            id: d.id.clone(),
+            kind: d.kind,
+            meeting_space_id: d.meeting_space_id.clone(),
+        }
+    }
 }
 
 /// The controller's identity, copied into every event's `data`.

@@ -22,6 +22,7 @@ pub mod inbound;
 pub mod logging;
 pub mod mqtt;
 pub mod record;
+pub mod rooms;
 pub mod runtime;
 pub mod schedule;
 pub mod serial;

@@ -21,6 +21,16 @@ async fn until(what: &str, done: impl Fn() -> bool) {
     }
 }
 
+/// The daemon's `/metrics` text.
+async fn metrics(r: &common::Rig) -> String {
+    reqwest::get(format!("http://{}/metrics", r.daemon.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 fn relay(id: &str, link: &Path, address: u8, coil: u16, extra: &str) -> String {
     format!(
         r#"
@@ -114,12 +124,7 @@ async fn relays_pulse_their_coil_go_offline_when_silent_and_survive_an_unplug() 
     })
     .await;
 
-    let metrics = reqwest::get(format!("http://{}/metrics", r.daemon.admin))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&r).await;
     assert!(
         metrics.contains("zenedge_serial_port_losses_total{device=\"strike-a\"} 1"),
         "{metrics}"
@@ -138,6 +143,45 @@ async fn relays_pulse_their_coil_go_offline_when_silent_and_survive_an_unplug() 
         board_a.writes()
     );
     drop(board_b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serial_port_thread_that_panics_is_started_again_and_the_daemon_keeps_running() {
+    let ports = tempfile::tempdir().unwrap();
+    let link = ports.path().join("usb-relay");
+    let board = Board::start(&link, 1);
+    let devices = format!(
+        "[presence]\ndebounce = \"0s\"\n{}",
+        relay("strike", &link, 1, 2, "pulse = \"1s\"")
+    );
+    let fault = vec![("ZENEDGE_FAULT".into(), "serial-port-panics".into())];
+    let r = common::rig_with(&devices, fault).await;
+    // The port opens, the thread panics (the hook): the device is reported offline, and the
+    // port is opened again after the restart's backoff.
+    r.rx.wait_until(
+        Duration::from_secs(30),
+        "strike back after the panic",
+        |log| {
+            let events = device_events(log, "strike");
+            let opened = |e: &&(String, String)| e.0 == "device.online" && e.1 == "port_opened";
+            let closed = events
+                .iter()
+                .position(|e| e.0 == "device.offline" && e.1 == "port_closed");
+            closed.is_some_and(|i| {
+                events[..i].iter().any(|e| opened(&e)) && events[i..].iter().any(|e| opened(&e))
+            })
+        },
+    )
+    .await;
+    // The restarted thread drives the board: an unlock reaches the coil and succeeds.
+    let (code, out, err) = r.cli(&["unlock", "strike"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    until("coil 2 ON", || board.writes().contains(&(2, 0xFF00))).await;
+    let metrics = metrics(&r).await;
+    assert!(
+        metrics.contains("zenedge_adapter_restarts_total 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

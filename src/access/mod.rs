@@ -6,6 +6,7 @@
 //! compared in constant time.
 
 pub mod lockout;
+pub mod machine;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -69,11 +70,12 @@ pub enum Credential {
 }
 
 impl Credential {
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> crate::wire::CredentialType {
+        use crate::wire::CredentialType;
         match self {
-            Credential::MagicLink(_) => "magic_link",
-            Credential::Pin(_) => "pin",
-            Credential::Card(_) => "card",
+            Credential::MagicLink(_) => CredentialType::MagicLink,
+            Credential::Pin(_) => CredentialType::Pin,
+            Credential::Card(_) => CredentialType::Card,
         }
     }
 

@@ -1,9 +1,11 @@
 //! Devices: drivers, presence, actions, and the hub that ties them together.
 //!
-//! [`Hub`] is the devices' state with no I/O of its own: an MQTT message, an action request
-//! or the passing of time goes in; what to store (events and presence records), what to publish
-//! and which actions finished come out as an [`Output`]. The MQTT shell (`mqtt`) feeds it and
-//! carries out its output: it stores and flushes, then acknowledges the message to the broker.
+//! [`Hub`] is the devices machine with no I/O of its own: an MQTT message, a serial report, an
+//! action request or the passing of time goes in; what to store, what to publish and which
+//! actions finished come out as [`Effects`]. It keeps presence, actions and relocks itself and
+//! routes the rest to the machines below it: a presented credential to `access::machine`, a
+//! panel's action, a booking and ZenCore's state to `rooms`. The runtime feeds it and carries
+//! out its effects: it stores and flushes, then acknowledges the input.
 
 pub mod actions;
 mod bridge;
@@ -184,17 +186,7 @@ pub enum Input<'a> {
     Tick,
 }
 
-/// The context of one input: read once by the shell, passed in, never read by the hub itself.
-#[derive(Debug, Clone, Copy)]
-pub struct Ctx {
-    pub now: Millis,
-    /// Whether `now` comes from a trusted clock (else it is the floor, and access decisions
-    /// say so in the audit log).
-    pub clock_trusted: bool,
-    /// Mints new action ids (local-credential unlocks): [`new_action_id`] in the daemon, a
-    /// counter in tests.
-    pub ids: fn() -> String,
-}
+pub use crate::event::Ctx;
 
 /// Counters the hub keeps for `/v1/status` and metrics.
 #[derive(Debug, Default)]
@@ -235,36 +227,22 @@ pub struct Hub {
     actions: actions::Tracker,
     last_state: HashMap<String, (LockState, Millis)>,
     index: HashMap<String, usize>,
-    grants: Vec<crate::access::Grant>,
-    places: Vec<crate::access::Place>,
+    /// The access decision and what follows it (grants, lockouts).
+    access: crate::access::machine::Machine,
     /// Locks to send again after an unlock's `duration_s`: (when, the lock request).
     relocks: Vec<(Millis, Request)>,
     /// The context of the input being handled (time, trust in the clock, the id source).
     ctx: Ctx,
-    schedule: crate::schedule::Schedule,
-    /// What each panel's `display` was last sent (the schedule's view, or ZenCore's over it).
-    displays: HashMap<String, crate::wire::panel::Display>,
-    /// ZenCore's explicit state per room, with the schedule's view it was set over.
-    explicit: HashMap<String, (crate::wire::panel::Explicit, crate::wire::panel::Display)>,
-    /// The latest time the hub was given (for the schedule's next deadline).
-    last_now: Millis,
+    /// The schedule, the panels' displays, the status moments.
+    rooms: crate::rooms::Machine,
     pub counters: Arc<HubCounters>,
-    lockouts: crate::access::lockout::Lockouts,
     /// Bridges whose `bridge/state` said offline, by that topic: when ZenEdge asked them.
     bridge_checks: HashMap<String, Millis>,
-    /// The inbound keys, which a grant's `pin_hmac` is made with.
-    pin_keys: Vec<crate::signing::Key>,
 }
 
 impl Hub {
     pub fn new(config: Arc<Config>, reported: HashMap<String, Reported>, now: Millis) -> Hub {
         let routes = Routes::new(&config);
-        let pin_keys = config
-            .inbound
-            .verifying_secrets()
-            .iter()
-            .filter_map(|s| crate::signing::Key::from_secret(s.expose()).ok())
-            .collect();
         let presence = presence::Tracker::new(
             config.presence.debounce,
             now,
@@ -289,26 +267,17 @@ impl Hub {
             actions: actions::Tracker::default(),
             last_state: HashMap::new(),
             index,
-            grants: Vec::new(),
-            places: crate::access::places(&config),
+            access: crate::access::machine::Machine::new(&config),
             relocks: Vec::new(),
             ctx: Ctx {
                 now,
                 clock_trusted: true,
                 ids: new_action_id,
             },
-            schedule: crate::schedule::Schedule::default(),
-            displays: HashMap::new(),
-            explicit: HashMap::new(),
-            last_now: now,
-            lockouts: crate::access::lockout::Lockouts::new(
-                crate::access::lockout::Policy::from_config(&config.access),
-                [],
-            ),
+            rooms: crate::rooms::Machine::new(&config, now),
             config,
             counters: Arc::default(),
             bridge_checks: HashMap::new(),
-            pin_keys,
         }
     }
 
@@ -317,14 +286,11 @@ impl Hub {
         &mut self,
         guards: impl IntoIterator<Item = (String, crate::access::lockout::Guard)>,
     ) {
-        self.lockouts = crate::access::lockout::Lockouts::new(
-            crate::access::lockout::Policy::from_config(&self.config.access),
-            guards,
-        );
+        self.access.set_lockouts(guards);
     }
 
     pub fn set_grants(&mut self, grants: Vec<crate::access::Grant>) {
-        self.grants = grants;
+        self.access.set_grants(grants);
     }
 
     /// The hub's one entry: an input, in its context, gives the effects the shell carries out.
@@ -338,13 +304,21 @@ impl Hub {
                 topic,
                 payload,
                 retained,
-            } => self.message(topic, payload, retained, now),
+            } => self.on_message(topic, payload, retained, now),
             Input::Serial { device, happening } => self.serial(device, happening, now),
-            Input::Request(request) => self.request(request, now),
+            Input::Request(request) => self.start(request, now),
             Input::Fail { request, error } => self.fail(request, error, now),
-            Input::Booking(booking) => self.set_booking(booking, now),
-            Input::Explicit(explicit) => self.set_explicit(explicit, now),
-            Input::Tick => self.tick(now),
+            Input::Booking(booking) => {
+                let mut out = self.devices_tick(now);
+                out.merge(self.rooms(crate::rooms::Input::Booking(booking)));
+                out
+            }
+            Input::Explicit(explicit) => self.rooms(crate::rooms::Input::Explicit(explicit)),
+            Input::Tick => {
+                let mut out = self.devices_tick(now);
+                out.merge(self.rooms(crate::rooms::Input::Tick));
+                out
+            }
         }
     }
 
@@ -363,7 +337,7 @@ impl Hub {
 
     /// One MQTT message. `retained`: a retained message replayed on subscribe says what was
     /// last published, not that the device is alive now.
-    pub fn message(&mut self, topic: &str, payload: &[u8], retained: bool, now: Millis) -> Effects {
+    fn on_message(&mut self, topic: &str, payload: &[u8], retained: bool, now: Millis) -> Effects {
         self.counters.messages.fetch_add(1, Ordering::Relaxed);
         let mut out = Effects::default();
         let routes: Vec<(Option<usize>, TopicKind)> = self.routes.lookup(topic).to_vec();
@@ -426,7 +400,10 @@ impl Hub {
                     if !retained {
                         let t = self.presence.heard(&id, now);
                         out.merge(self.transitions(t, now));
-                        out.merge(self.panel_action(&id, &v, now));
+                        out.merge(self.rooms(crate::rooms::Input::PanelAction {
+                            panel: &id,
+                            message: &v,
+                        }));
                     }
                 }
                 // Only the bridge's own topic carries it (routed without a device above).
@@ -437,7 +414,7 @@ impl Hub {
     }
 
     /// Starts an action; its result arrives later in an [`Output`]'s `completed`.
-    pub fn request(&mut self, request: Request, now: Millis) -> Effects {
+    fn start(&mut self, request: Request, now: Millis) -> Effects {
         let Some(device) = self
             .index
             .get(&request.device)
@@ -480,7 +457,7 @@ impl Hub {
     }
 
     /// What a serial device's port thread reports.
-    pub fn serial(&mut self, device: &str, happening: Happening, now: Millis) -> Effects {
+    fn serial(&mut self, device: &str, happening: Happening, now: Millis) -> Effects {
         if !self.index.contains_key(device) {
             return Effects::default();
         }
@@ -547,7 +524,14 @@ impl Hub {
                     CredentialKind::Pin => Credential::Pin(value),
                     CredentialKind::Card => Credential::Card(value),
                 };
-                self.present(device, credential, Answer::Reader, now)
+                self.access(
+                    crate::access::machine::Input::Present {
+                        reader: device.to_owned(),
+                        credential,
+                        answer: crate::access::machine::Answer::Reader,
+                    },
+                    now,
+                )
             }
         }
     }
@@ -556,8 +540,9 @@ impl Hub {
         self.index.contains_key(device)
     }
 
-    pub fn tick(&mut self, now: Millis) -> Effects {
-        self.last_now = now;
+    /// Time passed for the devices: the bridge checks, presence, lockouts, action timeouts,
+    /// relocks (the rooms' schedule follows it).
+    fn devices_tick(&mut self, now: Millis) -> Effects {
         let unanswered: Vec<String> = self
             .bridge_checks
             .iter()
@@ -572,8 +557,7 @@ impl Hub {
         }
         let t = self.presence.tick(now);
         out.merge(self.transitions(t, now));
-        let ended = self.lockouts.tick(now);
-        out.merge(self.lockout_effects(ended, now));
+        out.merge(self.access(crate::access::machine::Input::Tick, now));
         let done = self.actions.tick(now);
         out.merge(self.completions(done));
         let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.relocks)
@@ -581,9 +565,8 @@ impl Hub {
             .partition(|(at, _)| *at <= now);
         self.relocks = later;
         for (_, request) in due {
-            out.merge(self.request(request, now));
+            out.merge(self.start(request, now));
         }
-        out.merge(self.schedule_tick(now));
         out
     }
 
@@ -592,7 +575,7 @@ impl Hub {
             self.presence.next_deadline(),
             self.actions.next_deadline(),
             self.relocks.iter().map(|(at, _)| *at).min(),
-            self.schedule.next_deadline(self.last_now),
+            self.rooms.next_deadline(),
             self.bridge_checks
                 .values()
                 .map(|asked| asked.saturating_add(BRIDGE_CHECK))
@@ -605,7 +588,7 @@ impl Hub {
 
     /// Completes an action without trying it (an accepted unlock whose `not_after` passed
     /// while ZenEdge was down).
-    pub fn fail(&mut self, request: Request, error: actions::ActionError, now: Millis) -> Effects {
+    fn fail(&mut self, request: Request, error: actions::ActionError, now: Millis) -> Effects {
         self.completions(vec![Completed {
             request,
             status: actions::Status::Failed,
@@ -748,19 +731,11 @@ impl Hub {
                         .iter()
                         .map(|r| format!("{} {}", r.command.as_str(), r.action_id))
                         .collect(),
-                    locked_out_until: self.lockouts.locked_until(&d.id).map(|t| t.rfc3339()),
+                    locked_out_until: self.access.locked_until(&d.id).map(|t| t.rfc3339()),
                 }
             })
             .collect()
     }
-}
-
-/// Where the answer to a presented credential goes.
-enum Answer {
-    /// A panel's `feedback` topic, with the panel's `request_id`.
-    Panel(Value),
-    /// A reader's LED and buzzer.
-    Reader,
 }
 
 /// A new action id for operator actions: `act_` + a ULID.

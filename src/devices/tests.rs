@@ -2,16 +2,8 @@ use super::*;
 use sha2::{Digest, Sha256};
 use std::path::Path;
 
-/// The controller and ZenCore part every test config shares, then the front-door lock.
-const HEAD: &str = r#"
-[controller]
-id = "edge-1"
-organization_id = "org"
-meeting_space_id = "ms"
-[zencore]
-webhook_url = "http://127.0.0.1:9/hook"
-secret = "s-s-s-s-s-s-s-s-s-s-s-s-s"
-"#;
+use crate::config::testing::HEAD;
+
 const FRONT: &str = r#"
 [[devices]]
 id = "front"
@@ -37,6 +29,41 @@ driver = "tasmota"
 topic = "strike_1"
 "#,
     )
+}
+
+/// The tests drive the hub through its one entry, [`Hub::handle`], each input at its own time.
+impl Hub {
+    fn at(&mut self, input: Input<'_>, now: Millis) -> Effects {
+        let ctx = Ctx { now, ..self.ctx };
+        self.handle(input, &ctx)
+    }
+
+    fn message(&mut self, topic: &str, payload: &[u8], retained: bool, now: Millis) -> Effects {
+        self.at(
+            Input::Message {
+                topic,
+                payload,
+                retained,
+            },
+            now,
+        )
+    }
+
+    fn request(&mut self, request: Request, now: Millis) -> Effects {
+        self.at(Input::Request(request), now)
+    }
+
+    fn tick(&mut self, now: Millis) -> Effects {
+        self.at(Input::Tick, now)
+    }
+
+    fn set_booking(&mut self, booking: crate::schedule::Booking, now: Millis) -> Effects {
+        self.at(Input::Booking(booking), now)
+    }
+
+    fn set_explicit(&mut self, explicit: crate::wire::panel::Explicit, now: Millis) -> Effects {
+        self.at(Input::Explicit(explicit), now)
+    }
 }
 
 fn names(out: &Effects) -> Vec<String> {

@@ -187,9 +187,10 @@ impl Ports {
                 stop: stop.clone(),
                 report: report.clone(),
             };
+            let device = d.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("serial-{}", d.id))
-                .spawn(move || shell.run())
+                .spawn(move || shell.supervised(&device))
                 .map_err(|source| SerialSetupError::Thread {
                     device: d.id.clone(),
                     source,
@@ -234,6 +235,17 @@ impl Ports {
     }
 }
 
+/// Test hook (`ZENEDGE_FAULT=serial-port-panics`): the first port thread whose device comes
+/// online panics once, as a bug in a serial machine would.
+fn fault_hook_panic_once() {
+    static FIRED: AtomicBool = AtomicBool::new(false);
+    if std::env::var("ZENEDGE_FAULT").as_deref() == Ok("serial-port-panics")
+        && !FIRED.swap(true, Ordering::SeqCst)
+    {
+        panic!("fault hook: a serial port thread panics");
+    }
+}
+
 struct Shell<F> {
     device: String,
     path: std::path::PathBuf,
@@ -258,7 +270,38 @@ enum Wait {
 }
 
 impl<F: Fn(Report) -> bool> Shell<F> {
-    fn run(mut self) {
+    /// The port thread: runs the port until the stop, and starts it again with backoff
+    /// (reported, counted) if it panics. The other ports and the daemon keep running.
+    fn supervised(mut self, device: &crate::config::DeviceConfig) {
+        let mut restarts = crate::runtime::supervise::Restarts::default();
+        loop {
+            let began = Instant::now();
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run()));
+            if ran.is_ok() || self.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            // What the machine was in the middle of is unknown: begin again from a fresh one,
+            // with the port closed (it was dropped by the unwinding) and the device offline.
+            match Machine::for_device(device) {
+                Ok(machine) => self.machine = machine,
+                Err(_) => return,
+            }
+            self.stats(|s| s.open = false);
+            self.emit(Happening::Offline(LinkReason::PortClosed));
+            self.fail_waiting_commands(SerialFailure::PortClosed);
+            let delay = restarts.failed(began.elapsed());
+            t::AdapterRestarting {
+                adapter: &format!("serial {}", self.device),
+                error: &"it panicked",
+                retry_in_ms: delay.as_millis() as u64,
+                restarts: restarts.count(),
+            }
+            .emit();
+            self.sleep(delay);
+        }
+    }
+
+    fn run(&mut self) {
         let mut backoff = MIN_BACKOFF;
         let mut told_closed = false;
         while !self.stop.load(Ordering::SeqCst) {
@@ -392,7 +435,11 @@ impl<F: Fn(Report) -> bool> Shell<F> {
 
     fn apply_happenings(&mut self, happened: Vec<Happening>) {
         for h in happened {
+            let online = matches!(h, Happening::Online(_));
             self.emit(h);
+            if online {
+                fault_hook_panic_once();
+            }
         }
     }
 

@@ -211,6 +211,29 @@ impl DenyReason {
     }
 }
 
+/// What was presented at a panel or reader (`credential_type` of `access.denied` and of the
+/// audit log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialType {
+    MagicLink,
+    Pin,
+    Card,
+    /// The audit record that closes a lockout: whatever was presented during it.
+    Any,
+}
+
+impl CredentialType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialType::MagicLink => "magic_link",
+            CredentialType::Pin => "pin",
+            CredentialType::Card => "card",
+            CredentialType::Any => "any",
+        }
+    }
+}
+
 /// Who changed a booking's status (`source` of `meeting.status_update`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -269,7 +292,7 @@ pub struct ActionCompleted {
 /// `access.denied`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AccessDenied {
-    pub credential_type: &'static str,
+    pub credential_type: CredentialType,
     pub reason: DenyReason,
     pub booking_id: Option<String>,
 }

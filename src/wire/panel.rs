@@ -63,8 +63,25 @@ pub struct Explicit {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AccessFeedback {
     pub request_id: Value,
-    pub result: &'static str,
-    pub reason: Option<&'static str>,
+    pub result: Verdict,
+    pub reason: Option<Told>,
+}
+
+/// `result` of a panel's access feedback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Granted,
+    Denied,
+}
+
+/// `reason` of a denial as a panel is told it: only that it was denied, or that the panel is
+/// locked out (DESIGN section 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Told {
+    Denied,
+    LockedOut,
 }
 
 /// The answer to a panel's `check_in` / `end_meeting` / `extend` on its `feedback`.
@@ -72,9 +89,17 @@ pub struct AccessFeedback {
 pub struct ActionAnswer {
     pub request_id: Value,
     pub action: String,
-    /// `ok` | `refused`.
-    pub result: &'static str,
+    pub result: ActionResult,
+    /// Why it was refused (the schedule's refusal, or `malformed`).
     pub reason: Option<&'static str>,
+}
+
+/// `result` of a panel action's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionResult {
+    Ok,
+    Refused,
 }
 
 /// A panel message as the bytes to publish.

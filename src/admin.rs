@@ -50,6 +50,8 @@ pub struct AdminState {
     pub controller_id: String,
     pub started: Millis,
     pub clock: Arc<crate::clock::Clock>,
+    /// The command channel, when `[commands]` uses it.
+    pub channel: Option<watch::Receiver<crate::channel::ChannelStatus>>,
 }
 
 /// The read-only routes of the TCP port.
@@ -235,6 +237,9 @@ pub struct StatusReport {
     /// Serial ports by device id.
     #[serde(default)]
     pub serial: std::collections::BTreeMap<String, crate::telemetry::SerialStats>,
+    /// The command channel to ZenCore's broker, when `[commands]` uses it.
+    #[serde(default)]
+    pub channel: Option<crate::channel::ChannelStatus>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -258,6 +263,7 @@ async fn status(AxState(s): AxState<AdminState>) -> Result<Json<StatusReport>, A
         store: stats,
         clock: s.clock.status(),
         serial: crate::telemetry::serial_snapshot(),
+        channel: s.channel.as_ref().map(|c| c.borrow().clone()),
         delivery: DeliveryReport {
             pending: d.pending,
             in_flight: d.in_flight,
@@ -629,6 +635,7 @@ async fn metrics(AxState(s): AxState<AdminState>) -> Result<Response, ApiError> 
         mqtt_malformed_total: mqtt.malformed,
         mqtt_connect_attempts_total: mqtt.connect_attempts,
         written_bytes_total: crate::telemetry::process_written_bytes(),
+        command_channel_up: s.channel.as_ref().map(|c| c.borrow().up()),
     };
     Ok((
         [(

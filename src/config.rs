@@ -11,12 +11,16 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+mod commands;
 mod device;
+mod inbound;
 mod report;
 mod secrets;
 
+pub use commands::{Broker, CommandsConfig, Scheme, Transport as CommandTransport};
 use device::{valid_topic, validate_device};
 pub use device::{DeviceConfig, DeviceType, Driver};
+pub use inbound::{InboundConfig, Listen};
 pub use secrets::MIN_KEY_BYTES;
 use secrets::{one_secret, private_file, strong_secret};
 
@@ -143,6 +147,8 @@ pub struct Config {
     #[serde(default)]
     pub access: AccessConfig,
     #[serde(default)]
+    pub commands: CommandsConfig,
+    #[serde(default)]
     pub devices: Vec<DeviceConfig>,
 }
 
@@ -229,52 +235,6 @@ impl Default for DeliveryConfig {
             max_backoff: Duration::from_secs(300),
             max_age: Duration::from_secs(7 * 24 * 3600),
             max_store_bytes: ByteSize(512 << 20),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct InboundConfig {
-    pub listen: SocketAddr,
-    secret: Option<Secret>,
-    pub secret_file: Option<PathBuf>,
-    pub extra_secrets: Vec<Secret>,
-    #[serde(with = "humantime_serde")]
-    pub tolerance: Duration,
-    /// Connections served at once; more wait in the kernel's backlog.
-    pub max_connections: usize,
-    /// Serve over HTTPS (rustls) with this certificate chain (PEM) and key.
-    pub tls_cert_file: Option<PathBuf>,
-    pub tls_key_file: Option<PathBuf>,
-    #[serde(skip)]
-    resolved: Option<Secret>,
-}
-
-impl InboundConfig {
-    /// Every secret an inbound command may be signed with, the primary first. The primary
-    /// defaults to `zencore`'s secret when `[inbound]` sets none.
-    pub fn verifying_secrets(&self) -> Vec<Secret> {
-        self.resolved
-            .iter()
-            .cloned()
-            .chain(self.extra_secrets.iter().cloned())
-            .collect()
-    }
-}
-
-impl Default for InboundConfig {
-    fn default() -> Self {
-        InboundConfig {
-            listen: SocketAddr::from(([0, 0, 0, 0], 8787)),
-            secret: None,
-            secret_file: None,
-            extra_secrets: Vec::new(),
-            tolerance: Duration::from_secs(300),
-            max_connections: 64,
-            tls_cert_file: None,
-            tls_key_file: None,
-            resolved: None,
         }
     }
 }
@@ -462,6 +422,14 @@ impl Config {
             })?;
         config.resolve_secrets()?;
         config.validate()?;
+        config.commands.validate()?;
+        if config.inbound.listen.0.is_none() && !config.commands.transport.channel() {
+            return Err(ConfigError::key(
+                "inbound.listen",
+                "\"\" opens no endpoint, so with commands.transport \"http\" no command could \
+                 arrive: set an address, or commands.transport = \"mqtt\"",
+            ));
+        }
         Ok(config)
     }
 
@@ -488,6 +456,7 @@ impl Config {
             self.mqtt.password.take(),
             self.mqtt.password_file.as_deref(),
         )?;
+        self.commands.resolve_secrets()?;
         for (i, d) in self.devices.iter_mut().enumerate() {
             if d.scbk.is_none() {
                 d.scbk_from_file =

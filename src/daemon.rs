@@ -32,7 +32,8 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Copy)]
 pub struct Bound {
     pub admin: SocketAddr,
-    pub inbound: SocketAddr,
+    /// `None` when no inbound endpoint is served (commands come over the channel only).
+    pub inbound: Option<SocketAddr>,
 }
 
 /// Runs the daemon on `config` until `shutdown` resolves (no reload: used by the demo,
@@ -227,9 +228,21 @@ async fn serve(
     let mqtt_views = mqtt.views.clone();
     let ready = Arc::new(AtomicBool::new(false));
 
-    let inbound_listener = TcpListener::bind(config.inbound.listen)
-        .await
-        .with_context(|| format!("cannot listen on inbound.listen {}", config.inbound.listen))?;
+    // With commands.transport "mqtt" (or inbound.listen = "") no socket is opened on the room
+    // network: commands come only over the channel, which connects out.
+    let inbound_listener = match config
+        .inbound
+        .listen
+        .0
+        .filter(|_| config.commands.transport.http())
+    {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on inbound.listen {addr}"))?,
+        ),
+        None => None,
+    };
     let inbound_keys = config
         .inbound
         .verifying_secrets()
@@ -243,7 +256,29 @@ async fn serve(
         clock: clock.clone(),
         hub: mqtt.requests.clone(),
     };
-    let inbound_addr = inbound_listener.local_addr()?;
+    // The command channel (DESIGN §2b): supervised, not essential — doors work without it, and
+    // it reconnects on its own; a setup failure (a certificate file) is retried with backoff.
+    let (channel_tx, channel_rx) = watch::channel(crate::channel::ChannelStatus::default());
+    let channel_task = config.commands.transport.channel().then(|| {
+        let (config, inbound_state) = (config.clone(), inbound_state.clone());
+        tokio::spawn(supervise(
+            "command channel",
+            shutdown_rx.clone(),
+            Restarts::default(),
+            move |stop| {
+                crate::channel::run(
+                    config.clone(),
+                    inbound_state.clone(),
+                    channel_tx.clone(),
+                    stop,
+                )
+            },
+        ))
+    });
+    let inbound_addr = inbound_listener
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
     let inbound_tls = match (&config.inbound.tls_cert_file, &config.inbound.tls_key_file) {
         (Some(cert), Some(key)) => Some(
             crate::serve::tls_acceptor(cert, key)
@@ -254,9 +289,9 @@ async fn serve(
     let max_connections = config.inbound.max_connections;
     // The listeners are supervised: one that ends on its own is bound again on the address it
     // had (the first run uses the socket bound above, so a port 0 keeps its number).
-    let inbound_task = {
-        let mut first = Some(inbound_listener);
-        let router = crate::inbound::router(inbound_state);
+    let inbound_task = inbound_addr.map(|inbound_addr| {
+        let mut first = inbound_listener;
+        let router = crate::inbound::router(inbound_state.clone());
         tokio::spawn(supervise(
             "inbound",
             shutdown_rx.clone(),
@@ -272,7 +307,7 @@ async fn serve(
                 }
             },
         ))
-    };
+    });
 
     let admin_listener = TcpListener::bind(config.admin.listen)
         .await
@@ -291,6 +326,7 @@ async fn serve(
         clock: clock.clone(),
         mqtt: mqtt.clone(),
         config: config.clone(),
+        channel: config.commands.transport.channel().then_some(channel_rx),
     };
     let socket_path = config.admin_socket();
     let socket_listener = admin::bind_socket(&socket_path, config.admin.socket_group.as_deref())?;
@@ -432,7 +468,7 @@ async fn serve(
         controller_id: &config.controller.id,
         admin: &bound.admin,
         admin_socket: &socket_path.display(),
-        inbound: &bound.inbound,
+        inbound: &crate::config::Listen(bound.inbound),
         webhook_url: &config.zencore.webhook_url,
         last_sequence: store.last_sequence(),
     }
@@ -474,7 +510,9 @@ async fn serve(
     // The next daemon (or this one after a reload) binds a fresh socket; a CLI finding none
     // says the daemon is not running rather than hanging on a dead file.
     let _ = std::fs::remove_file(&socket_path);
-    let _ = inbound_task.await;
+    for task in [inbound_task, channel_task].into_iter().flatten() {
+        let _ = task.await;
+    }
     let _ = gc_task.await;
     let _ = watchdog_task.await;
     let _ = status_task.await;
@@ -525,6 +563,7 @@ pub fn check_records(store: &Store) -> Result<usize, crate::store::StoreError> {
     store.records::<crate::devices::actions::PendingUnlock>()?;
     store.records::<crate::inbound::DedupKey>()?;
     store.records::<crate::inbound::ActionKey>()?;
+    store.records::<crate::inbound::snapshot::StoredPart>()?;
     // The audit log may be long: decoded one record at a time.
     store.check_family::<crate::audit::Record>()?;
     store.records::<crate::audit::Checkpoint>()?;

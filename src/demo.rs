@@ -176,8 +176,14 @@ timeout = "5s"
 initial_backoff = "200ms"
 max_backoff = "2s"
 
+# No listening socket on the room network: ZenCore's commands come over the command channel,
+# which ZenEdge opens itself (here to the embedded broker, standing in for ZenCore's).
 [inbound]
-listen = "127.0.0.1:{inbound}"
+listen = ""
+
+[commands]
+transport = "mqtt"
+url = "mqtt://127.0.0.1:{mqtt}"
 
 [admin]
 listen = "127.0.0.1:{admin}"
@@ -213,7 +219,6 @@ driver = "zenedge-panel"
 "#,
         state = dir.join("state").display(),
         zencore = ports.zencore,
-        inbound = ports.inbound,
         admin = ports.admin,
         mqtt = ports.mqtt,
     )
@@ -222,8 +227,18 @@ driver = "zenedge-panel"
 struct Ports {
     mqtt: u16,
     zencore: u16,
-    inbound: u16,
     admin: u16,
+}
+
+/// The command channel's topics of the demo controller (DESIGN §2b's default prefix).
+const CHANNEL: &str = "zencore/org-demo/edge-demo";
+
+/// ZenCore's side of the command channel: publishes signed commands on the broker and reads
+/// the controller's replies and status.
+struct Commands<'a> {
+    client: &'a AsyncClient,
+    seen: &'a mut mpsc::UnboundedReceiver<(String, Value)>,
+    next_id: usize,
 }
 
 /// Waits until an event matching `want` arrives at the stand-in.
@@ -267,24 +282,31 @@ fn is(v: &Value, event: &str, device: &str) -> bool {
     v["event"] == event && v["data"]["device_id"] == device
 }
 
-async fn command(
-    http: &reqwest::Client,
-    inbound: u16,
-    event: &str,
-    data: Value,
-) -> anyhow::Result<u16> {
-    let body = serde_json::to_vec(
-        &json!({"event": event, "timestamp": Millis::now().rfc3339(), "data": data}),
-    )?;
-    let sig = Key::from_secret(SECRET)?.sign_hex(&body);
-    let r = http
-        .post(format!("http://127.0.0.1:{inbound}/webhooks/zencore"))
-        .header("content-type", "application/json")
-        .header("x-webhook-signature", sig)
-        .body(body)
-        .send()
+impl Commands<'_> {
+    /// Publishes a signed command on `<prefix>/commands` and waits for its reply: the HTTP
+    /// status it carries.
+    async fn send(&mut self, event: &str, data: Value) -> anyhow::Result<u16> {
+        self.next_id += 1;
+        let id = format!("cmd-{}", self.next_id);
+        let body = serde_json::to_vec(&json!({"id": id, "event": event,
+            "timestamp": Millis::now().rfc3339(), "data": data}))?;
+        let sig = Key::from_secret(SECRET)?.sign_hex(&body);
+        let message = json!({"headers": {"content-type": "application/json",
+            "x-webhook-signature": sig}, "body": String::from_utf8(body)?});
+        self.client
+            .publish(
+                format!("{CHANNEL}/commands"),
+                QoS::AtLeastOnce,
+                false,
+                message.to_string(),
+            )
+            .await?;
+        let reply = expect_mqtt(self.seen, &format!("the reply to {event}"), |t, v| {
+            t.ends_with("/replies") && v["request"] == id.as_str()
+        })
         .await?;
-    Ok(r.status().as_u16())
+        Ok(reply["status"].as_u64().unwrap_or(0) as u16)
+    }
 }
 
 fn step(n: usize, text: &str) {
@@ -321,7 +343,6 @@ async fn play(
     let ports = Ports {
         mqtt: free_port()?,
         zencore: zencore_listener.local_addr()?.port(),
-        inbound: free_port()?,
         admin: free_port()?,
     };
     let config_path: PathBuf = dir.join("config.toml");
@@ -336,8 +357,7 @@ async fn play(
         ports.zencore
     );
     println!(
-        "  ZenEdge inbound        http://127.0.0.1:{}/webhooks/zencore",
-        ports.inbound
+        "  ZenCore's commands     over the embedded broker, topics {CHANNEL}/{{commands,replies,status}}: ZenEdge connects out and listens on no port (as behind NAT)"
     );
     println!(
         "  ZenEdge admin          http://127.0.0.1:{} (read-only), socket {}",
@@ -405,6 +425,17 @@ async fn play(
     )
     .await?;
 
+    // ZenCore on its broker: sends commands, reads the controller's replies and status.
+    let (channel_seen_tx, mut channel_seen) = mpsc::unbounded_channel();
+    let zencore_mqtt = device(
+        ports.mqtt,
+        "zencore-stand-in",
+        &[&format!("{CHANNEL}/replies"), &format!("{CHANNEL}/status")],
+        |_, _| Vec::new(),
+        Some(channel_seen_tx),
+    )
+    .await?;
+
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let (ready_tx, ready_rx) = oneshot::channel();
     let daemon = tokio::spawn(crate::daemon::run(
@@ -420,8 +451,13 @@ async fn play(
         .await
         .context("ZenEdge did not become ready")??;
 
+    let commands = Commands {
+        client: &zencore_mqtt,
+        seen: &mut channel_seen,
+        next_id: 0,
+    };
     let story = story(
-        &ports,
+        commands,
         &zencore,
         &mut events,
         &mut panel_seen,
@@ -471,7 +507,7 @@ async fn play(
 }
 
 async fn story(
-    ports: &Ports,
+    mut commands: Commands<'_>,
     zencore: &ZenCore,
     events: &mut mpsc::UnboundedReceiver<Value>,
     panel_seen: &mut mpsc::UnboundedReceiver<(String, Value)>,
@@ -479,11 +515,29 @@ async fn story(
     strike: &AsyncClient,
     panel: &AsyncClient,
 ) -> anyhow::Result<()> {
-    let http = reqwest::Client::new();
     let mut backlog = Vec::new();
     let prefix = format!("zenedge/{CONTROLLER}/panels/room-panel");
 
-    step(1, "The room's devices come online");
+    step(
+        1,
+        "ZenEdge connects out to ZenCore's broker; the room's devices come online",
+    );
+    let online = expect_mqtt(
+        commands.seen,
+        "the controller online on its status topic",
+        |t, v| t.ends_with("/status") && v["state"] == "online",
+    )
+    .await?;
+    let channel = format!(
+        "the command channel is up ({CHANNEL}/status says online, {} grants, digest {}…) and no \
+         port is open for ZenCore",
+        online["grants"]["count"],
+        online["grants"]["digest"]
+            .as_str()
+            .unwrap_or("")
+            .get(..12)
+            .unwrap_or("")
+    );
     lock.publish(
         "zigbee2mqtt/front_door/availability",
         QoS::AtLeastOnce,
@@ -503,7 +557,9 @@ async fn story(
         })
         .await?;
     }
-    ok("three device.online events, signed and verified");
+    ok(&format!(
+        "three device.online events, signed and verified; {channel}"
+    ));
 
     step(
         2,
@@ -515,7 +571,7 @@ async fn story(
     for (phase, shown, lead) in [("T-15", "reserved", 15 * 60), ("T-0", "in_use", 0)] {
         let start = now.saturating_add(Duration::from_secs(lead));
         let end = start.saturating_add(Duration::from_secs(3600));
-        let code = command(&http, ports.inbound, "booking.start", json!({"booking_id": "bk-42",
+        let code = commands.send("booking.start", json!({"booking_id": "bk-42",
             "meeting_space_id": ROOM, "start_time": start.rfc3339(), "end_time": end.rfc3339(), "phase": phase})).await?;
         if code != 202 {
             bail!("booking.start {phase} answered {code}");
@@ -524,7 +580,9 @@ async fn story(
             t.ends_with("/display") && v["state"] == shown
         })
         .await?;
-        ok(&format!("{phase}: the panel shows `{shown}`"));
+        ok(&format!(
+            "{phase}: sent over the command channel, replied 202; the panel shows `{shown}`"
+        ));
     }
 
     step(
@@ -532,9 +590,8 @@ async fn story(
         "ZenCore sends the guest's magic-link grant (only its SHA-256 is stored)",
     );
     let token = "guest-magic-link-token";
-    let code = command(
-        &http,
-        ports.inbound,
+    let code = commands
+        .send(
         "access.magic_link",
         json!({"grant_id": "gr-7", "booking_id": "bk-42",
         "meeting_space_id": ROOM, "token_sha256": hex::encode(Sha256::digest(token.as_bytes())),
@@ -544,7 +601,7 @@ async fn story(
     if code != 202 {
         bail!("access.magic_link answered {code}");
     }
-    ok("grant stored (202 accepted)");
+    ok("grant stored (202 accepted, in its reply on the channel)");
 
     step(
         4,

@@ -157,6 +157,10 @@ pub async fn run(config: &Config) -> Vec<Check> {
         Err(e) => check("clock", false, format!("cannot read the floor: {e}")),
     });
     out.push(mqtt(config).await);
+    if config.commands.transport.channel() {
+        out.push(channel_seen(status.as_ref()));
+        out.push(channel(config).await);
+    }
     out.push(zencore(config, &http, &admin, status.is_some()).await);
     for d in &config.devices {
         if !matches!(d.driver, Driver::ModbusRelay | Driver::Osdp) {
@@ -192,6 +196,63 @@ pub async fn run(config: &Config) -> Vec<Check> {
     out
 }
 
+/// The command channel as the running daemon sees it.
+fn channel_seen(status: Option<&Value>) -> Check {
+    let Some(c) = status.map(|s| &s["channel"]).filter(|c| c.is_object()) else {
+        return check("channel", false, "the daemon is not running: state unknown");
+    };
+    let since = c["since"].as_str().unwrap_or("-");
+    if c["connected"] == true && c["subscribed"] == true {
+        return check(
+            "channel",
+            true,
+            format!("the daemon is connected to ZenCore's broker since {since}"),
+        );
+    }
+    check(
+        "channel",
+        false,
+        format!(
+            "the daemon is not connected to ZenCore's broker (since {since}): {}",
+            c["last_error"].as_str().unwrap_or("no error yet")
+        ),
+    )
+}
+
+/// Connects to ZenCore's broker with the channel's settings (a separate client id and a clean
+/// session, so the daemon's session is left alone) and waits for its answer.
+async fn channel(config: &Config) -> Check {
+    let id = format!("{}-doctor", crate::channel::client_id(config));
+    let o = match crate::channel::options(config, id, false) {
+        Ok(o) => o,
+        Err(e) => return check("channel", false, e.to_string()),
+    };
+    let target = config.commands.url.clone().unwrap_or_default();
+    probe("channel", o, &target, crate::channel::describe).await
+}
+
+/// Connects with `o`, waits up to 5 s for the broker's answer, disconnects: the check `name`.
+async fn probe(
+    name: &'static str,
+    o: rumqttc::MqttOptions,
+    target: &str,
+    describe: fn(&(dyn std::error::Error + 'static)) -> String,
+) -> Check {
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(o, 10);
+    let answer = tokio::time::timeout(Duration::from_secs(5), eventloop.poll()).await;
+    // Send the DISCONNECT before dropping the connection.
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
+    match answer {
+        Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_)))) => {
+            check(name, true, format!("{target} accepted the connection"))
+        }
+        Ok(Ok(other)) => check(name, false, format!("{target}: unexpected {other:?}")),
+        Ok(Err(e)) => check(name, false, format!("{target}: {}", describe(&e))),
+        Err(_) => check(name, false, format!("{target}: no answer within 5 s")),
+    }
+}
+
 /// Connects with the configured client settings (a separate client id, so the daemon's session
 /// is left alone) and waits for the broker's answer.
 async fn mqtt(config: &Config) -> Check {
@@ -200,24 +261,8 @@ async fn mqtt(config: &Config) -> Check {
         Ok(o) => o,
         Err(e) => return check("mqtt", false, e.to_string()),
     };
-    let (client, mut eventloop) = rumqttc::AsyncClient::new(o, 10);
     let target = format!("{}:{}", config.mqtt.host, config.mqtt.port);
-    let answer = tokio::time::timeout(Duration::from_secs(5), eventloop.poll()).await;
-    // Send the DISCONNECT before dropping the connection.
-    let _ = client.disconnect().await;
-    let _ = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
-    match answer {
-        Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_)))) => {
-            check("mqtt", true, format!("{target} accepted the connection"))
-        }
-        Ok(Ok(other)) => check("mqtt", false, format!("{target}: unexpected {other:?}")),
-        Ok(Err(e)) => check(
-            "mqtt",
-            false,
-            format!("{target}: {}", crate::telemetry::error_chain(&e)),
-        ),
-        Err(_) => check("mqtt", false, format!("{target}: no answer within 5 s")),
-    }
+    probe("mqtt", o, &target, crate::telemetry::error_chain).await
 }
 
 async fn zencore(config: &Config, http: &reqwest::Client, admin: &str, daemon: bool) -> Check {

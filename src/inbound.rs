@@ -29,6 +29,7 @@ use crate::telemetry::{events as t, InternalEvent};
 use crate::wire::panel::Explicit;
 
 mod command;
+pub mod snapshot;
 mod verify;
 
 pub use command::{parse_command, Command, Effect};
@@ -77,12 +78,6 @@ fn answer(status: u16, body: Value) -> Response {
         .into_response()
 }
 
-impl From<Rejection> for Response {
-    fn from(r: Rejection) -> Response {
-        answer(r.status, json!({ "error": r.error }))
-    }
-}
-
 /// An accepted command's idempotency key, kept for [`DEDUP_KEEP`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DedupKey {
@@ -115,8 +110,8 @@ pub fn gc_dedup(commit: &mut Commit, now: Millis) {
     });
 }
 
-fn duplicate(key: &str) -> Response {
-    answer(200, json!({"status": "duplicate", "id": key}))
+fn duplicate(key: &str) -> Answer {
+    Answer::new(200, json!({"status": "duplicate", "id": key}))
 }
 
 /// What the device hub is told once the command is durable. A booking's final form is known
@@ -238,16 +233,84 @@ fn apply(
             )
         }
         Effect::Display(explicit) => (false, vec![Later::Now(HubRequest::Explicit(explicit))]),
+        Effect::Snapshot(s) => {
+            // A step may run twice (a group that failed is applied again commit by commit).
+            commit.step(move |tx| snapshot::apply(tx, s.clone(), now));
+            (true, Vec::new())
+        }
     })
 }
 
-fn store_failure(e: StoreError) -> Response {
+fn store_failure(e: StoreError) -> Answer {
     t::StoreFailed {
         context: "inbound command",
         error: &e,
     }
     .emit();
-    answer(500, json!({"error": "store"}))
+    Answer::new(500, json!({"error": "store"}))
+}
+
+/// The answer to a command, whichever transport carried it: the HTTP status it has (or would
+/// have had) and its JSON body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Answer {
+    pub fn new(status: u16, body: Value) -> Answer {
+        Answer { status, body }
+    }
+}
+
+impl From<Rejection> for Answer {
+    fn from(r: Rejection) -> Answer {
+        Answer::new(r.status, json!({ "error": r.error }))
+    }
+}
+
+impl From<Answer> for Response {
+    fn from(a: Answer) -> Response {
+        answer(a.status, a.body)
+    }
+}
+
+/// Which transport carried a command (the `transport` label of `zenedge_commands_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Http,
+    Mqtt,
+}
+
+impl Via {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::Http => "http",
+            Via::Mqtt => "mqtt",
+        }
+    }
+}
+
+/// A command's headers, names in lower case (HTTP's, or those a channel message carries).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Headers(std::collections::HashMap<String, String>);
+
+impl Headers {
+    /// From name/value pairs; names are matched case-insensitively, and of a name given twice
+    /// the first value counts (as HTTP's header lookup does).
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Headers {
+        let mut map = std::collections::HashMap::new();
+        for (name, value) in pairs {
+            map.entry(name.to_ascii_lowercase())
+                .or_insert_with(|| value.to_owned());
+        }
+        Headers(map)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
 }
 
 async fn handle(State(s): State<InboundState>, headers: HeaderMap, body: Body) -> Response {
@@ -258,7 +321,7 @@ async fn handle(State(s): State<InboundState>, headers: HeaderMap, body: Body) -
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
-        return answer(413, json!({"error": "body larger than 65536 bytes"}));
+        return refused(Via::Http, 413, "body larger than 65536 bytes").into();
     }
     let body = match tokio::time::timeout(
         crate::serve::BODY_TIMEOUT,
@@ -267,12 +330,47 @@ async fn handle(State(s): State<InboundState>, headers: HeaderMap, body: Body) -
     .await
     {
         Ok(Ok(b)) => b,
-        Ok(Err(_)) => return answer(413, json!({"error": "body larger than 65536 bytes"})),
-        Err(_) => return answer(408, json!({"error": "body not received within 30 s"})),
+        Ok(Err(_)) => return refused(Via::Http, 413, "body larger than 65536 bytes").into(),
+        Err(_) => return refused(Via::Http, 408, "body not received within 30 s").into(),
     };
+    let headers = Headers::from_pairs(
+        headers
+            .iter()
+            .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?))),
+    );
+    accept(&s, &headers, &body, Via::Http).await.into()
+}
+
+/// The one verification chain of both transports (DESIGN sections 2 and 2b), from a body that
+/// is at most [`MAX_BODY`] bytes: signature, shape, freshness, idempotency, fields; an accepted
+/// command is durable, and handed to the device hub, before its answer. Counted by transport
+/// and status.
+pub async fn accept(s: &InboundState, headers: &Headers, body: &[u8], via: Via) -> Answer {
+    counted(via, verify_and_apply(s, headers, body).await)
+}
+
+/// A command refused before the chain could look at it (its transport's own limits, or a
+/// channel message that is not one), counted like the others.
+pub fn refused(via: Via, status: u16, error: &str) -> Answer {
+    counted(via, Answer::new(status, json!({ "error": error })))
+}
+
+fn counted(via: Via, answer: Answer) -> Answer {
+    t::CommandAnswered {
+        transport: via.as_str(),
+        status: answer.status,
+    }
+    .emit();
+    answer
+}
+
+async fn verify_and_apply(s: &InboundState, headers: &Headers, body: &[u8]) -> Answer {
+    if body.len() > MAX_BODY {
+        return Answer::new(413, json!({"error": "body larger than 65536 bytes"}));
+    }
     let clock = s.clock.read();
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let verified = match verify(&s.keys, header, &body, clock, s.config.inbound.tolerance) {
+    let header = |name: &str| headers.get(name);
+    let verified = match verify(&s.keys, header, body, clock, s.config.inbound.tolerance) {
         Ok(v) => v,
         Err(r) => {
             t::InboundRefused {
@@ -313,10 +411,10 @@ async fn handle(State(s): State<InboundState>, headers: HeaderMap, body: Body) -
     // except those that only take access away.
     let takes_away = effects.iter().all(Effect::takes_access_away);
     if !clock.trusted && !takes_away {
-        return answer(503, json!({"error": "clock"}));
+        return Answer::new(503, json!({"error": "clock"}));
     }
     if !effects.is_empty() && !takes_away && s.store.is_full() {
-        return answer(507, json!({"error": "store_full"}));
+        return Answer::new(507, json!({"error": "store_full"}));
     }
     // The command's writes and its idempotency key are one commit, and the key goes in only if
     // it is new: of two copies racing past the check above, exactly one is accepted.
@@ -391,9 +489,9 @@ async fn handle(State(s): State<InboundState>, headers: HeaderMap, body: Body) -
     }
     .emit();
     if ignored {
-        answer(202, json!({"status": "ignored", "id": verified.key}))
+        Answer::new(202, json!({"status": "ignored", "id": verified.key}))
     } else {
-        answer(202, json!({"status": "accepted", "id": verified.key}))
+        Answer::new(202, json!({"status": "accepted", "id": verified.key}))
     }
 }
 

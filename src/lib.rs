@@ -9,6 +9,7 @@ pub mod admin;
 pub mod audit;
 pub mod audit_log;
 pub mod broker;
+pub mod channel;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -45,28 +45,7 @@ async fn lock(
     tokio::task::JoinHandle<()>,
     tokio::sync::watch::Receiver<usize>,
 ) {
-    let mut peer = Peer::connect(port, "sim-lock").await;
-    peer.subscribe("zigbee2mqtt/front_door/set").await;
-    let (tx, rx) = tokio::sync::watch::channel(0usize);
-    let task = tokio::spawn(async move {
-        loop {
-            let (_, payload, _) = peer.next(Duration::from_secs(3600)).await;
-            tx.send_modify(|n| *n += 1);
-            let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
-            let state = if v["state"] == "UNLOCK" {
-                "unlocked"
-            } else {
-                "locked"
-            };
-            peer.publish(
-                "zigbee2mqtt/front_door",
-                format!(r#"{{"lock_state":"{state}"}}"#),
-                false,
-            )
-            .await;
-        }
-    });
-    (task, rx)
+    common::zigbee_lock(port).await
 }
 
 async fn commands_reach(rx: &mut tokio::sync::watch::Receiver<usize>, n: usize) {

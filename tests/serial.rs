@@ -21,16 +21,6 @@ async fn until(what: &str, done: impl Fn() -> bool) {
     }
 }
 
-/// The daemon's `/metrics` text.
-async fn metrics(r: &common::Rig) -> String {
-    reqwest::get(format!("http://{}/metrics", r.daemon.admin))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 fn relay(id: &str, link: &Path, address: u8, coil: u16, extra: &str) -> String {
     format!(
         r#"
@@ -124,7 +114,7 @@ async fn relays_pulse_their_coil_go_offline_when_silent_and_survive_an_unplug() 
     })
     .await;
 
-    let metrics = metrics(&r).await;
+    let metrics = r.metrics().await;
     assert!(
         metrics.contains("zenedge_serial_port_losses_total{device=\"strike-a\"} 1"),
         "{metrics}"
@@ -177,7 +167,7 @@ async fn a_serial_port_thread_that_panics_is_started_again_and_the_daemon_keeps_
     let (code, out, err) = r.cli(&["unlock", "strike"]).await;
     assert_eq!(code, 0, "{out}{err}");
     until("coil 2 ON", || board.writes().contains(&(2, 0xFF00))).await;
-    let metrics = metrics(&r).await;
+    let metrics = r.metrics().await;
     assert!(
         metrics.contains("zenedge_adapter_restarts_total 1"),
         "{metrics}"

@@ -92,6 +92,29 @@ async fn wait_delivered(
     Ok(())
 }
 
+/// Waits until nothing is pending delivery (two reads in a row, 50 ms apart).
+async fn wait_drained(admin: std::net::SocketAddr) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let mut quiet = 0;
+    while quiet < 2 {
+        let v: serde_json::Value = reqwest::get(format!("http://{admin}/v1/status"))
+            .await?
+            .json()
+            .await?;
+        quiet = if v["store"]["pending"].as_u64() == Some(0) {
+            quiet + 1
+        } else {
+            0
+        };
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(120),
+            "the queue never drained"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
 pub async fn run(base: PathBuf, sustained: usize) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&base);
     std::fs::create_dir_all(&base)?;
@@ -113,6 +136,9 @@ listen = "127.0.0.1:0"
 listen = "127.0.0.1:0"
 [mqtt]
 port = {port}
+[commands]
+transport = "both"
+url = "mqtt://127.0.0.1:{port}"
 [presence]
 debounce = "0s"
 [clock]
@@ -156,7 +182,14 @@ require_sync = false
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     wait_delivered(bound.admin, samples as u64, Duration::from_secs(60)).await?;
-    let access = access_latency(port, bound.inbound, 1000).await?;
+    let inbound = bound
+        .inbound
+        .ok_or_else(|| anyhow::anyhow!("the bench config serves inbound"))?;
+    let access = access_latency(port, inbound, 1000).await?;
+    let channel = access.2;
+    // The access phases' events (thousands of action results) are all delivered before the
+    // sustained phase counts its own.
+    wait_drained(bound.admin).await?;
     let base_delivered = delivered(bound.admin).await?;
 
     // 2. Sustained: 200 devices, every message a transition, as fast as the publisher goes.
@@ -232,7 +265,100 @@ require_sync = false
         percentile(&access.1, 0.5),
         percentile(&access.1, 0.99)
     );
+    println!(
+        "| command channel: signed access.unlock published on ZenCore's broker → UNLOCK published, p50 / p99 ({} commands, loopback) | {:.2} ms / {:.2} ms | p99 ≤ 10 ms |",
+        channel.unlock_ms.len(),
+        percentile(&channel.unlock_ms, 0.5),
+        percentile(&channel.unlock_ms, 0.99)
+    );
+    println!(
+        "| command channel: {} commands published in a row → replied | {} replied (202) in {:.2} s ({:.0} commands/s) | all |",
+        channel.burst,
+        channel.replied,
+        channel.burst_secs,
+        channel.replied as f64 / channel.burst_secs
+    );
     Ok(())
+}
+
+/// What the command channel's benchmark measured.
+struct ChannelNumbers {
+    unlock_ms: Vec<f64>,
+    burst: usize,
+    replied: usize,
+    burst_secs: f64,
+}
+
+/// ZenCore on the broker: publishes signed commands as the channel carries them, counts the
+/// replies with status 202.
+async fn channel_latency(
+    port: u16,
+    key: &zenedge::signing::Key,
+    commands: &mut tokio::sync::mpsc::UnboundedReceiver<()>,
+    n: usize,
+) -> anyhow::Result<ChannelNumbers> {
+    let (replies_tx, mut replies) = tokio::sync::mpsc::unbounded_channel();
+    let client = subscriber(
+        port,
+        "bench-zencore",
+        "zencore/org/edge-bench/replies",
+        move |_, p| {
+            let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap_or_default();
+            let _ = replies_tx.send(v["status"].as_u64().unwrap_or(0));
+        },
+    )
+    .await?;
+    let message = |i: usize, tag: &str| -> anyhow::Result<Vec<u8>> {
+        let now = zenedge::event::Millis::now();
+        let body = serde_json::to_vec(&serde_json::json!({"event": "access.unlock",
+            "timestamp": now.rfc3339(),
+            "data": {"action_id": format!("bench-{tag}-{i}"), "device_id": "door",
+                     "booking_id": "b-bench",
+                     "not_after": zenedge::event::Millis(now.0 + 60_000).rfc3339()}}))?;
+        Ok(serde_json::to_vec(&serde_json::json!({
+            "headers": {"x-webhook-signature": key.sign_hex(&body)},
+            "body": String::from_utf8(body)?,
+        }))?)
+    };
+    let topic = "zencore/org/edge-bench/commands";
+    let mut unlock_ms = Vec::with_capacity(n);
+    for i in 0..n {
+        let payload = message(i, "one")?;
+        let t = Instant::now();
+        client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await?;
+        tokio::time::timeout(Duration::from_secs(10), commands.recv()).await?;
+        unlock_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        let status = tokio::time::timeout(Duration::from_secs(10), replies.recv()).await?;
+        anyhow::ensure!(status == Some(202), "channel unlock answered {status:?}");
+    }
+    unlock_ms.sort_by(|a, b| a.total_cmp(b));
+    let payloads = (0..n)
+        .map(|i| message(i, "burst"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let t = Instant::now();
+    for payload in payloads {
+        client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await?;
+    }
+    let mut replied = 0;
+    while replied < n {
+        match tokio::time::timeout(Duration::from_secs(30), replies.recv()).await {
+            Ok(Some(202)) => replied += 1,
+            Ok(Some(other)) => anyhow::bail!("a command in the burst was answered {other}"),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let burst_secs = t.elapsed().as_secs_f64();
+    while commands.try_recv().is_ok() {}
+    Ok(ChannelNumbers {
+        unlock_ms,
+        burst: n,
+        replied,
+        burst_secs,
+    })
 }
 
 /// A simulated lock answering every command, and a panel presenting a token: the time from a
@@ -241,7 +367,7 @@ async fn access_latency(
     port: u16,
     inbound: std::net::SocketAddr,
     n: usize,
-) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+) -> anyhow::Result<(Vec<f64>, Vec<f64>, ChannelNumbers)> {
     use sha2::Digest;
     let lock = lock_sim(port).await?;
     let (client, mut commands) = lock;
@@ -295,10 +421,11 @@ async fn access_latency(
         tokio::time::timeout(Duration::from_secs(10), commands.recv()).await?;
         credential_ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
+    let channel = channel_latency(port, &key, &mut commands, n).await?;
     drop(client);
     unlock_ms.sort_by(|a, b| a.total_cmp(b));
     credential_ms.sort_by(|a, b| a.total_cmp(b));
-    Ok((unlock_ms, credential_ms))
+    Ok((unlock_ms, credential_ms, channel))
 }
 
 pub async fn publisher_named(port: u16, id: &str, inflight: u16) -> anyhow::Result<AsyncClient> {
@@ -327,22 +454,24 @@ pub async fn publisher_named(port: u16, id: &str, inflight: u16) -> anyhow::Resu
     Ok(client)
 }
 
-/// A Zigbee lock that reports `unlocked` for every command and tells the benchmark when a
-/// command arrived.
-async fn lock_sim(
+/// A client subscribed to `topic` (the subscription acknowledged) that hands every message to
+/// `on_publish`, with the client to answer on.
+async fn subscriber(
     port: u16,
-) -> anyhow::Result<(AsyncClient, tokio::sync::mpsc::UnboundedReceiver<()>)> {
-    let mut o = MqttOptions::new("bench-lock", "127.0.0.1", port);
-    o.set_keep_alive(Duration::from_secs(30));
-    let (client, mut eventloop) = AsyncClient::new(o, 1000);
+    id: &str,
+    topic: &str,
+    mut on_publish: impl FnMut(&AsyncClient, rumqttc::Publish) + Send + 'static,
+) -> anyhow::Result<AsyncClient> {
+    let mut o = MqttOptions::new(id, "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(30))
+        .set_inflight(200)
+        .set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut eventloop) = AsyncClient::new(o, 10_000);
     eventloop.network_options.set_tcp_nodelay(true);
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let (sub_tx, sub_rx) = oneshot::channel();
     let mut sub_tx = Some(sub_tx);
+    client.subscribe(topic, QoS::AtLeastOnce).await?;
     let answer = client.clone();
-    client
-        .subscribe("zigbee2mqtt/door/set", QoS::AtLeastOnce)
-        .await?;
     tokio::spawn(async move {
         loop {
             match eventloop.poll().await {
@@ -351,22 +480,36 @@ async fn lock_sim(
                         let _ = s.send(());
                     }
                 }
-                Ok(Event::Incoming(Packet::Publish(_))) => {
-                    let _ = tx.send(());
-                    let _ = answer
-                        .publish(
-                            "zigbee2mqtt/door",
-                            QoS::AtMostOnce,
-                            false,
-                            r#"{"lock_state":"unlocked"}"#,
-                        )
-                        .await;
-                }
+                Ok(Event::Incoming(Packet::Publish(p))) => on_publish(&answer, p),
                 Ok(_) => {}
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         }
     });
     tokio::time::timeout(Duration::from_secs(10), sub_rx).await??;
+    Ok(client)
+}
+
+/// A Zigbee lock that reports `unlocked` for every command and tells the benchmark when a
+/// command arrived.
+async fn lock_sim(
+    port: u16,
+) -> anyhow::Result<(AsyncClient, tokio::sync::mpsc::UnboundedReceiver<()>)> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let client = subscriber(
+        port,
+        "bench-lock",
+        "zigbee2mqtt/door/set",
+        move |client, _| {
+            let _ = tx.send(());
+            let _ = client.try_publish(
+                "zigbee2mqtt/door",
+                QoS::AtMostOnce,
+                false,
+                r#"{"lock_state":"unlocked"}"#,
+            );
+        },
+    )
+    .await?;
     Ok((client, rx))
 }

@@ -56,6 +56,24 @@ pub(super) fn print_status(r: &crate::admin::StatusReport) {
             (false, false) => format!("not connected since {since} (no device needs it)"),
         }
     );
+    if let Some(c) = &r.channel {
+        let since = c.since.as_deref().unwrap_or("-");
+        let error = c
+            .last_error
+            .as_deref()
+            .map(|e| format!(": {}", crate::logging::escaped(e)))
+            .unwrap_or_default();
+        println!(
+            "channel      {} (ZenCore's broker {}, {} commands)",
+            if c.up() {
+                format!("connected since {since}")
+            } else {
+                format!("DOWN since {since}{error}")
+            },
+            c.url,
+            c.commands
+        );
+    }
     println!(
         "zencore      {}{}",
         if r.delivery.zencore_reachable {

@@ -24,10 +24,32 @@ impl Config {
                 self.mqtt.host
             ));
         }
-        if self.inbound.tls_cert_file.is_none() && !self.inbound.listen.ip().is_loopback() {
+        let served = self
+            .inbound
+            .listen
+            .0
+            .filter(|_| self.commands.transport.http());
+        if self.inbound.tls_cert_file.is_none() && served.is_some_and(|a| !a.ip().is_loopback()) {
             out.push(format!(
                 "inbound.listen {} is plain HTTP off loopback: grants (with their PIN hashes) \
                  cross the room network in clear; set inbound.tls_cert_file and tls_key_file",
+                self.inbound.listen
+            ));
+        }
+        if let Some(b) = self.commands.broker().filter(|b| !b.scheme.tls()) {
+            if remote(&b.host) {
+                out.push(format!(
+                    "commands.url {} is not TLS: ZenCore's commands (grants with their PIN \
+                     hashes) and the channel's password cross the network in clear; use \
+                     mqtts:// or wss://",
+                    self.commands.url.as_deref().unwrap_or_default()
+                ));
+            }
+        }
+        if self.inbound.listen.0.is_some() && !self.commands.transport.http() {
+            out.push(format!(
+                "inbound.listen {} is not served: commands.transport is \"mqtt\" (set \
+                 inbound.listen = \"\" to say so, or transport \"both\")",
                 self.inbound.listen
             ));
         }
@@ -82,6 +104,25 @@ impl Config {
             humantime::format_duration(self.inbound.tolerance),
             self.inbound.verifying_secrets().len()
         );
+        if let Some(url) = self
+            .commands
+            .url
+            .as_deref()
+            .filter(|_| self.commands.transport.channel())
+        {
+            let _ = writeln!(
+                s,
+                "commands     transport {}, channel {} as {}{}",
+                self.commands.transport.as_str(),
+                url,
+                crate::channel::client_id(self),
+                self.commands
+                    .proxy
+                    .as_deref()
+                    .map(|p| format!(" via proxy {p}"))
+                    .unwrap_or_default()
+            );
+        }
         let _ = writeln!(s, "admin        {}", self.admin.listen);
         let _ = writeln!(
             s,

@@ -314,3 +314,101 @@ fn clear_text_credentials_to_remote_hosts_are_warned_about() {
     );
     assert!(with("", "http://127.0.0.1:9/h").is_empty());
 }
+
+#[test]
+fn the_command_channel_is_configured_or_refused_naming_the_key() {
+    let with = |commands: &str, inbound: &str| {
+        parse(&format!(
+            "{MINIMAL}\n[inbound]\n{inbound}\n[commands]\n{commands}\n"
+        ))
+    };
+    let c = with(
+        "transport = \"mqtt\"\nurl = \"wss://zencore.example/mqtt\"\nalpn = [\"x-amzn-mqtt-ca\"]\nproxy = \"http://proxy:3128\"",
+        "listen = \"\"",
+    )
+    .unwrap();
+    assert_eq!(c.inbound.listen.0, None);
+    let b = c.commands.broker().unwrap();
+    assert_eq!((b.scheme, b.port), (crate::config::Scheme::Wss, 443));
+    assert_eq!(c.commands.proxy_addr(), Some(&("proxy".to_owned(), 3128)));
+    assert!(c
+        .summary()
+        .contains("commands     transport mqtt, channel wss://"));
+    assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+    // Absent, the section means HTTP only.
+    assert!(parse(MINIMAL).unwrap().commands.broker().is_none());
+
+    let refused = |commands: &str, inbound: &str, key: &str, says: &str| {
+        let e = with(commands, inbound).unwrap_err().to_string();
+        assert!(e.contains(key) && e.contains(says), "{commands}: {e}");
+    };
+    refused("transport = \"mqtt\"", "", "commands.url", "missing");
+    refused(
+        "transport = \"mqtt\"\nurl = \"https://x\"",
+        "",
+        "commands.url",
+        "scheme",
+    );
+    refused(
+        "transport = \"pigeon\"\nurl = \"mqtts://x\"",
+        "",
+        "commands.transport",
+        "unknown variant",
+    );
+    refused(
+        "transport = \"mqtt\"\nurl = \"mqtt://x\"\nalpn = [\"h2\"]",
+        "",
+        "commands.alpn",
+        "TLS",
+    );
+    refused(
+        "transport = \"mqtt\"\nurl = \"mqtts://x\"\nclient_cert_file = \"/c\"",
+        "",
+        "commands.client_cert_file",
+        "go together",
+    );
+    refused(
+        "transport = \"mqtt\"\nurl = \"mqtts://x\"\npassword = \"p\"",
+        "",
+        "commands.username",
+        "missing",
+    );
+    refused(
+        "transport = \"mqtt\"\nurl = \"mqtts://x\"\ntopic_prefix = \"a/#\"",
+        "",
+        "commands.topic_prefix",
+        "wildcards",
+    );
+    refused(
+        "transport = \"mqtt\"\nurl = \"mqtts://x\"\nproxy = \"socks5://p:1\"",
+        "",
+        "commands.proxy",
+        "http://",
+    );
+    refused(
+        "transport = \"http\"",
+        "listen = \"\"",
+        "inbound.listen",
+        "no command could",
+    );
+    refused(
+        "transport = \"mqtt\"\nurl = \"mqtts://x\"",
+        "listen = \"nowhere\"",
+        "inbound.listen",
+        "not an address",
+    );
+
+    // Clear text to another host is allowed, and warned about; a listen that is not served too.
+    let c = with(
+        "transport = \"mqtt\"\nurl = \"mqtt://10.0.0.9\"",
+        "listen = \"0.0.0.0:8787\"",
+    )
+    .unwrap();
+    let w = c.warnings();
+    assert!(
+        w.iter()
+            .any(|x| x.contains("commands.url") && x.contains("clear")),
+        "{w:?}"
+    );
+    assert!(w.iter().any(|x| x.contains("is not served")), "{w:?}");
+}

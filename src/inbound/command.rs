@@ -33,6 +33,27 @@ pub enum Effect {
     },
     /// ZenCore's state for the room's panels (the hub publishes their retained `display`).
     Display(Explicit),
+    /// `access.grants_snapshot`: the stored grants of a room (or all) become these, at once or
+    /// once every part has arrived.
+    Snapshot(Snapshot),
+}
+
+/// A grants snapshot, or one part of it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Snapshot {
+    /// The room whose grants it replaces; every grant of the controller when `None`.
+    pub room: Option<String>,
+    pub grants: Vec<Grant>,
+    pub part: Option<Part>,
+}
+
+/// Which part of a snapshot in parts this is.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Part {
+    pub snapshot_id: String,
+    /// 1-based.
+    pub part: u32,
+    pub parts: u32,
 }
 
 impl Effect {
@@ -102,6 +123,33 @@ fn hex(h: Option<wire::Hex64>) -> Option<String> {
     h.map(|h| h.0)
 }
 
+/// A grant as ZenCore sent it, against this controller's rooms and doors.
+fn grant(config: &Config, g: wire::MagicLink) -> Result<Grant, Rejection> {
+    let device_ids = match g.device_ids {
+        None => None,
+        Some(ids) => Some(
+            ids.into_iter()
+                .map(|id| door(config, id))
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+    Ok(Grant {
+        grant_id: g.grant_id.into(),
+        booking_id: g.booking_id.into(),
+        meeting_space_id: room(config, g.meeting_space_id)?,
+        token_sha256: g.token_sha256.0,
+        pin_sha256: hex(g.pin_sha256),
+        pin_hmac: hex(g.pin_hmac),
+        card_sha256: hex(g.card_sha256),
+        card_hmac: hex(g.card_hmac),
+        valid_from: g.valid_from.0,
+        valid_until: g.valid_until.0,
+        device_ids,
+        member_id: g.member_id.map(String::from),
+        revoked_at: None,
+    })
+}
+
 /// Step 6: the event's fields (their shape checked by [`wire::decode`]), against this
 /// controller's config: its rooms, its doors, and whether an unlock has already expired.
 pub fn parse_command(
@@ -132,29 +180,24 @@ pub fn parse_command(
                 unlock_during_meeting: None,
             },
         )?],
-        wire::Command::MagicLink(g) => {
-            let device_ids = match g.device_ids {
-                None => None,
-                Some(ids) => Some(
-                    ids.into_iter()
-                        .map(|id| door(config, id))
-                        .collect::<Result<Vec<_>, _>>()?,
-                ),
+        wire::Command::MagicLink(g) => vec![Effect::StoreGrant(grant(config, g)?)],
+        wire::Command::GrantsSnapshot(s) => {
+            let part = match (s.snapshot_id, s.part, s.parts) {
+                (Some(id), Some(part), Some(parts)) => Some(Part {
+                    snapshot_id: id.into(),
+                    part,
+                    parts,
+                }),
+                _ => None,
             };
-            vec![Effect::StoreGrant(Grant {
-                grant_id: g.grant_id.into(),
-                booking_id: g.booking_id.into(),
-                meeting_space_id: room(config, g.meeting_space_id)?,
-                token_sha256: g.token_sha256.0,
-                pin_sha256: hex(g.pin_sha256),
-                pin_hmac: hex(g.pin_hmac),
-                card_sha256: hex(g.card_sha256),
-                card_hmac: hex(g.card_hmac),
-                valid_from: g.valid_from.0,
-                valid_until: g.valid_until.0,
-                device_ids,
-                member_id: g.member_id.map(String::from),
-                revoked_at: None,
+            vec![Effect::Snapshot(Snapshot {
+                room: s.meeting_space_id.map(|r| room(config, r)).transpose()?,
+                grants: s
+                    .grants
+                    .into_iter()
+                    .map(|g| grant(config, g))
+                    .collect::<Result<_, _>>()?,
+                part,
             })]
         }
         wire::Command::Unlock(u) => {

@@ -35,6 +35,7 @@ pub async fn run(
         let mut c = Commit::lazy();
         crate::inbound::gc_dedup(&mut c, now);
         gc_grants(&mut c, now);
+        crate::inbound::snapshot::gc_parts(&mut c, now);
         // Audit records are pruned only on a clock we trust: a clock wrongly ahead must not age
         // the log away.
         let reading = clock.read();

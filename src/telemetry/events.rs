@@ -182,6 +182,14 @@ happenings! {
         => WARN "Inbound command refused.";
     InboundAccepted<'a> { event: &'a str, id: &'a str }
         => INFO "Inbound command accepted.";
+    ChannelConnected<'a> { url: &'a str }
+        => INFO "Command channel connected to ZenCore's broker.";
+    ChannelConnectFailed<'a> { url: &'a str, error: &'a str, retry_in_ms: u64 }
+        => WARN "Cannot connect the command channel to ZenCore's broker; retrying.";
+    ChannelLost<'a> { error: &'a str, retry_in_ms: u64 }
+        => WARN "Command channel lost; reconnecting.";
+    ChannelMessageRefused<'a> { error: &'a str }
+        => WARN "Command channel message is not a command; refused (400).";
     CommandNotCarriedOut {}
         => ERROR "Device task stopped; accepted command not carried out.";
 }
@@ -296,6 +304,23 @@ impl InternalEvent for AccessDecision<'_> {
             reason = self.reason.unwrap_or(""),
             credential_type = self.credential_type
         );
+    }
+}
+
+/// A command got its answer (either transport): counted by transport and status. Accepted and
+/// refused commands have their own lines; this one is only counted.
+#[derive(Debug)]
+pub struct CommandAnswered<'a> {
+    pub transport: &'a str,
+    pub status: u16,
+}
+
+impl InternalEvent for CommandAnswered<'_> {
+    fn emit(self) {
+        let mut counts = metrics().commands.lock().unwrap_or_else(|p| p.into_inner());
+        *counts
+            .entry((self.transport.to_owned(), self.status))
+            .or_default() += 1;
     }
 }
 

@@ -31,6 +31,8 @@ pub struct Metrics {
     pub inbound_evicted: AtomicU64,
     /// Adapters (MQTT, serial ports, listeners) restarted after they failed.
     pub adapter_restarts: AtomicU64,
+    /// Commands answered, by (transport, status).
+    pub commands: std::sync::Mutex<std::collections::BTreeMap<(String, u16), u64>>,
 }
 
 /// Upper bounds (seconds) of the attempt latency histogram; the last bucket is +Inf.
@@ -85,6 +87,8 @@ pub struct Gauges {
     pub mqtt_malformed_total: u64,
     pub mqtt_connect_attempts_total: u64,
     pub written_bytes_total: u64,
+    /// The command channel's state, when `[commands]` uses it.
+    pub command_channel_up: Option<bool>,
 }
 
 /// One metric in Prometheus text: its HELP, TYPE and samples (`labels` like `{outcome="x"}`).
@@ -275,6 +279,35 @@ pub fn prometheus(g: &Gauges) -> String {
         "Inbound connections closed before sending a whole request, to make room for new ones.",
         &[("", load(&m.inbound_evicted) as f64)],
     );
+    let commands: Vec<(String, f64)> = m
+        .commands
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|((transport, status), n)| {
+            (
+                format!("{{transport=\"{transport}\",status=\"{status}\"}}"),
+                *n as f64,
+            )
+        })
+        .collect();
+    let commands: Vec<(&str, f64)> = commands.iter().map(|(l, n)| (l.as_str(), *n)).collect();
+    metric(
+        &mut out,
+        "zenedge_commands_total",
+        "counter",
+        "Commands from ZenCore answered, by transport (http, mqtt) and HTTP status.",
+        &commands,
+    );
+    if let Some(up) = g.command_channel_up {
+        metric(
+            &mut out,
+            "zenedge_command_channel_up",
+            "gauge",
+            "1 while the command channel to ZenCore's broker is connected and subscribed.",
+            &[("", b(up))],
+        );
+    }
     metric(
         &mut out,
         "zenedge_adapter_restarts_total",

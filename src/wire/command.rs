@@ -210,6 +210,25 @@ pub struct SpaceStatus {
     pub message: Value,
 }
 
+/// `access.grants_snapshot` (DESIGN §2b): the stored grants of a room (or of the whole
+/// controller) become exactly these. A snapshot larger than one body comes in parts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GrantsSnapshot {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meeting_space_id: Option<Text>,
+    pub grants: Vec<MagicLink>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_id: Option<Text>,
+    /// 1-based.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parts: Option<u32>,
+}
+
+/// The most parts one snapshot may come in (each at most one 64 KiB body: ~200 grants).
+pub const MAX_SNAPSHOT_PARTS: u32 = 1000;
+
 /// Every inbound command this controller acts on (DESIGN §2's table).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", content = "data")]
@@ -230,6 +249,8 @@ pub enum Command {
     Unlock(Unlock),
     #[serde(rename = "access.revoke")]
     Revoke(Revoke),
+    #[serde(rename = "access.grants_snapshot")]
+    GrantsSnapshot(GrantsSnapshot),
     #[serde(rename = "member.removed")]
     MemberRemoved(MemberRemoved),
     #[serde(rename = "meeting.status_update")]
@@ -306,17 +327,63 @@ fn check(command: &Command) -> Result<(), FieldError> {
             end_time,
             ..
         }) if end_time <= start_time => fail("data.end_time must be after data.start_time"),
-        Command::MagicLink(g) if g.valid_until <= g.valid_from => {
-            fail("data.valid_until must be after data.valid_from")
-        }
-        Command::MagicLink(g) if g.pin_sha256.is_some() && g.pin_hmac.is_some() => {
-            fail("data.pin_sha256 and data.pin_hmac: send one of them")
-        }
-        Command::MagicLink(g) if g.card_sha256.is_some() && g.card_hmac.is_some() => {
-            fail("data.card_sha256 and data.card_hmac: send one of them")
-        }
+        Command::MagicLink(g) => check_grant("data", g),
+        Command::GrantsSnapshot(s) => check_snapshot(s),
         _ => Ok(()),
     }
+}
+
+fn check_grant(at: &str, g: &MagicLink) -> Result<(), FieldError> {
+    let fail = |s: String| Err(FieldError(s));
+    if g.valid_until <= g.valid_from {
+        return fail(format!("{at}.valid_until must be after {at}.valid_from"));
+    }
+    if g.pin_sha256.is_some() && g.pin_hmac.is_some() {
+        return fail(format!(
+            "{at}.pin_sha256 and {at}.pin_hmac: send one of them"
+        ));
+    }
+    if g.card_sha256.is_some() && g.card_hmac.is_some() {
+        return fail(format!(
+            "{at}.card_sha256 and {at}.card_hmac: send one of them"
+        ));
+    }
+    Ok(())
+}
+
+fn check_snapshot(s: &GrantsSnapshot) -> Result<(), FieldError> {
+    let fail = |s: String| Err(FieldError(s));
+    match (&s.snapshot_id, s.part, s.parts) {
+        (None, None, None) => {}
+        (Some(_), Some(part), Some(parts)) => {
+            if !(1..=MAX_SNAPSHOT_PARTS).contains(&parts) {
+                return fail(format!(
+                    "data.parts must be between 1 and {MAX_SNAPSHOT_PARTS}"
+                ));
+            }
+            if !(1..=parts).contains(&part) {
+                return fail("data.part must be between 1 and data.parts".into());
+            }
+        }
+        _ => return fail("data.snapshot_id, data.part and data.parts go together".into()),
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, g) in s.grants.iter().enumerate() {
+        let at = format!("data.grants[{i}]");
+        check_grant(&at, g)?;
+        if !seen.insert(&g.grant_id.0) {
+            return fail(format!("{at}.grant_id `{}` is listed twice", g.grant_id.0));
+        }
+        if s.meeting_space_id
+            .as_ref()
+            .is_some_and(|room| *room != g.meeting_space_id)
+        {
+            return fail(format!(
+                "{at}.meeting_space_id is not the snapshot's data.meeting_space_id"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `access.revoke` names a grant or a booking; the grant wins when both are given.

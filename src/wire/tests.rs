@@ -160,6 +160,63 @@ mod commands {
     }
 
     #[test]
+    fn a_grants_snapshot_is_checked_grant_by_grant_and_part_by_part() {
+        let snapshot = |extra: Value| {
+            let mut v = json!({"meeting_space_id": "ms-1", "grants": [grant()]});
+            for (k, x) in extra.as_object().cloned().unwrap_or_default() {
+                v[k] = x;
+            }
+            v
+        };
+        let ok = decode("access.grants_snapshot", &data(snapshot(json!({})))).unwrap();
+        assert!(matches!(ok, Decoded::Command(c) if matches!(*c, Command::GrantsSnapshot(_))));
+        let mut late = grant();
+        late["valid_until"] = json!("2026-01-01T09:00:00Z");
+        let mut elsewhere = grant();
+        elsewhere["meeting_space_id"] = json!("ms-2");
+        for (extra, says) in [
+            (
+                json!({"grants": [grant(), grant()]}),
+                "data.grants[1].grant_id `g1` is listed twice",
+            ),
+            (
+                json!({"grants": [late]}),
+                "data.grants[0].valid_until must be after data.grants[0].valid_from",
+            ),
+            (
+                json!({"grants": [elsewhere]}),
+                "data.grants[0].meeting_space_id is not the snapshot's data.meeting_space_id",
+            ),
+            (
+                json!({"grants": [{"grant_id": "g"}]}),
+                "missing data.grants[0].booking_id",
+            ),
+            (
+                json!({"snapshot_id": "s1", "part": 1}),
+                "data.snapshot_id, data.part and data.parts go together",
+            ),
+            (
+                json!({"snapshot_id": "s1", "part": 3, "parts": 2}),
+                "data.part must be between 1 and data.parts",
+            ),
+            (
+                json!({"snapshot_id": "s1", "part": 0, "parts": 2}),
+                "data.part must be between 1 and data.parts",
+            ),
+            (
+                json!({"snapshot_id": "s1", "part": 1, "parts": 100_000}),
+                "data.parts must be between 1 and 1000",
+            ),
+            (
+                json!({"grants": "all"}),
+                "data.grants invalid type: string \"all\", expected a sequence",
+            ),
+        ] {
+            assert_eq!(error("access.grants_snapshot", snapshot(extra)), says);
+        }
+    }
+
+    #[test]
     fn each_refusal_names_the_field_that_failed() {
         let mut g = grant();
         g.as_object_mut().unwrap().remove("grant_id");

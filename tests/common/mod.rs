@@ -2,6 +2,7 @@
 //! binary as a child process.
 #![allow(dead_code)]
 
+pub mod channel;
 pub mod serial;
 
 use std::net::SocketAddr;
@@ -437,6 +438,10 @@ impl Daemon {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn sigkill(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
@@ -732,6 +737,14 @@ impl Peer {
             .unwrap();
     }
 
+    /// The next message on a subscribed topic, if one comes within `limit`.
+    pub async fn try_next(&mut self, limit: Duration) -> Option<(String, Vec<u8>, bool)> {
+        tokio::time::timeout(limit, self.messages.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
     /// The next message on a subscribed topic.
     pub async fn next(&mut self, limit: Duration) -> (String, Vec<u8>, bool) {
         tokio::time::timeout(limit, self.messages.recv())
@@ -739,6 +752,38 @@ impl Peer {
             .expect("a message")
             .expect("peer running")
     }
+}
+
+/// A simulated Zigbee lock (`zigbee2mqtt/front_door`) that unlocks when told, counting the
+/// commands it got.
+pub async fn zigbee_lock(
+    port: u16,
+) -> (
+    tokio::task::JoinHandle<()>,
+    tokio::sync::watch::Receiver<usize>,
+) {
+    let mut peer = Peer::connect(port, "sim-lock").await;
+    peer.subscribe("zigbee2mqtt/front_door/set").await;
+    let (tx, rx) = tokio::sync::watch::channel(0usize);
+    let task = tokio::spawn(async move {
+        loop {
+            let (_, payload, _) = peer.next(Duration::from_secs(3600)).await;
+            tx.send_modify(|n| *n += 1);
+            let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+            let state = if v["state"] == "UNLOCK" {
+                "unlocked"
+            } else {
+                "locked"
+            };
+            peer.publish(
+                "zigbee2mqtt/front_door",
+                format!(r#"{{"lock_state":"{state}"}}"#),
+                false,
+            )
+            .await;
+        }
+    });
+    (task, rx)
 }
 
 /// Events of one kind for one device, in arrival order, as (event, reason-or-status).
@@ -777,12 +822,21 @@ pub async fn rig(devices: &str) -> Rig {
 
 /// A rig whose daemons run with `env` added to their environment.
 pub async fn rig_with(devices: &str, env: Vec<(String, String)>) -> Rig {
+    rig_edited(devices, env, |text| text).await
+}
+
+/// A rig whose config text goes through `edit` before the daemon starts.
+pub async fn rig_edited(
+    devices: &str,
+    env: Vec<(String, String)>,
+    edit: impl FnOnce(String) -> String,
+) -> Rig {
     let rx = Receiver::start(|_| Reply::Status(200)).await;
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path()).await;
     let extra = format!("{}{}", broker.config(), devices);
     // The ports are chosen (and chosen again if taken) by `start_on_fresh_ports`.
-    let text = config_text(dir.path(), &rx.url(), free_port(), &extra);
+    let text = edit(config_text(dir.path(), &rx.url(), free_port(), &extra));
     let config = write_config(dir.path(), &text);
     let mut inbound = free_port();
     let daemon = start_on_fresh_ports(&config, &mut inbound, &env).await;
@@ -863,6 +917,16 @@ impl Rig {
         self.daemon = start_on_fresh_ports(&self.config, &mut self.inbound, &self.env).await;
     }
 
+    /// The daemon's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.daemon.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// POSTs a command to the inbound endpoint; `sign` chooses the secret (None: unsigned).
     pub async fn command(
         &self,
@@ -920,7 +984,8 @@ fn set_listen(text: &str, section: &str, addr: SocketAddr) -> String {
         if line.starts_with('[') {
             in_section = line.trim() == section;
         }
-        if in_section && line.trim_start().starts_with("listen") {
+        // `listen = ""` (no endpoint at all) stays as it is.
+        if in_section && line.trim_start().starts_with("listen") && !line.contains("\"\"") {
             out.push(format!("listen = \"{addr}\""));
         } else {
             out.push(line.to_owned());
@@ -995,18 +1060,31 @@ pub fn make_certs(dir: &Path) -> PathBuf {
     tls
 }
 
+/// The test server certificate's chain and key (from [`make_certs`]'s folder), with the ring
+/// provider installed.
+pub fn server_certificate(
+    certs: &Path,
+) -> (
+    Vec<rustls::pki_types::CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    zenedge::delivery::install_crypto_provider();
+    let chain = CertificateDer::pem_file_iter(certs.join("server.pem"))
+        .unwrap()
+        .map(|c| c.unwrap())
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(certs.join("server.key")).unwrap();
+    (chain, key)
+}
+
 /// The receiver behind HTTPS: TLS on 127.0.0.1 with `certs`' server certificate; with
 /// `require_client`, only clients with a certificate signed by the test CA get through.
 pub async fn https_front(receiver: &Receiver, certs: &Path, require_client: bool) -> SocketAddr {
     use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    zenedge::delivery::install_crypto_provider();
-    let chain: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_file_iter(certs.join("server.pem"))
-            .unwrap()
-            .map(|c| c.unwrap())
-            .collect();
-    let key = PrivateKeyDer::from_pem_file(certs.join("server.key")).unwrap();
+    use rustls::pki_types::CertificateDer;
+    let (chain, key) = server_certificate(certs);
     let builder = rustls::ServerConfig::builder();
     let builder = if require_client {
         let mut roots = rustls::RootCertStore::empty();

@@ -702,7 +702,7 @@ impl Config {
     /// The topics that identify a device (state in, commands out): (config key, what makes
     /// it the same topic, the topic as configured).
     fn device_topics(&self, d: &DeviceConfig) -> Vec<(&'static str, String, String)> {
-        let base = &self.mqtt.zigbee2mqtt_base;
+        let base = d.zigbee2mqtt_base(&self.mqtt.zigbee2mqtt_base);
         let keyed = |name: &'static str, t: &Option<String>, identity: &dyn Fn(&str) -> String| {
             t.iter()
                 .map(|t| (name, identity(t), t.clone()))
@@ -710,7 +710,13 @@ impl Config {
         };
         match d.driver {
             Driver::Zigbee2mqtt => keyed("topic", &d.topic, &|t| format!("{base}/{t}")),
-            Driver::Tasmota => keyed("topic", &d.topic, &|t| format!("cmnd/{t}")),
+            // Two relays of one board are two devices on one topic.
+            Driver::Tasmota => keyed("topic", &d.topic, &|t| {
+                format!("cmnd/{t}/POWER{}", d.relay())
+            }),
+            Driver::Shelly => keyed("topic", &d.topic, &|t| {
+                format!("shelly:{t}/switch:{}", d.switch.unwrap_or(0))
+            }),
             Driver::Homeassistant => {
                 let mut v = keyed("state_topic", &d.state_topic, &|t| t.to_owned());
                 v.extend(keyed("command_topic", &d.command_topic, &|t| {

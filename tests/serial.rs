@@ -193,6 +193,7 @@ port = "{port}"
 address = 101
 scbk = "{key}"
 pulse = "2s"
+card_format = "raw"
 "#,
         port = link.display(),
         key = hex::encode(scbk)
@@ -240,7 +241,7 @@ pulse = "2s"
     })
     .await;
 
-    // A card (the hex of its data, until card formats land) never matches a PIN's hash, even
+    // A card (with card_format = "raw", the hex of its bits) never matches a PIN's hash, even
     // one of the same text; only a grant's card_sha256 (or card_hmac).
     let denials = |log: &[common::Recorded]| {
         device_events(log, "door-reader")
@@ -312,6 +313,91 @@ pulse = "2s"
     })
     .await;
     until("Secure Channel up again", || reader.sc_active()).await;
+}
+
+/// The 26 bits of an H10301 card, parity bits computed (`flip` one of them to break it), as
+/// the reader sends them: first bit in the top bit of the first byte.
+fn wiegand26(facility: u32, card: u32, flip: bool) -> Vec<u8> {
+    let data = facility << 16 | card;
+    let even = (data >> 12).count_ones() % 2;
+    let odd = 1 - (data & 0xFFF).count_ones() % 2;
+    let bits = even << 25 | data << 1 | (odd ^ u32::from(flip));
+    (bits << 6).to_be_bytes().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiegand_26_card_opens_its_grant_and_a_bad_parity_read_is_denied() {
+    let ports = tempfile::tempdir().unwrap();
+    let link = ports.path().join("usb-osdp-cards");
+    let reader = Reader::start(&link, 7, None);
+    let devices = format!(
+        "[presence]\ndebounce = \"0s\"\n[[devices]]\nid = \"card-reader\"\ntype = \"reader\"\n\
+         driver = \"osdp\"\nport = \"{}\"\naddress = 7\ninsecure = true\npulse = \"1s\"\n",
+        link.display()
+    );
+    let r = rig(&devices).await;
+    r.wait_event("card-reader", "device.online", "port_opened")
+        .await;
+    // The card is `<facility>:<card>`; its grant holds that string's SHA-256. Another grant has
+    // a PIN made of the card's digits.
+    for (grant, credential) in [
+        (json!({"card_sha256": sha("1:2")}), "g-card"),
+        (json!({"pin_sha256": sha("12")}), "g-digits"),
+    ] {
+        let mut data = json!({"grant_id": credential, "booking_id": "b", "meeting_space_id": "ms-test",
+               "token_sha256": sha(credential), "valid_from": at(-60), "valid_until": at(3600)});
+        for (k, v) in grant.as_object().unwrap() {
+            data[k] = v.clone();
+        }
+        let (status, answer) = r
+            .command(&command_body("access.magic_link", data), Some(SECRET), &[])
+            .await;
+        assert_eq!(status, 202, "{answer}");
+    }
+    let event = |log: &[common::Recorded], event: &str| {
+        log.iter()
+            .map(|x| x.json())
+            .filter(|j| j["event"] == event && j["data"]["device_id"] == "card-reader")
+            .collect::<Vec<_>>()
+    };
+    // Good parity: the grant's door (the reader's own output) opens.
+    reader.present_wiegand(26, &wiegand26(1, 2, false));
+    r.rx.wait_until(Duration::from_secs(30), "the card's unlock", |log| {
+        event(log, "device.action_completed")
+            .iter()
+            .any(|j| j["data"]["grant_id"] == "g-card")
+    })
+    .await;
+    // A parity bit flipped: denied as unknown_credential, counted, nothing opened.
+    reader.present_wiegand(26, &wiegand26(1, 2, true));
+    r.rx.wait_until(Duration::from_secs(30), "the bad read denied", |log| {
+        event(log, "access.denied").len() == 1
+    })
+    .await;
+    let denied = &r
+        .rx
+        .requests()
+        .iter()
+        .map(|x| x.json())
+        .find(|j| j["event"] == "access.denied")
+        .unwrap();
+    assert_eq!(denied["data"]["reason"], "unknown_credential");
+    assert_eq!(denied["data"]["credential_type"], "card");
+    assert!(r
+        .metrics()
+        .await
+        .contains("zenedge_card_reads_unreadable_total 1"));
+    // A card whose number is 12 is `0:12`, not the PIN 12: denied too.
+    reader.present_wiegand(26, &wiegand26(0, 12, false));
+    r.rx.wait_until(Duration::from_secs(30), "the lookalike denied", |log| {
+        event(log, "access.denied").len() == 2
+    })
+    .await;
+    assert_eq!(
+        event(&r.rx.requests(), "device.action_completed").len(),
+        1,
+        "only the good card opened"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -36,6 +36,10 @@ pub enum Input {
         credential: Credential,
         answer: Answer,
     },
+    /// A card read at `reader` that is not a card of its format (a parity error): denied as
+    /// `unknown_credential` without being compared, and not counted toward a lockout (a bad
+    /// read is not a guess).
+    Unreadable { reader: String, answer: Answer },
     /// Time passed: lockouts that ran out end.
     Tick,
 }
@@ -114,6 +118,7 @@ impl Machine {
                 credential,
                 answer,
             } => self.present(reader, credential, answer, ctx),
+            Input::Unreadable { reader, answer } => unreadable(reader, answer, ctx),
             Input::Tick => {
                 let ended = self.lockouts.tick(ctx.now);
                 let mut out = Vec::new();
@@ -239,6 +244,45 @@ impl Machine {
         lockout_effects(compared, ctx, &mut out);
         out
     }
+}
+
+/// A card read that could not be a card: denied, audited, answered, reported.
+fn unreadable(reader: String, answer: Answer, ctx: &Ctx) -> Vec<Effect> {
+    let reason = crate::wire::DenyReason::UnknownCredential;
+    t::AccessDecision {
+        device: &reader,
+        granted: false,
+        reason: Some(reason.as_str()),
+        credential_type: CredentialType::Card.as_str(),
+    }
+    .emit();
+    vec![
+        Effect::Audit(Entry {
+            at: ctx.now.rfc3339(),
+            credential_type: CredentialType::Card,
+            reader: reader.clone(),
+            doors: Vec::new(),
+            grant_id: None,
+            booking_id: None,
+            result: Outcome::Denied,
+            reason: Some(reason.as_str().to_owned()),
+            clock_untrusted: !ctx.clock_trusted,
+            attempts: None,
+        }),
+        Effect::Answer {
+            reader: reader.clone(),
+            answer,
+            told: Some(Told::Denied),
+        },
+        Effect::Denied {
+            reader,
+            data: AccessDenied {
+                credential_type: CredentialType::Card,
+                reason,
+                booking_id: None,
+            },
+        },
+    ]
 }
 
 /// What the lockout machine asked for: guards to store, an `access.lockout` when one begins,

@@ -36,6 +36,8 @@ pub enum Driver {
     ZenedgePanel,
     ModbusRelay,
     Osdp,
+    /// Shelly Gen2+ relays (Plus, Pro) over MQTT: the relay times the strike's pulse itself.
+    Shelly,
 }
 
 impl Driver {
@@ -47,6 +49,7 @@ impl Driver {
             Driver::ZenedgePanel => "zenedge-panel",
             Driver::ModbusRelay => "modbus-relay",
             Driver::Osdp => "osdp",
+            Driver::Shelly => "shelly",
         }
     }
 
@@ -59,7 +62,9 @@ impl Driver {
     fn types(self) -> &'static [DeviceType] {
         match self {
             Driver::Zigbee2mqtt | Driver::Homeassistant => &[DeviceType::Lock],
-            Driver::Tasmota | Driver::ModbusRelay => &[DeviceType::Strike, DeviceType::Lock],
+            Driver::Tasmota | Driver::ModbusRelay | Driver::Shelly => {
+                &[DeviceType::Strike, DeviceType::Lock]
+            }
             Driver::ZenedgePanel => &[DeviceType::Panel],
             Driver::Osdp => &[DeviceType::Reader],
         }
@@ -69,9 +74,25 @@ impl Driver {
     /// device is a mistake worth naming (a `coil` on a Zigbee lock does nothing).
     fn keys(self) -> &'static [&'static str] {
         match self {
-            Driver::Zigbee2mqtt => &["topic"],
-            Driver::Tasmota => &["topic", "pulse"],
-            Driver::Homeassistant => &["state_topic", "command_topic", "availability_topic"],
+            Driver::Zigbee2mqtt => &["topic", "base"],
+            Driver::Tasmota => &["topic", "pulse", "relay"],
+            Driver::Shelly => &["topic", "pulse", "switch"],
+            Driver::Homeassistant => &[
+                "state_topic",
+                "command_topic",
+                "availability_topic",
+                "payload_lock",
+                "payload_unlock",
+                "payload_open",
+                "state_locked",
+                "state_unlocked",
+                "state_jammed",
+                "state_locking",
+                "state_unlocking",
+                "payload_available",
+                "payload_not_available",
+                "value_json",
+            ],
             Driver::ZenedgePanel => &[],
             Driver::ModbusRelay => &["port", "baud", "address", "coil", "pulse", "flash"],
             Driver::Osdp => &[
@@ -82,6 +103,7 @@ impl Driver {
                 "scbk_file",
                 "insecure",
                 "pulse",
+                "card_format",
             ],
         }
     }
@@ -113,12 +135,64 @@ pub struct DeviceConfig {
     #[serde(default, with = "humantime_serde")]
     pub action_timeout: Option<Duration>,
     pub meeting_space_id: Option<String>,
+    /// zigbee2mqtt: this device's Zigbee2MQTT base topic, over `mqtt.zigbee2mqtt_base` (a
+    /// second Zigbee network on the broker).
+    pub base: Option<String>,
+    /// tasmota: which relay of a multi-relay board (1..=8; `POWER<N>`).
+    pub relay: Option<u8>,
+    /// shelly: which switch of the device (0..).
+    pub switch: Option<u8>,
+    /// osdp: how the reader's card reads are decoded (default `wiegand26`).
+    pub card_format: Option<crate::serial::cards::CardFormat>,
+    /// homeassistant: the payloads and states of the lock (Home Assistant's MQTT lock keys:
+    /// enough for ESPHome, Nuki's MQTT API and Zigbee2MQTT's Home Assistant topics). Unset:
+    /// Home Assistant's defaults.
+    pub payload_lock: Option<String>,
+    pub payload_unlock: Option<String>,
+    /// Unlatch: sent for an unlock when set.
+    pub payload_open: Option<String>,
+    pub state_locked: Option<String>,
+    pub state_unlocked: Option<String>,
+    pub state_jammed: Option<String>,
+    pub state_locking: Option<String>,
+    pub state_unlocking: Option<String>,
+    pub payload_available: Option<String>,
+    pub payload_not_available: Option<String>,
+    /// Read the state from this key of a JSON state message.
+    pub value_json: Option<String>,
     /// `scbk_file`'s contents, read at load.
     #[serde(skip)]
     pub scbk_from_file: Option<Secret>,
 }
 
 impl DeviceConfig {
+    /// The Zigbee2MQTT base topic of this device: its own `base`, else `default`.
+    pub fn zigbee2mqtt_base<'a>(&'a self, default: &'a str) -> &'a str {
+        self.base.as_deref().unwrap_or(default)
+    }
+
+    /// The Home Assistant keys, by name.
+    fn ha_values(&self) -> [(&'static str, Option<&String>); 11] {
+        [
+            ("payload_lock", self.payload_lock.as_ref()),
+            ("payload_unlock", self.payload_unlock.as_ref()),
+            ("payload_open", self.payload_open.as_ref()),
+            ("state_locked", self.state_locked.as_ref()),
+            ("state_unlocked", self.state_unlocked.as_ref()),
+            ("state_jammed", self.state_jammed.as_ref()),
+            ("state_locking", self.state_locking.as_ref()),
+            ("state_unlocking", self.state_unlocking.as_ref()),
+            ("payload_available", self.payload_available.as_ref()),
+            ("payload_not_available", self.payload_not_available.as_ref()),
+            ("value_json", self.value_json.as_ref()),
+        ]
+    }
+
+    /// The Tasmota relay number (1 when unset).
+    pub fn relay(&self) -> u8 {
+        self.relay.unwrap_or(1)
+    }
+
     /// The OSDP Secure Channel key: `None` when the reader runs without Secure Channel.
     pub fn scbk_key(&self) -> Result<Option<[u8; 16]>, &'static str> {
         const BAD: &str = "scbk must be 32 hex digits";
@@ -158,6 +232,13 @@ impl DeviceConfig {
         mark(self.insecure.is_some(), "insecure");
         mark(self.pulse.is_some(), "pulse");
         mark(self.flash.is_some(), "flash");
+        mark(self.base.is_some(), "base");
+        mark(self.relay.is_some(), "relay");
+        mark(self.switch.is_some(), "switch");
+        mark(self.card_format.is_some(), "card_format");
+        for (name, value) in self.ha_values() {
+            mark(value.is_some(), name);
+        }
         set
     }
 
@@ -212,7 +293,21 @@ pub(super) fn validate_device(i: usize, d: &DeviceConfig) -> Result<(), ConfigEr
     };
     match d.driver {
         Driver::Zigbee2mqtt | Driver::Tasmota => {
-            require(d.topic.as_deref().is_some_and(valid_topic), "topic")?
+            require(d.topic.as_deref().is_some_and(valid_topic), "topic")?;
+            if let Some(base) = &d.base {
+                require(valid_topic(base), "base")?;
+            }
+            if d.relay.is_some_and(|r| !(1..=8).contains(&r)) {
+                return Err(ConfigError::key(
+                    key("relay"),
+                    "a Tasmota relay is 1..=8 (POWER1..POWER8)",
+                ));
+            }
+        }
+        Driver::Shelly => {
+            require(d.topic.as_deref().is_some_and(valid_topic), "topic")?;
+            // The relay times the pulse itself (`toggle_after`): without one it would stay on.
+            require(d.pulse.is_some(), "pulse")?;
         }
         Driver::Homeassistant => {
             require(
@@ -225,6 +320,11 @@ pub(super) fn validate_device(i: usize, d: &DeviceConfig) -> Result<(), ConfigEr
             )?;
             if let Some(t) = &d.availability_topic {
                 require(valid_topic(t), "availability_topic")?;
+            }
+            for (name, value) in d.ha_values() {
+                if value.is_some_and(|v| v.trim().is_empty()) {
+                    return Err(ConfigError::key(key(name), "must not be empty"));
+                }
             }
         }
         Driver::ZenedgePanel => {}

@@ -412,3 +412,53 @@ fn the_command_channel_is_configured_or_refused_naming_the_key() {
     );
     assert!(w.iter().any(|x| x.contains("is not served")), "{w:?}");
 }
+
+#[test]
+fn driver_keys_as_installers_use_them_are_checked() {
+    let with = |devices: &str| parse(&format!("{MINIMAL}\n{devices}"));
+    let tasmota = |id: &str, relay: u8| {
+        format!("[[devices]]\nid = \"{id}\"\ntype = \"strike\"\ndriver = \"tasmota\"\ntopic = \"board\"\nrelay = {relay}\n")
+    };
+    // Two relays of one board are two doors on one topic.
+    assert!(with(&format!("{}{}", tasmota("left", 1), tasmota("right", 2))).is_ok());
+    let refused = |devices: &str, key: &str, says: &str| {
+        let e = with(devices).unwrap_err().to_string();
+        assert!(e.contains(key) && e.contains(says), "{e}");
+    };
+    refused(
+        &format!("{}{}", tasmota("left", 2), tasmota("right", 2)),
+        "devices[1].topic",
+        "left",
+    );
+    refused(&tasmota("left", 9), "devices[0].relay", "1..=8");
+    refused(
+        "[[devices]]\nid = \"s\"\ntype = \"strike\"\ndriver = \"shelly\"\ntopic = \"shellyplus1-x\"\n",
+        "devices[0].pulse",
+        "required by driver shelly",
+    );
+    refused(
+        "[[devices]]\nid = \"z\"\ntype = \"lock\"\ndriver = \"zigbee2mqtt\"\ntopic = \"t\"\nrelay = 2\n",
+        "devices[0].relay",
+        "not used by driver zigbee2mqtt",
+    );
+    refused(
+        "[[devices]]\nid = \"h\"\ntype = \"lock\"\ndriver = \"homeassistant\"\nstate_topic = \"a\"\ncommand_topic = \"b\"\nstate_locked = \"\"\n",
+        "devices[0].state_locked",
+        "must not be empty",
+    );
+    refused(
+        "[[devices]]\nid = \"t\"\ntype = \"strike\"\ndriver = \"tasmota\"\ntopic = \"t\"\nvalue_json = \"state\"\n",
+        "devices[0].value_json",
+        "not used by driver tasmota",
+    );
+    // Two Zigbee networks may use the same device topic, each under its own base.
+    let z2m = |id: &str, base: &str| {
+        format!("[[devices]]\nid = \"{id}\"\ntype = \"lock\"\ndriver = \"zigbee2mqtt\"\ntopic = \"door\"\nbase = \"{base}\"\n")
+    };
+    assert!(with(&format!("{}{}", z2m("a", "z2m-1"), z2m("b", "z2m-2"))).is_ok());
+    refused(
+        &format!("{}{}", z2m("a", "z2m-1"), z2m("b", "z2m-1")),
+        "devices[1].topic",
+        "a",
+    );
+}

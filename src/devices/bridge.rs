@@ -17,7 +17,7 @@ impl Hub {
                     return out;
                 }
                 let Some(ask) = drivers::bridge_health_check(topic) else {
-                    return self.bridge_offline(now);
+                    return self.bridge_offline(topic, now);
                 };
                 t::BridgeAsked { topic }.emit();
                 self.bridge_checks.insert(topic.to_owned(), now);
@@ -48,14 +48,17 @@ impl Hub {
         out
     }
 
-    /// Every Zigbee2MQTT device offline, reason `bridge_offline`.
-    pub(super) fn bridge_offline(&mut self, now: Millis) -> Effects {
+    /// Every Zigbee2MQTT device of the bridge whose state topic is `topic` offline, reason
+    /// `bridge_offline` (another Zigbee network's devices are not its business).
+    pub(super) fn bridge_offline(&mut self, topic: &str, now: Millis) -> Effects {
         let mut out = Effects::default();
+        let base = topic.strip_suffix("/bridge/state").unwrap_or(topic);
+        let default = self.config.mqtt.zigbee2mqtt_base.clone();
         let ids: Vec<String> = self
             .config
             .devices
             .iter()
-            .filter(|d| d.driver == Driver::Zigbee2mqtt)
+            .filter(|d| d.driver == Driver::Zigbee2mqtt && d.zigbee2mqtt_base(&default) == base)
             .map(|d| d.id.clone())
             .collect();
         for id in ids {

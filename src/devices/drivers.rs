@@ -70,11 +70,15 @@ pub enum TopicKind {
     PanelStatus,
     PanelCredential,
     PanelAction,
+    /// `<topic>/status/switch:<S>`: a Shelly Gen2 switch's status (`output`).
+    ShellyStatus,
+    /// `<topic>/online`: a Shelly's `true`/`false` (its Last Will).
+    ShellyOnline,
 }
 
 impl TopicKind {
     /// Every kind, for tests and fuzzing that must cover each payload mapper.
-    pub const ALL: [TopicKind; 12] = [
+    pub const ALL: [TopicKind; 14] = [
         TopicKind::Z2mState,
         TopicKind::Z2mAvailability,
         TopicKind::Z2mBridge,
@@ -87,6 +91,8 @@ impl TopicKind {
         TopicKind::PanelStatus,
         TopicKind::PanelCredential,
         TopicKind::PanelAction,
+        TopicKind::ShellyStatus,
+        TopicKind::ShellyOnline,
     ];
 }
 
@@ -144,15 +150,22 @@ fn json_object(payload: &[u8]) -> Result<serde_json::Map<String, Value>, Payload
     }
 }
 
-/// Maps one payload to what it says. Total: any byte string gives an observation or an error.
-pub fn parse(kind: TopicKind, payload: &[u8]) -> Result<Observation, PayloadError> {
+/// Maps one payload to what it says, for `device` when the topic is one device's (its
+/// driver's settings: a Tasmota relay number, a Home Assistant lock's payloads). Total: any byte
+/// string gives an observation or an error.
+pub fn parse(
+    kind: TopicKind,
+    payload: &[u8],
+    device: Option<&DeviceConfig>,
+) -> Result<Observation, PayloadError> {
     if payload.len() > MAX_PAYLOAD {
         return Err(PayloadError::TooLarge(payload.len()));
     }
     let avail =
         |source| online_flag(payload).map(|online| Observation::Availability { online, source });
     match kind {
-        TopicKind::Z2mAvailability | TopicKind::HaAvailability => avail(AvailSource::Availability),
+        TopicKind::Z2mAvailability => avail(AvailSource::Availability),
+        TopicKind::HaAvailability => ha_availability(payload, device),
         TopicKind::Z2mBridge => avail(AvailSource::Availability),
         TopicKind::Z2mHealth => {
             // `{"data":{"healthy":true},"status":"ok"}`
@@ -190,18 +203,39 @@ pub fn parse(kind: TopicKind, payload: &[u8]) -> Result<Observation, PayloadErro
         }
         TopicKind::TasmotaResult => {
             let m = json_object(payload)?;
-            match m.get("POWER").or_else(|| m.get("POWER1")) {
+            // Relay 1 is `POWER` (or `POWER1` with SetOption26); relay N is `POWER<N>`. A RESULT
+            // about another relay, or another command (PulseTime, …), says nothing of this one.
+            let relay = device.map_or(1, DeviceConfig::relay);
+            let value = match relay {
+                1 => m.get("POWER").or_else(|| m.get("POWER1")),
+                n => m.get(&format!("POWER{n}")),
+            };
+            match value {
                 Some(v) => power(v.as_str().unwrap_or_default()),
-                // RESULT also answers other commands (PulseTime, …).
                 None => Ok(Observation::Heard),
             }
         }
         TopicKind::TasmotaPower => power(text(payload)?),
-        TopicKind::HaState => match text(payload)?.to_ascii_uppercase().as_str() {
-            "LOCKED" => Ok(Observation::State(LockState::Locked)),
-            "UNLOCKED" | "OPEN" => Ok(Observation::State(LockState::Unlocked)),
-            "JAMMED" => Ok(Observation::State(LockState::Jammed)),
-            "LOCKING" | "UNLOCKING" | "OPENING" => Ok(Observation::Heard),
+        TopicKind::HaState => ha_state(payload, device),
+        TopicKind::ShellyStatus => {
+            // `{"id":0,"source":"MQTT","output":true,"timer_started_at":…}`
+            let m = json_object(payload)?;
+            match m.get("output") {
+                Some(Value::Bool(true)) => Ok(Observation::State(LockState::Unlocked)),
+                Some(Value::Bool(false)) => Ok(Observation::State(LockState::Locked)),
+                Some(other) => Err(PayloadError::Unexpected(truncate(&other.to_string()))),
+                None => Ok(Observation::Heard),
+            }
+        }
+        TopicKind::ShellyOnline => match text(payload)? {
+            "true" => Ok(Observation::Availability {
+                online: true,
+                source: AvailSource::Lwt,
+            }),
+            "false" => Ok(Observation::Availability {
+                online: false,
+                source: AvailSource::Lwt,
+            }),
             other => Err(PayloadError::Unexpected(truncate(other))),
         },
         TopicKind::PanelCredential => {
@@ -211,6 +245,70 @@ pub fn parse(kind: TopicKind, payload: &[u8]) -> Result<Observation, PayloadErro
             json_object(payload).map(|m| Observation::PanelAction(Value::Object(m)))
         }
     }
+}
+
+/// A Home Assistant lock's state: the payload, or with `value_json` that key of a JSON message
+/// (a number or text), against the lock's configured states (Home Assistant's defaults unset).
+fn ha_state(payload: &[u8], device: Option<&DeviceConfig>) -> Result<Observation, PayloadError> {
+    let raw = match device.and_then(|d| d.value_json.as_deref()) {
+        Some(key) => match json_object(payload)?.get(key) {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            Some(Value::Bool(b)) => b.to_string(),
+            Some(other) => return Err(PayloadError::Unexpected(truncate(&other.to_string()))),
+            // Other attributes of the device (battery, …): alive, nothing about the lock.
+            None => return Ok(Observation::Heard),
+        },
+        None => text(payload)?.to_owned(),
+    };
+    let raw = raw.trim();
+    let is = |configured: Option<&String>, default: &str| {
+        raw.eq_ignore_ascii_case(configured.map_or(default, |s| s.as_str()))
+    };
+    let d = device;
+    let set = |f: fn(&DeviceConfig) -> Option<&String>| d.and_then(f);
+    if is(set(|d| d.state_locked.as_ref()), "LOCKED") {
+        Ok(Observation::State(LockState::Locked))
+    } else if is(set(|d| d.state_unlocked.as_ref()), "UNLOCKED") || raw.eq_ignore_ascii_case("OPEN")
+    {
+        Ok(Observation::State(LockState::Unlocked))
+    } else if is(set(|d| d.state_jammed.as_ref()), "JAMMED") {
+        Ok(Observation::State(LockState::Jammed))
+    } else if is(set(|d| d.state_locking.as_ref()), "LOCKING")
+        || is(set(|d| d.state_unlocking.as_ref()), "UNLOCKING")
+        || raw.eq_ignore_ascii_case("OPENING")
+    {
+        Ok(Observation::Heard)
+    } else {
+        Err(PayloadError::Unexpected(truncate(raw)))
+    }
+}
+
+/// A Home Assistant availability message: the lock's `payload_available` /
+/// `payload_not_available`, else `online`/`offline` (plain or as `{"state":…}`).
+fn ha_availability(
+    payload: &[u8],
+    device: Option<&DeviceConfig>,
+) -> Result<Observation, PayloadError> {
+    let custom =
+        device.filter(|d| d.payload_available.is_some() || d.payload_not_available.is_some());
+    let online = match custom {
+        Some(d) => {
+            let t = text(payload)?;
+            if t == d.payload_available.as_deref().unwrap_or("online") {
+                true
+            } else if t == d.payload_not_available.as_deref().unwrap_or("offline") {
+                false
+            } else {
+                return Err(PayloadError::Unexpected(truncate(t)));
+            }
+        }
+        None => online_flag(payload)?,
+    };
+    Ok(Observation::Availability {
+        online,
+        source: AvailSource::Availability,
+    })
 }
 
 /// A Tasmota relay drives a strike: energised (ON) is open.
@@ -234,8 +332,13 @@ pub struct Outgoing {
 }
 
 /// The topic and payload that carry `command` to `device`, or `None` when its driver cannot
-/// (a panel has no lock; a Tasmota strike is closed by its own PulseTime).
-pub fn command(config: &Config, device: &DeviceConfig, command: Command) -> Option<Outgoing> {
+/// (a panel has no lock). `duration_s`: an unlock's own length, which a Shelly times itself.
+pub fn command(
+    config: &Config,
+    device: &DeviceConfig,
+    command: Command,
+    duration_s: Option<u64>,
+) -> Option<Outgoing> {
     let out = |topic: String, payload: &str| {
         Some(Outgoing {
             topic,
@@ -247,7 +350,7 @@ pub fn command(config: &Config, device: &DeviceConfig, command: Command) -> Opti
         (Driver::Zigbee2mqtt, c) => out(
             format!(
                 "{}/{}/set",
-                config.mqtt.zigbee2mqtt_base,
+                device.zigbee2mqtt_base(&config.mqtt.zigbee2mqtt_base),
                 device.topic.as_deref()?
             ),
             match c {
@@ -255,21 +358,63 @@ pub fn command(config: &Config, device: &DeviceConfig, command: Command) -> Opti
                 Command::Lock => r#"{"state":"LOCK"}"#,
             },
         ),
-        (Driver::Tasmota, Command::Unlock) => {
-            out(format!("cmnd/{}/POWER", device.topic.as_deref()?), "ON")
-        }
-        (Driver::Tasmota, Command::Lock) => {
-            out(format!("cmnd/{}/POWER", device.topic.as_deref()?), "OFF")
-        }
+        (Driver::Tasmota, c) => out(
+            format!(
+                "cmnd/{}/{}",
+                device.topic.as_deref()?,
+                tasmota_power(device.relay())
+            ),
+            match c {
+                Command::Unlock => "ON",
+                Command::Lock => "OFF",
+            },
+        ),
         (Driver::Homeassistant, c) => out(
             device.command_topic.clone()?,
             match c {
-                Command::Unlock => "UNLOCK",
-                Command::Lock => "LOCK",
+                // An unlatch where the lock has one (Nuki's `unlatch`, HA's `OPEN`).
+                Command::Unlock => device
+                    .payload_open
+                    .as_deref()
+                    .or(device.payload_unlock.as_deref())
+                    .unwrap_or("UNLOCK"),
+                Command::Lock => device.payload_lock.as_deref().unwrap_or("LOCK"),
             },
         ),
+        (Driver::Shelly, c) => {
+            let switch = device.switch.unwrap_or(0);
+            let mut params = serde_json::json!({"id": switch, "on": c == Command::Unlock});
+            if c == Command::Unlock {
+                // The relay ends the pulse itself: no second message, no flash write.
+                let secs = duration_s
+                    .map(|s| s as f64)
+                    .or(device.pulse.map(|p| p.as_secs_f64()));
+                if let Some(secs) = secs {
+                    params["toggle_after"] = serde_json::json!(secs);
+                }
+            }
+            let request = serde_json::json!({"id": 1, "src": shelly_source(config),
+                "method": "Switch.Set", "params": params});
+            out(
+                format!("{}/rpc", device.topic.as_deref()?),
+                &request.to_string(),
+            )
+        }
         _ => None,
     }
+}
+
+/// `POWER` for relay 1, `POWER<N>` for the others (Tasmota's command and state names).
+fn tasmota_power(relay: u8) -> String {
+    match relay {
+        1 => "POWER".to_owned(),
+        n => format!("POWER{n}"),
+    }
+}
+
+/// Where a Shelly sends its RPC answers: `zenedge-<controller_id>` (`…/rpc`).
+pub fn shelly_source(config: &Config) -> String {
+    format!("zenedge-{}", config.controller.id)
 }
 
 /// The panel topic prefix: `zenedge/<controller_id>/panels/<device_id>`.
@@ -306,13 +451,13 @@ impl Routes {
         let mut add = |topic: String, device: Option<usize>, kind| {
             r.routes.entry(topic).or_default().push((device, kind));
         };
-        let base = &config.mqtt.zigbee2mqtt_base;
-        let mut any_z2m = false;
+        let mut bases = std::collections::BTreeSet::new();
         for (i, d) in config.devices.iter().enumerate() {
             let topic = d.topic.clone().unwrap_or_default();
             match d.driver {
                 Driver::Zigbee2mqtt => {
-                    any_z2m = true;
+                    let base = d.zigbee2mqtt_base(&config.mqtt.zigbee2mqtt_base);
+                    bases.insert(base.to_owned());
                     add(format!("{base}/{topic}"), Some(i), TopicKind::Z2mState);
                     add(
                         format!("{base}/{topic}/availability"),
@@ -328,10 +473,18 @@ impl Routes {
                         TopicKind::TasmotaResult,
                     );
                     add(
-                        format!("stat/{topic}/POWER"),
+                        format!("stat/{topic}/{}", tasmota_power(d.relay())),
                         Some(i),
                         TopicKind::TasmotaPower,
                     );
+                }
+                Driver::Shelly => {
+                    add(
+                        format!("{topic}/status/switch:{}", d.switch.unwrap_or(0)),
+                        Some(i),
+                        TopicKind::ShellyStatus,
+                    );
+                    add(format!("{topic}/online"), Some(i), TopicKind::ShellyOnline);
                 }
                 Driver::Homeassistant => {
                     if let Some(t) = &d.state_topic {
@@ -354,7 +507,8 @@ impl Routes {
                 Driver::ModbusRelay | Driver::Osdp => {}
             }
         }
-        if any_z2m {
+        // Each Zigbee2MQTT network's bridge: its state concerns only its own devices.
+        for base in bases {
             add(format!("{base}/bridge/state"), None, TopicKind::Z2mBridge);
             add(
                 format!("{base}/bridge/response/health_check"),
@@ -446,7 +600,7 @@ mod tests {
         ];
         for (kind, payload, want) in cases {
             assert_eq!(
-                &parse(*kind, payload),
+                &parse(*kind, payload, None),
                 want,
                 "{}",
                 String::from_utf8_lossy(payload)
@@ -482,12 +636,160 @@ mod tests {
         ];
         for (kind, payload, want) in cases {
             assert_eq!(
-                &parse(*kind, payload),
+                &parse(*kind, payload, None),
                 want,
                 "{}",
                 String::from_utf8_lossy(payload)
             );
         }
+    }
+
+    /// Devices whose settings change how their payloads read and their commands look.
+    fn installers_config() -> Config {
+        crate::config::testing::parse(
+            r#"
+[[devices]]
+id = "relay-2"
+type = "strike"
+driver = "tasmota"
+topic = "board"
+relay = 2
+[[devices]]
+id = "nuki"
+type = "lock"
+driver = "homeassistant"
+state_topic = "nuki/state"
+command_topic = "nuki/lockAction"
+availability_topic = "nuki/connected"
+value_json = "state"
+state_locked = "1"
+state_unlocked = "3"
+state_unlocking = "2"
+state_locking = "4"
+state_jammed = "254"
+payload_lock = "2"
+payload_unlock = "1"
+payload_open = "3"
+payload_available = "true"
+payload_not_available = "false"
+[[devices]]
+id = "strike-shelly"
+type = "strike"
+driver = "shelly"
+topic = "shellyplus1-a8032ab1"
+switch = 0
+pulse = "3s"
+[[devices]]
+id = "upstairs"
+type = "lock"
+driver = "zigbee2mqtt"
+topic = "door"
+base = "z2m-floor2"
+"#,
+        )
+    }
+
+    #[test]
+    fn drivers_as_installers_have_them_read_their_devices_payloads() {
+        use TopicKind::*;
+        let config = installers_config();
+        let d = |id: &str| config.devices.iter().find(|d| d.id == id);
+        type Case<'a> = (
+            &'a str,
+            TopicKind,
+            &'a [u8],
+            Result<Observation, PayloadError>,
+        );
+        let cases: &[Case] = &[
+            // Relay 2 of a board: its own POWER2; relay 1's state is about another door.
+            ("relay-2", TasmotaResult, br#"{"POWER2":"ON"}"#, Ok(State(Unlocked))),
+            ("relay-2", TasmotaResult, br#"{"POWER1":"ON"}"#, Ok(Heard)),
+            ("relay-2", TasmotaResult, br#"{"POWER":"OFF"}"#, Ok(Heard)),
+            // Nuki's MQTT API: numeric states in JSON, through `value_json`.
+            ("nuki", HaState, br#"{"state":1,"batteryCritical":false}"#, Ok(State(Locked))),
+            ("nuki", HaState, br#"{"state":3}"#, Ok(State(Unlocked))),
+            ("nuki", HaState, br#"{"state":"2"}"#, Ok(Heard)),
+            ("nuki", HaState, br#"{"state":254}"#, Ok(State(Jammed))),
+            ("nuki", HaState, br#"{"batteryChargeState":80}"#, Ok(Heard)),
+            ("nuki", HaState, br#"{"state":77}"#, Err(PayloadError::Unexpected("77".into()))),
+            ("nuki", HaState, b"1", Err(PayloadError::Unexpected("1".into()))),
+            ("nuki", HaAvailability, b"true", avail(true, AvailSource::Availability)),
+            ("nuki", HaAvailability, b"false", avail(false, AvailSource::Availability)),
+            ("nuki", HaAvailability, b"online", Err(PayloadError::Unexpected("online".into()))),
+            // A Shelly Plus 1's switch status and its Last Will.
+            (
+                "strike-shelly",
+                ShellyStatus,
+                br#"{"id":0,"source":"MQTT","output":true,"timer_started_at":1700000000.5,"timer_duration":3.00,"temperature":{"tC":45.1}}"#,
+                Ok(State(Unlocked)),
+            ),
+            ("strike-shelly", ShellyStatus, br#"{"id":0,"output":false}"#, Ok(State(Locked))),
+            ("strike-shelly", ShellyStatus, br#"{"id":0,"apower":0}"#, Ok(Heard)),
+            ("strike-shelly", ShellyOnline, b"true", avail(true, AvailSource::Lwt)),
+            ("strike-shelly", ShellyOnline, b"false", avail(false, AvailSource::Lwt)),
+        ];
+        for (id, kind, payload, want) in cases {
+            assert_eq!(
+                &parse(*kind, payload, d(id)),
+                want,
+                "{id} {kind:?} {}",
+                String::from_utf8_lossy(payload)
+            );
+        }
+    }
+
+    #[test]
+    fn drivers_as_installers_have_them_command_and_subscribe() {
+        let config = installers_config();
+        let d = |id: &str| config.devices.iter().find(|d| d.id == id).unwrap();
+        let sent = |id: &str, c: Command, duration: Option<u64>| {
+            let o = command(&config, d(id), c, duration).unwrap();
+            (o.topic, String::from_utf8(o.payload).unwrap(), o.retain)
+        };
+        assert_eq!(
+            sent("relay-2", Command::Unlock, None),
+            ("cmnd/board/POWER2".into(), "ON".into(), false)
+        );
+        // The unlatch where the lock has one, its own lock payload.
+        assert_eq!(sent("nuki", Command::Unlock, None).1, "3");
+        assert_eq!(sent("nuki", Command::Lock, None).1, "2");
+        assert_eq!(
+            sent("upstairs", Command::Unlock, None).0,
+            "z2m-floor2/door/set"
+        );
+        // A Shelly times its own pulse: `duration_s`, else the device's pulse.
+        let (topic, payload, retain) = sent("strike-shelly", Command::Unlock, None);
+        assert_eq!(
+            (topic.as_str(), retain),
+            ("shellyplus1-a8032ab1/rpc", false)
+        );
+        let rpc: Value = serde_json::from_str(&payload).unwrap();
+        assert_eq!(
+            rpc,
+            serde_json::json!({"id": 1, "src": "zenedge-edge-1", "method": "Switch.Set",
+                "params": {"id": 0, "on": true, "toggle_after": 3.0}})
+        );
+        let rpc: Value =
+            serde_json::from_str(&sent("strike-shelly", Command::Unlock, Some(8)).1).unwrap();
+        assert_eq!(rpc["params"]["toggle_after"], 8.0);
+        let rpc: Value =
+            serde_json::from_str(&sent("strike-shelly", Command::Lock, None).1).unwrap();
+        assert_eq!(rpc["params"], serde_json::json!({"id": 0, "on": false}));
+
+        let routes = Routes::new(&config);
+        let mut topics: Vec<&str> = routes.topics().collect();
+        topics.sort_unstable();
+        for t in [
+            "stat/board/POWER2",
+            "shellyplus1-a8032ab1/status/switch:0",
+            "shellyplus1-a8032ab1/online",
+            "z2m-floor2/door",
+            "z2m-floor2/bridge/state",
+        ] {
+            assert!(topics.contains(&t), "{t} not in {topics:?}");
+        }
+        // Only the networks that have devices: no bridge of the default base here.
+        assert!(!topics.contains(&"zigbee2mqtt/bridge/state"), "{topics:?}");
     }
 
     #[test]
@@ -507,7 +809,7 @@ mod tests {
         ];
         for kind in kinds {
             for g in garbage {
-                let r = parse(kind, g);
+                let r = parse(kind, g, None);
                 assert!(
                     !matches!(r, Ok(State(_)) | Ok(Availability { .. })),
                     "{kind:?} took garbage {:?} as {r:?}",
@@ -524,7 +826,7 @@ mod tests {
             let len = (x % 64) as usize;
             let bytes: Vec<u8> = (0..len).map(|i| (x >> (i % 8 * 8)) as u8).collect();
             for kind in kinds {
-                let _ = parse(kind, &bytes);
+                let _ = parse(kind, &bytes, None);
             }
         }
     }

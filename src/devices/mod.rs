@@ -342,7 +342,8 @@ impl Hub {
         let mut out = Effects::default();
         let routes: Vec<(Option<usize>, TopicKind)> = self.routes.lookup(topic).to_vec();
         for (device, kind) in routes {
-            let observation = match drivers::parse(kind, payload) {
+            let settings = device.and_then(|i| self.config.devices.get(i));
+            let observation = match drivers::parse(kind, payload, settings) {
                 Ok(o) => o,
                 Err(error) => {
                     self.counters.malformed.fetch_add(1, Ordering::Relaxed);
@@ -422,7 +423,7 @@ impl Hub {
         else {
             return Effects::default();
         };
-        let outgoing = drivers::command(&self.config, device, request.command);
+        let outgoing = drivers::command(&self.config, device, request.command, request.duration_s);
         // A relay board always has a coil; a reader only opens a door wired to its output.
         let serial = match device.driver {
             Driver::ModbusRelay => true,
@@ -518,6 +519,20 @@ impl Hub {
                 };
                 self.completions(done)
             }
+            Happening::CardUnreadable { error } => {
+                t::CardUnreadable {
+                    device,
+                    error: &error,
+                }
+                .emit();
+                self.access(
+                    crate::access::machine::Input::Unreadable {
+                        reader: device.to_owned(),
+                        answer: crate::access::machine::Answer::Reader,
+                    },
+                    now,
+                )
+            }
             Happening::Credential { kind, value } => {
                 use crate::access::Credential;
                 let credential = match kind {
@@ -553,7 +568,7 @@ impl Hub {
         for topic in unanswered {
             self.bridge_checks.remove(&topic);
             t::BridgeUnanswered { topic: &topic }.emit();
-            out.merge(self.bridge_offline(now));
+            out.merge(self.bridge_offline(&topic, now));
         }
         let t = self.presence.tick(now);
         out.merge(self.transitions(t, now));

@@ -7,6 +7,7 @@
 //! written the moment it arrives, not at the next timeout), feeds the machine, writes what it
 //! asks, and reports what happened to the device hub through a callback.
 
+pub mod cards;
 pub mod modbus;
 pub mod osdp;
 pub mod sc;
@@ -74,7 +75,11 @@ impl Machine {
                     device: d.id.clone(),
                     message,
                 })?;
-                let s = ReaderSettings::new(address, scbk, pulse);
+                let mut s = ReaderSettings::new(address, scbk, pulse);
+                s.card_format = d.card_format.unwrap_or_default();
+                if let Some(t) = d.offline_after {
+                    s.offline_after = t;
+                }
                 Ok(Machine::Reader(Box::new(Cp::new(
                     s,
                     Box::new(rand::random::<[u8; 8]>),

@@ -30,6 +30,13 @@ pub struct ReaderSettings {
     pub poll_every: Duration,
     /// Wait before starting over after the link failed.
     pub retry_wait: Duration,
+    /// Silence (no valid reply) after which the reader is offline: libosdp's 8 s, so one lost
+    /// reply or a glitch on the bus is not an outage.
+    pub offline_after: Duration,
+    /// A reader that answers BUSY is asked again this much later.
+    pub busy_wait: Duration,
+    /// How the reader's card reads are decoded.
+    pub card_format: super::cards::CardFormat,
 }
 
 impl ReaderSettings {
@@ -41,6 +48,9 @@ impl ReaderSettings {
             reply_timeout: Duration::from_millis(200),
             poll_every: Duration::from_millis(100),
             retry_wait: Duration::from_secs(1),
+            offline_after: Duration::from_secs(8),
+            busy_wait: Duration::from_millis(800),
+            card_format: super::cards::CardFormat::default(),
         }
     }
 }
@@ -68,14 +78,12 @@ struct Queued {
 
 struct InFlight {
     code: u8,
+    /// The command's data, for a BUSY reader asked again.
+    data: Vec<u8>,
     cmd: Option<Cmd>,
     packet: Vec<u8>,
     deadline: Instant,
-    tries: u8,
 }
-
-/// Sends per packet: the first and two retries with the same sequence number.
-const TRIES: u8 = 3;
 /// Digits kept while a PIN is typed; more is someone leaning on the keypad.
 const MAX_PIN: usize = 16;
 /// A PIN typed this long ago without `#` is forgotten.
@@ -107,6 +115,10 @@ pub struct Cp {
     linked_since_open: bool,
     pin: String,
     pin_at: Option<Instant>,
+    /// The last valid reply (or the start of the link): silence is measured from here.
+    last_valid: Instant,
+    /// After a BUSY: nothing is sent before this.
+    hold_until: Option<Instant>,
     pub counters: CpCounters,
 }
 
@@ -128,6 +140,8 @@ impl Cp {
             linked_since_open: false,
             pin: String::new(),
             pin_at: None,
+            last_valid: now,
+            hold_until: None,
             counters: CpCounters::default(),
         }
     }
@@ -152,6 +166,8 @@ impl Cp {
         self.inflight = None;
         self.seq = 0;
         self.phase = Phase::Id;
+        self.last_valid = now;
+        self.hold_until = None;
         let mut step = Step::default();
         self.send(code::ID, vec![0], None, None, now, &mut step);
         step
@@ -271,10 +287,10 @@ impl Cp {
         step.send.push(packet.clone());
         self.inflight = Some(InFlight {
             code,
+            data,
             cmd,
             packet,
             deadline: now + self.s.reply_timeout,
-            tries: 1,
         });
     }
 
@@ -316,17 +332,20 @@ impl Cp {
             return;
         }
         self.counters.frames += 1;
+        self.last_valid = now;
         let Some(f) = self.inflight.take() else {
             return;
         };
         self.next_seq();
         if reply.code == code::BUSY {
-            // Same command again at the next slot, with the next sequence number.
+            // The same command, data included, after the reader's pause (OSDP: a BUSY reply
+            // means "ask again"; it carried out nothing).
             self.queue.push_front(Queued {
                 code: f.code,
-                data: Vec::new(),
+                data: f.data,
                 cmd: f.cmd,
             });
+            self.hold_until = Some(now + self.s.busy_wait);
             return;
         }
         if reply.code == code::NAK {
@@ -434,19 +453,28 @@ impl Cp {
             Phase::Online => {
                 match reply.code {
                     code::KEYPAD => self.keypad(&reply.data, now, step),
-                    code::RAW => {
-                        // reader, format, bit count (LE), data.
-                        if let Some(card) = reply.data.get(4..).filter(|d| !d.is_empty()) {
+                    code::RAW => self.card(&reply.data, step),
+                    code::FMT => {
+                        // reader, direction, length, characters: the card as the reader
+                        // formatted it, taken as given.
+                        let chars = reply.data.get(3..).unwrap_or(&[]);
+                        let len = usize::from(reply.data.get(2).copied().unwrap_or(0));
+                        let text = String::from_utf8_lossy(&chars[..len.min(chars.len())]);
+                        let text = text.trim();
+                        if !text.is_empty() {
                             step.happened.push(Happening::Credential {
                                 kind: CredentialKind::Card,
-                                value: hex::encode(card),
+                                value: text.to_owned(),
                             });
                         }
                     }
                     _ => {}
                 }
                 if let Some(cmd) = f.cmd {
-                    let result = if reply.code == code::ACK {
+                    // An OUT answered with the output's status (osdp_OSTATR) was carried out.
+                    let done = reply.code == code::ACK
+                        || (f.code == code::OUT && reply.code == code::OSTATR);
+                    let result = if done {
                         Ok(())
                     } else {
                         Err(SerialFailure::UnexpectedReply(reply.code))
@@ -490,6 +518,25 @@ impl Cp {
         }
     }
 
+    /// An `osdp_RAW` card read (reader, format, bit count LE, data), decoded by the reader's
+    /// card format; a read that is not a card of it (parity, length) is refused and counted.
+    fn card(&mut self, data: &[u8], step: &mut Step) {
+        let bits = u16::from_le_bytes([
+            data.get(2).copied().unwrap_or(0),
+            data.get(3).copied().unwrap_or(0),
+        ]);
+        let card = data.get(4..).unwrap_or(&[]);
+        match super::cards::decode(self.s.card_format, bits, card) {
+            Ok(value) => step.happened.push(Happening::Credential {
+                kind: CredentialKind::Card,
+                value,
+            }),
+            Err(error) => step.happened.push(Happening::CardUnreadable {
+                error: error.to_string(),
+            }),
+        }
+    }
+
     fn keypad(&mut self, data: &[u8], now: Instant, step: &mut Step) {
         // reader, count, keys. OSDP sends `#` as 0x0D and `*` as 0x7F; some readers send ASCII.
         let count = usize::from(data.get(1).copied().unwrap_or(0));
@@ -524,6 +571,10 @@ impl Cp {
         if self.inflight.is_some() || self.phase != Phase::Online {
             return;
         }
+        if self.hold_until.is_some_and(|t| now < t) {
+            return;
+        }
+        self.hold_until = None;
         if let Some(q) = self.queue.pop_front() {
             self.send(q.code, q.data, q.cmd, None, now, step);
         } else if now >= self.next_poll {
@@ -547,16 +598,17 @@ impl Cp {
             }
             return step;
         }
+        let silent = now.saturating_duration_since(self.last_valid) >= self.s.offline_after;
         if let Some(f) = &mut self.inflight {
             if now >= f.deadline {
-                if f.tries < TRIES {
-                    // OSDP: a retry repeats the packet with the same sequence number.
-                    f.tries += 1;
+                if silent {
+                    self.fail_link(now, &mut step);
+                } else {
+                    // OSDP: a retry repeats the packet with the same sequence number, until
+                    // the reader has been silent for `offline_after`.
                     f.deadline = now + self.s.reply_timeout;
                     self.decoder.clear();
                     step.send.push(f.packet.clone());
-                } else {
-                    self.fail_link(now, &mut step);
                 }
                 return step;
             }
@@ -568,7 +620,10 @@ impl Cp {
     pub fn next_deadline(&self) -> Option<Instant> {
         let phase = match self.phase {
             Phase::Waiting(t) => Some(t),
-            Phase::Online if self.inflight.is_none() => Some(self.next_poll),
+            Phase::Online if self.inflight.is_none() => Some(
+                self.hold_until
+                    .map_or(self.next_poll, |h| h.max(self.next_poll)),
+            ),
             _ => None,
         };
         [

@@ -92,6 +92,11 @@ pub enum Happening {
         kind: CredentialKind,
         value: String,
     },
+    /// A card read that is not a card of the reader's format (a parity error, the wrong bit
+    /// count): denied, never compared.
+    CardUnreadable {
+        error: String,
+    },
 }
 
 /// One report to the hub.

@@ -182,6 +182,8 @@ happenings! {
         => WARN "Inbound command refused.";
     InboundAccepted<'a> { event: &'a str, id: &'a str }
         => INFO "Inbound command accepted.";
+    CardUnreadable<'a> { device: &'a str, error: &'a str }
+        => WARN "A card read is not a card of the reader's format; denied.", card_unreadable;
     ChannelConnected<'a> { url: &'a str }
         => INFO "Command channel connected to ZenCore's broker.";
     ChannelConnectFailed<'a> { url: &'a str, error: &'a str, retry_in_ms: u64 }

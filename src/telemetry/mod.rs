@@ -31,6 +31,8 @@ pub struct Metrics {
     pub inbound_evicted: AtomicU64,
     /// Adapters (MQTT, serial ports, listeners) restarted after they failed.
     pub adapter_restarts: AtomicU64,
+    /// Card reads refused as not a card of the reader's format (parity, length).
+    pub card_unreadable: AtomicU64,
     /// Commands answered, by (transport, status).
     pub commands: std::sync::Mutex<std::collections::BTreeMap<(String, u16), u64>>,
 }
@@ -278,6 +280,13 @@ pub fn prometheus(g: &Gauges) -> String {
         "counter",
         "Inbound connections closed before sending a whole request, to make room for new ones.",
         &[("", load(&m.inbound_evicted) as f64)],
+    );
+    metric(
+        &mut out,
+        "zenedge_card_reads_unreadable_total",
+        "counter",
+        "Card reads denied as not a card of the reader's format (parity error, wrong bit count).",
+        &[("", load(&m.card_unreadable) as f64)],
     );
     let commands: Vec<(String, f64)> = m
         .commands

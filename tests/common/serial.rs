@@ -312,6 +312,14 @@ impl Reader {
         self.events.send(e).unwrap();
     }
 
+    /// Presents a Wiegand card: `nr_bits` bits of `data`, first bit in the top bit.
+    pub fn present_wiegand(&self, nr_bits: usize, data: &[u8]) {
+        let e = libosdp::OsdpEvent::CardRead(
+            libosdp::OsdpEventCardRead::new_wiegand(nr_bits, data.to_vec()).unwrap(),
+        );
+        self.events.send(e).unwrap();
+    }
+
     pub fn sc_active(&self) -> bool {
         self.sc_active.load(Ordering::SeqCst)
     }

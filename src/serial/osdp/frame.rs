@@ -25,7 +25,9 @@ pub mod code {
     pub const NAK: u8 = 0x41;
     pub const PDID: u8 = 0x45;
     pub const PDCAP: u8 = 0x46;
+    pub const OSTATR: u8 = 0x4A;
     pub const RAW: u8 = 0x50;
+    pub const FMT: u8 = 0x51;
     pub const KEYPAD: u8 = 0x53;
     pub const CCRYPT: u8 = 0x76;
     pub const RMAC_I: u8 = 0x78;

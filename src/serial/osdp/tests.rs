@@ -105,17 +105,20 @@ fn insecure_link_comes_up_polls_and_reads_a_pin() {
 }
 
 #[test]
-fn silence_retries_with_the_same_sequence_then_goes_offline_and_restarts() {
+fn silence_retries_with_the_same_sequence_for_8_s_then_goes_offline_and_restarts() {
     let t0 = Instant::now();
     let mut cp = cp_after_id_and_cap(t0, &[]);
     let unlock = cp.command(Cmd::Unlock { pulse: None }, t0);
     assert!(unlock.send.is_empty(), "a POLL is in flight");
     let ms = |n| t0 + Duration::from_millis(n);
-    let poll_retry = cp.tick(ms(200));
-    assert_eq!(poll_retry.send.len(), 1);
-    assert_eq!(seq_of(&poll_retry.send[0]), 2);
-    cp.tick(ms(400));
-    let s = cp.tick(ms(600));
+    // Every 200 ms the same packet again, same sequence number; no outage for 8 s.
+    for n in (200..8_000).step_by(200) {
+        let s = cp.tick(ms(n));
+        assert_eq!(s.send.len(), 1, "at {n} ms");
+        assert_eq!(seq_of(&s.send[0]), 2, "at {n} ms");
+        assert!(s.happened.is_empty(), "at {n} ms: {:?}", s.happened);
+    }
+    let s = cp.tick(ms(8_000));
     assert!(s
         .happened
         .contains(&Happening::Offline(LinkReason::PollTimeout)));
@@ -123,13 +126,99 @@ fn silence_retries_with_the_same_sequence_then_goes_offline_and_restarts() {
         cmd: Cmd::Unlock { pulse: None },
         result: Err(SerialFailure::DeviceOffline)
     }));
-    assert!(cp.tick(ms(1_500)).send.is_empty());
-    let s = cp.tick(ms(1_600));
+    assert!(cp.tick(ms(8_900)).send.is_empty());
+    let s = cp.tick(ms(9_000));
     assert_eq!(s.send[0][6], code::ID);
     assert_eq!(seq_of(&s.send[0]), 0);
-    cp.bytes(&reply(1, 0, code::PDID, &[0; 12]), ms(1_610));
-    let s = cp.bytes(&reply(1, 1, code::PDCAP, &[]), ms(1_620));
+    cp.bytes(&reply(1, 0, code::PDID, &[0; 12]), ms(9_010));
+    let s = cp.bytes(&reply(1, 1, code::PDCAP, &[]), ms(9_020));
     assert_eq!(s.happened, vec![Happening::Online(LinkReason::PollReply)]);
+}
+
+#[test]
+fn a_lost_reply_is_not_an_outage_and_busy_repeats_the_command_with_its_data() {
+    let t0 = Instant::now();
+    let ms = |n| t0 + Duration::from_millis(n);
+    let mut cp = cp_after_id_and_cap(t0, &[]);
+    // POLL (seq 2) lost once, answered on its retry; the next POLL (seq 3) follows.
+    let s = cp.tick(ms(200));
+    assert_eq!(seq_of(&s.send[0]), 2);
+    let s = cp.bytes(&reply(1, 2, code::ACK, &[]), ms(210));
+    assert!(s.happened.is_empty());
+    assert_eq!(seq_of(&s.send[0]), 3);
+    // An unlock waits for that POLL's answer, then goes out as an OUT (seq 1)...
+    let unlock = Cmd::Unlock {
+        pulse: Some(Duration::from_secs(2)),
+    };
+    assert!(cp.command(unlock, ms(300)).send.is_empty());
+    let s = cp.bytes(&reply(1, 3, code::ACK, &[]), ms(305));
+    let out = s.send[0].clone();
+    assert_eq!((out[6], seq_of(&out)), (code::OUT, 1));
+    // ...answered BUSY: nothing is sent for 800 ms, then the same OUT with the same data.
+    let s = cp.bytes(&reply(1, 1, code::BUSY, &[]), ms(310));
+    assert!(s.send.is_empty() && s.happened.is_empty());
+    assert!(cp.tick(ms(1_000)).send.is_empty(), "held after BUSY");
+    let s = cp.tick(ms(1_110));
+    assert_eq!(s.send.len(), 1);
+    assert_eq!((s.send[0][6], seq_of(&s.send[0])), (code::OUT, 2));
+    // Output 0, temporary on, 20 tenths: as the first time.
+    assert_eq!(&s.send[0][7..11], &out[7..11]);
+    assert_eq!(&s.send[0][7..11], &[0, 5, 20, 0]);
+    // Answered with the output's status (osdp_OSTATR): carried out.
+    let s = cp.bytes(&reply(1, 2, code::OSTATR, &[1]), ms(1_120));
+    assert!(s.happened.contains(&Happening::Done {
+        cmd: unlock,
+        result: Ok(())
+    }));
+}
+
+#[test]
+fn card_reads_are_decoded_by_the_readers_format_and_bad_parity_is_refused() {
+    let t0 = Instant::now();
+    let mut cp = cp_after_id_and_cap(t0, &[]);
+    // Wiegand 26, facility 1, card 2: bits 0 00000001 0000000000000010 1 (parities computed).
+    let data: u32 = 1 << 16 | 2;
+    let even = (data >> 12).count_ones() % 2;
+    let odd = 1 - (data & 0xFFF).count_ones() % 2;
+    let bits: u32 = even << 25 | data << 1 | odd;
+    let packed = (bits << 6).to_be_bytes();
+    let raw = |bytes: [u8; 4]| {
+        let mut d = vec![0, 1, 26, 0];
+        d.extend_from_slice(&bytes);
+        d
+    };
+    let s = cp.bytes(&reply(1, 2, code::RAW, &raw(packed)), t0);
+    assert_eq!(
+        s.happened,
+        vec![Happening::Credential {
+            kind: CredentialKind::Card,
+            value: "1:2".into()
+        }]
+    );
+    let t1 = t0 + Duration::from_millis(100);
+    let _ = cp.tick(t1);
+    let bad = ((bits ^ 1) << 6).to_be_bytes();
+    let s = cp.bytes(&reply(1, 3, code::RAW, &raw(bad)), t1);
+    assert_eq!(
+        s.happened,
+        vec![Happening::CardUnreadable {
+            error: "parity error".into()
+        }]
+    );
+    // osdp_FMT: the characters as the reader formatted them.
+    let t2 = t1 + Duration::from_millis(100);
+    let _ = cp.tick(t2);
+    let s = cp.bytes(
+        &reply(1, 1, code::FMT, &[0, 0, 5, b'1', b'2', b'3', b'4', b'5']),
+        t2,
+    );
+    assert_eq!(
+        s.happened,
+        vec![Happening::Credential {
+            kind: CredentialKind::Card,
+            value: "12345".into()
+        }]
+    );
 }
 
 /// A minimal secure PD built from the spec's formulas, to drive the CP without hardware.

@@ -240,6 +240,9 @@ pub struct StatusReport {
     /// The command channel to ZenCore's broker, when `[commands]` uses it.
     #[serde(default)]
     pub channel: Option<crate::channel::ChannelStatus>,
+    /// What an operator must fix on a device, as `<device>: <what>`.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -264,6 +267,13 @@ async fn status(AxState(s): AxState<AdminState>) -> Result<Json<StatusReport>, A
         clock: s.clock.status(),
         serial: crate::telemetry::serial_snapshot(),
         channel: s.channel.as_ref().map(|c| c.borrow().clone()),
+        warnings: s
+            .mqtt
+            .views
+            .borrow()
+            .iter()
+            .filter_map(|v| v.warning.as_ref().map(|w| format!("{}: {w}", v.id)))
+            .collect(),
         delivery: DeliveryReport {
             pending: d.pending,
             in_flight: d.in_flight,

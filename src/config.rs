@@ -18,7 +18,7 @@ mod report;
 mod secrets;
 
 pub use commands::{Broker, CommandsConfig, Scheme, Transport as CommandTransport};
-use device::{valid_topic, validate_device};
+use device::{valid_topic, validate_buses, validate_device};
 pub use device::{DeviceConfig, DeviceType, Driver};
 pub use inbound::{InboundConfig, Listen};
 pub use secrets::MIN_KEY_BYTES;
@@ -458,6 +458,11 @@ impl Config {
         )?;
         self.commands.resolve_secrets()?;
         for (i, d) in self.devices.iter_mut().enumerate() {
+            d.pin_code = one_secret(
+                &format!("devices[{i}].pin_code_file"),
+                None,
+                d.pin_code_file.as_deref(),
+            )?;
             if d.scbk.is_none() {
                 d.scbk_from_file =
                     one_secret(&format!("devices[{i}].scbk"), None, d.scbk_file.as_deref())?;
@@ -696,7 +701,7 @@ impl Config {
                 }
             }
         }
-        Ok(())
+        validate_buses(&self.devices)
     }
 
     /// The topics that identify a device (state in, commands out): (config key, what makes
@@ -711,8 +716,9 @@ impl Config {
         match d.driver {
             Driver::Zigbee2mqtt => keyed("topic", &d.topic, &|t| format!("{base}/{t}")),
             // Two relays of one board are two devices on one topic.
-            Driver::Tasmota => keyed("topic", &d.topic, &|t| {
-                format!("cmnd/{t}/POWER{}", d.relay())
+            Driver::Tasmota => keyed("topic", &d.topic, &|_| {
+                d.tasmota_topic("cmnd", &format!("POWER{}", d.relay()))
+                    .unwrap_or_default()
             }),
             Driver::Shelly => keyed("topic", &d.topic, &|t| {
                 format!("shelly:{t}/switch:{}", d.switch.unwrap_or(0))

@@ -156,6 +156,15 @@ pub async fn run(config: &Config) -> Vec<Check> {
         Ok(c) => check("clock", c.trusted, crate::cli::clock_line(&c)),
         Err(e) => check("clock", false, format!("cannot read the floor: {e}")),
     });
+    for w in status
+        .as_ref()
+        .and_then(|s| s["warnings"].as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+    {
+        out.push(check("device", false, w.to_owned()));
+    }
     out.push(mqtt(config).await);
     if config.commands.transport.channel() {
         out.push(channel_seen(status.as_ref()));

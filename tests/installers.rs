@@ -68,6 +68,19 @@ type = "lock"
 driver = "zigbee2mqtt"
 topic = "upstairs_door"
 base = "z2m-floor2"
+action_timeout = "2s"
+"#;
+
+/// A Zigbee lock that demands its PIN code for remote operation and never echoes its state
+/// after a command: only Zigbee2MQTT's `/get` makes it tell.
+const QUIET_LOCK: &str = r#"
+[[devices]]
+id = "quiet"
+type = "lock"
+driver = "zigbee2mqtt"
+topic = "quiet_door"
+action_timeout = "1s"
+pin_code_file = "PIN_FILE"
 "#;
 
 /// A two-relay Tasmota board: `cmnd/board/POWER<N>` switches relay N and reports it as Tasmota
@@ -83,6 +96,17 @@ async fn tasmota_board(port: u16) -> Arc<Mutex<Vec<String>>> {
             let (topic, payload, _) = peer.next(Duration::from_secs(3600)).await;
             let name = topic.rsplit('/').next().unwrap_or("").to_owned();
             let word = String::from_utf8_lossy(&payload).to_string();
+            // A PulseTime query: relay 1 pulses 5 s, relay 2 was left at 0 (stays on).
+            if let Some(relay) = name.strip_prefix("PulseTime") {
+                let set = if relay == "1" { 50 } else { 0 };
+                peer.publish(
+                    "stat/board/RESULT",
+                    json!({ &name: {"Set": set, "Remaining": 0} }).to_string(),
+                    false,
+                )
+                .await;
+                continue;
+            }
             record.lock().unwrap().push(format!("{name} {word}"));
             peer.publish(
                 "stat/board/RESULT",
@@ -165,6 +189,45 @@ async fn shelly(port: u16) -> Arc<Mutex<Vec<Value>>> {
     seen
 }
 
+/// The quiet lock: unlocks only with the code `4321`, reports its state only when asked.
+async fn quiet_lock(port: u16) -> Arc<Mutex<Vec<Value>>> {
+    let mut peer = Peer::connect(port, "sim-quiet").await;
+    peer.subscribe("zigbee2mqtt/quiet_door/set").await;
+    peer.subscribe("zigbee2mqtt/quiet_door/get").await;
+    peer.publish(
+        "zigbee2mqtt/quiet_door/availability",
+        r#"{"state":"online"}"#,
+        true,
+    )
+    .await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        let mut state = "locked";
+        loop {
+            let (topic, payload, _) = peer.next(Duration::from_secs(3600)).await;
+            let v: Value = serde_json::from_slice(&payload).unwrap_or(Value::Null);
+            record
+                .lock()
+                .unwrap()
+                .push(json!({"topic": topic, "payload": v}));
+            if topic.ends_with("/set") {
+                if v["state"] == "UNLOCK" && v["code"] == "4321" {
+                    state = "unlocked";
+                }
+            } else {
+                peer.publish(
+                    "zigbee2mqtt/quiet_door",
+                    json!({ "lock_state": state }).to_string(),
+                    false,
+                )
+                .await;
+            }
+        }
+    });
+    seen
+}
+
 /// A Zigbee lock on `base` that echoes its state after a command.
 async fn zigbee_lock(port: u16, base: &str, topic: &str) {
     let mut peer = Peer::connect(port, &format!("sim-{base}-{topic}")).await;
@@ -213,6 +276,34 @@ async fn unlock_succeeds(r: &Rig, device: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zigbee_lock_that_wants_its_code_and_only_answers_get_is_reported_as_it_is() {
+    let secrets = tempfile::tempdir().unwrap();
+    let pin = secrets.path().join("quiet.pin");
+    std::fs::write(&pin, "4321\n").unwrap();
+    std::fs::set_permissions(&pin, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let devices = format!(
+        "[presence]\ndebounce = \"0s\"\n{}",
+        QUIET_LOCK.replace("PIN_FILE", &pin.display().to_string())
+    );
+    let r = rig(&devices).await;
+    let seen = quiet_lock(r.broker.port).await;
+    r.wait_event("quiet", "device.online", "availability").await;
+    unlock_succeeds(&r, "quiet").await;
+    let seen = seen.lock().unwrap().clone();
+    let set = seen
+        .iter()
+        .find(|m| m["topic"] == "zigbee2mqtt/quiet_door/set")
+        .expect("the unlock");
+    assert_eq!(set["payload"], json!({"state": "UNLOCK", "code": "4321"}));
+    assert!(
+        seen.iter()
+            .any(|m| m["topic"] == "zigbee2mqtt/quiet_door/get"
+                && m["payload"] == json!({"state": ""})),
+        "{seen:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relays_and_locks_as_installers_wire_them_open_their_own_doors() {
     let r = rig(ROOM).await;
     let port = r.broker.port;
@@ -233,6 +324,37 @@ async fn relays_and_locks_as_installers_wire_them_open_their_own_doors() {
     ] {
         r.wait_event(device, "device.online", "availability").await;
     }
+
+    // Its PulseTime was asked at connect: relay 2's is 0, and the operator is told.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let status = loop {
+        let (_, status) = r.daemon.get("/v1/status").await;
+        if status["warnings"].as_array().is_some_and(|w| !w.is_empty()) {
+            break status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no warning: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let warnings = status["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0]
+            .as_str()
+            .unwrap()
+            .starts_with("strike-right: PulseTime2 is 0"),
+        "{warnings:?}"
+    );
+    let (_, out, _) = r.cli(&["status"]).await;
+    assert!(
+        out.contains("WARNING      strike-right: PulseTime2 is 0"),
+        "{out}"
+    );
+    let (code, out, _) = r.cli(&["doctor"]).await;
+    assert_ne!(code, 0);
+    assert!(out.contains("strike-right: PulseTime2 is 0"), "{out}");
 
     // The second relay of the board: POWER2 only.
     unlock_succeeds(&r, "strike-right").await;

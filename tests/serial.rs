@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::serial::{Board, Reader};
+use common::serial::{Board, OsdpBus, Reader};
 use common::{at, command_body, device_events, rig, sha, SECRET};
 use serde_json::json;
 
@@ -19,6 +19,24 @@ async fn until(what: &str, done: impl Fn() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Waits until every one of `devices` came online a second time (after a replug).
+async fn online_twice(r: &common::Rig, devices: &[&str]) {
+    r.rx.wait_until(
+        Duration::from_secs(30),
+        "every device online again",
+        |log| {
+            devices.iter().all(|d| {
+                common::device_events(log, d)
+                    .iter()
+                    .filter(|e| e.0 == "device.online")
+                    .count()
+                    == 2
+            })
+        },
+    )
+    .await;
 }
 
 fn relay(id: &str, link: &Path, address: u8, coil: u16, extra: &str) -> String {
@@ -313,6 +331,130 @@ card_format = "raw"
     })
     .await;
     until("Secure Channel up again", || reader.sc_active()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_rs485_bus_carries_two_coils_of_one_board_and_a_second_board() {
+    let ports = tempfile::tempdir().unwrap();
+    let link = ports.path().join("usb-rs485");
+    let bus = Board::start_bus(&link, &[1, 2]);
+    let devices = format!(
+        "[presence]\ndebounce = \"0s\"\n{}{}{}",
+        relay("left", &link, 1, 0, "pulse = \"1s\""),
+        relay("right", &link, 1, 1, "pulse = \"1s\""),
+        relay("back", &link, 2, 0, "pulse = \"1s\""),
+    );
+    let r = rig(&devices).await;
+    for device in ["left", "right", "back"] {
+        r.wait_event(device, "device.online", "port_opened").await;
+    }
+    // Each unlock pulses only its own coil of its own board.
+    for (device, address, coil) in [("right", 1, 1), ("back", 2, 0), ("left", 1, 0)] {
+        let (code, out, err) = r.cli(&["unlock", device]).await;
+        assert_eq!(code, 0, "{device}: {out}{err}");
+        until(&format!("{device}'s coil ON"), || {
+            bus.bus_writes().contains(&(address, coil, 0xFF00))
+        })
+        .await;
+    }
+    let ons: Vec<(u8, u16, u16)> = bus
+        .bus_writes()
+        .into_iter()
+        .filter(|w| w.2 == 0xFF00)
+        .collect();
+    assert_eq!(ons, vec![(1, 1, 0xFF00), (2, 0, 0xFF00), (1, 0, 0xFF00)]);
+
+    // Unplugging the bus takes all three offline; plugging it back brings all three back.
+    bus.unplug();
+    for device in ["left", "right", "back"] {
+        r.wait_event(device, "device.offline", "port_closed").await;
+    }
+    let _bus = Board::start_bus(&link, &[1, 2]);
+    online_twice(&r, &["left", "right", "back"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_osdp_readers_on_one_bus_each_with_its_secure_channel_open_their_own_doors() {
+    let ports = tempfile::tempdir().unwrap();
+    let link = ports.path().join("usb-osdp-bus");
+    let (key_a, key_b, key_c) = (
+        *b"reader-a-key-16b",
+        *b"reader-b-key-16b",
+        *b"reader-c-key-16b",
+    );
+    let bus = OsdpBus::at(&link);
+    let reader_a = Reader::on_bus(&bus, 1, Some(key_a));
+    let reader_b = Reader::on_bus(&bus, 2, Some(key_b));
+    let reader_c = Reader::on_bus(&bus, 126, Some(key_c));
+    let reader = |id: &str, address: u8, key: &[u8; 16], room: &str| {
+        format!(
+            "[[devices]]\nid = \"{id}\"\ntype = \"reader\"\ndriver = \"osdp\"\nport = \"{}\"\n\
+             address = {address}\nscbk = \"{}\"\npulse = \"2s\"\nmeeting_space_id = \"{room}\"\n",
+            link.display(),
+            hex::encode(key)
+        )
+    };
+    let devices = format!(
+        "[presence]\ndebounce = \"0s\"\n{}{}{}",
+        reader("reader-a", 1, &key_a, "ms-test"),
+        reader("reader-b", 2, &key_b, "ms-b"),
+        reader("reader-c", 126, &key_c, "ms-c"),
+    );
+    let r = rig(&devices).await;
+    for device in ["reader-a", "reader-b", "reader-c"] {
+        r.wait_event(device, "device.online", "port_opened").await;
+    }
+    until("all three readers on Secure Channel", || {
+        reader_a.sc_active() && reader_b.sc_active() && reader_c.sc_active()
+    })
+    .await;
+    for (grant, room, pin) in [("g-a", "ms-test", "1111"), ("g-b", "ms-b", "2222")] {
+        let body = command_body(
+            "access.magic_link",
+            json!({"grant_id": grant, "booking_id": format!("b-{grant}"), "meeting_space_id": room,
+                   "token_sha256": sha(grant), "pin_sha256": sha(pin),
+                   "valid_from": at(-60), "valid_until": at(3600)}),
+        );
+        let (status, answer) = r.command(&body, Some(SECRET), &[]).await;
+        assert_eq!(status, 202, "{answer}");
+    }
+    let outputs = |reader: &Reader| {
+        reader
+            .commands()
+            .iter()
+            .filter(|c| matches!(c, libosdp::OsdpCommand::Output(_)))
+            .count()
+    };
+    // Each reader's PIN opens its own room's door: its own output, not the other's.
+    reader_a.type_keys(b"1111#");
+    until("reader A's output", || outputs(&reader_a) == 1).await;
+    reader_b.type_keys(b"2222#");
+    until("reader B's output", || outputs(&reader_b) == 1).await;
+    assert_eq!(outputs(&reader_a), 1, "B's PIN opened A's door");
+    // A's PIN at B is the wrong room.
+    reader_b.type_keys(b"1111#");
+    r.rx.wait_until(Duration::from_secs(30), "A's PIN refused at B", |log| {
+        log.iter().any(|x| {
+            let j = x.json();
+            j["event"] == "access.denied"
+                && j["data"]["device_id"] == "reader-b"
+                && j["data"]["reason"] == "wrong_room"
+        })
+    })
+    .await;
+
+    // Pulling the bus takes both offline; a bus plugged back brings both back.
+    assert_eq!(outputs(&reader_c), 0, "nobody opened C's door");
+    drop((reader_a, reader_b, reader_c));
+    bus.unplug();
+    for device in ["reader-a", "reader-b", "reader-c"] {
+        r.wait_event(device, "device.offline", "port_closed").await;
+    }
+    let bus = OsdpBus::at(&link);
+    let _a = Reader::on_bus(&bus, 1, Some(key_a));
+    let _b = Reader::on_bus(&bus, 2, Some(key_b));
+    let _c = Reader::on_bus(&bus, 126, Some(key_c));
+    online_twice(&r, &["reader-a", "reader-b", "reader-c"]).await;
 }
 
 /// The 26 bits of an H10301 card, parity bits computed (`flip` one of them to break it), as

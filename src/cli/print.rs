@@ -56,6 +56,9 @@ pub(super) fn print_status(r: &crate::admin::StatusReport) {
             (false, false) => format!("not connected since {since} (no device needs it)"),
         }
     );
+    for w in &r.warnings {
+        println!("WARNING      {}", crate::logging::escaped(w));
+    }
     if let Some(c) = &r.channel {
         let since = c.since.as_deref().unwrap_or("-");
         let error = c

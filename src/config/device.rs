@@ -74,8 +74,8 @@ impl Driver {
     /// device is a mistake worth naming (a `coil` on a Zigbee lock does nothing).
     fn keys(self) -> &'static [&'static str] {
         match self {
-            Driver::Zigbee2mqtt => &["topic", "base"],
-            Driver::Tasmota => &["topic", "pulse", "relay"],
+            Driver::Zigbee2mqtt => &["topic", "base", "pin_code_file"],
+            Driver::Tasmota => &["topic", "pulse", "relay", "full_topic"],
             Driver::Shelly => &["topic", "pulse", "switch"],
             Driver::Homeassistant => &[
                 "state_topic",
@@ -140,8 +140,16 @@ pub struct DeviceConfig {
     pub base: Option<String>,
     /// tasmota: which relay of a multi-relay board (1..=8; `POWER<N>`).
     pub relay: Option<u8>,
+    /// tasmota: the device's FullTopic setting when changed from `%prefix%/%topic%/`.
+    pub full_topic: Option<String>,
     /// shelly: which switch of the device (0..).
     pub switch: Option<u8>,
+    /// zigbee2mqtt: a file holding the PIN code the lock demands for remote operation (sent
+    /// as `code`); private like every secret file.
+    pub pin_code_file: Option<PathBuf>,
+    /// `pin_code_file`'s contents, read at load.
+    #[serde(skip)]
+    pub pin_code: Option<Secret>,
     /// osdp: how the reader's card reads are decoded (default `wiegand26`).
     pub card_format: Option<crate::serial::cards::CardFormat>,
     /// homeassistant: the payloads and states of the lock (Home Assistant's MQTT lock keys:
@@ -186,6 +194,17 @@ impl DeviceConfig {
             ("payload_not_available", self.payload_not_available.as_ref()),
             ("value_json", self.value_json.as_ref()),
         ]
+    }
+
+    /// A Tasmota topic: the device's FullTopic with `%prefix%` (`cmnd`, `stat`, `tele`) and
+    /// `%topic%` filled in, then `last` (`POWER2`, `RESULT`, `LWT`).
+    pub fn tasmota_topic(&self, prefix: &str, last: &str) -> Option<String> {
+        let full = self.full_topic.as_deref().unwrap_or("%prefix%/%topic%/");
+        let full = full
+            .replace("%prefix%", prefix)
+            .replace("%topic%", self.topic.as_deref()?);
+        let sep = if full.ends_with('/') { "" } else { "/" };
+        Some(format!("{full}{sep}{last}"))
     }
 
     /// The Tasmota relay number (1 when unset).
@@ -234,8 +253,10 @@ impl DeviceConfig {
         mark(self.flash.is_some(), "flash");
         mark(self.base.is_some(), "base");
         mark(self.relay.is_some(), "relay");
+        mark(self.full_topic.is_some(), "full_topic");
         mark(self.switch.is_some(), "switch");
         mark(self.card_format.is_some(), "card_format");
+        mark(self.pin_code_file.is_some(), "pin_code_file");
         for (name, value) in self.ha_values() {
             mark(value.is_some(), name);
         }
@@ -296,6 +317,18 @@ pub(super) fn validate_device(i: usize, d: &DeviceConfig) -> Result<(), ConfigEr
             require(d.topic.as_deref().is_some_and(valid_topic), "topic")?;
             if let Some(base) = &d.base {
                 require(valid_topic(base), "base")?;
+            }
+            if let Some(full) = &d.full_topic {
+                let tokens_ok = full.contains("%prefix%")
+                    && full.contains("%topic%")
+                    && full.matches('%').count() == 4;
+                if !tokens_ok || full.contains(['+', '#']) || full.starts_with('/') {
+                    return Err(ConfigError::key(
+                        key("full_topic"),
+                        "must hold %prefix% and %topic% (and no other % token or wildcard), as \
+                         Tasmota's FullTopic setting, e.g. \"%prefix%/%topic%/\"",
+                    ));
+                }
             }
             if d.relay.is_some_and(|r| !(1..=8).contains(&r)) {
                 return Err(ConfigError::key(
@@ -415,6 +448,57 @@ pub(super) fn validate_device(i: usize, d: &DeviceConfig) -> Result<(), ConfigEr
             key("meeting_space_id"),
             "must not be empty",
         ));
+    }
+    Ok(())
+}
+
+/// Devices that name one serial port share its bus (DESIGN section 4): one protocol, one baud,
+/// and distinct addresses (OSDP) or (address, coil) pairs (Modbus). A conflict names both.
+pub(super) fn validate_buses(devices: &[DeviceConfig]) -> Result<(), ConfigError> {
+    for (i, d) in devices.iter().enumerate() {
+        let Some(port) = d.port.as_ref().filter(|_| d.driver.is_serial()) else {
+            continue;
+        };
+        for (j, e) in devices.iter().enumerate().take(i) {
+            if !e.driver.is_serial() || e.port.as_ref() != Some(port) {
+                continue;
+            }
+            let clash = |what: String| {
+                Err(ConfigError::key(
+                    format!("devices[{i}].port"),
+                    format!(
+                        "`{}` shares {} with `{}` (devices[{j}]), but {what}",
+                        d.id,
+                        port.display(),
+                        e.id
+                    ),
+                ))
+            };
+            if d.driver != e.driver {
+                return clash(format!(
+                    "one bus speaks one protocol ({} and {})",
+                    d.driver.as_str(),
+                    e.driver.as_str()
+                ));
+            }
+            let (baud_d, baud_e) = (d.baud.unwrap_or(9600), e.baud.unwrap_or(9600));
+            if baud_d != baud_e {
+                return clash(format!("one bus has one baud rate ({baud_d} and {baud_e})"));
+            }
+            let (a, b) = (d.address.unwrap_or(1), e.address.unwrap_or(1));
+            match d.driver {
+                Driver::Osdp if a == b => {
+                    return clash(format!("both are at OSDP address {a}"));
+                }
+                Driver::ModbusRelay if a == b && d.coil.unwrap_or(0) == e.coil.unwrap_or(0) => {
+                    return clash(format!(
+                        "both drive coil {} of board {a}",
+                        d.coil.unwrap_or(0)
+                    ));
+                }
+                _ => {}
+            }
+        }
     }
     Ok(())
 }

@@ -432,6 +432,11 @@ fn driver_keys_as_installers_use_them_are_checked() {
     );
     refused(&tasmota("left", 9), "devices[0].relay", "1..=8");
     refused(
+        &tasmota("left", 1).replace("relay = 1", "full_topic = \"%topic%/%hostname%/\""),
+        "devices[0].full_topic",
+        "%prefix%",
+    );
+    refused(
         "[[devices]]\nid = \"s\"\ntype = \"strike\"\ndriver = \"shelly\"\ntopic = \"shellyplus1-x\"\n",
         "devices[0].pulse",
         "required by driver shelly",
@@ -460,5 +465,46 @@ fn driver_keys_as_installers_use_them_are_checked() {
         &format!("{}{}", z2m("a", "z2m-1"), z2m("b", "z2m-1")),
         "devices[1].topic",
         "a",
+    );
+}
+
+#[test]
+fn devices_on_one_serial_port_share_its_bus_or_are_refused_naming_both() {
+    let relay = |id: &str, address: u8, coil: u16, baud: u32| {
+        format!("[[devices]]\nid = \"{id}\"\ntype = \"strike\"\ndriver = \"modbus-relay\"\nport = \"/dev/ttyUSB0\"\naddress = {address}\ncoil = {coil}\nbaud = {baud}\n")
+    };
+    let reader = |id: &str, address: u8| {
+        format!("[[devices]]\nid = \"{id}\"\ntype = \"reader\"\ndriver = \"osdp\"\nport = \"/dev/ttyUSB1\"\naddress = {address}\ninsecure = true\n")
+    };
+    let with = |devices: &[String]| parse(&format!("{MINIMAL}\n{}", devices.concat()));
+    // Two coils of one board, a second board, two readers: as buildings are wired.
+    assert!(with(&[
+        relay("a", 1, 0, 9600),
+        relay("b", 1, 1, 9600),
+        relay("c", 2, 0, 9600),
+        reader("r1", 0),
+        reader("r2", 1),
+    ])
+    .is_ok());
+    let refused = |devices: &[String], says: &str| {
+        let e = with(devices).unwrap_err().to_string();
+        assert!(
+            e.contains("devices[1].port") && e.contains("`a`") && e.contains(says),
+            "{e}"
+        );
+    };
+    refused(
+        &[relay("a", 1, 0, 9600), relay("b", 1, 0, 9600)],
+        "coil 0 of board 1",
+    );
+    refused(
+        &[relay("a", 1, 0, 9600), relay("b", 2, 0, 19200)],
+        "one baud rate",
+    );
+    refused(&[reader("a", 3), reader("b", 3)], "OSDP address 3");
+    let osdp_on_relay_port = reader("b", 3).replace("/dev/ttyUSB1", "/dev/ttyUSB0");
+    refused(
+        &[relay("a", 1, 0, 9600), osdp_on_relay_port],
+        "one protocol",
     );
 }

@@ -81,6 +81,9 @@ struct Pending {
     request: Request,
     requested_at: Millis,
     deadline: Millis,
+    /// A device that can be asked for its state: at the first deadline it is asked once and
+    /// given this long again before `timed_out` (a lock that does not echo its state).
+    ask: Option<Duration>,
 }
 
 /// What to do after a request.
@@ -95,9 +98,28 @@ pub enum Start {
 #[derive(Debug, Default)]
 pub struct Tracker {
     pending: HashMap<String, VecDeque<Pending>>,
+    /// Devices that answer a state query (Zigbee2MQTT's `/get`).
+    askable: std::collections::HashSet<String>,
+    /// Devices to ask for their state now (taken by the hub).
+    asks: Vec<String>,
 }
 
 impl Tracker {
+    /// The devices that can be asked for their state before an action times out.
+    pub fn askable(devices: impl IntoIterator<Item = String>) -> Tracker {
+        Tracker {
+            askable: devices.into_iter().collect(),
+            ..Tracker::default()
+        }
+    }
+
+    /// The devices to ask for their state now, once each.
+    pub fn take_asks(&mut self) -> Vec<String> {
+        let mut asks = std::mem::take(&mut self.asks);
+        asks.dedup();
+        asks
+    }
+
     /// Starts an action. `online`: the device's believed presence (`Some(false)` fails at
     /// once; a device not heard from since start is tried). `can_send`: whether the driver has
     /// a command for it.
@@ -128,6 +150,7 @@ impl Tracker {
             .entry(request.device.clone())
             .or_default()
             .push_back(Pending {
+                ask: self.askable.contains(&request.device).then_some(timeout),
                 request,
                 requested_at: now,
                 deadline: now.saturating_add(timeout),
@@ -216,12 +239,18 @@ impl Tracker {
             .collect()
     }
 
-    /// Times out actions past their deadline.
+    /// Times out actions past their deadline (a device that can be asked is asked once first).
     pub fn tick(&mut self, now: Millis) -> Vec<Completed> {
         let mut done = Vec::new();
-        for queue in self.pending.values_mut() {
-            queue.retain(|p| {
+        let asks = &mut self.asks;
+        for (device, queue) in self.pending.iter_mut() {
+            queue.retain_mut(|p| {
                 if now < p.deadline {
+                    return true;
+                }
+                if let Some(again) = p.ask.take() {
+                    asks.push(device.clone());
+                    p.deadline = now.saturating_add(again);
                     return true;
                 }
                 done.push(Completed {
@@ -289,6 +318,27 @@ mod tests {
         assert_eq!(done[0].status, Status::Succeeded);
         assert_eq!(done[0].duration_ms(), 250);
         assert!(t.tick(Millis(99_999)).is_empty(), "completed exactly once");
+    }
+
+    #[test]
+    fn a_lock_that_can_be_asked_is_asked_once_before_it_times_out() {
+        let mut t = Tracker::askable(["door".to_owned()]);
+        t.request(req("a", Command::Unlock), Some(true), true, T, Millis(0));
+        // The first deadline: asked, not timed out.
+        assert!(t.tick(Millis(10_000)).is_empty());
+        assert_eq!(t.take_asks(), vec!["door".to_owned()]);
+        assert!(t.take_asks().is_empty(), "asked once");
+        // Its answer to the question completes the action.
+        let done = t.observe("door", LockState::Unlocked, Millis(12_000));
+        assert_eq!(done[0].status, Status::Succeeded);
+        // A second action whose lock stays silent times out after the second wait.
+        t.request(req("b", Command::Lock), Some(true), true, T, Millis(20_000));
+        assert!(t.tick(Millis(30_000)).is_empty());
+        assert_eq!(t.take_asks().len(), 1);
+        assert!(t.tick(Millis(39_999)).is_empty());
+        let done = t.tick(Millis(40_000));
+        assert_eq!(done[0].status, Status::TimedOut);
+        assert!(t.take_asks().is_empty());
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub enum Observation {
     /// The Zigbee2MQTT bridge's answer to a health check: it is running (and says whether it
     /// is healthy).
     BridgeHealth { healthy: bool },
+    /// A Tasmota relay's PulseTime (0: no pulse, the relay stays on once switched on).
+    PulseTime(u64),
 }
 
 /// Which kind of availability message, for the event's `reason`.
@@ -206,6 +208,14 @@ pub fn parse(
             // Relay 1 is `POWER` (or `POWER1` with SetOption26); relay N is `POWER<N>`. A RESULT
             // about another relay, or another command (PulseTime, …), says nothing of this one.
             let relay = device.map_or(1, DeviceConfig::relay);
+            // `{"PulseTime1":{"Set":50,"Remaining":0}}` (Tasmota 9+) or `{"PulseTime1":50}`.
+            if let Some(p) = m.get(&format!("PulseTime{relay}")) {
+                let set = p.get("Set").unwrap_or(p);
+                return set
+                    .as_u64()
+                    .map(Observation::PulseTime)
+                    .ok_or_else(|| PayloadError::Unexpected(truncate(&p.to_string())));
+            }
             let value = match relay {
                 1 => m.get("POWER").or_else(|| m.get("POWER1")),
                 n => m.get(&format!("POWER{n}")),
@@ -353,17 +363,20 @@ pub fn command(
                 device.zigbee2mqtt_base(&config.mqtt.zigbee2mqtt_base),
                 device.topic.as_deref()?
             ),
-            match c {
-                Command::Unlock => r#"{"state":"UNLOCK"}"#,
-                Command::Lock => r#"{"state":"LOCK"}"#,
+            &{
+                let mut v = serde_json::json!({"state": match c {
+                    Command::Unlock => "UNLOCK",
+                    Command::Lock => "LOCK",
+                }});
+                // A lock that demands its PIN code for remote operation gets it.
+                if let Some(code) = &device.pin_code {
+                    v["code"] = Value::String(code.expose().to_owned());
+                }
+                v.to_string()
             },
         ),
         (Driver::Tasmota, c) => out(
-            format!(
-                "cmnd/{}/{}",
-                device.topic.as_deref()?,
-                tasmota_power(device.relay())
-            ),
+            device.tasmota_topic("cmnd", &tasmota_power(device.relay()))?,
             match c {
                 Command::Unlock => "ON",
                 Command::Lock => "OFF",
@@ -402,6 +415,40 @@ pub fn command(
         }
         _ => None,
     }
+}
+
+/// Asks a device for its state, where its driver can: Zigbee2MQTT's
+/// `<base>/<topic>/get` `{"state":""}`.
+pub fn state_query(config: &Config, device: &DeviceConfig) -> Option<Outgoing> {
+    if device.driver != Driver::Zigbee2mqtt {
+        return None;
+    }
+    Some(Outgoing {
+        topic: format!(
+            "{}/{}/get",
+            device.zigbee2mqtt_base(&config.mqtt.zigbee2mqtt_base),
+            device.topic.as_deref()?
+        ),
+        payload: br#"{"state":""}"#.to_vec(),
+        retain: false,
+    })
+}
+
+/// What ZenEdge asks a device at every connect: a Zigbee lock its state (`/get`), a Tasmota
+/// relay its PulseTime (a strike whose PulseTime is 0 would stay energised after an unlock).
+pub fn connect_queries(config: &Config, device: &DeviceConfig) -> Vec<Outgoing> {
+    let pulse_time = (device.driver == Driver::Tasmota)
+        .then(|| device.tasmota_topic("cmnd", &format!("PulseTime{}", device.relay())))
+        .flatten()
+        .map(|topic| Outgoing {
+            topic,
+            payload: Vec::new(),
+            retain: false,
+        });
+    state_query(config, device)
+        .into_iter()
+        .chain(pulse_time)
+        .collect()
 }
 
 /// `POWER` for relay 1, `POWER<N>` for the others (Tasmota's command and state names).
@@ -466,17 +513,16 @@ impl Routes {
                     );
                 }
                 Driver::Tasmota => {
-                    add(format!("tele/{topic}/LWT"), Some(i), TopicKind::TasmotaLwt);
-                    add(
-                        format!("stat/{topic}/RESULT"),
-                        Some(i),
-                        TopicKind::TasmotaResult,
-                    );
-                    add(
-                        format!("stat/{topic}/{}", tasmota_power(d.relay())),
-                        Some(i),
-                        TopicKind::TasmotaPower,
-                    );
+                    let t = |prefix: &str, last: &str| d.tasmota_topic(prefix, last);
+                    if let (Some(lwt), Some(result), Some(power)) = (
+                        t("tele", "LWT"),
+                        t("stat", "RESULT"),
+                        t("stat", &tasmota_power(d.relay())),
+                    ) {
+                        add(lwt, Some(i), TopicKind::TasmotaLwt);
+                        add(result, Some(i), TopicKind::TasmotaResult);
+                        add(power, Some(i), TopicKind::TasmotaPower);
+                    }
                 }
                 Driver::Shelly => {
                     add(
@@ -619,7 +665,7 @@ mod tests {
             (
                 TasmotaResult,
                 br#"{"PulseTime1":{"Set":50,"Remaining":0}}"#,
-                Ok(Heard),
+                Ok(PulseTime(50)),
             ),
             (TasmotaPower, b"ON", Ok(State(Unlocked))),
             (TasmotaPower, b"OFF", Ok(State(Locked))),
@@ -685,6 +731,12 @@ type = "lock"
 driver = "zigbee2mqtt"
 topic = "door"
 base = "z2m-floor2"
+[[devices]]
+id = "renamed"
+type = "strike"
+driver = "tasmota"
+topic = "gate"
+full_topic = "site7/%topic%/%prefix%/"
 "#,
         )
     }
@@ -705,6 +757,15 @@ base = "z2m-floor2"
             ("relay-2", TasmotaResult, br#"{"POWER2":"ON"}"#, Ok(State(Unlocked))),
             ("relay-2", TasmotaResult, br#"{"POWER1":"ON"}"#, Ok(Heard)),
             ("relay-2", TasmotaResult, br#"{"POWER":"OFF"}"#, Ok(Heard)),
+            // Its PulseTime, as Tasmota 9+ and older versions answer the query.
+            (
+                "relay-2",
+                TasmotaResult,
+                br#"{"PulseTime2":{"Set":0,"Remaining":0}}"#,
+                Ok(PulseTime(0)),
+            ),
+            ("relay-2", TasmotaResult, br#"{"PulseTime2":50}"#, Ok(PulseTime(50))),
+            ("relay-2", TasmotaResult, br#"{"PulseTime1":{"Set":0}}"#, Ok(Heard)),
             // Nuki's MQTT API: numeric states in JSON, through `value_json`.
             ("nuki", HaState, br#"{"state":1,"batteryCritical":false}"#, Ok(State(Locked))),
             ("nuki", HaState, br#"{"state":3}"#, Ok(State(Unlocked))),
@@ -757,6 +818,24 @@ base = "z2m-floor2"
             sent("upstairs", Command::Unlock, None).0,
             "z2m-floor2/door/set"
         );
+        // At every connect: the Zigbee lock's state, the Tasmota relay's PulseTime.
+        let asked = |id: &str| -> Vec<String> {
+            connect_queries(&config, d(id))
+                .into_iter()
+                .map(|o| format!("{} {}", o.topic, String::from_utf8_lossy(&o.payload)))
+                .collect()
+        };
+        assert_eq!(
+            asked("upstairs"),
+            vec![r#"z2m-floor2/door/get {"state":""}"#]
+        );
+        assert_eq!(asked("relay-2"), vec!["cmnd/board/PulseTime2 "]);
+        assert!(asked("nuki").is_empty());
+        // A changed FullTopic: every Tasmota topic follows it.
+        assert_eq!(
+            sent("renamed", Command::Unlock, None).0,
+            "site7/gate/cmnd/POWER"
+        );
         // A Shelly times its own pulse: `duration_s`, else the device's pulse.
         let (topic, payload, retain) = sent("strike-shelly", Command::Unlock, None);
         assert_eq!(
@@ -785,6 +864,9 @@ base = "z2m-floor2"
             "shellyplus1-a8032ab1/online",
             "z2m-floor2/door",
             "z2m-floor2/bridge/state",
+            "site7/gate/tele/LWT",
+            "site7/gate/stat/RESULT",
+            "site7/gate/stat/POWER",
         ] {
             assert!(topics.contains(&t), "{t} not in {topics:?}");
         }

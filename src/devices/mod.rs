@@ -218,6 +218,9 @@ pub struct DeviceView {
     /// A panel or reader locked out after too many denied credentials: until when.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locked_out_until: Option<String>,
+    /// Something about the device an operator must fix (a strike relay without a pulse).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 pub struct Hub {
@@ -236,6 +239,8 @@ pub struct Hub {
     /// The schedule, the panels' displays, the status moments.
     rooms: crate::rooms::Machine,
     pub counters: Arc<HubCounters>,
+    /// Tasmota strikes whose relay reported PulseTime 0: an unlock would leave them open.
+    pulse_time_zero: std::collections::HashSet<String>,
     /// Bridges whose `bridge/state` said offline, by that topic: when ZenEdge asked them.
     bridge_checks: HashMap<String, Millis>,
 }
@@ -264,7 +269,14 @@ impl Hub {
         Hub {
             routes,
             presence,
-            actions: actions::Tracker::default(),
+            // Zigbee2MQTT locks answer `/get`: asked before an action times out.
+            actions: actions::Tracker::askable(
+                config
+                    .devices
+                    .iter()
+                    .filter(|d| d.driver == Driver::Zigbee2mqtt)
+                    .map(|d| d.id.clone()),
+            ),
             last_state: HashMap::new(),
             index,
             access: crate::access::machine::Machine::new(&config),
@@ -278,6 +290,7 @@ impl Hub {
             config,
             counters: Arc::default(),
             bridge_checks: HashMap::new(),
+            pulse_time_zero: Default::default(),
         }
     }
 
@@ -388,6 +401,14 @@ impl Hub {
                         let t = self.presence.heard(&id, now);
                         out.merge(self.transitions(t, now));
                         out.merge(self.credential(&id, &v, now));
+                    }
+                }
+                Observation::PulseTime(set) => {
+                    let stuck = set == 0 && self.config.devices.get(i).is_some_and(|d| d.is_door());
+                    if stuck && self.pulse_time_zero.insert(id.clone()) {
+                        t::PulseTimeZero { device: &id }.emit();
+                    } else if !stuck {
+                        self.pulse_time_zero.remove(&id);
                     }
                 }
                 Observation::Heard => {
@@ -575,6 +596,14 @@ impl Hub {
         out.merge(self.access(crate::access::machine::Input::Tick, now));
         let done = self.actions.tick(now);
         out.merge(self.completions(done));
+        for device in self.actions.take_asks() {
+            let query = self
+                .index
+                .get(&device)
+                .and_then(|i| self.config.devices.get(*i))
+                .and_then(|d| drivers::state_query(&self.config, d));
+            out.0.extend(query.map(Effect::Publish));
+        }
         let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.relocks)
             .into_iter()
             .partition(|(at, _)| *at <= now);
@@ -659,6 +688,19 @@ impl Hub {
                 }
             };
             out.push(Effect::Event(event));
+            // A device that comes (back) online is asked what it may not say on its own: a
+            // Zigbee lock its state, a Tasmota relay its PulseTime (reset by a re-flash).
+            if let Some(d) = self
+                .index
+                .get(t.device())
+                .and_then(|i| self.config.devices.get(*i))
+            {
+                out.0.extend(
+                    drivers::connect_queries(&self.config, d)
+                        .into_iter()
+                        .map(Effect::Publish),
+                );
+            }
         }
         out
     }
@@ -747,6 +789,14 @@ impl Hub {
                         .map(|r| format!("{} {}", r.command.as_str(), r.action_id))
                         .collect(),
                     locked_out_until: self.access.locked_until(&d.id).map(|t| t.rfc3339()),
+                    warning: self.pulse_time_zero.contains(&d.id).then(|| {
+                        format!(
+                            "PulseTime{} is 0: the relay stays on after an unlock; set it on \
+                             the device (e.g. PulseTime{} 50 for 5 s)",
+                            d.relay(),
+                            d.relay()
+                        )
+                    }),
                 }
             })
             .collect()

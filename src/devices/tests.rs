@@ -483,7 +483,12 @@ fn the_devices_machine_as_a_table_of_inputs_and_effects() {
                 "zigbee2mqtt/front_door/availability",
                 br#"{"state":"online"}"#,
             ),
-            vec!["presence front online=true", "event device.online front"],
+            // Online: the lock is asked for its state (it may not say it on its own).
+            vec![
+                "presence front online=true",
+                "event device.online front",
+                r#"publish zigbee2mqtt/front_door/get {"state":""}"#,
+            ],
         ),
         // A retained state is what was last published, not a sign of life.
         (
@@ -503,9 +508,11 @@ fn the_devices_machine_as_a_table_of_inputs_and_effects() {
         (
             60,
             message("stat/strike_1/POWER", b"ON"),
+            // Online: the relay is asked for its PulseTime.
             vec![
                 "presence strike online=true",
                 "event device.online strike",
+                "publish cmnd/strike_1/PulseTime1 ",
                 "event device.action_completed strike",
                 "completed a1 succeeded",
             ],
@@ -517,18 +524,25 @@ fn the_devices_machine_as_a_table_of_inputs_and_effects() {
             unlock("a2", "front"),
             vec![r#"publish zigbee2mqtt/front_door/set {"state":"UNLOCK"}"#],
         ),
-        // Nothing heard within the lock's action timeout: `timed_out`, exactly once.
+        // Nothing heard within the lock's action timeout: asked once for its state (Zigbee2MQTT
+        // `/get`), then, still nothing within the timeout again, `timed_out`, exactly once.
         (
             80 + 60_000,
+            Input::Tick,
+            vec![r#"publish zigbee2mqtt/front_door/get {"state":""}"#],
+        ),
+        (80 + 60_001, Input::Tick, vec![]),
+        (
+            80 + 120_000,
             Input::Tick,
             vec![
                 "event device.action_completed front",
                 "completed a2 timed_out",
             ],
         ),
-        (80 + 60_001, Input::Tick, vec![]),
+        (80 + 120_001, Input::Tick, vec![]),
         // An action for a device this controller does not have does nothing.
-        (80 + 60_002, unlock("a3", "nobody"), vec![]),
+        (80 + 120_002, unlock("a3", "nobody"), vec![]),
     ];
     for (i, (t, input, want)) in rows.into_iter().enumerate() {
         let out = hub.handle(input, &ctx(t));

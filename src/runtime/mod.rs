@@ -409,6 +409,18 @@ impl Runtime {
         {
             t::MqttOnlineFailed { error: &e }.emit();
         }
+        // Locks that report rarely are asked for their state, relays for their PulseTime.
+        for d in &self.config.devices {
+            for q in crate::devices::drivers::connect_queries(&self.config, d) {
+                if let Err(e) = self
+                    .client
+                    .publish(q.topic, QoS::AtLeastOnce, false, q.payload)
+                    .await
+                {
+                    t::MqttOnlineFailed { error: &e }.emit();
+                }
+            }
+        }
     }
 
     /// Stores what the hub produced, flushes, then acknowledges, publishes and answers.

@@ -7,6 +7,7 @@
 //! written the moment it arrives, not at the next timeout), feeds the machine, writes what it
 //! asks, and reports what happened to the device hub through a callback.
 
+mod bus;
 pub mod cards;
 pub mod modbus;
 pub mod osdp;
@@ -135,6 +136,13 @@ impl Machine {
             Machine::Reader(m) => m.idle(),
         }
     }
+    /// Whether its request is on the wire, waiting for the answer.
+    fn awaiting(&self) -> bool {
+        match self {
+            Machine::Relay(m) => m.awaiting(),
+            Machine::Reader(m) => m.awaiting(),
+        }
+    }
     fn next_deadline(&self) -> Option<Instant> {
         match self {
             Machine::Relay(m) => m.next_deadline(),
@@ -156,72 +164,93 @@ impl Machine {
 }
 
 struct Port {
-    commands: mpsc::Sender<Cmd>,
+    commands: mpsc::Sender<(usize, Cmd)>,
     wake: UnixStream,
     thread: JoinHandle<()>,
 }
 
-/// The running serial devices.
+/// The running serial ports, and which port and bus position each device has.
 pub struct Ports {
-    ports: HashMap<String, Port>,
+    ports: Vec<Port>,
+    devices: HashMap<String, (usize, usize)>,
     stop: Arc<AtomicBool>,
 }
 
 impl Ports {
-    /// Starts one thread per serial device in `config`. `report` is called from those threads.
+    /// Starts one thread per serial port in `config`, owning every device on it (a shared
+    /// RS-485 bus). `report` is called from those threads.
     pub fn start(
         config: &Config,
         report: impl Fn(Report) -> bool + Send + Clone + 'static,
     ) -> Result<Ports, SerialSetupError> {
         let stop = Arc::new(AtomicBool::new(false));
-        let mut ports = HashMap::new();
+        let mut buses: Vec<(std::path::PathBuf, Vec<DeviceConfig>)> = Vec::new();
         for d in config.devices.iter().filter(|d| d.driver.is_serial()) {
-            let machine = Machine::for_device(d)?;
+            let path = d.port.clone().unwrap_or_default();
+            match buses.iter_mut().find(|(p, _)| *p == path) {
+                Some((_, devices)) => devices.push(d.clone()),
+                None => buses.push((path, vec![d.clone()])),
+            }
+        }
+        let mut ports = Vec::new();
+        let mut devices = HashMap::new();
+        for (path, configs) in buses {
+            let machines = configs
+                .iter()
+                .map(Machine::for_device)
+                .collect::<Result<Vec<_>, _>>()?;
             let (tx, rx) = mpsc::channel();
             let (wake, wake_rx) = UnixStream::pair().map_err(SerialSetupError::Wake)?;
             wake_rx
                 .set_nonblocking(true)
                 .map_err(SerialSetupError::Wake)?;
+            for (i, d) in configs.iter().enumerate() {
+                devices.insert(d.id.clone(), (ports.len(), i));
+            }
+            let first = configs[0].id.clone();
             let shell = Shell {
-                device: d.id.clone(),
-                path: d.port.clone().unwrap_or_default(),
-                baud: d.baud.unwrap_or(9600),
-                machine,
+                devices: configs.iter().map(|d| d.id.clone()).collect(),
+                path,
+                baud: configs[0].baud.unwrap_or(9600),
+                bus: bus::Bus::new(machines),
                 commands: rx,
                 wake: wake_rx,
                 stop: stop.clone(),
                 report: report.clone(),
             };
-            let device = d.clone();
             let thread = std::thread::Builder::new()
-                .name(format!("serial-{}", d.id))
-                .spawn(move || shell.supervised(&device))
+                .name(format!("serial-{first}"))
+                .spawn(move || shell.supervised(&configs))
                 .map_err(|source| SerialSetupError::Thread {
-                    device: d.id.clone(),
+                    device: first.clone(),
                     source,
                 })?;
-            ports.insert(
-                d.id.clone(),
-                Port {
-                    commands: tx,
-                    wake,
-                    thread,
-                },
-            );
+            ports.push(Port {
+                commands: tx,
+                wake,
+                thread,
+            });
         }
-        Ok(Ports { ports, stop })
+        Ok(Ports {
+            ports,
+            devices,
+            stop,
+        })
     }
 
     pub fn is_empty(&self) -> bool {
         self.ports.is_empty()
     }
 
-    /// Hands a command to the device's thread and wakes it.
+    /// Hands a command to the device's port thread and wakes it.
     pub fn send(&self, device: &str, cmd: Cmd) -> bool {
-        let Some(p) = self.ports.get(device) else {
+        let Some(&(port, index)) = self.devices.get(device) else {
             return false;
         };
-        if p.commands.send(cmd).is_err() {
+        let Some(p) = self.ports.get(port) else {
+            return false;
+        };
+        if p.commands.send((index, cmd)).is_err() {
             return false;
         }
         let _ = (&p.wake).write(&[1]);
@@ -231,10 +260,10 @@ impl Ports {
     /// Stops every thread (a relay without flash is switched off first) and waits for them.
     pub fn stop(self) {
         self.stop.store(true, Ordering::SeqCst);
-        for p in self.ports.values() {
+        for p in &self.ports {
             let _ = (&p.wake).write(&[0]);
         }
-        for (_, p) in self.ports {
+        for p in self.ports {
             let _ = p.thread.join();
         }
     }
@@ -251,12 +280,14 @@ fn fault_hook_panic_once() {
     }
 }
 
+/// One port's thread: the port, the bus of devices on it, their commands.
 struct Shell<F> {
-    device: String,
+    /// The devices on the port, in bus order.
+    devices: Vec<String>,
     path: std::path::PathBuf,
     baud: u32,
-    machine: Machine,
-    commands: mpsc::Receiver<Cmd>,
+    bus: bus::Bus,
+    commands: mpsc::Receiver<(usize, Cmd)>,
     wake: UnixStream,
     stop: Arc<AtomicBool>,
     report: F,
@@ -277,7 +308,7 @@ enum Wait {
 impl<F: Fn(Report) -> bool> Shell<F> {
     /// The port thread: runs the port until the stop, and starts it again with backoff
     /// (reported, counted) if it panics. The other ports and the daemon keep running.
-    fn supervised(mut self, device: &crate::config::DeviceConfig) {
+    fn supervised(mut self, configs: &[DeviceConfig]) {
         let mut restarts = crate::runtime::supervise::Restarts::default();
         loop {
             let began = Instant::now();
@@ -285,18 +316,22 @@ impl<F: Fn(Report) -> bool> Shell<F> {
             if ran.is_ok() || self.stop.load(Ordering::SeqCst) {
                 return;
             }
-            // What the machine was in the middle of is unknown: begin again from a fresh one,
-            // with the port closed (it was dropped by the unwinding) and the device offline.
-            match Machine::for_device(device) {
-                Ok(machine) => self.machine = machine,
-                Err(_) => return,
+            // What the machines were in the middle of is unknown: begin again from fresh ones,
+            // with the port closed (it was dropped by the unwinding) and the devices offline.
+            for (i, d) in configs.iter().enumerate() {
+                match Machine::for_device(d) {
+                    Ok(machine) => self.bus.replace(i, machine),
+                    Err(_) => return,
+                }
             }
-            self.stats(|s| s.open = false);
-            self.emit(Happening::Offline(LinkReason::PortClosed));
+            self.stats_all(|s| s.open = false);
+            for i in 0..self.devices.len() {
+                self.emit(i, Happening::Offline(LinkReason::PortClosed));
+            }
             self.fail_waiting_commands(SerialFailure::PortClosed);
             let delay = restarts.failed(began.elapsed());
             t::AdapterRestarting {
-                adapter: &format!("serial {}", self.device),
+                adapter: &format!("serial {}", self.path.display()),
                 error: &"it panicked",
                 retry_in_ms: delay.as_millis() as u64,
                 restarts: restarts.count(),
@@ -317,51 +352,59 @@ impl<F: Fn(Report) -> bool> Shell<F> {
                 Ok(p) => p,
                 Err(error) => {
                     if !told_closed {
-                        t::SerialOpenFailed {
-                            device: &self.device,
-                            port: &self.path.display(),
-                            error: &error,
+                        for (i, device) in self.devices.iter().enumerate() {
+                            t::SerialOpenFailed {
+                                device,
+                                port: &self.path.display(),
+                                error: &error,
+                            }
+                            .emit();
+                            self.emit(i, Happening::Offline(LinkReason::PortClosed));
                         }
-                        .emit();
-                        self.emit(Happening::Offline(LinkReason::PortClosed));
                         told_closed = true;
                     }
-                    self.stats(|s| s.last_error = Some(error.to_string()));
+                    self.stats_all(|s| s.last_error = Some(error.to_string()));
                     self.fail_waiting_commands(SerialFailure::PortClosed);
                     self.sleep(backoff);
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                     continue;
                 }
             };
-            t::SerialOpened {
-                device: &self.device,
-                port: &self.path.display(),
+            for device in &self.devices {
+                t::SerialOpened {
+                    device,
+                    port: &self.path.display(),
+                }
+                .emit();
             }
-            .emit();
-            self.stats(|s| {
+            self.stats_all(|s| {
                 s.opens += 1;
                 s.open = true;
                 s.last_error = None;
             });
             backoff = MIN_BACKOFF;
             let error = self.serve(&mut port);
-            let step = self.machine.closed();
+            let step = self.bus.closed();
             self.apply_happenings(step.happened);
-            self.stats(|s| s.open = false);
+            self.stats_all(|s| s.open = false);
             match error {
                 None => break,
                 Some(error) => {
-                    t::SerialLost {
-                        device: &self.device,
-                        port: &self.path.display(),
-                        error: &error,
+                    for device in &self.devices {
+                        t::SerialLost {
+                            device,
+                            port: &self.path.display(),
+                            error: &error,
+                        }
+                        .emit();
                     }
-                    .emit();
-                    self.stats(|s| {
+                    self.stats_all(|s| {
                         s.losses += 1;
                         s.last_error = Some(error.clone());
                     });
-                    self.emit(Happening::Offline(LinkReason::PortClosed));
+                    for i in 0..self.devices.len() {
+                        self.emit(i, Happening::Offline(LinkReason::PortClosed));
+                    }
                     told_closed = true;
                     drop(port);
                     self.sleep(backoff);
@@ -370,9 +413,9 @@ impl<F: Fn(Report) -> bool> Shell<F> {
         }
     }
 
-    /// Runs the machine on an open port until it is lost (`Some(error)`) or the daemon stops.
+    /// Runs the bus on an open port until it is lost (`Some(error)`) or the daemon stops.
     fn serve(&mut self, port: &mut serialport::TTYPort) -> Option<String> {
-        let step = self.machine.opened(Instant::now());
+        let step = self.bus.opened(Instant::now());
         if let Err(e) = self.apply(port, step) {
             return Some(e.to_string());
         }
@@ -382,29 +425,29 @@ impl<F: Fn(Report) -> bool> Shell<F> {
             let now = Instant::now();
             if stopping.is_none() && self.stop.load(Ordering::SeqCst) {
                 stopping = Some(now + SHUTDOWN_GRACE);
-                let step = self.machine.shutdown(now);
+                let step = self.bus.shutdown(now);
                 if let Err(e) = self.apply(port, step) {
                     return Some(e.to_string());
                 }
             }
             if let Some(until) = stopping {
-                if self.machine.idle() || now >= until {
+                if self.bus.idle() || now >= until {
                     return None;
                 }
             }
-            while let Ok(cmd) = self.commands.try_recv() {
-                let step = self.machine.command(cmd, now);
+            while let Ok((device, cmd)) = self.commands.try_recv() {
+                let step = self.bus.command(device, cmd, now);
                 if let Err(e) = self.apply(port, step) {
                     return Some(e.to_string());
                 }
             }
-            let step = self.machine.tick(now);
+            let step = self.bus.tick(now);
             if let Err(e) = self.apply(port, step) {
                 return Some(e.to_string());
             }
             let timeout = self
-                .machine
-                .next_deadline()
+                .bus
+                .next_deadline(now)
                 .map(|t| t.saturating_duration_since(Instant::now()))
                 .unwrap_or(Duration::from_millis(100))
                 .clamp(Duration::from_millis(1), Duration::from_millis(100));
@@ -415,7 +458,7 @@ impl<F: Fn(Report) -> bool> Shell<F> {
                 Wait::Readable => match port.read(&mut buf) {
                     Ok(0) => return Some("end of file".into()),
                     Ok(n) => {
-                        let step = self.machine.bytes(&buf[..n], Instant::now());
+                        let step = self.bus.bytes(&buf[..n], Instant::now());
                         if let Err(e) = self.apply(port, step) {
                             return Some(e.to_string());
                         }
@@ -428,40 +471,49 @@ impl<F: Fn(Report) -> bool> Shell<F> {
         }
     }
 
-    fn apply(&mut self, port: &mut serialport::TTYPort, step: Step) -> std::io::Result<()> {
+    fn apply(&mut self, port: &mut serialport::TTYPort, step: bus::BusStep) -> std::io::Result<()> {
         for frame in &step.send {
             port.write_all(frame)?;
         }
         self.apply_happenings(step.happened);
-        let machine = &self.machine;
-        self.stats(|s| machine.stats(s));
+        for (i, device) in self.devices.iter().enumerate() {
+            if let Some(machine) = self.bus.machine(i) {
+                crate::telemetry::serial_stats(device, |s| machine.stats(s));
+            }
+        }
         Ok(())
     }
 
-    fn apply_happenings(&mut self, happened: Vec<Happening>) {
-        for h in happened {
+    fn apply_happenings(&mut self, happened: Vec<(usize, Happening)>) {
+        for (i, h) in happened {
             let online = matches!(h, Happening::Online(_));
-            self.emit(h);
+            self.emit(i, h);
             if online {
                 fault_hook_panic_once();
             }
         }
     }
 
-    fn emit(&self, happening: Happening) {
+    fn emit(&self, device: usize, happening: Happening) {
+        let Some(id) = self.devices.get(device) else {
+            return;
+        };
         let _ = (self.report)(Report {
-            device: self.device.clone(),
+            device: id.clone(),
             happening,
         });
     }
 
     fn fail_waiting_commands(&self, error: SerialFailure) {
-        while let Ok(cmd) = self.commands.try_recv() {
+        while let Ok((device, cmd)) = self.commands.try_recv() {
             if !matches!(cmd, Cmd::Feedback { .. }) {
-                self.emit(Happening::Done {
-                    cmd,
-                    result: Err(error.clone()),
-                });
+                self.emit(
+                    device,
+                    Happening::Done {
+                        cmd,
+                        result: Err(error.clone()),
+                    },
+                );
             }
         }
     }
@@ -495,8 +547,11 @@ impl<F: Fn(Report) -> bool> Shell<F> {
         while matches!((&self.wake).read(&mut sink), Ok(n) if n > 0) {}
     }
 
-    fn stats(&self, f: impl FnOnce(&mut crate::telemetry::SerialStats)) {
-        crate::telemetry::serial_stats(&self.device, f);
+    /// The same change to every device's port statistics (they share the port).
+    fn stats_all(&self, f: impl Fn(&mut crate::telemetry::SerialStats)) {
+        for device in &self.devices {
+            crate::telemetry::serial_stats(device, &f);
+        }
     }
 }
 

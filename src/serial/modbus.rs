@@ -290,6 +290,11 @@ impl Relay {
         self.pump(now)
     }
 
+    /// Whether a request is on the wire, waiting for its answer (a shared bus is not free).
+    pub fn awaiting(&self) -> bool {
+        self.inflight.is_some()
+    }
+
     /// Whether nothing is waiting to be sent or answered (the shutdown OFF went out).
     pub fn idle(&self) -> bool {
         self.inflight.is_none() && self.queue.is_empty()

@@ -255,6 +255,11 @@ impl Cp {
         Step::default()
     }
 
+    /// Whether a command is on the wire, waiting for its reply (a shared bus is not free).
+    pub fn awaiting(&self) -> bool {
+        self.inflight.is_some()
+    }
+
     pub fn idle(&self) -> bool {
         self.queue.is_empty()
     }

@@ -182,6 +182,8 @@ happenings! {
         => WARN "Inbound command refused.";
     InboundAccepted<'a> { event: &'a str, id: &'a str }
         => INFO "Inbound command accepted.";
+    PulseTimeZero<'a> { device: &'a str }
+        => WARN "A Tasmota strike's PulseTime is 0: its relay would stay on after an unlock.";
     CardUnreadable<'a> { device: &'a str, error: &'a str }
         => WARN "A card read is not a card of the reader's format; denied.", card_unreadable;
     ChannelConnected<'a> { url: &'a str }

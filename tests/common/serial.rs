@@ -94,6 +94,8 @@ pub type Writes = Arc<Mutex<Vec<(u16, u16)>>>;
 /// A Modbus RTU relay board at `address` on a pty linked at `link`.
 pub struct Board {
     pub writes: Writes,
+    /// The same, with the board address each write went to (several boards on one bus).
+    pub bus_writes: Arc<Mutex<Vec<(u8, u16, u16)>>>,
     /// While set, the board answers nothing (a dead board, a cut A/B pair).
     pub silent: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
@@ -102,13 +104,25 @@ pub struct Board {
 
 impl Board {
     pub fn start(link: &Path, address: u8) -> Board {
+        Board::start_bus(link, &[address])
+    }
+
+    /// Several boards at `addresses` on one RS-485 bus: each answers only its own requests.
+    pub fn start_bus(link: &Path, addresses: &[u8]) -> Board {
+        let addresses = addresses.to_vec();
         let mut pty = Pty::at(link);
         let writes: Writes = Arc::default();
+        let bus_writes: Arc<Mutex<Vec<(u8, u16, u16)>>> = Arc::default();
         let silent = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
-        let (w, s, st) = (writes.clone(), silent.clone(), stop.clone());
+        let (w, wb, s, st) = (
+            writes.clone(),
+            bus_writes.clone(),
+            silent.clone(),
+            stop.clone(),
+        );
         let thread = std::thread::spawn(move || {
-            let mut coils: u8 = 0;
+            let mut coils: std::collections::HashMap<u8, u8> = std::collections::HashMap::new();
             let mut buf = Vec::new();
             let mut chunk = [0u8; 256];
             while !st.load(Ordering::SeqCst) {
@@ -118,34 +132,38 @@ impl Board {
                 while buf.len() >= 8 {
                     let f: Vec<u8> = buf[..8].to_vec();
                     let crc = zenedge::serial::modbus::crc16(&f[..6]);
-                    if f[0] != address || crc.to_le_bytes() != [f[6], f[7]] {
+                    if !addresses.contains(&f[0]) || crc.to_le_bytes() != [f[6], f[7]] {
                         buf.remove(0);
                         continue;
                     }
                     buf.drain(..8);
+                    let address = f[0];
+                    let coils = coils.entry(address).or_default();
                     let reg = u16::from_be_bytes([f[2], f[3]]);
                     let value = u16::from_be_bytes([f[4], f[5]]);
                     // A silent board still hears (and the test sees) what it was told.
                     if s.load(Ordering::SeqCst) {
                         if f[1] == 0x05 {
                             w.lock().unwrap().push((reg, value));
+                            wb.lock().unwrap().push((address, reg, value));
                         }
                         continue;
                     }
                     let reply = match f[1] {
                         0x01 => {
-                            let mut r = vec![address, 0x01, 1, coils];
+                            let mut r = vec![address, 0x01, 1, *coils];
                             let crc = zenedge::serial::modbus::crc16(&r);
                             r.extend_from_slice(&crc.to_le_bytes());
                             r
                         }
                         0x05 => {
                             w.lock().unwrap().push((reg, value));
+                            wb.lock().unwrap().push((address, reg, value));
                             if reg < 8 {
                                 if value == 0xFF00 {
-                                    coils |= 1 << reg;
+                                    *coils |= 1 << reg;
                                 } else {
-                                    coils &= !(1 << reg);
+                                    *coils &= !(1 << reg);
                                 }
                             }
                             f.clone()
@@ -159,6 +177,7 @@ impl Board {
         });
         Board {
             writes,
+            bus_writes,
             silent,
             stop,
             thread: Some(thread),
@@ -167,6 +186,11 @@ impl Board {
 
     pub fn writes(&self) -> Vec<(u16, u16)> {
         self.writes.lock().unwrap().clone()
+    }
+
+    /// Every write on the bus: (board address, register, value).
+    pub fn bus_writes(&self) -> Vec<(u8, u16, u16)> {
+        self.bus_writes.lock().unwrap().clone()
     }
 
     /// Closes the pty master: the adapter is unplugged.
@@ -182,6 +206,20 @@ impl Drop for Board {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
     }
+}
+
+/// Writes a reader's answer to the pty master (an unplugged one refuses it).
+fn write_master(
+    master: &Arc<Mutex<Option<File>>>,
+    buf: &[u8],
+) -> Result<usize, libosdp::ChannelError> {
+    let mut slot = master.lock().unwrap();
+    let Some(f) = slot.as_mut() else {
+        return Err(libosdp::ChannelError::TransportError);
+    };
+    f.write_all(buf)
+        .map(|_| buf.len())
+        .map_err(|_| libosdp::ChannelError::TransportError)
 }
 
 /// The pty master as libosdp's channel. libosdp keeps the channel for the life of the process
@@ -207,13 +245,7 @@ impl libosdp::Channel for MasterChannel {
     }
 
     fn write(&mut self, buf: &[u8]) -> Result<usize, libosdp::ChannelError> {
-        let mut slot = self.0.lock().unwrap();
-        let Some(f) = slot.as_mut() else {
-            return Err(libosdp::ChannelError::TransportError);
-        };
-        f.write_all(buf)
-            .map(|_| buf.len())
-            .map_err(|_| libosdp::ChannelError::TransportError)
+        write_master(&self.0, buf)
     }
 
     fn flush(&mut self) -> Result<(), libosdp::ChannelError> {
@@ -236,10 +268,118 @@ pub struct Reader {
     stop: Arc<AtomicBool>,
 }
 
-impl Reader {
-    pub fn start(link: &Path, address: i32, scbk: Option<[u8; 16]>) -> Reader {
-        use libosdp::{OsdpFlag, PdCapEntity, PdCapability, PdInfoBuilder};
+/// An RS-485 bus for OSDP readers: the control panel's pty fanned out to every reader on it.
+/// Each reader hears every byte and answers only its own address, as on a real multi-drop
+/// line; their answers go back to the control panel.
+pub struct OsdpBus {
+    master: Arc<Mutex<Option<File>>>,
+    taps: Arc<Mutex<Vec<mpsc::Sender<Vec<u8>>>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl OsdpBus {
+    pub fn at(link: &Path) -> OsdpBus {
         let pty = Pty::at(link);
+        let reader = pty.master.try_clone().unwrap();
+        let master = Arc::new(Mutex::new(Some(pty.master)));
+        let taps: Arc<Mutex<Vec<mpsc::Sender<Vec<u8>>>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (t, st) = (taps.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut reader = reader;
+            let mut chunk = [0u8; 256];
+            while !st.load(Ordering::SeqCst) {
+                let n = read_some(&mut reader, &mut chunk);
+                if n > 0 {
+                    for tap in t.lock().unwrap().iter() {
+                        let _ = tap.send(chunk[..n].to_vec());
+                    }
+                }
+            }
+        });
+        OsdpBus { master, taps, stop }
+    }
+
+    /// A reader's connection to the bus.
+    fn tap(&self) -> BusChannel {
+        let (tx, rx) = mpsc::channel();
+        self.taps.lock().unwrap().push(tx);
+        BusChannel {
+            rx,
+            pending: Vec::new(),
+            master: self.master.clone(),
+        }
+    }
+
+    /// Closes the pty master: the adapter is unplugged.
+    pub fn unplug(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.master.lock().unwrap().take();
+    }
+}
+
+struct BusChannel {
+    rx: mpsc::Receiver<Vec<u8>>,
+    pending: Vec<u8>,
+    master: Arc<Mutex<Option<File>>>,
+}
+
+impl libosdp::Channel for BusChannel {
+    fn get_id(&self) -> i32 {
+        0
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, libosdp::ChannelError> {
+        while let Ok(bytes) = self.rx.try_recv() {
+            self.pending.extend(bytes);
+        }
+        if self.pending.is_empty() {
+            return Err(libosdp::ChannelError::WouldBlock);
+        }
+        let n = buf.len().min(self.pending.len());
+        buf[..n].copy_from_slice(&self.pending[..n]);
+        self.pending.drain(..n);
+        Ok(n)
+    }
+
+    fn write(&mut self, buf: &[u8]) -> Result<usize, libosdp::ChannelError> {
+        write_master(&self.master, buf)
+    }
+
+    fn flush(&mut self) -> Result<(), libosdp::ChannelError> {
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<(), libosdp::ChannelError> {
+        Ok(())
+    }
+}
+
+impl Reader {
+    /// A reader at `address` on a shared OSDP bus.
+    pub fn on_bus(bus: &OsdpBus, address: i32, scbk: Option<[u8; 16]>) -> Reader {
+        Reader::run(Box::new(bus.tap()), None, address, scbk)
+    }
+
+    pub fn start(link: &Path, address: i32, scbk: Option<[u8; 16]>) -> Reader {
+        let pty = Pty::at(link);
+        let master = Arc::new(Mutex::new(Some(pty.master)));
+        Reader::run(
+            Box::new(MasterChannel(master.clone())),
+            Some(master),
+            address,
+            scbk,
+        )
+    }
+
+    /// Runs libosdp's PD on `channel`; `unplug` is the master to close when it stops.
+    fn run(
+        channel: Box<dyn libosdp::Channel>,
+        unplug: Option<Arc<Mutex<Option<File>>>>,
+        address: i32,
+        scbk: Option<[u8; 16]>,
+    ) -> Reader {
+        use libosdp::{OsdpFlag, PdCapEntity, PdCapability, PdInfoBuilder};
         let commands: Arc<Mutex<Vec<(std::time::Instant, libosdp::OsdpCommand)>>> = Arc::default();
         let (events, event_rx) = mpsc::channel::<libosdp::OsdpEvent>();
         let online = Arc::new(AtomicBool::new(false));
@@ -269,10 +409,7 @@ impl Reader {
                     .capability(PdCapability::CommunicationSecurity(PdCapEntity::new(1, 1)))
                     .secure_channel_key(key);
             }
-            let master = Arc::new(Mutex::new(Some(pty.master)));
-            let mut pd =
-                libosdp::PeripheralDevice::new(info, Box::new(MasterChannel(master.clone())))
-                    .unwrap();
+            let mut pd = libosdp::PeripheralDevice::new(info, channel).unwrap();
             pd.set_command_callback(move |cmd| {
                 c.lock()
                     .unwrap()
@@ -288,8 +425,10 @@ impl Reader {
                 }
                 std::thread::sleep(Duration::from_millis(2));
             }
-            // The unplug.
-            master.lock().unwrap().take();
+            // The unplug (a reader on a shared bus leaves the bus as it is).
+            if let Some(master) = unplug {
+                master.lock().unwrap().take();
+            }
         });
         Reader {
             commands,

@@ -483,7 +483,10 @@ async fn serve(
         // The device task and delivery are essential: if either ends before a stop was asked
         // for, the daemon is no longer doing its job. Say so (`/healthz` 503) and exit non-zero,
         // so that systemd restarts it, instead of answering 202 to commands nobody carries out.
+        // Biased, the stop first: the runtime and delivery end *because* of a stop, and when
+        // both are ready at once a random pick would call a clean stop a crash (exit 70).
         let ended = tokio::select! {
+            biased;
             _ = stopped(shutdown_rx.clone()) => None,
             r = &mut mqtt_task => Some(("device", r.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())))),
             r = &mut delivery_task => Some(("delivery", r.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())))),

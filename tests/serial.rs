@@ -457,6 +457,45 @@ async fn three_osdp_readers_on_one_bus_each_with_its_secure_channel_open_their_o
     online_twice(&r, &["reader-a", "reader-b", "reader-c"]).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_reader_on_the_default_key_is_given_its_key_once_and_then_works_on_it() {
+    let ports = tempfile::tempdir().unwrap();
+    let link = ports.path().join("usb-osdp-new");
+    let scbk: [u8; 16] = *b"site-key-16bytes";
+    let reader = Reader::start(&link, 5, Some(common::serial::NEW_READER));
+    let devices = format!(
+        "[presence]\ndebounce = \"0s\"\n[[devices]]\nid = \"new-reader\"\ntype = \"reader\"\n\
+         driver = \"osdp\"\nport = \"{}\"\naddress = 5\nscbk = \"{}\"\ninstall_scbk = true\n\
+         pulse = \"1s\"\n",
+        link.display(),
+        hex::encode(scbk)
+    );
+    let r = rig(&devices).await;
+    // Its own key is refused (it has none), SCBK-D works, the key goes over in osdp_KEYSET,
+    // and the reader comes online on a session with that key.
+    r.wait_event("new-reader", "device.online", "port_opened")
+        .await;
+    until("Secure Channel on the installed key", || reader.sc_active()).await;
+    let keysets: Vec<libosdp::OsdpCommand> = reader
+        .commands()
+        .into_iter()
+        .filter(|c| matches!(c, libosdp::OsdpCommand::KeySet(_)))
+        .collect();
+    assert_eq!(keysets.len(), 1, "{keysets:?}");
+    // The PIN path works on the new key.
+    let body = command_body(
+        "access.magic_link",
+        json!({"grant_id": "g-new", "booking_id": "b-new", "meeting_space_id": "ms-test",
+               "token_sha256": sha("tok"), "pin_sha256": sha("2580"),
+               "valid_from": at(-60), "valid_until": at(3600)}),
+    );
+    let (status, answer) = r.command(&body, Some(SECRET), &[]).await;
+    assert_eq!(status, 202, "{answer}");
+    reader.type_keys(b"2580#");
+    r.wait_event("new-reader", "device.action_completed", "succeeded")
+        .await;
+}
+
 /// The 26 bits of an H10301 card, parity bits computed (`flip` one of them to break it), as
 /// the reader sends them: first bit in the top bit of the first byte.
 fn wiegand26(facility: u32, card: u32, flip: bool) -> Vec<u8> {

@@ -104,6 +104,7 @@ impl Driver {
                 "insecure",
                 "pulse",
                 "card_format",
+                "install_scbk",
             ],
         }
     }
@@ -150,6 +151,8 @@ pub struct DeviceConfig {
     /// `pin_code_file`'s contents, read at load.
     #[serde(skip)]
     pub pin_code: Option<Secret>,
+    /// osdp: give a new reader still on the default key (SCBK-D) this `scbk`, once.
+    pub install_scbk: Option<bool>,
     /// osdp: how the reader's card reads are decoded (default `wiegand26`).
     pub card_format: Option<crate::serial::cards::CardFormat>,
     /// homeassistant: the payloads and states of the lock (Home Assistant's MQTT lock keys:
@@ -256,6 +259,7 @@ impl DeviceConfig {
         mark(self.full_topic.is_some(), "full_topic");
         mark(self.switch.is_some(), "switch");
         mark(self.card_format.is_some(), "card_format");
+        mark(self.install_scbk.is_some(), "install_scbk");
         mark(self.pin_code_file.is_some(), "pin_code_file");
         for (name, value) in self.ha_values() {
             mark(value.is_some(), name);
@@ -394,6 +398,12 @@ pub(super) fn validate_device(i: usize, d: &DeviceConfig) -> Result<(), ConfigEr
                 return Err(ConfigError::key(
                     key("scbk"),
                     "Secure Channel needs scbk or scbk_file (or insecure = true)",
+                ));
+            }
+            if d.install_scbk == Some(true) && keyed == 0 {
+                return Err(ConfigError::key(
+                    key("install_scbk"),
+                    "needs the key to install: set scbk or scbk_file",
                 ));
             }
             if keyed == 1 && insecure {

@@ -78,6 +78,7 @@ impl Machine {
                 })?;
                 let mut s = ReaderSettings::new(address, scbk, pulse);
                 s.card_format = d.card_format.unwrap_or_default();
+                s.install_scbk = d.install_scbk == Some(true);
                 if let Some(t) = d.offline_after {
                     s.offline_after = t;
                 }

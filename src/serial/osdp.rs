@@ -37,7 +37,14 @@ pub struct ReaderSettings {
     pub busy_wait: Duration,
     /// How the reader's card reads are decoded.
     pub card_format: super::cards::CardFormat,
+    /// A new reader still on the default key (SCBK-D) gets `scbk` with osdp_KEYSET, once.
+    pub install_scbk: bool,
 }
+
+/// The Secure Channel base key every reader has before it is given its own (OSDP's SCBK-D).
+pub const SCBK_D: Block = [
+    0x30, 0x31, 0x32, 0x33, 0x34, 0x35, 0x36, 0x37, 0x38, 0x39, 0x3A, 0x3B, 0x3C, 0x3D, 0x3E, 0x3F,
+];
 
 impl ReaderSettings {
     pub fn new(address: u8, scbk: Option<Block>, pulse: Duration) -> ReaderSettings {
@@ -51,6 +58,7 @@ impl ReaderSettings {
             offline_after: Duration::from_secs(8),
             busy_wait: Duration::from_millis(800),
             card_format: super::cards::CardFormat::default(),
+            install_scbk: false,
         }
     }
 }
@@ -64,6 +72,8 @@ enum Phase {
     Cap,
     Challenge,
     Crypt(Block),
+    /// On a session with SCBK-D: the reader is being given its key.
+    Keyset,
     Online,
 }
 
@@ -119,6 +129,10 @@ pub struct Cp {
     last_valid: Instant,
     /// After a BUSY: nothing is sent before this.
     hold_until: Option<Instant>,
+    /// The next handshake uses SCBK-D (`install_scbk`: the reader refused its own key).
+    default_key: bool,
+    /// The reader was given its key (osdp_KEYSET answered ACK): never again.
+    provisioned: bool,
     pub counters: CpCounters,
 }
 
@@ -142,6 +156,8 @@ impl Cp {
             pin_at: None,
             last_valid: now,
             hold_until: None,
+            default_key: false,
+            provisioned: false,
             counters: CpCounters::default(),
         }
     }
@@ -275,7 +291,7 @@ impl Cp {
     ) {
         let (scb, session) = match (&scb, self.session.as_mut()) {
             (Some(_), _) => (scb, None),
-            (None, Some(s)) if self.phase == Phase::Online => {
+            (None, Some(s)) if matches!(self.phase, Phase::Online | Phase::Keyset) => {
                 let scs = if data.is_empty() { 0x15 } else { 0x17 };
                 (Some(vec![2, scs]), Some(s))
             }
@@ -322,7 +338,7 @@ impl Cp {
         };
         let expected_seq = self.seq;
         let sent_code = f.code;
-        let secured = self.phase == Phase::Online && self.session.is_some();
+        let secured = matches!(self.phase, Phase::Online | Phase::Keyset) && self.session.is_some();
         let reply = match parse_reply(packet, if secured { self.session.as_mut() } else { None }) {
             Ok(r) => r,
             Err(ReplyError::NotReply) => return,
@@ -395,18 +411,21 @@ impl Cp {
                 let _ = scbk;
                 self.cp_random = (self.random)();
                 self.phase = Phase::Challenge;
+                // SCB data: 1 = the reader's own key (SCBK), 0 = the default key (SCBK-D).
+                let key_byte = u8::from(!self.default_key);
                 self.send(
                     code::CHLNG,
                     self.cp_random.to_vec(),
                     None,
-                    Some(vec![3, 0x11, 1]),
+                    Some(vec![3, 0x11, key_byte]),
                     now,
                     step,
                 );
             }
             Phase::Challenge if reply.code == code::CCRYPT => {
                 let Some(scbk) = self.s.scbk else { return };
-                let session = Session::new(&scbk, self.cp_random);
+                let key = if self.default_key { SCBK_D } else { scbk };
+                let session = Session::new(&key, self.cp_random);
                 let (Some(pd_random), Some(client)) = (
                     reply
                         .data
@@ -429,7 +448,7 @@ impl Cp {
                             code::SCRYPT,
                             server.to_vec(),
                             None,
-                            Some(vec![3, 0x13, 1]),
+                            Some(vec![3, 0x13, u8::from(!self.default_key)]),
                             now,
                             step,
                         );
@@ -454,6 +473,18 @@ impl Cp {
                     t::OsdpRmacMismatch {}.emit();
                     self.fail_link(now, step);
                 }
+            }
+            Phase::Keyset if reply.code == code::ACK => {
+                // The reader has its key: start over on it.
+                self.provisioned = true;
+                self.default_key = false;
+                t::OsdpProvisioned {
+                    address: self.s.address,
+                }
+                .emit();
+                let restarted = self.restart(now);
+                step.send.extend(restarted.send);
+                step.happened.extend(restarted.happened);
             }
             Phase::Online => {
                 match reply.code {
@@ -494,6 +525,16 @@ impl Cp {
     }
 
     fn link_up(&mut self, now: Instant, step: &mut Step) {
+        if self.default_key {
+            // A session on SCBK-D is only for this: give the reader its key (encrypted).
+            if let Some(scbk) = self.s.scbk {
+                self.phase = Phase::Keyset;
+                let mut data = vec![1, 16];
+                data.extend_from_slice(&scbk);
+                self.send(code::KEYSET, data, None, None, now, step);
+                return;
+            }
+        }
         self.phase = Phase::Online;
         self.next_poll = now;
         if !self.online {
@@ -512,6 +553,15 @@ impl Cp {
     /// The link is lost (silence, a refused handshake, a bad MAC): offline, fail what waits,
     /// start over after `retry_wait`.
     fn fail_link(&mut self, now: Instant, step: &mut Step) {
+        // A handshake refused on the reader's own key may be a new reader still on SCBK-D:
+        // with `install_scbk` the next attempt tries that key, and the one after goes back.
+        let handshake = matches!(
+            self.phase,
+            Phase::Challenge | Phase::Crypt(_) | Phase::Keyset
+        );
+        if handshake && self.s.install_scbk && !self.provisioned {
+            self.default_key = !self.default_key;
+        }
         self.fail_all(SerialFailure::DeviceOffline, step);
         self.session = None;
         self.decoder.clear();

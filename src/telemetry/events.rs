@@ -182,6 +182,8 @@ happenings! {
         => WARN "Inbound command refused.";
     InboundAccepted<'a> { event: &'a str, id: &'a str }
         => INFO "Inbound command accepted.";
+    OsdpProvisioned { address: u8 }
+        => INFO "OSDP reader on the default key given its Secure Channel key (osdp_KEYSET).";
     PulseTimeZero<'a> { device: &'a str }
         => WARN "A Tasmota strike's PulseTime is 0: its relay would stay on after an unlock.";
     CardUnreadable<'a> { device: &'a str, error: &'a str }

@@ -355,6 +355,9 @@ impl libosdp::Channel for BusChannel {
     }
 }
 
+/// Stands for "no key yet" in [`Reader::start`]: a new reader, out of its box, on SCBK-D.
+pub const NEW_READER: [u8; 16] = [0; 16];
+
 impl Reader {
     /// A reader at `address` on a shared OSDP bus.
     pub fn on_bus(bus: &OsdpBus, address: i32, scbk: Option<[u8; 16]>) -> Reader {
@@ -403,11 +406,20 @@ impl Reader {
                 .capability(PdCapability::LedControl(PdCapEntity::new(1, 1)))
                 .capability(PdCapability::AudibleOutput(PdCapEntity::new(1, 1)))
                 .capability(PdCapability::CheckCharacterSupport(PdCapEntity::new(1, 0)));
-            if let Some(key) = scbk {
-                info = info
-                    .flag(OsdpFlag::EnforceSecure)
-                    .capability(PdCapability::CommunicationSecurity(PdCapEntity::new(1, 1)))
-                    .secure_channel_key(key);
+            match scbk {
+                Some(key) if key == NEW_READER => {
+                    // Secure Channel capable, no key of its own: libosdp's install mode, on
+                    // SCBK-D until a control panel gives it a key with osdp_KEYSET.
+                    info = info
+                        .capability(PdCapability::CommunicationSecurity(PdCapEntity::new(1, 1)));
+                }
+                Some(key) => {
+                    info = info
+                        .flag(OsdpFlag::EnforceSecure)
+                        .capability(PdCapability::CommunicationSecurity(PdCapEntity::new(1, 1)))
+                        .secure_channel_key(key);
+                }
+                None => {}
             }
             let mut pd = libosdp::PeripheralDevice::new(info, channel).unwrap();
             pd.set_command_callback(move |cmd| {

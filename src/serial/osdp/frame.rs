@@ -20,6 +20,7 @@ pub mod code {
     pub const BUZ: u8 = 0x6A;
     pub const CHLNG: u8 = 0x76;
     pub const SCRYPT: u8 = 0x77;
+    pub const KEYSET: u8 = 0x75;
 
     pub const ACK: u8 = 0x40;
     pub const NAK: u8 = 0x41;

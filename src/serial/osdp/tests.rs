@@ -346,3 +346,53 @@ fn a_refused_command_fails_with_the_nak_reason_and_the_hub_hears_nak() {
         s.happened
     );
 }
+
+#[test]
+fn a_reader_that_refuses_its_key_is_tried_on_scbk_d_and_given_its_key_with_keyset() {
+    let scbk = [0x42u8; 16];
+    let t0 = Instant::now();
+    let ms = |n| t0 + Duration::from_millis(n);
+    let mut settings = ReaderSettings::new(5, Some(scbk), Duration::from_millis(1500));
+    settings.install_scbk = true;
+    let mut cp = Cp::new(settings, Box::new(|| [1, 2, 3, 4, 5, 6, 7, 8]), t0);
+    // First on its own key (SCB data 1): the new reader refuses it (NAK).
+    cp.opened(t0);
+    cp.bytes(&reply(5, 0, code::PDID, &[0; 12]), t0);
+    let s = cp.bytes(&reply(5, 1, code::PDCAP, &[9, 1, 0]), t0);
+    assert_eq!(&s.send[0][6..9], &[3, 0x11, 1]);
+    let s = cp.bytes(&reply(5, 2, code::NAK, &[6]), t0);
+    assert!(s.happened.is_empty(), "never online, nothing to report");
+    // After the retry wait, the default key (SCB data 0).
+    let s = cp.tick(ms(1_000));
+    assert_eq!(s.send[0][6], code::ID);
+    cp.bytes(&reply(5, 0, code::PDID, &[0; 12]), ms(1_010));
+    let s = cp.bytes(&reply(5, 1, code::PDCAP, &[9, 1, 0]), ms(1_020));
+    assert_eq!(&s.send[0][6..9], &[3, 0x11, 0]);
+    let mut pd = Session::new(&SCBK_D, [1, 2, 3, 4, 5, 6, 7, 8]);
+    let pd_random = [0xAA; 8];
+    let mut data = vec![0u8; 8];
+    data.extend_from_slice(&pd_random);
+    data.extend_from_slice(&sc::pd::client_cryptogram(&pd, &pd_random));
+    let s = cp.bytes(&reply(5, 2, code::CCRYPT, &data), ms(1_030));
+    let scrypt = &s.send[0];
+    assert_eq!(
+        (scrypt[9], &scrypt[6..9]),
+        (code::SCRYPT, &[3u8, 0x13, 0][..])
+    );
+    let server: Block = scrypt[10..26].try_into().unwrap();
+    let rmac = sc::pd::rmac_i(&pd, &server);
+    // On SCBK-D the session is only for the key: a secured KEYSET, and not online yet.
+    let s = cp.bytes(&reply(5, 3, code::RMAC_I, &rmac), ms(1_040));
+    assert!(s.happened.is_empty(), "{:?}", s.happened);
+    let keyset = &s.send[0];
+    assert_eq!(&keyset[6..8], &[2, 0x17], "encrypted, with a MAC");
+    sc::pd::start(&mut pd, rmac);
+    pd_accept_command(&mut pd, keyset);
+    // ACKed: the link starts over, on the new key (SCB data 1), sequence 0.
+    let ack = secure_reply(&mut pd, 5, 1, code::ACK, &[]);
+    let s = cp.bytes(&ack, ms(1_050));
+    assert_eq!((s.send[0][6], seq_of(&s.send[0])), (code::ID, 0));
+    cp.bytes(&reply(5, 0, code::PDID, &[0; 12]), ms(1_060));
+    let s = cp.bytes(&reply(5, 1, code::PDCAP, &[9, 1, 0]), ms(1_070));
+    assert_eq!(&s.send[0][6..9], &[3, 0x11, 1]);
+}

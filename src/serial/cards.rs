@@ -80,29 +80,26 @@ pub fn decode(format: CardFormat, bit_count: u16, data: &[u8]) -> Result<String,
     if usize::from(bit_count).div_ceil(8) > data.len() {
         return Err(CardError::Short(bit_count, data.len()));
     }
-    let Some(expected) = format.bits() else {
-        return Ok(hex::encode(&data[..usize::from(bit_count).div_ceil(8)]));
-    };
-    if bit_count != expected {
+    if let Some(expected) = format.bits().filter(|e| *e != bit_count) {
         return Err(CardError::Length {
             format: format.as_str(),
             bits: bit_count,
             expected,
         });
     }
+    // Every position read below is under `bit_count`, which the bytes cover (checked above).
     let bit = |p: usize| (data[p / 8] >> (7 - p % 8)) & 1 == 1;
     // The bits from `from`, `len` of them, as a number (first bit most significant).
     let field =
         |from: usize, len: usize| (from..from + len).fold(0u64, |v, p| v << 1 | u64::from(bit(p)));
-    let ones = |positions: &mut dyn Iterator<Item = usize>| positions.filter(|p| bit(*p)).count();
-    // Even parity: the parity bit makes the ones even; odd: odd.
-    let even = |p: usize, over: std::ops::Range<usize>| {
-        (ones(&mut over.into_iter()) + usize::from(bit(p))) % 2 == 0
+    // The parity bit at `p` with the ones `over` makes an even (or odd) count.
+    let count = |p: usize, over: std::ops::Range<usize>| {
+        (over.filter(|q| bit(*q)).count() + usize::from(bit(p))) % 2
     };
-    let odd = |p: usize, over: std::ops::Range<usize>| {
-        (ones(&mut over.into_iter()) + usize::from(bit(p))) % 2 == 1
-    };
+    let even = |p, over| count(p, over) == 0;
+    let odd = |p, over| count(p, over) == 1;
     let (ok, facility, card) = match format {
+        CardFormat::Raw => return Ok(hex::encode(&data[..usize::from(bit_count).div_ceil(8)])),
         CardFormat::Wiegand26 => (even(0, 1..13) && odd(25, 13..25), field(1, 8), field(9, 16)),
         CardFormat::Wiegand34 => (
             even(0, 1..17) && odd(33, 17..33),
@@ -125,7 +122,6 @@ pub fn decode(format: CardFormat, bit_count: u16, data: &[u8]) -> Result<String,
             let p3 = 1 - parity((mid & 3) ^ bot) as u64 == (mid >> 2) & 1;
             (p1 && p2 && p3, field(2, 12), field(14, 20))
         }
-        CardFormat::Raw => unreachable!("raw returns above"),
     };
     if !ok {
         return Err(CardError::Parity);

@@ -316,17 +316,15 @@ impl InternalEvent for AccessDecision<'_> {
 /// A command got its answer (either transport): counted by transport and status. Accepted and
 /// refused commands have their own lines; this one is only counted.
 #[derive(Debug)]
-pub struct CommandAnswered<'a> {
-    pub transport: &'a str,
+pub struct CommandAnswered {
+    pub transport: &'static str,
     pub status: u16,
 }
 
-impl InternalEvent for CommandAnswered<'_> {
+impl InternalEvent for CommandAnswered {
     fn emit(self) {
         let mut counts = metrics().commands.lock().unwrap_or_else(|p| p.into_inner());
-        *counts
-            .entry((self.transport.to_owned(), self.status))
-            .or_default() += 1;
+        *counts.entry((self.transport, self.status)).or_default() += 1;
     }
 }
 

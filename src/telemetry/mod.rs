@@ -34,7 +34,7 @@ pub struct Metrics {
     /// Card reads refused as not a card of the reader's format (parity, length).
     pub card_unreadable: AtomicU64,
     /// Commands answered, by (transport, status).
-    pub commands: std::sync::Mutex<std::collections::BTreeMap<(String, u16), u64>>,
+    pub commands: std::sync::Mutex<std::collections::BTreeMap<(&'static str, u16), u64>>,
 }
 
 /// Upper bounds (seconds) of the attempt latency histogram; the last bucket is +Inf.

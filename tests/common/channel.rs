@@ -42,23 +42,29 @@ impl ZenCoreBroker {
             .status()
             .expect("mosquitto_passwd is installed by scripts/setup-test-deps");
         assert!(status.success());
-        let (ws_port, plain_port, cert_port) =
-            (free_port().port(), free_port().port(), free_port().port());
         let tls = format!(
             "cafile {0}/ca.pem\ncertfile {0}/server.pem\nkeyfile {0}/server.key\n",
             certs.display()
         );
-        let extra = format!(
-            "{tls}password_file {passwd}\n\
+        let extra = || {
+            let (ws_port, plain_port, cert_port) =
+                (free_port().port(), free_port().port(), free_port().port());
+            let lines = format!(
+                "{tls}password_file {passwd}\n\
              listener {ws_port} 127.0.0.1\nprotocol websockets\n\
              certfile {c}/server.pem\nkeyfile {c}/server.key\n\
              listener {plain_port} 127.0.0.1\n\
              listener {cert_port} 127.0.0.1\n{tls}require_certificate true\n\
              use_identity_as_username true\n",
-            passwd = passwd.display(),
-            c = certs.display()
-        );
-        let broker = Broker::start_with(&dir, &extra, false).await;
+                passwd = passwd.display(),
+                c = certs.display()
+            );
+            (lines, vec![ws_port, plain_port, cert_port])
+        };
+        let broker = Broker::start_listening(&dir, extra, false).await;
+        let [ws_port, plain_port, cert_port] = broker.listeners[..] else {
+            unreachable!("three listeners were asked for")
+        };
         ZenCoreBroker {
             broker,
             ca: certs.join("ca.pem"),

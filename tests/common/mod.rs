@@ -257,9 +257,28 @@ pub fn write_config(dir: &Path, text: &str) -> PathBuf {
 }
 
 /// A loopback port that was free a moment ago.
+/// A loopback port nobody listens on, chosen below the kernel's ephemeral range: a port from
+/// `bind(0)` comes from that range, and once released it can become the local port of any
+/// outgoing connection on the machine before the broker or daemon given it binds it (which
+/// then fails with "address in use" — one CI run lost a test to this).
 pub fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .filter(|low| *low > 12_000)
+        .unwrap_or(32_768);
+    let mut given = GIVEN.lock().unwrap();
+    loop {
+        let port = rand::random_range(10_000..low);
+        if given.contains(&port) {
+            continue;
+        }
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            given.push(port);
+            return l.local_addr().unwrap();
+        }
+    }
 }
 
 /// An HTTP client for talking to the daemon (rustls needs its ring provider installed first).
@@ -505,6 +524,8 @@ pub struct Broker {
     dir: PathBuf,
     /// Extra mosquitto.conf lines (e.g. a password file).
     extra: String,
+    /// The ports of the extra lines' own listeners, waited on like `port`.
+    listeners: Vec<u16>,
     anonymous: bool,
 }
 
@@ -575,21 +596,46 @@ impl Broker {
     }
 
     async fn start_with(dir: &Path, extra: &str, anonymous: bool) -> Broker {
-        let port = free_port().port();
-        let dir = dir.join(format!("broker-{port}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut b = Broker {
-            child: None,
-            port,
-            dir,
-            extra: extra.to_string(),
-            anonymous,
-        };
-        b.spawn().await;
-        b
+        Broker::start_listening(dir, || (extra.to_string(), Vec::new()), anonymous).await
+    }
+
+    /// Starts mosquitto with `extra()`'s lines and listeners; if it ends before every listener
+    /// is up (a port taken in the meantime), tries again on fresh ports.
+    pub async fn start_listening(
+        dir: &Path,
+        extra: impl Fn() -> (String, Vec<u16>),
+        anonymous: bool,
+    ) -> Broker {
+        let mut last = String::new();
+        for _ in 0..5 {
+            let port = free_port().port();
+            let (extra, listeners) = extra();
+            let dir = dir.join(format!("broker-{port}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut b = Broker {
+                child: None,
+                port,
+                dir,
+                extra,
+                listeners,
+                anonymous,
+            };
+            match b.try_spawn().await {
+                Ok(()) => return b,
+                Err(log) => last = log,
+            }
+        }
+        panic!("mosquitto did not start; its log:\n{last}");
     }
 
     async fn spawn(&mut self) {
+        if let Err(log) = self.try_spawn().await {
+            panic!("mosquitto did not start again; its log:\n{log}");
+        }
+    }
+
+    /// Err: mosquitto's log, when it ended or did not listen on every port within 10 s.
+    async fn try_spawn(&mut self) -> Result<(), String> {
         let conf = self.dir.join("mosquitto.conf");
         std::fs::write(
             &conf,
@@ -612,15 +658,41 @@ impl Broker {
             .spawn()
             .expect("mosquitto is installed by scripts/setup-test-deps");
         self.child = Some(child);
+        let log_file = self.dir.join("mosquitto.log");
+        let log = || std::fs::read_to_string(&log_file).unwrap_or_default();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "mosquitto did not start");
-            // The broker has no readiness signal but its port.
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        let ports: Vec<u16> = std::iter::once(self.port)
+            .chain(self.listeners.iter().copied())
+            .collect();
+        for port in ports {
+            while tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err()
+            {
+                let ended = self
+                    .child
+                    .as_mut()
+                    .is_some_and(|c| !matches!(c.try_wait(), Ok(None)));
+                if ended || Instant::now() >= deadline {
+                    self.kill();
+                    return Err(log());
+                }
+                // The broker has no readiness signal but its ports.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
+        // Mosquitto opens its listeners one after another and ends when one cannot be bound, so
+        // a port that answered may have been someone else's: it must still be running now that
+        // the last one is open.
+        let ended = self
+            .child
+            .as_mut()
+            .is_some_and(|c| !matches!(c.try_wait(), Ok(None)));
+        if ended {
+            self.kill();
+            return Err(log());
+        }
+        Ok(())
     }
 
     pub fn kill(&mut self) {

@@ -452,7 +452,7 @@ fn unknown_while_mqtt_down(
             .devices
             .iter()
             .find(|d| d.id == v.id)
-            .is_some_and(|d| !d.driver.is_serial());
+            .is_some_and(|d| !d.driver().is_serial());
         if over_mqtt {
             v.online = None;
             v.reason = Some("mqtt_down".into());
@@ -515,7 +515,7 @@ async fn device_action(
                 "device task stopped".into(),
             )
         })?;
-    let limit = device.action_timeout() + std::time::Duration::from_secs(5);
+    let limit = device.action_timeout + std::time::Duration::from_secs(5);
     match tokio::time::timeout(limit, answer).await {
         Ok(Ok(done)) => Ok(Json(json!({
             "action_id": done.request.action_id,

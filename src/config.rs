@@ -18,8 +18,11 @@ mod report;
 mod secrets;
 
 pub use commands::{Broker, CommandsConfig, Scheme, Transport as CommandTransport};
+pub use device::{
+    ha_default, DeviceConfig, DeviceType, Driver, DriverConfig, HomeAssistant, ModbusRelay, Osdp,
+    Shelly, Tasmota, ZenedgePanel, Zigbee2mqtt,
+};
 use device::{valid_topic, validate_buses, validate_device};
-pub use device::{DeviceConfig, DeviceType, Driver};
 pub use inbound::{InboundConfig, Listen};
 pub use secrets::MIN_KEY_BYTES;
 use secrets::{one_secret, private_file, strong_secret};
@@ -148,7 +151,8 @@ pub struct Config {
     pub access: AccessConfig,
     #[serde(default)]
     pub commands: CommandsConfig,
-    #[serde(default)]
+    /// Decoded apart from the rest (`device::decode`): each by its driver.
+    #[serde(skip)]
     pub devices: Vec<DeviceConfig>,
 }
 
@@ -403,14 +407,26 @@ impl Config {
     /// Parses and validates TOML text; `origin` names the file in errors and anchors
     /// relative `*_file` paths.
     pub fn from_toml(text: &str, origin: &Path) -> Result<Config, ConfigError> {
-        let table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             path: origin.to_owned(),
             message: e.message().to_owned() + &line_of(text, e.span()),
         })?;
+        let devices = match table.remove("devices") {
+            None => Vec::new(),
+            Some(toml::Value::Array(devices)) => devices,
+            Some(_) => {
+                return Err(ConfigError::key(
+                    "devices",
+                    "must be a list of tables, one [[devices]] per device",
+                ))
+            }
+        };
         let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
             .map_err(|e| {
                 let key = e.path().to_string();
+                // toml's own wording ends with "\nin `key`": the key is named already.
                 let message = e.into_inner().to_string();
+                let message = message.lines().next().unwrap_or_default().trim().to_owned();
                 ConfigError::key(
                     if key == "." {
                         "(top level)".into()
@@ -420,6 +436,11 @@ impl Config {
                     message,
                 )
             })?;
+        config.devices = devices
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| device::decode(i, d))
+            .collect::<Result<_, _>>()?;
         config.resolve_secrets()?;
         config.validate()?;
         config.commands.validate()?;
@@ -458,14 +479,19 @@ impl Config {
         )?;
         self.commands.resolve_secrets()?;
         for (i, d) in self.devices.iter_mut().enumerate() {
-            d.pin_code = one_secret(
-                &format!("devices[{i}].pin_code_file"),
-                None,
-                d.pin_code_file.as_deref(),
-            )?;
-            if d.scbk.is_none() {
-                d.scbk_from_file =
-                    one_secret(&format!("devices[{i}].scbk"), None, d.scbk_file.as_deref())?;
+            match &mut d.settings {
+                DriverConfig::Zigbee2mqtt(z) => {
+                    z.pin_code = one_secret(
+                        &format!("devices[{i}].pin_code_file"),
+                        None,
+                        z.pin_code_file.as_deref(),
+                    )?;
+                }
+                DriverConfig::Osdp(o) if o.scbk.is_none() => {
+                    o.scbk_from_file =
+                        one_secret(&format!("devices[{i}].scbk"), None, o.scbk_file.as_deref())?;
+                }
+                _ => {}
             }
         }
         Ok(())
@@ -707,30 +733,34 @@ impl Config {
     /// The topics that identify a device (state in, commands out): (config key, what makes
     /// it the same topic, the topic as configured).
     fn device_topics(&self, d: &DeviceConfig) -> Vec<(&'static str, String, String)> {
-        let base = d.zigbee2mqtt_base(&self.mqtt.zigbee2mqtt_base);
-        let keyed = |name: &'static str, t: &Option<String>, identity: &dyn Fn(&str) -> String| {
-            t.iter()
-                .map(|t| (name, identity(t), t.clone()))
-                .collect::<Vec<_>>()
-        };
-        match d.driver {
-            Driver::Zigbee2mqtt => keyed("topic", &d.topic, &|t| format!("{base}/{t}")),
+        match &d.settings {
+            DriverConfig::Zigbee2mqtt(z) => vec![(
+                "topic",
+                format!("{}/{}", z.base(&self.mqtt.zigbee2mqtt_base), z.topic),
+                z.topic.clone(),
+            )],
             // Two relays of one board are two devices on one topic.
-            Driver::Tasmota => keyed("topic", &d.topic, &|_| {
-                d.tasmota_topic("cmnd", &format!("POWER{}", d.relay()))
-                    .unwrap_or_default()
-            }),
-            Driver::Shelly => keyed("topic", &d.topic, &|t| {
-                format!("shelly:{t}/switch:{}", d.switch.unwrap_or(0))
-            }),
-            Driver::Homeassistant => {
-                let mut v = keyed("state_topic", &d.state_topic, &|t| t.to_owned());
-                v.extend(keyed("command_topic", &d.command_topic, &|t| {
-                    format!("command:{t}")
-                }));
-                v
-            }
-            Driver::ZenedgePanel | Driver::ModbusRelay | Driver::Osdp => Vec::new(),
+            DriverConfig::Tasmota(t) => vec![(
+                "topic",
+                t.topic_for("cmnd", &format!("POWER{}", t.relay)),
+                t.topic.clone(),
+            )],
+            DriverConfig::Shelly(s) => vec![(
+                "topic",
+                format!("shelly:{}/switch:{}", s.topic, s.switch),
+                s.topic.clone(),
+            )],
+            DriverConfig::Homeassistant(h) => vec![
+                ("state_topic", h.state_topic.clone(), h.state_topic.clone()),
+                (
+                    "command_topic",
+                    format!("command:{}", h.command_topic),
+                    h.command_topic.clone(),
+                ),
+            ],
+            DriverConfig::ZenedgePanel(_)
+            | DriverConfig::ModbusRelay(_)
+            | DriverConfig::Osdp(_) => Vec::new(),
         }
     }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::access::ClockStatus;
-use crate::config::{Config, Driver};
+use crate::config::Config;
 use crate::event::Millis;
 
 /// One check's verdict.
@@ -172,10 +172,9 @@ pub async fn run(config: &Config) -> Vec<Check> {
     }
     out.push(zencore(config, &http, &admin, status.is_some()).await);
     for d in &config.devices {
-        if !matches!(d.driver, Driver::ModbusRelay | Driver::Osdp) {
+        let Some((port, _)) = d.serial_port() else {
             continue;
-        }
-        let Some(port) = &d.port else { continue };
+        };
         let opened = std::fs::OpenOptions::new()
             .read(true)
             .write(true)

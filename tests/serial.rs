@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::serial::{Board, OsdpBus, Reader};
+use common::serial::{Board, OsdpBus, PyModbus, Reader};
 use common::{at, command_body, device_events, rig, sha, SECRET};
 use serde_json::json;
 
@@ -337,7 +337,8 @@ card_format = "raw"
 async fn one_rs485_bus_carries_two_coils_of_one_board_and_a_second_board() {
     let ports = tempfile::tempdir().unwrap();
     let link = ports.path().join("usb-rs485");
-    let bus = Board::start_bus(&link, &[1, 2]);
+    // Two boards (addresses 1 and 2) as pymodbus serves them, on one bus.
+    let bus = PyModbus::start(&link, &[1, 2]);
     let devices = format!(
         "[presence]\ndebounce = \"0s\"\n{}{}{}",
         relay("left", &link, 1, 0, "pulse = \"1s\""),
@@ -348,28 +349,35 @@ async fn one_rs485_bus_carries_two_coils_of_one_board_and_a_second_board() {
     for device in ["left", "right", "back"] {
         r.wait_event(device, "device.online", "port_opened").await;
     }
-    // Each unlock pulses only its own coil of its own board.
+    // Each coil was put in its safe state (off) when the port opened.
+    let opened = bus.writes();
+    for coil in [(1, 0, false), (1, 1, false), (2, 0, false)] {
+        assert!(opened.contains(&coil), "{opened:?}");
+    }
+    // Each unlock pulses only its own coil of its own board: on, then off after the pulse.
     for (device, address, coil) in [("right", 1, 1), ("back", 2, 0), ("left", 1, 0)] {
+        let before = bus.writes().len();
         let (code, out, err) = r.cli(&["unlock", device]).await;
         assert_eq!(code, 0, "{device}: {out}{err}");
-        until(&format!("{device}'s coil ON"), || {
-            bus.bus_writes().contains(&(address, coil, 0xFF00))
+        r.wait_event(device, "device.action_completed", "succeeded")
+            .await;
+        until(&format!("{device}'s pulse to end"), || {
+            bus.writes().len() >= before + 2
         })
         .await;
+        assert_eq!(
+            bus.writes()[before..],
+            [(address, coil, true), (address, coil, false)],
+            "{device}"
+        );
     }
-    let ons: Vec<(u8, u16, u16)> = bus
-        .bus_writes()
-        .into_iter()
-        .filter(|w| w.2 == 0xFF00)
-        .collect();
-    assert_eq!(ons, vec![(1, 1, 0xFF00), (2, 0, 0xFF00), (1, 0, 0xFF00)]);
 
     // Unplugging the bus takes all three offline; plugging it back brings all three back.
     bus.unplug();
     for device in ["left", "right", "back"] {
         r.wait_event(device, "device.offline", "port_closed").await;
     }
-    let _bus = Board::start_bus(&link, &[1, 2]);
+    let _bus = PyModbus::start(&link, &[1, 2]);
     online_twice(&r, &["left", "right", "back"]).await;
 }
 

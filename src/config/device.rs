@@ -1,6 +1,6 @@
 //! Devices as configured: their types, drivers, driver keys, and the checks of each.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -69,153 +69,218 @@ impl Driver {
             Driver::Osdp => &[DeviceType::Reader],
         }
     }
+}
 
-    /// Driver-specific keys this driver reads; any other driver-specific key set on the
-    /// device is a mistake worth naming (a `coil` on a Zigbee lock does nothing).
-    fn keys(self) -> &'static [&'static str] {
-        match self {
-            Driver::Zigbee2mqtt => &["topic", "base", "pin_code_file"],
-            Driver::Tasmota => &["topic", "pulse", "relay", "full_topic"],
-            Driver::Shelly => &["topic", "pulse", "switch"],
-            Driver::Homeassistant => &[
-                "state_topic",
-                "command_topic",
-                "availability_topic",
-                "payload_lock",
-                "payload_unlock",
-                "payload_open",
-                "state_locked",
-                "state_unlocked",
-                "state_jammed",
-                "state_locking",
-                "state_unlocking",
-                "payload_available",
-                "payload_not_available",
-                "value_json",
-            ],
-            Driver::ZenedgePanel => &[],
-            Driver::ModbusRelay => &["port", "baud", "address", "coil", "pulse", "flash"],
-            Driver::Osdp => &[
-                "port",
-                "baud",
-                "address",
-                "scbk",
-                "scbk_file",
-                "insecure",
-                "pulse",
-                "card_format",
-                "install_scbk",
-            ],
-        }
+/// A device as configured: what every device has, and its driver's own settings, decoded by
+/// `driver` into that driver's type with its defaults applied (so nothing downstream supplies
+/// a default of its own, and a key another driver reads is an error naming it).
+#[derive(Debug, Clone)]
+pub struct DeviceConfig {
+    pub id: String,
+    pub kind: DeviceType,
+    pub offline_after: Option<Duration>,
+    pub action_timeout: Duration,
+    pub meeting_space_id: Option<String>,
+    pub settings: DriverConfig,
+}
+
+/// One driver's settings.
+#[derive(Debug, Clone)]
+pub enum DriverConfig {
+    Zigbee2mqtt(Zigbee2mqtt),
+    Tasmota(Tasmota),
+    Homeassistant(Box<HomeAssistant>),
+    ZenedgePanel(ZenedgePanel),
+    ModbusRelay(ModbusRelay),
+    Osdp(Osdp),
+    Shelly(Shelly),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Zigbee2mqtt {
+    pub topic: String,
+    /// This device's Zigbee2MQTT base topic, over `mqtt.zigbee2mqtt_base` (a second Zigbee
+    /// network on the broker).
+    pub base: Option<String>,
+    /// A file holding the PIN code the lock demands for remote operation (sent as `code`);
+    /// private like every secret file.
+    pub pin_code_file: Option<PathBuf>,
+    /// `pin_code_file`'s contents, read at load.
+    #[serde(skip)]
+    pub pin_code: Option<Secret>,
+}
+
+impl Zigbee2mqtt {
+    /// The Zigbee2MQTT base topic of this device: its own `base`, else `default`.
+    pub fn base<'a>(&'a self, default: &'a str) -> &'a str {
+        self.base.as_deref().unwrap_or(default)
     }
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DeviceConfig {
-    pub id: String,
-    #[serde(rename = "type")]
-    pub kind: DeviceType,
-    pub driver: Driver,
-    pub topic: Option<String>,
-    pub state_topic: Option<String>,
-    pub command_topic: Option<String>,
-    pub availability_topic: Option<String>,
-    pub port: Option<PathBuf>,
-    pub baud: Option<u32>,
-    pub address: Option<u8>,
-    pub coil: Option<u16>,
-    pub scbk: Option<Secret>,
-    pub scbk_file: Option<PathBuf>,
-    pub insecure: Option<bool>,
+pub struct Tasmota {
+    pub topic: String,
+    /// Which relay of a multi-relay board (1..=8; `POWER<N>`).
+    #[serde(default = "one")]
+    pub relay: u8,
+    /// The device's FullTopic setting.
+    #[serde(default = "default_full_topic")]
+    pub full_topic: String,
+    /// The strike's pulse as its PulseTime has it (informational: the relay times it).
     #[serde(default, with = "humantime_serde")]
     pub pulse: Option<Duration>,
-    pub flash: Option<bool>,
-    #[serde(default, with = "humantime_serde")]
-    pub offline_after: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    pub action_timeout: Option<Duration>,
-    pub meeting_space_id: Option<String>,
-    /// zigbee2mqtt: this device's Zigbee2MQTT base topic, over `mqtt.zigbee2mqtt_base` (a
-    /// second Zigbee network on the broker).
-    pub base: Option<String>,
-    /// tasmota: which relay of a multi-relay board (1..=8; `POWER<N>`).
-    pub relay: Option<u8>,
-    /// tasmota: the device's FullTopic setting when changed from `%prefix%/%topic%/`.
-    pub full_topic: Option<String>,
-    /// shelly: which switch of the device (0..).
-    pub switch: Option<u8>,
-    /// zigbee2mqtt: a file holding the PIN code the lock demands for remote operation (sent
-    /// as `code`); private like every secret file.
-    pub pin_code_file: Option<PathBuf>,
-    /// `pin_code_file`'s contents, read at load.
-    #[serde(skip)]
-    pub pin_code: Option<Secret>,
-    /// osdp: give a new reader still on the default key (SCBK-D) this `scbk`, once.
-    pub install_scbk: Option<bool>,
-    /// osdp: how the reader's card reads are decoded (default `wiegand26`).
-    pub card_format: Option<crate::serial::cards::CardFormat>,
-    /// homeassistant: the payloads and states of the lock (Home Assistant's MQTT lock keys:
-    /// enough for ESPHome, Nuki's MQTT API and Zigbee2MQTT's Home Assistant topics). Unset:
-    /// Home Assistant's defaults.
-    pub payload_lock: Option<String>,
-    pub payload_unlock: Option<String>,
+}
+
+impl Tasmota {
+    /// A Tasmota topic: the FullTopic with `%prefix%` (`cmnd`, `stat`, `tele`) and `%topic%`
+    /// filled in, then `last` (`POWER2`, `RESULT`, `LWT`).
+    pub fn topic_for(&self, prefix: &str, last: &str) -> String {
+        let full = self
+            .full_topic
+            .replace("%prefix%", prefix)
+            .replace("%topic%", &self.topic);
+        let sep = if full.ends_with('/') { "" } else { "/" };
+        format!("{full}{sep}{last}")
+    }
+}
+
+/// Home Assistant's MQTT lock keys, with Home Assistant's defaults: enough for ESPHome, Nuki's
+/// MQTT API and Zigbee2MQTT's Home Assistant topics.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HomeAssistant {
+    pub state_topic: String,
+    pub command_topic: String,
+    pub availability_topic: Option<String>,
+    #[serde(default = "payload_lock_default")]
+    pub payload_lock: String,
+    #[serde(default = "payload_unlock_default")]
+    pub payload_unlock: String,
     /// Unlatch: sent for an unlock when set.
     pub payload_open: Option<String>,
-    pub state_locked: Option<String>,
-    pub state_unlocked: Option<String>,
-    pub state_jammed: Option<String>,
-    pub state_locking: Option<String>,
-    pub state_unlocking: Option<String>,
+    #[serde(default = "state_locked_default")]
+    pub state_locked: String,
+    #[serde(default = "state_unlocked_default")]
+    pub state_unlocked: String,
+    #[serde(default = "state_jammed_default")]
+    pub state_jammed: String,
+    #[serde(default = "state_locking_default")]
+    pub state_locking: String,
+    #[serde(default = "state_unlocking_default")]
+    pub state_unlocking: String,
+    /// Unset (both): `online`/`offline`, plain or as `{"state":…}`.
     pub payload_available: Option<String>,
     pub payload_not_available: Option<String>,
     /// Read the state from this key of a JSON state message.
     pub value_json: Option<String>,
-    /// `scbk_file`'s contents, read at load.
-    #[serde(skip)]
-    pub scbk_from_file: Option<Secret>,
 }
 
-impl DeviceConfig {
-    /// The Zigbee2MQTT base topic of this device: its own `base`, else `default`.
-    pub fn zigbee2mqtt_base<'a>(&'a self, default: &'a str) -> &'a str {
-        self.base.as_deref().unwrap_or(default)
-    }
-
-    /// The Home Assistant keys, by name.
-    fn ha_values(&self) -> [(&'static str, Option<&String>); 11] {
+impl HomeAssistant {
+    /// The keys that carry a payload or state, by name.
+    fn values(&self) -> [(&'static str, Option<&String>); 11] {
         [
-            ("payload_lock", self.payload_lock.as_ref()),
-            ("payload_unlock", self.payload_unlock.as_ref()),
+            ("payload_lock", Some(&self.payload_lock)),
+            ("payload_unlock", Some(&self.payload_unlock)),
             ("payload_open", self.payload_open.as_ref()),
-            ("state_locked", self.state_locked.as_ref()),
-            ("state_unlocked", self.state_unlocked.as_ref()),
-            ("state_jammed", self.state_jammed.as_ref()),
-            ("state_locking", self.state_locking.as_ref()),
-            ("state_unlocking", self.state_unlocking.as_ref()),
+            ("state_locked", Some(&self.state_locked)),
+            ("state_unlocked", Some(&self.state_unlocked)),
+            ("state_jammed", Some(&self.state_jammed)),
+            ("state_locking", Some(&self.state_locking)),
+            ("state_unlocking", Some(&self.state_unlocking)),
             ("payload_available", self.payload_available.as_ref()),
             ("payload_not_available", self.payload_not_available.as_ref()),
             ("value_json", self.value_json.as_ref()),
         ]
     }
+}
 
-    /// A Tasmota topic: the device's FullTopic with `%prefix%` (`cmnd`, `stat`, `tele`) and
-    /// `%topic%` filled in, then `last` (`POWER2`, `RESULT`, `LWT`).
-    pub fn tasmota_topic(&self, prefix: &str, last: &str) -> Option<String> {
-        let full = self.full_topic.as_deref().unwrap_or("%prefix%/%topic%/");
-        let full = full
-            .replace("%prefix%", prefix)
-            .replace("%topic%", self.topic.as_deref()?);
-        let sep = if full.ends_with('/') { "" } else { "/" };
-        Some(format!("{full}{sep}{last}"))
-    }
+/// Home Assistant's default payloads and states (also for a state read with no device).
+pub mod ha_default {
+    pub const LOCK: &str = "LOCK";
+    pub const UNLOCK: &str = "UNLOCK";
+    pub const LOCKED: &str = "LOCKED";
+    pub const UNLOCKED: &str = "UNLOCKED";
+    pub const JAMMED: &str = "JAMMED";
+    pub const LOCKING: &str = "LOCKING";
+    pub const UNLOCKING: &str = "UNLOCKING";
+}
 
-    /// The Tasmota relay number (1 when unset).
-    pub fn relay(&self) -> u8 {
-        self.relay.unwrap_or(1)
-    }
+// serde's `default` takes a function.
+fn payload_lock_default() -> String {
+    ha_default::LOCK.to_owned()
+}
+fn payload_unlock_default() -> String {
+    ha_default::UNLOCK.to_owned()
+}
+fn state_locked_default() -> String {
+    ha_default::LOCKED.to_owned()
+}
+fn state_unlocked_default() -> String {
+    ha_default::UNLOCKED.to_owned()
+}
+fn state_jammed_default() -> String {
+    ha_default::JAMMED.to_owned()
+}
+fn state_locking_default() -> String {
+    ha_default::LOCKING.to_owned()
+}
+fn state_unlocking_default() -> String {
+    ha_default::UNLOCKING.to_owned()
+}
 
-    /// The OSDP Secure Channel key: `None` when the reader runs without Secure Channel.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZenedgePanel {}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModbusRelay {
+    pub port: PathBuf,
+    #[serde(default = "default_baud")]
+    pub baud: u32,
+    /// The board's Modbus slave address.
+    #[serde(default = "one")]
+    pub address: u8,
+    #[serde(default)]
+    pub coil: u16,
+    #[serde(default = "default_pulse", with = "humantime_serde")]
+    pub pulse: Duration,
+    /// The board times the pulse itself (Waveshare's flash-on).
+    #[serde(default)]
+    pub flash: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Osdp {
+    pub port: PathBuf,
+    #[serde(default = "default_baud")]
+    pub baud: u32,
+    /// The reader's OSDP address.
+    #[serde(default = "one")]
+    pub address: u8,
+    pub scbk: Option<Secret>,
+    pub scbk_file: Option<PathBuf>,
+    #[serde(default)]
+    pub insecure: bool,
+    /// The pulse of a strike on the reader's output; set, the reader is also a door.
+    #[serde(default, with = "humantime_serde")]
+    pub pulse: Option<Duration>,
+    /// How the reader's card reads are decoded.
+    #[serde(default)]
+    pub card_format: crate::serial::cards::CardFormat,
+    /// Give a new reader still on the default key (SCBK-D) this `scbk`, once.
+    #[serde(default)]
+    pub install_scbk: bool,
+    /// `scbk_file`'s contents, read at load.
+    #[serde(skip)]
+    pub scbk_from_file: Option<Secret>,
+}
+
+impl Osdp {
+    /// The Secure Channel key: `None` when the reader runs without Secure Channel.
     pub fn scbk_key(&self) -> Result<Option<[u8; 16]>, &'static str> {
         const BAD: &str = "scbk must be 32 hex digits";
         let Some(text) = self.scbk.as_ref().or(self.scbk_from_file.as_ref()) else {
@@ -227,237 +292,354 @@ impl DeviceConfig {
             .map_err(|_| BAD)
     }
 
-    /// Whether this device is an OSDP reader with a strike on its output (a door).
-    pub fn is_door(&self) -> bool {
-        matches!(self.kind, DeviceType::Lock | DeviceType::Strike)
-            || (self.driver == Driver::Osdp && self.pulse.is_some())
+    /// The pulse of the reader's output (5 s unless set).
+    pub fn output_pulse(&self) -> Duration {
+        self.pulse.unwrap_or_else(default_pulse)
     }
+}
 
-    /// Names of the driver-specific keys this entry sets.
-    fn set_driver_keys(&self) -> Vec<&'static str> {
-        let mut set = Vec::new();
-        let mut mark = |present: bool, name| {
-            if present {
-                set.push(name)
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shelly {
+    /// The device's MQTT prefix.
+    pub topic: String,
+    /// Which switch of the device (0..).
+    #[serde(default)]
+    pub switch: u8,
+    /// The relay times the pulse itself (`toggle_after`): without one it would stay on.
+    #[serde(with = "humantime_serde")]
+    pub pulse: Duration,
+}
+
+fn one() -> u8 {
+    1
+}
+
+fn default_baud() -> u32 {
+    9600
+}
+
+fn default_pulse() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_full_topic() -> String {
+    "%prefix%/%topic%/".to_owned()
+}
+
+/// The keys every device has, whatever its driver.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Common {
+    id: String,
+    #[serde(rename = "type")]
+    kind: DeviceType,
+    driver: Driver,
+    #[serde(default, with = "humantime_serde")]
+    offline_after: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    action_timeout: Option<Duration>,
+    meeting_space_id: Option<String>,
+}
+
+const COMMON_KEYS: [&str; 6] = [
+    "id",
+    "type",
+    "driver",
+    "offline_after",
+    "action_timeout",
+    "meeting_space_id",
+];
+
+/// Decodes `devices[i]`: the common keys, then the rest as the settings of its `driver`.
+pub(super) fn decode(i: usize, value: toml::Value) -> Result<DeviceConfig, ConfigError> {
+    let toml::Value::Table(table) = value else {
+        return Err(ConfigError::key(
+            format!("devices[{i}]"),
+            "must be a table ([[devices]])",
+        ));
+    };
+    let (common, rest): (toml::Table, toml::Table) = table
+        .into_iter()
+        .partition(|(k, _)| COMMON_KEYS.contains(&k.as_str()));
+    let common: Common = decode_part(i, common, |e| e)?;
+    let driver = common.driver;
+    let d = driver.as_str();
+    let settings = {
+        let explain = |message: String| {
+            if message.starts_with("missing field") {
+                format!("required by driver {d}")
+            } else if let Some(known) = message.strip_prefix("unknown field") {
+                match known.split_once(", ") {
+                    Some((_, "there are no fields")) | None => {
+                        format!("not used by driver {d} (it takes no keys of its own)")
+                    }
+                    Some((_, expected)) => format!("not used by driver {d} ({expected})"),
+                }
+            } else {
+                message
             }
         };
-        mark(self.topic.is_some(), "topic");
-        mark(self.state_topic.is_some(), "state_topic");
-        mark(self.command_topic.is_some(), "command_topic");
-        mark(self.availability_topic.is_some(), "availability_topic");
-        mark(self.port.is_some(), "port");
-        mark(self.baud.is_some(), "baud");
-        mark(self.address.is_some(), "address");
-        mark(self.coil.is_some(), "coil");
-        mark(self.scbk.is_some(), "scbk");
-        mark(self.scbk_file.is_some(), "scbk_file");
-        mark(self.insecure.is_some(), "insecure");
-        mark(self.pulse.is_some(), "pulse");
-        mark(self.flash.is_some(), "flash");
-        mark(self.base.is_some(), "base");
-        mark(self.relay.is_some(), "relay");
-        mark(self.full_topic.is_some(), "full_topic");
-        mark(self.switch.is_some(), "switch");
-        mark(self.card_format.is_some(), "card_format");
-        mark(self.install_scbk.is_some(), "install_scbk");
-        mark(self.pin_code_file.is_some(), "pin_code_file");
-        for (name, value) in self.ha_values() {
-            mark(value.is_some(), name);
+        match driver {
+            Driver::Zigbee2mqtt => DriverConfig::Zigbee2mqtt(decode_part(i, rest, explain)?),
+            Driver::Tasmota => DriverConfig::Tasmota(decode_part(i, rest, explain)?),
+            Driver::Homeassistant => {
+                DriverConfig::Homeassistant(Box::new(decode_part(i, rest, explain)?))
+            }
+            Driver::ZenedgePanel => DriverConfig::ZenedgePanel(decode_part(i, rest, explain)?),
+            Driver::ModbusRelay => DriverConfig::ModbusRelay(decode_part(i, rest, explain)?),
+            Driver::Osdp => DriverConfig::Osdp(decode_part(i, rest, explain)?),
+            Driver::Shelly => DriverConfig::Shelly(decode_part(i, rest, explain)?),
         }
-        set
+    };
+    Ok(DeviceConfig {
+        id: common.id,
+        kind: common.kind,
+        offline_after: common.offline_after,
+        action_timeout: common.action_timeout.unwrap_or(Duration::from_secs(10)),
+        meeting_space_id: common.meeting_space_id,
+        settings,
+    })
+}
+
+/// One part of `devices[i]` as `T`; an error names its key (`devices[i].<key>`; a missing
+/// field's own name) with `explain`'s wording.
+fn decode_part<T: serde::de::DeserializeOwned>(
+    i: usize,
+    table: toml::Table,
+    explain: impl Fn(String) -> String,
+) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let path = e.path().to_string();
+        // toml's own wording ends with "\nin `key`": the key is named already.
+        let message = e.into_inner().to_string();
+        let message = message.lines().next().unwrap_or_default().trim().to_owned();
+        let missing = message
+            .strip_prefix("missing field `")
+            .and_then(|m| m.split('`').next())
+            .map(str::to_owned);
+        let key = match missing {
+            Some(field) if path == "." => format!("devices[{i}].{field}"),
+            _ if path == "." => format!("devices[{i}]"),
+            _ => format!("devices[{i}].{path}"),
+        };
+        ConfigError::key(key, explain(message))
+    })
+}
+
+impl DeviceConfig {
+    pub fn driver(&self) -> Driver {
+        match self.settings {
+            DriverConfig::Zigbee2mqtt(_) => Driver::Zigbee2mqtt,
+            DriverConfig::Tasmota(_) => Driver::Tasmota,
+            DriverConfig::Homeassistant(_) => Driver::Homeassistant,
+            DriverConfig::ZenedgePanel(_) => Driver::ZenedgePanel,
+            DriverConfig::ModbusRelay(_) => Driver::ModbusRelay,
+            DriverConfig::Osdp(_) => Driver::Osdp,
+            DriverConfig::Shelly(_) => Driver::Shelly,
+        }
     }
 
-    /// The time to wait for a device's confirming state report.
-    pub fn action_timeout(&self) -> Duration {
-        self.action_timeout.unwrap_or(Duration::from_secs(10))
+    /// The serial port and its baud rate, for the serial drivers.
+    pub fn serial_port(&self) -> Option<(&Path, u32)> {
+        match &self.settings {
+            DriverConfig::ModbusRelay(m) => Some((&m.port, m.baud)),
+            DriverConfig::Osdp(o) => Some((&o.port, o.baud)),
+            _ => None,
+        }
+    }
+
+    pub fn zigbee2mqtt(&self) -> Option<&Zigbee2mqtt> {
+        match &self.settings {
+            DriverConfig::Zigbee2mqtt(z) => Some(z),
+            _ => None,
+        }
+    }
+
+    pub fn tasmota(&self) -> Option<&Tasmota> {
+        match &self.settings {
+            DriverConfig::Tasmota(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    pub fn homeassistant(&self) -> Option<&HomeAssistant> {
+        match &self.settings {
+            DriverConfig::Homeassistant(h) => Some(h),
+            _ => None,
+        }
+    }
+
+    /// Whether this device is an OSDP reader with a strike on its output (a door).
+    pub fn is_door(&self) -> bool {
+        match &self.settings {
+            DriverConfig::Osdp(o) => o.pulse.is_some(),
+            _ => matches!(self.kind, DeviceType::Lock | DeviceType::Strike),
+        }
     }
 }
 
 pub(super) fn validate_device(i: usize, d: &DeviceConfig) -> Result<(), ConfigError> {
     let key = |name: &str| format!("devices[{i}].{name}");
+    let refuse = |name: &str, message: &str| Err(ConfigError::key(key(name), message));
     if d.id.trim().is_empty()
         || !d
             .id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
     {
-        return Err(ConfigError::key(
-            key("id"),
+        return refuse(
+            "id",
             "must be non-empty and use only letters, digits, `-`, `_` and `.`",
-        ));
+        );
     }
-    if !d.driver.types().contains(&d.kind) {
-        let allowed: Vec<_> = d.driver.types().iter().map(|t| t.as_str()).collect();
+    let driver = d.driver();
+    if !driver.types().contains(&d.kind) {
+        let allowed: Vec<_> = driver.types().iter().map(|t| t.as_str()).collect();
         return Err(ConfigError::key(
             key("type"),
             format!(
                 "driver {} drives {}, not {}",
-                d.driver.as_str(),
+                driver.as_str(),
                 allowed.join(" or "),
                 d.kind.as_str()
             ),
         ));
     }
-    for name in d.set_driver_keys() {
-        if !d.driver.keys().contains(&name) {
-            return Err(ConfigError::key(
-                key(name),
-                format!("not used by driver {}", d.driver.as_str()),
-            ));
-        }
-    }
-    let require = |present: bool, name: &str| {
-        if present {
+    let topic = |name: &str, t: &str| {
+        if valid_topic(t) {
             Ok(())
         } else {
-            Err(ConfigError::key(
-                key(name),
-                format!("required by driver {}", d.driver.as_str()),
-            ))
+            refuse(
+                name,
+                "must be an MQTT topic without wildcards or a `/` at either end",
+            )
         }
     };
-    match d.driver {
-        Driver::Zigbee2mqtt | Driver::Tasmota => {
-            require(d.topic.as_deref().is_some_and(valid_topic), "topic")?;
-            if let Some(base) = &d.base {
-                require(valid_topic(base), "base")?;
-            }
-            if let Some(full) = &d.full_topic {
-                let tokens_ok = full.contains("%prefix%")
-                    && full.contains("%topic%")
-                    && full.matches('%').count() == 4;
-                if !tokens_ok || full.contains(['+', '#']) || full.starts_with('/') {
-                    return Err(ConfigError::key(
-                        key("full_topic"),
-                        "must hold %prefix% and %topic% (and no other % token or wildcard), as \
-                         Tasmota's FullTopic setting, e.g. \"%prefix%/%topic%/\"",
-                    ));
-                }
-            }
-            if d.relay.is_some_and(|r| !(1..=8).contains(&r)) {
-                return Err(ConfigError::key(
-                    key("relay"),
-                    "a Tasmota relay is 1..=8 (POWER1..POWER8)",
-                ));
-            }
+    let pulse = |p: Duration| {
+        if p.is_zero() || p > Duration::from_secs(60) {
+            refuse("pulse", "must be between 1ms and 60s")
+        } else {
+            Ok(())
         }
-        Driver::Shelly => {
-            require(d.topic.as_deref().is_some_and(valid_topic), "topic")?;
-            // The relay times the pulse itself (`toggle_after`): without one it would stay on.
-            require(d.pulse.is_some(), "pulse")?;
-        }
-        Driver::Homeassistant => {
-            require(
-                d.state_topic.as_deref().is_some_and(valid_topic),
-                "state_topic",
-            )?;
-            require(
-                d.command_topic.as_deref().is_some_and(valid_topic),
-                "command_topic",
-            )?;
-            if let Some(t) = &d.availability_topic {
-                require(valid_topic(t), "availability_topic")?;
-            }
-            for (name, value) in d.ha_values() {
-                if value.is_some_and(|v| v.trim().is_empty()) {
-                    return Err(ConfigError::key(key(name), "must not be empty"));
-                }
-            }
-        }
-        Driver::ZenedgePanel => {}
-        Driver::ModbusRelay => {
-            require(d.port.is_some(), "port")?;
-            if let Some(a) = d.address {
-                if !(1..=247).contains(&a) {
-                    return Err(ConfigError::key(
-                        key("address"),
-                        "a Modbus slave address is 1..=247",
-                    ));
-                }
-            }
-        }
-        Driver::Osdp => {
-            require(d.port.is_some(), "port")?;
-            if let Some(a) = d.address {
-                if a > 126 {
-                    return Err(ConfigError::key(
-                        key("address"),
-                        "an OSDP address is 0..=126",
-                    ));
-                }
-            }
-            let keyed = d.scbk.is_some() as u8 + d.scbk_file.is_some() as u8;
-            let insecure = d.insecure == Some(true);
-            if keyed > 1 {
-                return Err(ConfigError::key(
-                    key("scbk"),
-                    "set scbk or scbk_file, not both",
-                ));
-            }
-            if keyed == 0 && !insecure {
-                return Err(ConfigError::key(
-                    key("scbk"),
-                    "Secure Channel needs scbk or scbk_file (or insecure = true)",
-                ));
-            }
-            if d.install_scbk == Some(true) && keyed == 0 {
-                return Err(ConfigError::key(
-                    key("install_scbk"),
-                    "needs the key to install: set scbk or scbk_file",
-                ));
-            }
-            if keyed == 1 && insecure {
-                return Err(ConfigError::key(
-                    key("insecure"),
-                    "insecure = true contradicts a Secure Channel key",
-                ));
-            }
-            if let Err(e) = d.scbk_key() {
-                let which = if d.scbk.is_some() {
-                    "scbk"
-                } else {
-                    "scbk_file"
-                };
-                return Err(ConfigError::key(key(which), e));
-            }
-        }
-    }
-    if let Some(b) = d.baud {
-        if !matches!(
+    };
+    let baud = |b: u32| {
+        if matches!(
             b,
             1200 | 2400 | 4800 | 9600 | 19200 | 38400 | 57600 | 115200
         ) {
-            return Err(ConfigError::key(
+            Ok(())
+        } else {
+            Err(ConfigError::key(
                 key("baud"),
                 format!("{b} is not a standard baud rate"),
-            ));
+            ))
         }
-    }
-    if let Some(p) = d.pulse {
-        if p.is_zero() || p > Duration::from_secs(60) {
-            return Err(ConfigError::key(
-                key("pulse"),
-                "must be between 1ms and 60s",
-            ));
+    };
+    match &d.settings {
+        DriverConfig::Zigbee2mqtt(z) => {
+            topic("topic", &z.topic)?;
+            if let Some(base) = &z.base {
+                topic("base", base)?;
+            }
+        }
+        DriverConfig::Tasmota(t) => {
+            topic("topic", &t.topic)?;
+            let full = &t.full_topic;
+            let tokens_ok = full.contains("%prefix%")
+                && full.contains("%topic%")
+                && full.matches('%').count() == 4;
+            if !tokens_ok || full.contains(['+', '#']) || full.starts_with('/') {
+                return refuse(
+                    "full_topic",
+                    "must hold %prefix% and %topic% (and no other % token or wildcard), as \
+                     Tasmota's FullTopic setting, e.g. \"%prefix%/%topic%/\"",
+                );
+            }
+            if !(1..=8).contains(&t.relay) {
+                return refuse("relay", "a Tasmota relay is 1..=8 (POWER1..POWER8)");
+            }
+            if let Some(p) = t.pulse {
+                pulse(p)?;
+            }
+        }
+        DriverConfig::Shelly(s) => {
+            topic("topic", &s.topic)?;
+            pulse(s.pulse)?;
+        }
+        DriverConfig::Homeassistant(h) => {
+            topic("state_topic", &h.state_topic)?;
+            topic("command_topic", &h.command_topic)?;
+            if let Some(t) = &h.availability_topic {
+                topic("availability_topic", t)?;
+            }
+            for (name, value) in h.values() {
+                if value.is_some_and(|v| v.trim().is_empty()) {
+                    return refuse(name, "must not be empty");
+                }
+            }
+        }
+        DriverConfig::ZenedgePanel(_) => {}
+        DriverConfig::ModbusRelay(m) => {
+            if !(1..=247).contains(&m.address) {
+                return refuse("address", "a Modbus slave address is 1..=247");
+            }
+            baud(m.baud)?;
+            pulse(m.pulse)?;
+        }
+        DriverConfig::Osdp(o) => {
+            if o.address > 126 {
+                return refuse("address", "an OSDP address is 0..=126");
+            }
+            baud(o.baud)?;
+            if let Some(p) = o.pulse {
+                pulse(p)?;
+            }
+            let keyed = o.scbk.is_some() as u8 + o.scbk_file.is_some() as u8;
+            if keyed > 1 {
+                return refuse("scbk", "set scbk or scbk_file, not both");
+            }
+            if keyed == 0 && !o.insecure {
+                return refuse(
+                    "scbk",
+                    "Secure Channel needs scbk or scbk_file (or insecure = true)",
+                );
+            }
+            if o.install_scbk && keyed == 0 {
+                return refuse(
+                    "install_scbk",
+                    "needs the key to install: set scbk or scbk_file",
+                );
+            }
+            if keyed == 1 && o.insecure {
+                return refuse(
+                    "insecure",
+                    "insecure = true contradicts a Secure Channel key",
+                );
+            }
+            if let Err(e) = o.scbk_key() {
+                return refuse(
+                    if o.scbk.is_some() {
+                        "scbk"
+                    } else {
+                        "scbk_file"
+                    },
+                    e,
+                );
+            }
         }
     }
     if d.offline_after.is_some_and(|t| t < Duration::from_secs(1)) {
-        return Err(ConfigError::key(
-            key("offline_after"),
-            "must be at least 1s",
-        ));
+        return refuse("offline_after", "must be at least 1s");
     }
-    if d.action_timeout.is_some_and(|t| t.is_zero()) {
-        return Err(ConfigError::key(key("action_timeout"), "must be above 0s"));
+    if d.action_timeout.is_zero() {
+        return refuse("action_timeout", "must be above 0s");
     }
     if d.meeting_space_id
         .as_deref()
         .is_some_and(|m| m.trim().is_empty())
     {
-        return Err(ConfigError::key(
-            key("meeting_space_id"),
-            "must not be empty",
-        ));
+        return refuse("meeting_space_id", "must not be empty");
     }
     Ok(())
 }
@@ -466,13 +648,13 @@ pub(super) fn validate_device(i: usize, d: &DeviceConfig) -> Result<(), ConfigEr
 /// and distinct addresses (OSDP) or (address, coil) pairs (Modbus). A conflict names both.
 pub(super) fn validate_buses(devices: &[DeviceConfig]) -> Result<(), ConfigError> {
     for (i, d) in devices.iter().enumerate() {
-        let Some(port) = d.port.as_ref().filter(|_| d.driver.is_serial()) else {
+        let Some((port, baud_d)) = d.serial_port() else {
             continue;
         };
         for (j, e) in devices.iter().enumerate().take(i) {
-            if !e.driver.is_serial() || e.port.as_ref() != Some(port) {
+            let Some((_, baud_e)) = e.serial_port().filter(|(p, _)| *p == port) else {
                 continue;
-            }
+            };
             let clash = |what: String| {
                 Err(ConfigError::key(
                     format!("devices[{i}].port"),
@@ -484,27 +666,24 @@ pub(super) fn validate_buses(devices: &[DeviceConfig]) -> Result<(), ConfigError
                     ),
                 ))
             };
-            if d.driver != e.driver {
+            if d.driver() != e.driver() {
                 return clash(format!(
                     "one bus speaks one protocol ({} and {})",
-                    d.driver.as_str(),
-                    e.driver.as_str()
+                    d.driver().as_str(),
+                    e.driver().as_str()
                 ));
             }
-            let (baud_d, baud_e) = (d.baud.unwrap_or(9600), e.baud.unwrap_or(9600));
             if baud_d != baud_e {
                 return clash(format!("one bus has one baud rate ({baud_d} and {baud_e})"));
             }
-            let (a, b) = (d.address.unwrap_or(1), e.address.unwrap_or(1));
-            match d.driver {
-                Driver::Osdp if a == b => {
-                    return clash(format!("both are at OSDP address {a}"));
+            match (&d.settings, &e.settings) {
+                (DriverConfig::Osdp(a), DriverConfig::Osdp(b)) if a.address == b.address => {
+                    return clash(format!("both are at OSDP address {}", a.address));
                 }
-                Driver::ModbusRelay if a == b && d.coil.unwrap_or(0) == e.coil.unwrap_or(0) => {
-                    return clash(format!(
-                        "both drive coil {} of board {a}",
-                        d.coil.unwrap_or(0)
-                    ));
+                (DriverConfig::ModbusRelay(a), DriverConfig::ModbusRelay(b))
+                    if (a.address, a.coil) == (b.address, b.coil) =>
+                {
+                    return clash(format!("both drive coil {} of board {}", a.coil, a.address));
                 }
                 _ => {}
             }

@@ -139,7 +139,7 @@ impl Config {
                 "  {:<20} {:<7} {}",
                 d.id,
                 d.kind.as_str(),
-                d.driver.as_str()
+                d.driver().as_str()
             );
         }
         s

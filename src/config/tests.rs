@@ -508,3 +508,101 @@ fn devices_on_one_serial_port_share_its_bus_or_are_refused_naming_both() {
         "one protocol",
     );
 }
+
+#[test]
+fn each_driver_is_decoded_into_its_own_settings_with_its_defaults_applied_once() {
+    let c = parse(&format!(
+        "{MINIMAL}
+[[devices]]
+id = \"relay\"
+type = \"strike\"
+driver = \"modbus-relay\"
+port = \"/dev/ttyUSB0\"
+[[devices]]
+id = \"ha\"
+type = \"lock\"
+driver = \"homeassistant\"
+state_topic = \"nuki/state\"
+command_topic = \"nuki/lockAction\"
+payload_open = \"unlatch\"
+[[devices]]
+id = \"board\"
+type = \"strike\"
+driver = \"tasmota\"
+topic = \"board\"
+[[devices]]
+id = \"reader\"
+type = \"reader\"
+driver = \"osdp\"
+port = \"/dev/ttyUSB1\"
+insecure = true
+"
+    ))
+    .unwrap();
+    let DriverConfig::ModbusRelay(m) = &c.devices[0].settings else {
+        panic!("{:?}", c.devices[0])
+    };
+    assert_eq!(
+        (m.baud, m.address, m.coil, m.pulse, m.flash),
+        (9600, 1, 0, Duration::from_secs(5), false)
+    );
+    assert_eq!(c.devices[0].action_timeout, Duration::from_secs(10));
+    let h = c.devices[1].homeassistant().unwrap();
+    assert_eq!(
+        (h.payload_lock.as_str(), h.payload_unlock.as_str()),
+        ("LOCK", "UNLOCK")
+    );
+    assert_eq!(h.payload_open.as_deref(), Some("unlatch"));
+    assert_eq!(
+        (h.state_locked.as_str(), h.state_jammed.as_str()),
+        ("LOCKED", "JAMMED")
+    );
+    let t = c.devices[2].tasmota().unwrap();
+    assert_eq!((t.relay, t.full_topic.as_str()), (1, "%prefix%/%topic%/"));
+    assert_eq!(t.topic_for("cmnd", "POWER"), "cmnd/board/POWER");
+    let DriverConfig::Osdp(o) = &c.devices[3].settings else {
+        panic!("{:?}", c.devices[3])
+    };
+    assert_eq!((o.address, o.install_scbk, o.pulse), (1, false, None));
+    assert!(!c.devices[3].is_door(), "a reader without a strike pulse");
+    assert_eq!(
+        c.devices[3].serial_port().map(|(p, b)| (p.to_owned(), b)),
+        Some(("/dev/ttyUSB1".into(), 9600))
+    );
+}
+
+#[test]
+fn a_device_entry_of_the_wrong_shape_or_with_a_key_its_driver_lacks_is_named() {
+    let cases = [
+        ("[devices]\nid = \"a\"\n", "devices", "[[devices]]"),
+        (
+            "[[devices]]\nid = \"p\"\ntype = \"panel\"\ndriver = \"zenedge-panel\"\ntopic = \"x\"\n",
+            "devices[0].topic",
+            "not used by driver zenedge-panel",
+        ),
+        (
+            "[[devices]]\nid = \"t\"\ntype = \"strike\"\ndriver = \"tasmota\"\ntopic = \"t\"\nrelay = \"two\"\n",
+            "devices[0].relay",
+            "expected u8",
+        ),
+        (
+            "[[devices]]\nid = \"t\"\ntype = \"strike\"\ndriver = \"tasmota\"\ntopic = \"t/#\"\n",
+            "devices[0].topic",
+            "wildcards",
+        ),
+        (
+            "[[devices]]\ntype = \"strike\"\ndriver = \"tasmota\"\ntopic = \"t\"\n",
+            "devices[0].id",
+            "missing",
+        ),
+    ];
+    for (devices, key, says) in cases {
+        let e = parse(&format!("{MINIMAL}\n{devices}")).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains(says) && !text.contains('\n'),
+            "{devices}: {text}"
+        );
+        assert_eq!(key_of(e), key, "{devices}");
+    }
+}

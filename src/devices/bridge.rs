@@ -58,7 +58,7 @@ impl Hub {
             .config
             .devices
             .iter()
-            .filter(|d| d.driver == Driver::Zigbee2mqtt && d.zigbee2mqtt_base(&default) == base)
+            .filter(|d| d.zigbee2mqtt().is_some_and(|z| z.base(&default) == base))
             .map(|d| d.id.clone())
             .collect();
         for id in ids {

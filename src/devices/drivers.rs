@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use crate::config::{Config, DeviceConfig, Driver};
+use crate::config::{ha_default, Config, DeviceConfig, DriverConfig, HomeAssistant};
 
 /// What a message says about a device.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,7 +207,9 @@ pub fn parse(
             let m = json_object(payload)?;
             // Relay 1 is `POWER` (or `POWER1` with SetOption26); relay N is `POWER<N>`. A RESULT
             // about another relay, or another command (PulseTime, …), says nothing of this one.
-            let relay = device.map_or(1, DeviceConfig::relay);
+            let relay = device
+                .and_then(DeviceConfig::tasmota)
+                .map_or(1, |t| t.relay);
             // `{"PulseTime1":{"Set":50,"Remaining":0}}` (Tasmota 9+) or `{"PulseTime1":50}`.
             if let Some(p) = m.get(&format!("PulseTime{relay}")) {
                 let set = p.get("Set").unwrap_or(p);
@@ -260,7 +262,8 @@ pub fn parse(
 /// A Home Assistant lock's state: the payload, or with `value_json` that key of a JSON message
 /// (a number or text), against the lock's configured states (Home Assistant's defaults unset).
 fn ha_state(payload: &[u8], device: Option<&DeviceConfig>) -> Result<Observation, PayloadError> {
-    let raw = match device.and_then(|d| d.value_json.as_deref()) {
+    let ha = device.and_then(DeviceConfig::homeassistant);
+    let raw = match ha.and_then(|h| h.value_json.as_deref()) {
         Some(key) => match json_object(payload)?.get(key) {
             Some(Value::String(s)) => s.clone(),
             Some(Value::Number(n)) => n.to_string(),
@@ -272,20 +275,18 @@ fn ha_state(payload: &[u8], device: Option<&DeviceConfig>) -> Result<Observation
         None => text(payload)?.to_owned(),
     };
     let raw = raw.trim();
-    let is = |configured: Option<&String>, default: &str| {
-        raw.eq_ignore_ascii_case(configured.map_or(default, |s| s.as_str()))
+    // The lock's states, else Home Assistant's (a state read for no configured lock).
+    let is = |configured: fn(&HomeAssistant) -> &str, default: &str| {
+        raw.eq_ignore_ascii_case(ha.map_or(default, configured))
     };
-    let d = device;
-    let set = |f: fn(&DeviceConfig) -> Option<&String>| d.and_then(f);
-    if is(set(|d| d.state_locked.as_ref()), "LOCKED") {
+    if is(|h| &h.state_locked, ha_default::LOCKED) {
         Ok(Observation::State(LockState::Locked))
-    } else if is(set(|d| d.state_unlocked.as_ref()), "UNLOCKED") || raw.eq_ignore_ascii_case("OPEN")
-    {
+    } else if is(|h| &h.state_unlocked, ha_default::UNLOCKED) || raw.eq_ignore_ascii_case("OPEN") {
         Ok(Observation::State(LockState::Unlocked))
-    } else if is(set(|d| d.state_jammed.as_ref()), "JAMMED") {
+    } else if is(|h| &h.state_jammed, ha_default::JAMMED) {
         Ok(Observation::State(LockState::Jammed))
-    } else if is(set(|d| d.state_locking.as_ref()), "LOCKING")
-        || is(set(|d| d.state_unlocking.as_ref()), "UNLOCKING")
+    } else if is(|h| &h.state_locking, ha_default::LOCKING)
+        || is(|h| &h.state_unlocking, ha_default::UNLOCKING)
         || raw.eq_ignore_ascii_case("OPENING")
     {
         Ok(Observation::Heard)
@@ -300,8 +301,9 @@ fn ha_availability(
     payload: &[u8],
     device: Option<&DeviceConfig>,
 ) -> Result<Observation, PayloadError> {
-    let custom =
-        device.filter(|d| d.payload_available.is_some() || d.payload_not_available.is_some());
+    let custom = device
+        .and_then(DeviceConfig::homeassistant)
+        .filter(|h| h.payload_available.is_some() || h.payload_not_available.is_some());
     let online = match custom {
         Some(d) => {
             let t = text(payload)?;
@@ -356,79 +358,63 @@ pub fn command(
             retain: false,
         })
     };
-    match (device.driver, command) {
-        (Driver::Zigbee2mqtt, c) => out(
-            format!(
-                "{}/{}/set",
-                device.zigbee2mqtt_base(&config.mqtt.zigbee2mqtt_base),
-                device.topic.as_deref()?
-            ),
+    let c = command;
+    match &device.settings {
+        DriverConfig::Zigbee2mqtt(z) => out(
+            format!("{}/{}/set", z.base(&config.mqtt.zigbee2mqtt_base), z.topic),
             &{
                 let mut v = serde_json::json!({"state": match c {
                     Command::Unlock => "UNLOCK",
                     Command::Lock => "LOCK",
                 }});
                 // A lock that demands its PIN code for remote operation gets it.
-                if let Some(code) = &device.pin_code {
+                if let Some(code) = &z.pin_code {
                     v["code"] = Value::String(code.expose().to_owned());
                 }
                 v.to_string()
             },
         ),
-        (Driver::Tasmota, c) => out(
-            device.tasmota_topic("cmnd", &tasmota_power(device.relay()))?,
+        DriverConfig::Tasmota(t) => out(
+            t.topic_for("cmnd", &tasmota_power(t.relay)),
             match c {
                 Command::Unlock => "ON",
                 Command::Lock => "OFF",
             },
         ),
-        (Driver::Homeassistant, c) => out(
-            device.command_topic.clone()?,
+        DriverConfig::Homeassistant(h) => out(
+            h.command_topic.clone(),
             match c {
                 // An unlatch where the lock has one (Nuki's `unlatch`, HA's `OPEN`).
-                Command::Unlock => device
-                    .payload_open
-                    .as_deref()
-                    .or(device.payload_unlock.as_deref())
-                    .unwrap_or("UNLOCK"),
-                Command::Lock => device.payload_lock.as_deref().unwrap_or("LOCK"),
+                Command::Unlock => h.payload_open.as_deref().unwrap_or(&h.payload_unlock),
+                Command::Lock => &h.payload_lock,
             },
         ),
-        (Driver::Shelly, c) => {
-            let switch = device.switch.unwrap_or(0);
+        DriverConfig::Shelly(s) => {
+            let switch = s.switch;
             let mut params = serde_json::json!({"id": switch, "on": c == Command::Unlock});
             if c == Command::Unlock {
                 // The relay ends the pulse itself: no second message, no flash write.
                 let secs = duration_s
                     .map(|s| s as f64)
-                    .or(device.pulse.map(|p| p.as_secs_f64()));
-                if let Some(secs) = secs {
-                    params["toggle_after"] = serde_json::json!(secs);
-                }
+                    .unwrap_or(s.pulse.as_secs_f64());
+                params["toggle_after"] = serde_json::json!(secs);
             }
             let request = serde_json::json!({"id": 1, "src": shelly_source(config),
                 "method": "Switch.Set", "params": params});
-            out(
-                format!("{}/rpc", device.topic.as_deref()?),
-                &request.to_string(),
-            )
+            out(format!("{}/rpc", s.topic), &request.to_string())
         }
-        _ => None,
+        DriverConfig::ZenedgePanel(_) | DriverConfig::ModbusRelay(_) | DriverConfig::Osdp(_) => {
+            None
+        }
     }
 }
 
 /// Asks a device for its state, where its driver can: Zigbee2MQTT's
 /// `<base>/<topic>/get` `{"state":""}`.
 pub fn state_query(config: &Config, device: &DeviceConfig) -> Option<Outgoing> {
-    if device.driver != Driver::Zigbee2mqtt {
-        return None;
-    }
+    let z = device.zigbee2mqtt()?;
     Some(Outgoing {
-        topic: format!(
-            "{}/{}/get",
-            device.zigbee2mqtt_base(&config.mqtt.zigbee2mqtt_base),
-            device.topic.as_deref()?
-        ),
+        topic: format!("{}/{}/get", z.base(&config.mqtt.zigbee2mqtt_base), z.topic),
         payload: br#"{"state":""}"#.to_vec(),
         retain: false,
     })
@@ -437,14 +423,11 @@ pub fn state_query(config: &Config, device: &DeviceConfig) -> Option<Outgoing> {
 /// What ZenEdge asks a device at every connect: a Zigbee lock its state (`/get`), a Tasmota
 /// relay its PulseTime (a strike whose PulseTime is 0 would stay energised after an unlock).
 pub fn connect_queries(config: &Config, device: &DeviceConfig) -> Vec<Outgoing> {
-    let pulse_time = (device.driver == Driver::Tasmota)
-        .then(|| device.tasmota_topic("cmnd", &format!("PulseTime{}", device.relay())))
-        .flatten()
-        .map(|topic| Outgoing {
-            topic,
-            payload: Vec::new(),
-            retain: false,
-        });
+    let pulse_time = device.tasmota().map(|t| Outgoing {
+        topic: t.topic_for("cmnd", &format!("PulseTime{}", t.relay)),
+        payload: Vec::new(),
+        retain: false,
+    });
     state_query(config, device)
         .into_iter()
         .chain(pulse_time)
@@ -500,10 +483,9 @@ impl Routes {
         };
         let mut bases = std::collections::BTreeSet::new();
         for (i, d) in config.devices.iter().enumerate() {
-            let topic = d.topic.clone().unwrap_or_default();
-            match d.driver {
-                Driver::Zigbee2mqtt => {
-                    let base = d.zigbee2mqtt_base(&config.mqtt.zigbee2mqtt_base);
+            match &d.settings {
+                DriverConfig::Zigbee2mqtt(z) => {
+                    let (base, topic) = (z.base(&config.mqtt.zigbee2mqtt_base), &z.topic);
                     bases.insert(base.to_owned());
                     add(format!("{base}/{topic}"), Some(i), TopicKind::Z2mState);
                     add(
@@ -512,35 +494,38 @@ impl Routes {
                         TopicKind::Z2mAvailability,
                     );
                 }
-                Driver::Tasmota => {
-                    let t = |prefix: &str, last: &str| d.tasmota_topic(prefix, last);
-                    if let (Some(lwt), Some(result), Some(power)) = (
-                        t("tele", "LWT"),
-                        t("stat", "RESULT"),
-                        t("stat", &tasmota_power(d.relay())),
-                    ) {
-                        add(lwt, Some(i), TopicKind::TasmotaLwt);
-                        add(result, Some(i), TopicKind::TasmotaResult);
-                        add(power, Some(i), TopicKind::TasmotaPower);
-                    }
-                }
-                Driver::Shelly => {
+                DriverConfig::Tasmota(t) => {
+                    add(t.topic_for("tele", "LWT"), Some(i), TopicKind::TasmotaLwt);
                     add(
-                        format!("{topic}/status/switch:{}", d.switch.unwrap_or(0)),
+                        t.topic_for("stat", "RESULT"),
+                        Some(i),
+                        TopicKind::TasmotaResult,
+                    );
+                    add(
+                        t.topic_for("stat", &tasmota_power(t.relay)),
+                        Some(i),
+                        TopicKind::TasmotaPower,
+                    );
+                }
+                DriverConfig::Shelly(s) => {
+                    add(
+                        format!("{}/status/switch:{}", s.topic, s.switch),
                         Some(i),
                         TopicKind::ShellyStatus,
                     );
-                    add(format!("{topic}/online"), Some(i), TopicKind::ShellyOnline);
+                    add(
+                        format!("{}/online", s.topic),
+                        Some(i),
+                        TopicKind::ShellyOnline,
+                    );
                 }
-                Driver::Homeassistant => {
-                    if let Some(t) = &d.state_topic {
-                        add(t.clone(), Some(i), TopicKind::HaState);
-                    }
-                    if let Some(t) = &d.availability_topic {
+                DriverConfig::Homeassistant(h) => {
+                    add(h.state_topic.clone(), Some(i), TopicKind::HaState);
+                    if let Some(t) = &h.availability_topic {
                         add(t.clone(), Some(i), TopicKind::HaAvailability);
                     }
                 }
-                Driver::ZenedgePanel => {
+                DriverConfig::ZenedgePanel(_) => {
                     let p = panel_prefix(config, &d.id);
                     add(format!("{p}/status"), Some(i), TopicKind::PanelStatus);
                     add(
@@ -550,7 +535,7 @@ impl Routes {
                     );
                     add(format!("{p}/action"), Some(i), TopicKind::PanelAction);
                 }
-                Driver::ModbusRelay | Driver::Osdp => {}
+                DriverConfig::ModbusRelay(_) | DriverConfig::Osdp(_) => {}
             }
         }
         // Each Zigbee2MQTT network's bridge: its state concerns only its own devices.

@@ -256,7 +256,7 @@ impl Hub {
                 .iter()
                 // A serial device's silence is judged by its port thread, which polls it.
                 .map(|d| {
-                    let silence = d.offline_after.filter(|_| !d.driver.is_serial());
+                    let silence = d.offline_after.filter(|_| !d.driver().is_serial());
                     (d.id.clone(), silence, reported.get(&d.id).copied())
                 }),
         );
@@ -274,7 +274,7 @@ impl Hub {
                 config
                     .devices
                     .iter()
-                    .filter(|d| d.driver == Driver::Zigbee2mqtt)
+                    .filter(|d| d.driver() == Driver::Zigbee2mqtt)
                     .map(|d| d.id.clone()),
             ),
             last_state: HashMap::new(),
@@ -446,7 +446,7 @@ impl Hub {
         };
         let outgoing = drivers::command(&self.config, device, request.command, request.duration_s);
         // A relay board always has a coil; a reader only opens a door wired to its output.
-        let serial = match device.driver {
+        let serial = match device.driver() {
             Driver::ModbusRelay => true,
             Driver::Osdp => device.is_door(),
             _ => false,
@@ -460,7 +460,7 @@ impl Hub {
                 Command::Lock => SerialCmd::Lock,
             },
         );
-        let timeout = device.action_timeout();
+        let timeout = device.action_timeout;
         let online = self.presence.is_online(&request.device);
         match self
             .actions
@@ -748,7 +748,7 @@ impl Hub {
             .index
             .get(&c.request.device)
             .and_then(|i| self.config.devices.get(*i))
-            .is_some_and(|d| matches!(d.driver, Driver::Zigbee2mqtt | Driver::Homeassistant));
+            .is_some_and(|d| matches!(d.driver(), Driver::Zigbee2mqtt | Driver::Homeassistant));
         if !relockable {
             return;
         }
@@ -775,7 +775,7 @@ impl Hub {
                 DeviceView {
                     id: d.id.clone(),
                     kind: d.kind.as_str().into(),
-                    driver: d.driver.as_str().into(),
+                    driver: d.driver().as_str().into(),
                     online: p.as_ref().and_then(|p| p.online),
                     reason: p.as_ref().and_then(|p| p.reason.map(String::from)),
                     since: p.as_ref().and_then(|p| p.since.clone()),
@@ -789,14 +789,16 @@ impl Hub {
                         .map(|r| format!("{} {}", r.command.as_str(), r.action_id))
                         .collect(),
                     locked_out_until: self.access.locked_until(&d.id).map(|t| t.rfc3339()),
-                    warning: self.pulse_time_zero.contains(&d.id).then(|| {
-                        format!(
-                            "PulseTime{} is 0: the relay stays on after an unlock; set it on \
-                             the device (e.g. PulseTime{} 50 for 5 s)",
-                            d.relay(),
-                            d.relay()
-                        )
-                    }),
+                    warning: d
+                        .tasmota()
+                        .filter(|_| self.pulse_time_zero.contains(&d.id))
+                        .map(|t| {
+                            format!(
+                                "PulseTime{0} is 0: the relay stays on after an unlock; set it \
+                                 on the device (e.g. PulseTime{0} 50 for 5 s)",
+                                t.relay
+                            )
+                        }),
                 }
             })
             .collect()

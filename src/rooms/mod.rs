@@ -74,7 +74,7 @@ impl Machine {
         let panels = config
             .devices
             .iter()
-            .filter(|d| d.driver == Driver::ZenedgePanel)
+            .filter(|d| d.driver() == Driver::ZenedgePanel)
             .map(|d| Panel {
                 id: d.id.clone(),
                 room: d.meeting_space_id.clone().unwrap_or_else(|| room.clone()),

@@ -25,7 +25,7 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::config::{Config, DeviceConfig, Driver};
+use crate::config::{Config, DeviceConfig, DriverConfig};
 use crate::telemetry::{events as t, InternalEvent};
 use modbus::{Relay, RelaySettings};
 use osdp::{Cp, ReaderSettings};
@@ -54,16 +54,9 @@ enum Machine {
 
 impl Machine {
     fn for_device(d: &DeviceConfig) -> Result<Machine, SerialSetupError> {
-        let address = d.address.unwrap_or(1);
-        let pulse = d.pulse.unwrap_or(Duration::from_secs(5));
-        match d.driver {
-            Driver::ModbusRelay => {
-                let mut s = RelaySettings::new(
-                    address,
-                    d.coil.unwrap_or(0),
-                    pulse,
-                    d.flash.unwrap_or(false),
-                );
+        match &d.settings {
+            DriverConfig::ModbusRelay(m) => {
+                let mut s = RelaySettings::new(m.address, m.coil, m.pulse, m.flash);
                 if let Some(t) = d.offline_after {
                     s.offline_after = t;
                 }
@@ -71,14 +64,14 @@ impl Machine {
                 s.poll_every = s.poll_every.min(s.offline_after / 3);
                 Ok(Machine::Relay(Box::new(Relay::new(s))))
             }
-            Driver::Osdp => {
-                let scbk = d.scbk_key().map_err(|message| SerialSetupError::Device {
+            DriverConfig::Osdp(o) => {
+                let scbk = o.scbk_key().map_err(|message| SerialSetupError::Device {
                     device: d.id.clone(),
                     message,
                 })?;
-                let mut s = ReaderSettings::new(address, scbk, pulse);
-                s.card_format = d.card_format.unwrap_or_default();
-                s.install_scbk = d.install_scbk == Some(true);
+                let mut s = ReaderSettings::new(o.address, scbk, o.output_pulse());
+                s.card_format = o.card_format;
+                s.install_scbk = o.install_scbk;
                 if let Some(t) = d.offline_after {
                     s.offline_after = t;
                 }
@@ -185,17 +178,20 @@ impl Ports {
         report: impl Fn(Report) -> bool + Send + Clone + 'static,
     ) -> Result<Ports, SerialSetupError> {
         let stop = Arc::new(AtomicBool::new(false));
-        let mut buses: Vec<(std::path::PathBuf, Vec<DeviceConfig>)> = Vec::new();
-        for d in config.devices.iter().filter(|d| d.driver.is_serial()) {
-            let path = d.port.clone().unwrap_or_default();
-            match buses.iter_mut().find(|(p, _)| *p == path) {
-                Some((_, devices)) => devices.push(d.clone()),
-                None => buses.push((path, vec![d.clone()])),
+        // One bus per port; validation made every device on it agree on the baud rate.
+        let mut buses: Vec<(std::path::PathBuf, u32, Vec<DeviceConfig>)> = Vec::new();
+        for d in &config.devices {
+            let Some((path, baud)) = d.serial_port() else {
+                continue;
+            };
+            match buses.iter_mut().find(|(p, _, _)| p == path) {
+                Some((_, _, devices)) => devices.push(d.clone()),
+                None => buses.push((path.to_owned(), baud, vec![d.clone()])),
             }
         }
         let mut ports = Vec::new();
         let mut devices = HashMap::new();
-        for (path, configs) in buses {
+        for (path, baud, configs) in buses {
             let machines = configs
                 .iter()
                 .map(Machine::for_device)
@@ -212,7 +208,7 @@ impl Ports {
             let shell = Shell {
                 devices: configs.iter().map(|d| d.id.clone()).collect(),
                 path,
-                baud: configs[0].baud.unwrap_or(9600),
+                baud,
                 bus: bus::Bus::new(machines),
                 commands: rx,
                 wake: wake_rx,

@@ -208,6 +208,95 @@ impl Drop for Board {
     }
 }
 
+/// Relay boards run by pymodbus (`tests/shim/modbus_boards.py`) on one RS-485 bus at `link`:
+/// the daemon's pty is bridged to a second pty that pymodbus opens as its serial port, as a
+/// USB adapter and a bus would carry the bytes. Dropping it (or [`PyModbus::unplug`]) closes
+/// the daemon's side: the adapter is unplugged.
+pub struct PyModbus {
+    /// Every coil write pymodbus carried out, in order: (board address, coil, on).
+    writes: Arc<Mutex<Vec<(u8, u16, bool)>>>,
+    child: std::process::Child,
+    stop: Arc<AtomicBool>,
+    bridge: Option<JoinHandle<()>>,
+}
+
+impl PyModbus {
+    pub fn start(link: &Path, addresses: &[u8]) -> PyModbus {
+        let daemon_side = Pty::at(link);
+        let board_side = Pty::at(&link.with_extension("pymodbus"));
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/shim/modbus_boards.py");
+        // Debian's python, which has Debian's pymodbus (scripts/setup-test-deps).
+        let mut child = std::process::Command::new("/usr/bin/python3")
+            .arg(script)
+            .arg(&board_side.slave)
+            .args(addresses.iter().map(u8::to_string))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3-pymodbus is installed by scripts/setup-test-deps");
+        let writes: Arc<Mutex<Vec<(u8, u16, bool)>>> = Arc::default();
+        let stdout = child.stdout.take().unwrap();
+        let w = writes.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                if let [board, coil, value] = f[..] {
+                    if let (Ok(b), Ok(c)) = (board.parse(), coil.parse()) {
+                        w.lock().unwrap().push((b, c, value == "1"));
+                    }
+                }
+            }
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        let bridge = std::thread::spawn(move || {
+            let (mut a, mut b) = (daemon_side.master, board_side.master);
+            let mut chunk = [0u8; 256];
+            while !st.load(Ordering::SeqCst) {
+                let n = read_some(&mut a, &mut chunk);
+                if n > 0 {
+                    let _ = b.write_all(&chunk[..n]);
+                }
+                let n = read_some(&mut b, &mut chunk);
+                if n > 0 {
+                    let _ = a.write_all(&chunk[..n]);
+                }
+            }
+            // Dropping the daemon's master here is the unplug.
+        });
+        PyModbus {
+            writes,
+            child,
+            stop,
+            bridge: Some(bridge),
+        }
+    }
+
+    pub fn writes(&self) -> Vec<(u8, u16, bool)> {
+        self.writes.lock().unwrap().clone()
+    }
+
+    /// Closes the daemon's side of the bus: the adapter is unplugged.
+    pub fn unplug(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.bridge.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+impl Drop for PyModbus {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Writes a reader's answer to the pty master (an unplugged one refuses it).
 fn write_master(
     master: &Arc<Mutex<Option<File>>>,

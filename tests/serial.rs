@@ -635,3 +635,108 @@ scbk = "{key}"
         .iter()
         .any(|e| e.0 == "device.online"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_osdp_line_that_loses_a_reply_goes_silent_or_carries_a_busy_or_ostatr_reply() {
+    let ports = tempfile::tempdir().unwrap();
+    let link = ports.path().join("usb-osdp-line");
+    let key = *b"reader-s-key-16b";
+    let bus = OsdpBus::at(&link);
+    let secure = Reader::on_bus(&bus, 1, Some(key));
+    let plain = Reader::on_bus(&bus, 2, None);
+    let devices = format!(
+        "[presence]\ndebounce = \"0s\"\n\
+         [[devices]]\nid = \"secure\"\ntype = \"reader\"\ndriver = \"osdp\"\nport = \"{0}\"\n\
+         address = 1\nscbk = \"{1}\"\npulse = \"2s\"\n\
+         [[devices]]\nid = \"plain\"\ntype = \"reader\"\ndriver = \"osdp\"\nport = \"{0}\"\n\
+         address = 2\ninsecure = true\npulse = \"2s\"\n",
+        link.display(),
+        hex::encode(key)
+    );
+    let r = rig(&devices).await;
+    for device in ["secure", "plain"] {
+        r.wait_event(device, "device.online", "port_opened").await;
+    }
+    until("Secure Channel with the first reader", || {
+        secure.sc_active()
+    })
+    .await;
+    let outputs = |reader: &Reader| {
+        reader
+            .commands()
+            .iter()
+            .filter(|c| matches!(c, libosdp::OsdpCommand::Output(_)))
+            .count()
+    };
+    let sent_outs = |address: u8| -> Vec<Vec<u8>> {
+        bus.faults
+            .lock()
+            .unwrap()
+            .commands
+            .iter()
+            .filter(|c| c.0 == address && c.1 == 0x68)
+            .map(|c| c.2.clone())
+            .collect()
+    };
+
+    // A busy reader (on Secure Channel): the line answers the first OUT with osdp_BUSY; the
+    // control panel sends the very same packet again, and the reader carries it out.
+    bus.faults.lock().unwrap().busy_on_out = 1;
+    let (code, out, err) = r.cli(&["unlock", "secure"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    r.wait_event("secure", "device.action_completed", "succeeded")
+        .await;
+    let outs = sent_outs(1);
+    assert_eq!(outs.len(), 2, "{outs:?}");
+    assert_eq!(
+        outs[0], outs[1],
+        "the command after BUSY is the same command"
+    );
+    until("the reader's output", || outputs(&secure) == 1).await;
+
+    // A reader that answers OUT with its output status (osdp_OSTATR): carried out.
+    bus.faults.lock().unwrap().ostatr_for_out = true;
+    let (code, out, err) = r.cli(&["unlock", "plain"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    r.wait_event("plain", "device.action_completed", "succeeded")
+        .await;
+    assert_eq!(outputs(&plain), 1);
+    bus.faults.lock().unwrap().ostatr_for_out = false;
+
+    // A reply lost once is not an outage: the next twenty get through, nobody went offline,
+    // Secure Channel still up.
+    let delivered = {
+        let mut f = bus.faults.lock().unwrap();
+        f.lose_replies = 1;
+        f.delivered
+    };
+    until("a reply lost, then twenty delivered", || {
+        let f = bus.faults.lock().unwrap();
+        f.lost == 1 && f.delivered >= delivered + 20
+    })
+    .await;
+    let offline = |log: &[common::Recorded]| {
+        ["secure", "plain"]
+            .iter()
+            .flat_map(|d| device_events(log, d))
+            .filter(|e| e.0 == "device.offline")
+            .count()
+    };
+    assert_eq!(offline(&r.rx.requests()), 0);
+    assert!(secure.sc_active());
+
+    // A line silent for 8 s: both readers offline (not sooner), and back when it speaks.
+    let muted = Instant::now();
+    bus.faults.lock().unwrap().mute = true;
+    for device in ["secure", "plain"] {
+        r.wait_event(device, "device.offline", "poll_timeout").await;
+    }
+    assert!(
+        muted.elapsed() >= Duration::from_secs(7),
+        "{:?}",
+        muted.elapsed()
+    );
+    bus.faults.lock().unwrap().mute = false;
+    online_twice(&r, &["secure", "plain"]).await;
+    until("Secure Channel again", || secure.sc_active()).await;
+}

@@ -319,6 +319,18 @@ impl Cp {
         self.seq = if self.seq >= 3 { 1 } else { self.seq + 1 };
     }
 
+    /// An osdp_BUSY from this reader: unsecured, no data, sequence number 0 (or, from readers
+    /// that echo it, the command's).
+    fn is_busy(&self, packet: &[u8], expected_seq: u8) -> bool {
+        parse_reply(packet, None).is_ok_and(|r| {
+            r.code == code::BUSY
+                && r.scs.is_none()
+                && r.data.is_empty()
+                && r.address == self.s.address
+                && (r.seq == 0 || r.seq == expected_seq)
+        })
+    }
+
     pub fn bytes(&mut self, data: &[u8], now: Instant) -> Step {
         let mut step = Step::default();
         self.decoder.push(data);
@@ -338,6 +350,23 @@ impl Cp {
         };
         let expected_seq = self.seq;
         let sent_code = f.code;
+        if self.is_busy(packet, expected_seq) {
+            // The same command, data included, with the same sequence number, after the
+            // reader's pause: a BUSY reader carried out nothing (OSDP 2.2; libosdp's control
+            // panel does the same). It comes unsecured and with sequence number 0 even on
+            // Secure Channel, so it is recognised before the session would refuse it.
+            self.counters.frames += 1;
+            self.last_valid = now;
+            if let Some(f) = self.inflight.take() {
+                self.queue.push_front(Queued {
+                    code: f.code,
+                    data: f.data,
+                    cmd: f.cmd,
+                });
+            }
+            self.hold_until = Some(now + self.s.busy_wait);
+            return;
+        }
         let secured = matches!(self.phase, Phase::Online | Phase::Keyset) && self.session.is_some();
         let reply = match parse_reply(packet, if secured { self.session.as_mut() } else { None }) {
             Ok(r) => r,
@@ -358,17 +387,6 @@ impl Cp {
             return;
         };
         self.next_seq();
-        if reply.code == code::BUSY {
-            // The same command, data included, after the reader's pause (OSDP: a BUSY reply
-            // means "ask again"; it carried out nothing).
-            self.queue.push_front(Queued {
-                code: f.code,
-                data: f.data,
-                cmd: f.cmd,
-            });
-            self.hold_until = Some(now + self.s.busy_wait);
-            return;
-        }
         if reply.code == code::NAK {
             self.counters.naks += 1;
             let reason = reply.data.first().copied().unwrap_or(0);

@@ -364,6 +364,52 @@ pub struct OsdpBus {
     master: Arc<Mutex<Option<File>>>,
     taps: Arc<Mutex<Vec<mpsc::Sender<Vec<u8>>>>>,
     stop: Arc<AtomicBool>,
+    /// What the line itself does to the traffic (lost replies, a cut, a busy reader).
+    pub faults: Arc<Mutex<BusFaults>>,
+}
+
+/// Faults of the line between the control panel and its readers, set by a test.
+#[derive(Debug, Default)]
+pub struct BusFaults {
+    /// This many more replies are lost on the wire.
+    pub lose_replies: usize,
+    /// Replies lost so far, and replies that reached the control panel.
+    pub lost: usize,
+    pub delivered: usize,
+    /// While set, no reply reaches the control panel (a reader gone silent, a cut pair).
+    pub mute: bool,
+    /// The next this-many OUT commands are answered osdp_BUSY (unsecured, sequence number 0,
+    /// as a busy reader sends it) instead of reaching the reader.
+    pub busy_on_out: usize,
+    /// Replies to OUT become osdp_OSTATR (output 0 on). Only a plain reply can be rewritten:
+    /// a reader without Secure Channel.
+    pub ostatr_for_out: bool,
+    /// Every command packet the control panel sent, as sent: (address, code, packet).
+    pub commands: Vec<(u8, u8, Vec<u8>)>,
+}
+
+/// A plain reply packet (mark byte first), as a reader without Secure Channel sends it.
+fn plain_reply(address: u8, seq: u8, code: u8, data: &[u8]) -> Vec<u8> {
+    let mut p = vec![0x53, address | 0x80, 0, 0, (seq & 3) | 0x04, code];
+    p.extend_from_slice(data);
+    let total = (p.len() + 2) as u16;
+    p[2..4].copy_from_slice(&total.to_le_bytes());
+    let crc = zenedge::serial::osdp::crc16(&p);
+    p.extend_from_slice(&crc.to_le_bytes());
+    let mut out = vec![0xFF];
+    out.extend(p);
+    out
+}
+
+/// (address, sequence number, code) of a command packet (SOM first).
+fn command_of(p: &[u8]) -> Option<(u8, u8, u8)> {
+    let ctrl = *p.get(4)?;
+    let at = if ctrl & 0x08 != 0 {
+        5 + usize::from(*p.get(5)?)
+    } else {
+        5
+    };
+    Some((p[1] & 0x7F, ctrl & 3, *p.get(at)?))
 }
 
 impl OsdpBus {
@@ -373,20 +419,47 @@ impl OsdpBus {
         let master = Arc::new(Mutex::new(Some(pty.master)));
         let taps: Arc<Mutex<Vec<mpsc::Sender<Vec<u8>>>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
-        let (t, st) = (taps.clone(), stop.clone());
+        let faults: Arc<Mutex<BusFaults>> = Arc::default();
+        let (t, st, f, m) = (taps.clone(), stop.clone(), faults.clone(), master.clone());
         std::thread::spawn(move || {
             let mut reader = reader;
             let mut chunk = [0u8; 256];
+            let mut decoder = zenedge::serial::osdp::Decoder::default();
             while !st.load(Ordering::SeqCst) {
                 let n = read_some(&mut reader, &mut chunk);
-                if n > 0 {
+                decoder.push(&chunk[..n]);
+                // Packet by packet, so the line can answer or record one.
+                while let Some(Ok(p)) = decoder.next_packet() {
+                    let Some((address, _, code)) = command_of(&p) else {
+                        continue;
+                    };
+                    let busy = {
+                        let mut f = f.lock().unwrap();
+                        f.commands.push((address, code, p.clone()));
+                        let busy = code == OUT && f.busy_on_out > 0;
+                        if busy {
+                            f.busy_on_out -= 1;
+                        }
+                        busy
+                    };
+                    if busy {
+                        let _ = write_master(&m, &plain_reply(address, 0, 0x79, &[]));
+                        continue;
+                    }
+                    let mut framed = vec![0xFF];
+                    framed.extend_from_slice(&p);
                     for tap in t.lock().unwrap().iter() {
-                        let _ = tap.send(chunk[..n].to_vec());
+                        let _ = tap.send(framed.clone());
                     }
                 }
             }
         });
-        OsdpBus { master, taps, stop }
+        OsdpBus {
+            master,
+            taps,
+            stop,
+            faults,
+        }
     }
 
     /// A reader's connection to the bus.
@@ -397,6 +470,7 @@ impl OsdpBus {
             rx,
             pending: Vec::new(),
             master: self.master.clone(),
+            faults: self.faults.clone(),
         }
     }
 
@@ -411,7 +485,11 @@ struct BusChannel {
     rx: mpsc::Receiver<Vec<u8>>,
     pending: Vec<u8>,
     master: Arc<Mutex<Option<File>>>,
+    faults: Arc<Mutex<BusFaults>>,
 }
+
+/// osdp_OUT.
+const OUT: u8 = 0x68;
 
 impl libosdp::Channel for BusChannel {
     fn get_id(&self) -> i32 {
@@ -432,6 +510,23 @@ impl libosdp::Channel for BusChannel {
     }
 
     fn write(&mut self, buf: &[u8]) -> Result<usize, libosdp::ChannelError> {
+        let mut f = self.faults.lock().unwrap();
+        if f.mute {
+            return Ok(buf.len());
+        }
+        if f.lose_replies > 0 {
+            f.lose_replies -= 1;
+            f.lost += 1;
+            return Ok(buf.len());
+        }
+        f.delivered += 1;
+        let last = f.commands.last().and_then(|c| command_of(&c.2));
+        let som = buf.iter().position(|&b| b == 0x53);
+        if let (true, Some((address, _, OUT)), Some(som)) = (f.ostatr_for_out, last, som) {
+            let seq = buf.get(som + 4).copied().unwrap_or(0) & 3;
+            return write_master(&self.master, &plain_reply(address, seq, 0x4A, &[1]))
+                .map(|_| buf.len());
+        }
         write_master(&self.master, buf)
     }
 

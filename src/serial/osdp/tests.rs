@@ -154,18 +154,20 @@ fn a_lost_reply_is_not_an_outage_and_busy_repeats_the_command_with_its_data() {
     let s = cp.bytes(&reply(1, 3, code::ACK, &[]), ms(305));
     let out = s.send[0].clone();
     assert_eq!((out[6], seq_of(&out)), (code::OUT, 1));
-    // ...answered BUSY: nothing is sent for 800 ms, then the same OUT with the same data.
-    let s = cp.bytes(&reply(1, 1, code::BUSY, &[]), ms(310));
+    // ...answered BUSY (sequence number 0, as readers send it): nothing is sent for 800 ms,
+    // then the same OUT, same sequence number, same data — the same bytes.
+    let s = cp.bytes(&reply(1, 0, code::BUSY, &[]), ms(310));
     assert!(s.send.is_empty() && s.happened.is_empty());
     assert!(cp.tick(ms(1_000)).send.is_empty(), "held after BUSY");
     let s = cp.tick(ms(1_110));
     assert_eq!(s.send.len(), 1);
-    assert_eq!((s.send[0][6], seq_of(&s.send[0])), (code::OUT, 2));
-    // Output 0, temporary on, 20 tenths: as the first time.
-    assert_eq!(&s.send[0][7..11], &out[7..11]);
+    assert_eq!(s.send[0], out);
     assert_eq!(&s.send[0][7..11], &[0, 5, 20, 0]);
+    // A BUSY with data, or from another address, is not a BUSY: ignored.
+    assert!(!cp.is_busy(&reply(1, 0, code::BUSY, &[1]), 1));
+    assert!(!cp.is_busy(&reply(2, 0, code::BUSY, &[]), 1));
     // Answered with the output's status (osdp_OSTATR): carried out.
-    let s = cp.bytes(&reply(1, 2, code::OSTATR, &[1]), ms(1_120));
+    let s = cp.bytes(&reply(1, 1, code::OSTATR, &[1]), ms(1_120));
     assert!(s.happened.contains(&Happening::Done {
         cmd: unlock,
         result: Ok(())

@@ -371,6 +371,33 @@ impl Cp {
         let reply = match parse_reply(packet, if secured { self.session.as_mut() } else { None }) {
             Ok(r) => r,
             Err(ReplyError::NotReply) => return,
+            Err(ReplyError::Plain) if self.session_lost(packet, expected_seq) => {
+                // The reader is there but dropped the session: a reply of ours was lost, so
+                // our repeat carried the MAC of the step before, and the reader (libosdp does
+                // this) refused it and left Secure Channel. A new handshake, with the reader
+                // kept online and the refused command sent again on the new session.
+                self.counters.frames += 1;
+                self.last_valid = now;
+                t::OsdpNak {
+                    command: sent_code,
+                    nak: 6,
+                }
+                .emit();
+                if let Some(f) = self.inflight.take().filter(|f| f.cmd.is_some()) {
+                    self.queue.push_front(Queued {
+                        code: f.code,
+                        data: f.data,
+                        cmd: f.cmd,
+                    });
+                }
+                self.inflight = None;
+                self.session = None;
+                self.decoder.clear();
+                // Sequence number 0 starts the reader's count over as well.
+                self.seq = 0;
+                self.challenge(now, step);
+                return;
+            }
             Err(error) => {
                 self.counters.sc_failures += 1;
                 t::OsdpReplyRefused { error: &error }.emit();
@@ -427,18 +454,7 @@ impl Cp {
                     return;
                 }
                 let _ = scbk;
-                self.cp_random = (self.random)();
-                self.phase = Phase::Challenge;
-                // SCB data: 1 = the reader's own key (SCBK), 0 = the default key (SCBK-D).
-                let key_byte = u8::from(!self.default_key);
-                self.send(
-                    code::CHLNG,
-                    self.cp_random.to_vec(),
-                    None,
-                    Some(vec![3, 0x11, key_byte]),
-                    now,
-                    step,
-                );
+                self.challenge(now, step);
             }
             Phase::Challenge if reply.code == code::CCRYPT => {
                 let Some(scbk) = self.s.scbk else { return };
@@ -540,6 +556,35 @@ impl Cp {
             // A reply that does not fit the phase: the reader is out of step.
             _ => self.fail_link(now, step),
         }
+    }
+
+    /// Starts the Secure Channel handshake: osdp_CHLNG with a new random number.
+    fn challenge(&mut self, now: Instant, step: &mut Step) {
+        self.cp_random = (self.random)();
+        self.phase = Phase::Challenge;
+        // SCB data: 1 = the reader's own key (SCBK), 0 = the default key (SCBK-D).
+        let key_byte = u8::from(!self.default_key);
+        self.send(
+            code::CHLNG,
+            self.cp_random.to_vec(),
+            None,
+            Some(vec![3, 0x11, key_byte]),
+            now,
+            step,
+        );
+    }
+
+    /// A plain osdp_NAK "Secure Channel condition" (6) or "sequence" (4) from this reader, to
+    /// the command in flight, while on Secure Channel: the reader lost the session.
+    fn session_lost(&self, packet: &[u8], expected_seq: u8) -> bool {
+        self.phase == Phase::Online
+            && parse_reply(packet, None).is_ok_and(|r| {
+                r.code == code::NAK
+                    && r.scs.is_none()
+                    && r.address == self.s.address
+                    && r.seq == expected_seq
+                    && matches!(r.data.first(), Some(4 | 6))
+            })
     }
 
     fn link_up(&mut self, now: Instant, step: &mut Step) {

@@ -94,8 +94,6 @@ pub type Writes = Arc<Mutex<Vec<(u16, u16)>>>;
 /// A Modbus RTU relay board at `address` on a pty linked at `link`.
 pub struct Board {
     pub writes: Writes,
-    /// The same, with the board address each write went to (several boards on one bus).
-    pub bus_writes: Arc<Mutex<Vec<(u8, u16, u16)>>>,
     /// While set, the board answers nothing (a dead board, a cut A/B pair).
     pub silent: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
@@ -104,25 +102,13 @@ pub struct Board {
 
 impl Board {
     pub fn start(link: &Path, address: u8) -> Board {
-        Board::start_bus(link, &[address])
-    }
-
-    /// Several boards at `addresses` on one RS-485 bus: each answers only its own requests.
-    pub fn start_bus(link: &Path, addresses: &[u8]) -> Board {
-        let addresses = addresses.to_vec();
         let mut pty = Pty::at(link);
         let writes: Writes = Arc::default();
-        let bus_writes: Arc<Mutex<Vec<(u8, u16, u16)>>> = Arc::default();
         let silent = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
-        let (w, wb, s, st) = (
-            writes.clone(),
-            bus_writes.clone(),
-            silent.clone(),
-            stop.clone(),
-        );
+        let (w, s, st) = (writes.clone(), silent.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
-            let mut coils: std::collections::HashMap<u8, u8> = std::collections::HashMap::new();
+            let mut coils = 0u8;
             let mut buf = Vec::new();
             let mut chunk = [0u8; 256];
             while !st.load(Ordering::SeqCst) {
@@ -132,38 +118,34 @@ impl Board {
                 while buf.len() >= 8 {
                     let f: Vec<u8> = buf[..8].to_vec();
                     let crc = zenedge::serial::modbus::crc16(&f[..6]);
-                    if !addresses.contains(&f[0]) || crc.to_le_bytes() != [f[6], f[7]] {
+                    if f[0] != address || crc.to_le_bytes() != [f[6], f[7]] {
                         buf.remove(0);
                         continue;
                     }
                     buf.drain(..8);
-                    let address = f[0];
-                    let coils = coils.entry(address).or_default();
                     let reg = u16::from_be_bytes([f[2], f[3]]);
                     let value = u16::from_be_bytes([f[4], f[5]]);
                     // A silent board still hears (and the test sees) what it was told.
                     if s.load(Ordering::SeqCst) {
                         if f[1] == 0x05 {
                             w.lock().unwrap().push((reg, value));
-                            wb.lock().unwrap().push((address, reg, value));
                         }
                         continue;
                     }
                     let reply = match f[1] {
                         0x01 => {
-                            let mut r = vec![address, 0x01, 1, *coils];
+                            let mut r = vec![address, 0x01, 1, coils];
                             let crc = zenedge::serial::modbus::crc16(&r);
                             r.extend_from_slice(&crc.to_le_bytes());
                             r
                         }
                         0x05 => {
                             w.lock().unwrap().push((reg, value));
-                            wb.lock().unwrap().push((address, reg, value));
                             if reg < 8 {
                                 if value == 0xFF00 {
-                                    *coils |= 1 << reg;
+                                    coils |= 1 << reg;
                                 } else {
-                                    *coils &= !(1 << reg);
+                                    coils &= !(1 << reg);
                                 }
                             }
                             f.clone()
@@ -177,7 +159,6 @@ impl Board {
         });
         Board {
             writes,
-            bus_writes,
             silent,
             stop,
             thread: Some(thread),
@@ -186,11 +167,6 @@ impl Board {
 
     pub fn writes(&self) -> Vec<(u16, u16)> {
         self.writes.lock().unwrap().clone()
-    }
-
-    /// Every write on the bus: (board address, register, value).
-    pub fn bus_writes(&self) -> Vec<(u8, u16, u16)> {
-        self.bus_writes.lock().unwrap().clone()
     }
 
     /// Closes the pty master: the adapter is unplugged.
@@ -371,8 +347,8 @@ pub struct OsdpBus {
 /// Faults of the line between the control panel and its readers, set by a test.
 #[derive(Debug, Default)]
 pub struct BusFaults {
-    /// This many more replies are lost on the wire.
-    pub lose_replies: usize,
+    /// The next reply from the reader at this address is lost on the wire.
+    pub lose_reply_of: Option<u8>,
     /// Replies lost so far, and replies that reached the control panel.
     pub lost: usize,
     pub delivered: usize,
@@ -514,14 +490,15 @@ impl libosdp::Channel for BusChannel {
         if f.mute {
             return Ok(buf.len());
         }
-        if f.lose_replies > 0 {
-            f.lose_replies -= 1;
+        let som = buf.iter().position(|&b| b == 0x53);
+        let from = som.and_then(|s| buf.get(s + 1)).map(|a| a & 0x7F);
+        if from.is_some() && f.lose_reply_of == from {
+            f.lose_reply_of = None;
             f.lost += 1;
             return Ok(buf.len());
         }
         f.delivered += 1;
         let last = f.commands.last().and_then(|c| command_of(&c.2));
-        let som = buf.iter().position(|&b| b == 0x53);
         if let (true, Some((address, _, OUT)), Some(som)) = (f.ostatr_for_out, last, som) {
             let seq = buf.get(som + 4).copied().unwrap_or(0) & 3;
             return write_master(&self.master, &plain_reply(address, seq, 0x4A, &[1]))
@@ -633,6 +610,14 @@ impl Reader {
             sc_active,
             stop,
         }
+    }
+
+    /// How many OUT commands the reader carried out.
+    pub fn outputs(&self) -> usize {
+        self.commands()
+            .iter()
+            .filter(|c| matches!(c, libosdp::OsdpCommand::Output(_)))
+            .count()
     }
 
     /// Types `keys` on the reader's keypad.

@@ -224,10 +224,10 @@ fn card_reads_are_decoded_by_the_readers_format_and_bad_parity_is_refused() {
 }
 
 /// A minimal secure PD built from the spec's formulas, to drive the CP without hardware.
-#[test]
-fn secure_channel_handshake_then_encrypted_out_and_keypad() {
+/// A CP through the Secure Channel handshake with reader 5, and the reader's session (after
+/// the first POLL, which is in `.2`).
+fn secure_cp_online(t0: Instant) -> (Cp, Session, Vec<u8>) {
     let scbk = [0x42u8; 16];
-    let t0 = Instant::now();
     let mut cp = Cp::new(
         ReaderSettings::new(5, Some(scbk), Duration::from_millis(1500)),
         Box::new(|| [1, 2, 3, 4, 5, 6, 7, 8]),
@@ -252,11 +252,18 @@ fn secure_channel_handshake_then_encrypted_out_and_keypad() {
     let s = cp.bytes(&reply(5, 3, code::RMAC_I, &rmac), t0);
     assert_eq!(s.happened, vec![Happening::Online(LinkReason::PortOpened)]);
     assert!(cp.sc_active());
+    sc::pd::start(&mut pd, rmac);
+    (cp, pd, s.send[0].clone())
+}
+
+#[test]
+fn secure_channel_handshake_then_encrypted_out_and_keypad() {
+    let t0 = Instant::now();
+    let (mut cp, mut pd, poll) = secure_cp_online(t0);
     // The first POLL carries SCS_15 and a MAC the PD can check.
-    let poll = &s.send[0];
+    let poll = &poll;
     assert_eq!(&poll[6..8], &[2, 0x15]);
     // Answer it with a secured, encrypted KEYPAD "9#".
-    sc::pd::start(&mut pd, rmac);
     pd_accept_command(&mut pd, poll);
     let keypad = secure_reply(&mut pd, 5, 1, code::KEYPAD, &[0, 2, b'9', b'#']);
     let s = cp.bytes(&keypad, t0);
@@ -281,6 +288,29 @@ fn secure_channel_handshake_then_encrypted_out_and_keypad() {
         .happened
         .contains(&Happening::Offline(LinkReason::PollTimeout)));
     assert_eq!(cp.counters.sc_failures, 1);
+}
+
+#[test]
+fn a_reader_that_lost_the_session_to_a_lost_reply_is_keyed_again_and_stays_online() {
+    let t0 = Instant::now();
+    let ms = |n| t0 + Duration::from_millis(n);
+    let (mut cp, mut pd, poll) = secure_cp_online(t0);
+    pd_accept_command(&mut pd, &poll);
+    // The reader's answer to the POLL is lost; the repeat (same packet) is refused by the
+    // reader, which left Secure Channel: a plain NAK 6 with the POLL's sequence number.
+    let s = cp.tick(ms(250));
+    assert_eq!(s.send, vec![poll.clone()], "the repeat is the same packet");
+    let s = cp.bytes(&reply(5, seq_of(&poll), code::NAK, &[6]), ms(260));
+    assert!(s.happened.is_empty(), "not offline: {:?}", s.happened);
+    assert_eq!((s.send[0][9], seq_of(&s.send[0])), (code::CHLNG, 0));
+    assert!(!cp.sc_active());
+    // A plain NAK from another address, or with another reason, is not that.
+    let (mut cp, _, poll) = secure_cp_online(t0);
+    cp.tick(ms(250));
+    let s = cp.bytes(&reply(5, seq_of(&poll), code::NAK, &[1]), ms(260));
+    assert!(s
+        .happened
+        .contains(&Happening::Offline(LinkReason::PollTimeout)));
 }
 
 /// The PD side checks the command's MAC; its C-MAC is the IV of the reply's MAC.

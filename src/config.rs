@@ -740,11 +740,9 @@ impl Config {
                 z.topic.clone(),
             )],
             // Two relays of one board are two devices on one topic.
-            DriverConfig::Tasmota(t) => vec![(
-                "topic",
-                t.topic_for("cmnd", &format!("POWER{}", t.relay)),
-                t.topic.clone(),
-            )],
+            DriverConfig::Tasmota(t) => {
+                vec![("topic", t.topic_for("cmnd", &t.power()), t.topic.clone())]
+            }
             DriverConfig::Shelly(s) => vec![(
                 "topic",
                 format!("shelly:{}/switch:{}", s.topic, s.switch),

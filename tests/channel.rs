@@ -339,18 +339,12 @@ async fn tls_with_a_wrong_ca_is_refused_and_reported() {
         &other.display().to_string(),
     );
     let r = room(commands, true).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let status = loop {
-        let (_, status) = r.daemon.get("/v1/status").await;
-        if status["channel"]["last_error"].is_string() {
-            break status;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no error reported: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = r
+        .daemon
+        .wait_status("the channel's error", |s| {
+            s["channel"]["last_error"].is_string()
+        })
+        .await;
     let error = status["channel"]["last_error"].as_str().unwrap();
     assert!(error.contains("certificate"), "{error}");
     assert_eq!(status["channel"]["connected"], false);

@@ -326,18 +326,12 @@ async fn relays_and_locks_as_installers_wire_them_open_their_own_doors() {
     }
 
     // Its PulseTime was asked at connect: relay 2's is 0, and the operator is told.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let status = loop {
-        let (_, status) = r.daemon.get("/v1/status").await;
-        if status["warnings"].as_array().is_some_and(|w| !w.is_empty()) {
-            break status;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no warning: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = r
+        .daemon
+        .wait_status("the PulseTime warning", |s| {
+            s["warnings"].as_array().is_some_and(|w| !w.is_empty())
+        })
+        .await;
     let warnings = status["warnings"].as_array().unwrap();
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(

@@ -163,24 +163,17 @@ fn tls_config(config: &Config) -> Result<rustls::ClientConfig, ChannelSetupError
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let c = &config.commands;
-    let file_error = |key: &'static str, path: &std::path::Path| {
-        let path = path.to_owned();
-        move |e: rustls::pki_types::pem::Error| ChannelSetupError::File {
-            key,
-            path,
-            message: e.to_string(),
-        }
+    // Every certificate of a PEM file, or the error that names its key and path.
+    let pem_certs = |key: &'static str, path: &std::path::Path| {
+        CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| file_error(key, path, e))
     };
     let mut roots = rustls::RootCertStore::empty();
     match &c.ca_file {
         Some(ca) => {
-            for cert in CertificateDer::pem_file_iter(ca).map_err(file_error("ca_file", ca))? {
-                let cert = cert.map_err(file_error("ca_file", ca))?;
-                roots.add(cert).map_err(|e| ChannelSetupError::File {
-                    key: "ca_file",
-                    path: ca.clone(),
-                    message: e.to_string(),
-                })?;
+            for cert in pem_certs("ca_file", ca)? {
+                roots.add(cert).map_err(|e| file_error("ca_file", ca, e))?;
             }
             if roots.is_empty() {
                 return Err(ChannelSetupError::File {
@@ -209,12 +202,9 @@ fn tls_config(config: &Config) -> Result<rustls::ClientConfig, ChannelSetupError
         .with_root_certificates(roots);
     let mut tls = match (&c.client_cert_file, &c.client_key_file) {
         (Some(cert), Some(key)) => {
-            let chain = CertificateDer::pem_file_iter(cert)
-                .map_err(file_error("client_cert_file", cert))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(file_error("client_cert_file", cert))?;
-            let key_der =
-                PrivateKeyDer::from_pem_file(key).map_err(file_error("client_key_file", key))?;
+            let chain = pem_certs("client_cert_file", cert)?;
+            let key_der = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| file_error("client_key_file", key, e))?;
             builder
                 .with_client_auth_cert(chain, key_der)
                 .map_err(|e| ChannelSetupError::Tls(format!("client certificate: {e}")))?
@@ -223,6 +213,18 @@ fn tls_config(config: &Config) -> Result<rustls::ClientConfig, ChannelSetupError
     };
     tls.alpn_protocols = c.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     Ok(tls)
+}
+
+fn file_error(
+    key: &'static str,
+    path: &std::path::Path,
+    e: impl std::fmt::Display,
+) -> ChannelSetupError {
+    ChannelSetupError::File {
+        key,
+        path: path.to_owned(),
+        message: e.to_string(),
+    }
 }
 
 /// What the poll task passes to the worker.

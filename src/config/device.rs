@@ -134,6 +134,14 @@ pub struct Tasmota {
 }
 
 impl Tasmota {
+    /// The relay's command and state name: `POWER` for relay 1, `POWER<N>` for the others.
+    pub fn power(&self) -> String {
+        match self.relay {
+            1 => "POWER".to_owned(),
+            n => format!("POWER{n}"),
+        }
+    }
+
     /// A Tasmota topic: the FullTopic with `%prefix%` (`cmnd`, `stat`, `tele`) and `%topic%`
     /// filled in, then `last` (`POWER2`, `RESULT`, `LWT`).
     pub fn topic_for(&self, prefix: &str, last: &str) -> String {
@@ -205,6 +213,8 @@ pub mod ha_default {
     pub const JAMMED: &str = "JAMMED";
     pub const LOCKING: &str = "LOCKING";
     pub const UNLOCKING: &str = "UNLOCKING";
+    pub const AVAILABLE: &str = "online";
+    pub const NOT_AVAILABLE: &str = "offline";
 }
 
 // serde's `default` takes a function.
@@ -327,9 +337,8 @@ fn default_full_topic() -> String {
     "%prefix%/%topic%/".to_owned()
 }
 
-/// The keys every device has, whatever its driver.
+/// The keys every device has, whatever its driver, and the rest: its driver's.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct Common {
     id: String,
     #[serde(rename = "type")]
@@ -340,16 +349,9 @@ struct Common {
     #[serde(default, with = "humantime_serde")]
     action_timeout: Option<Duration>,
     meeting_space_id: Option<String>,
+    #[serde(flatten)]
+    rest: toml::Table,
 }
-
-const COMMON_KEYS: [&str; 6] = [
-    "id",
-    "type",
-    "driver",
-    "offline_after",
-    "action_timeout",
-    "meeting_space_id",
-];
 
 /// Decodes `devices[i]`: the common keys, then the rest as the settings of its `driver`.
 pub(super) fn decode(i: usize, value: toml::Value) -> Result<DeviceConfig, ConfigError> {
@@ -359,10 +361,8 @@ pub(super) fn decode(i: usize, value: toml::Value) -> Result<DeviceConfig, Confi
             "must be a table ([[devices]])",
         ));
     };
-    let (common, rest): (toml::Table, toml::Table) = table
-        .into_iter()
-        .partition(|(k, _)| COMMON_KEYS.contains(&k.as_str()));
-    let common: Common = decode_part(i, common, |e| e)?;
+    let mut common: Common = decode_part(i, table, |e| e)?;
+    let rest = std::mem::take(&mut common.rest);
     let driver = common.driver;
     let d = driver.as_str();
     let settings = {

@@ -307,9 +307,17 @@ fn ha_availability(
     let online = match custom {
         Some(d) => {
             let t = text(payload)?;
-            if t == d.payload_available.as_deref().unwrap_or("online") {
+            if t == d
+                .payload_available
+                .as_deref()
+                .unwrap_or(ha_default::AVAILABLE)
+            {
                 true
-            } else if t == d.payload_not_available.as_deref().unwrap_or("offline") {
+            } else if t
+                == d.payload_not_available
+                    .as_deref()
+                    .unwrap_or(ha_default::NOT_AVAILABLE)
+            {
                 false
             } else {
                 return Err(PayloadError::Unexpected(truncate(t)));
@@ -358,12 +366,11 @@ pub fn command(
             retain: false,
         })
     };
-    let c = command;
     match &device.settings {
         DriverConfig::Zigbee2mqtt(z) => out(
             format!("{}/{}/set", z.base(&config.mqtt.zigbee2mqtt_base), z.topic),
             &{
-                let mut v = serde_json::json!({"state": match c {
+                let mut v = serde_json::json!({"state": match command {
                     Command::Unlock => "UNLOCK",
                     Command::Lock => "LOCK",
                 }});
@@ -375,15 +382,15 @@ pub fn command(
             },
         ),
         DriverConfig::Tasmota(t) => out(
-            t.topic_for("cmnd", &tasmota_power(t.relay)),
-            match c {
+            t.topic_for("cmnd", &t.power()),
+            match command {
                 Command::Unlock => "ON",
                 Command::Lock => "OFF",
             },
         ),
         DriverConfig::Homeassistant(h) => out(
             h.command_topic.clone(),
-            match c {
+            match command {
                 // An unlatch where the lock has one (Nuki's `unlatch`, HA's `OPEN`).
                 Command::Unlock => h.payload_open.as_deref().unwrap_or(&h.payload_unlock),
                 Command::Lock => &h.payload_lock,
@@ -391,8 +398,8 @@ pub fn command(
         ),
         DriverConfig::Shelly(s) => {
             let switch = s.switch;
-            let mut params = serde_json::json!({"id": switch, "on": c == Command::Unlock});
-            if c == Command::Unlock {
+            let mut params = serde_json::json!({"id": switch, "on": command == Command::Unlock});
+            if command == Command::Unlock {
                 // The relay ends the pulse itself: no second message, no flash write.
                 let secs = duration_s
                     .map(|s| s as f64)
@@ -432,14 +439,6 @@ pub fn connect_queries(config: &Config, device: &DeviceConfig) -> Vec<Outgoing> 
         .into_iter()
         .chain(pulse_time)
         .collect()
-}
-
-/// `POWER` for relay 1, `POWER<N>` for the others (Tasmota's command and state names).
-fn tasmota_power(relay: u8) -> String {
-    match relay {
-        1 => "POWER".to_owned(),
-        n => format!("POWER{n}"),
-    }
 }
 
 /// Where a Shelly sends its RPC answers: `zenedge-<controller_id>` (`…/rpc`).
@@ -502,7 +501,7 @@ impl Routes {
                         TopicKind::TasmotaResult,
                     );
                     add(
-                        t.topic_for("stat", &tasmota_power(t.relay)),
+                        t.topic_for("stat", &t.power()),
                         Some(i),
                         TopicKind::TasmotaPower,
                     );

@@ -33,6 +33,11 @@ pub(super) struct BusStep {
 }
 
 impl BusStep {
+    fn append(&mut self, other: BusStep) {
+        self.send.extend(other.send);
+        self.happened.extend(other.happened);
+    }
+
     fn take(&mut self, device: usize, step: super::Step) -> bool {
         let sent = !step.send.is_empty();
         self.send.extend(step.send);
@@ -134,9 +139,7 @@ impl Bus {
             }
         }
         if self.owner.is_none() {
-            let more = self.turns(now);
-            out.send.extend(more.send);
-            out.happened.extend(more.happened);
+            out.append(self.turns(now));
         }
         out
     }
@@ -152,9 +155,7 @@ impl Bus {
             }
             self.owner = None;
         }
-        let more = self.turns(now);
-        out.send.extend(more.send);
-        out.happened.extend(more.happened);
+        out.append(self.turns(now));
         out
     }
 

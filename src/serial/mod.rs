@@ -322,9 +322,7 @@ impl<F: Fn(Report) -> bool> Shell<F> {
                 }
             }
             self.stats_all(|s| s.open = false);
-            for i in 0..self.devices.len() {
-                self.emit(i, Happening::Offline(LinkReason::PortClosed));
-            }
+            self.all_offline();
             self.fail_waiting_commands(SerialFailure::PortClosed);
             let delay = restarts.failed(began.elapsed());
             t::AdapterRestarting {
@@ -349,15 +347,15 @@ impl<F: Fn(Report) -> bool> Shell<F> {
                 Ok(p) => p,
                 Err(error) => {
                     if !told_closed {
-                        for (i, device) in self.devices.iter().enumerate() {
+                        for device in &self.devices {
                             t::SerialOpenFailed {
                                 device,
                                 port: &self.path.display(),
                                 error: &error,
                             }
                             .emit();
-                            self.emit(i, Happening::Offline(LinkReason::PortClosed));
                         }
+                        self.all_offline();
                         told_closed = true;
                     }
                     self.stats_all(|s| s.last_error = Some(error.to_string()));
@@ -399,9 +397,7 @@ impl<F: Fn(Report) -> bool> Shell<F> {
                         s.losses += 1;
                         s.last_error = Some(error.clone());
                     });
-                    for i in 0..self.devices.len() {
-                        self.emit(i, Happening::Offline(LinkReason::PortClosed));
-                    }
+                    self.all_offline();
                     told_closed = true;
                     drop(port);
                     self.sleep(backoff);
@@ -488,6 +484,13 @@ impl<F: Fn(Report) -> bool> Shell<F> {
             if online {
                 fault_hook_panic_once();
             }
+        }
+    }
+
+    /// Every device on the port is offline with it.
+    fn all_offline(&self) {
+        for i in 0..self.devices.len() {
+            self.emit(i, Happening::Offline(LinkReason::PortClosed));
         }
     }
 

@@ -77,6 +77,13 @@ enum Phase {
     Online,
 }
 
+/// The two replies a reader sends in the clear even on Secure Channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PlainSignal {
+    Busy,
+    SessionLost,
+}
+
 /// A command the CP queues while online.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Queued {
@@ -88,7 +95,7 @@ struct Queued {
 
 struct InFlight {
     code: u8,
-    /// The command's data, for a BUSY reader asked again.
+    /// The command's data, to send it again on a new session.
     data: Vec<u8>,
     cmd: Option<Cmd>,
     packet: Vec<u8>,
@@ -127,8 +134,9 @@ pub struct Cp {
     pin_at: Option<Instant>,
     /// The last valid reply (or the start of the link): silence is measured from here.
     last_valid: Instant,
-    /// After a BUSY: nothing is sent before this.
-    hold_until: Option<Instant>,
+    /// The packet a BUSY reader is asked again, and when: the same bytes (same sequence
+    /// number), in whatever phase; the line is free for the others meanwhile.
+    held: Option<(InFlight, Instant)>,
     /// The next handshake uses SCBK-D (`install_scbk`: the reader refused its own key).
     default_key: bool,
     /// The reader was given its key (osdp_KEYSET answered ACK): never again.
@@ -155,7 +163,7 @@ impl Cp {
             pin: String::new(),
             pin_at: None,
             last_valid: now,
-            hold_until: None,
+            held: None,
             default_key: false,
             provisioned: false,
             counters: CpCounters::default(),
@@ -183,7 +191,7 @@ impl Cp {
         self.seq = 0;
         self.phase = Phase::Id;
         self.last_valid = now;
-        self.hold_until = None;
+        self.held = None;
         let mut step = Step::default();
         self.send(code::ID, vec![0], None, None, now, &mut step);
         step
@@ -205,8 +213,9 @@ impl Cp {
 
     fn fail_all(&mut self, error: SerialFailure, step: &mut Step) {
         let inflight = self.inflight.take().and_then(|f| f.cmd);
+        let held = self.held.take().and_then(|(f, _)| f.cmd);
         let queued: Vec<Cmd> = self.queue.drain(..).filter_map(|q| q.cmd).collect();
-        for cmd in inflight.into_iter().chain(queued) {
+        for cmd in inflight.into_iter().chain(held).chain(queued) {
             step.happened.push(Happening::Done {
                 cmd,
                 result: Err(error.clone()),
@@ -319,16 +328,44 @@ impl Cp {
         self.seq = if self.seq >= 3 { 1 } else { self.seq + 1 };
     }
 
-    /// An osdp_BUSY from this reader: unsecured, no data, sequence number 0 (or, from readers
-    /// that echo it, the command's).
-    fn is_busy(&self, packet: &[u8], expected_seq: u8) -> bool {
-        parse_reply(packet, None).is_ok_and(|r| {
-            r.code == code::BUSY
-                && r.scs.is_none()
-                && r.data.is_empty()
-                && r.address == self.s.address
-                && (r.seq == 0 || r.seq == expected_seq)
-        })
+    /// What a reply without a security block says when it is one of the two a reader sends
+    /// in the clear whatever the session: osdp_BUSY (no data, sequence number 0 or, from
+    /// readers that echo it, the command's), or — on Secure Channel — osdp_NAK "sequence" (4)
+    /// or "Secure Channel condition" (6) to the command in flight: the reader lost the session.
+    fn plain_signal(&self, packet: &[u8], expected_seq: u8) -> Option<PlainSignal> {
+        if packet.get(4).is_none_or(|ctrl| ctrl & CTRL_SCB != 0) {
+            return None;
+        }
+        let r = parse_reply(packet, None).ok()?;
+        if r.address != self.s.address {
+            return None;
+        }
+        if r.code == code::BUSY && r.data.is_empty() && (r.seq == 0 || r.seq == expected_seq) {
+            return Some(PlainSignal::Busy);
+        }
+        let on_session = self.phase == Phase::Online && self.session.is_some();
+        if on_session
+            && r.code == code::NAK
+            && r.seq == expected_seq
+            && matches!(r.data.first(), Some(4 | 6))
+        {
+            return Some(PlainSignal::SessionLost);
+        }
+        None
+    }
+
+    /// The command in flight goes back to the head of the queue, to be sent again on a new
+    /// session; a poll is simply dropped (the next one comes anyway).
+    fn requeue_inflight(&mut self) {
+        if let Some(f) = self.inflight.take() {
+            if f.code != code::POLL {
+                self.queue.push_front(Queued {
+                    code: f.code,
+                    data: f.data,
+                    cmd: f.cmd,
+                });
+            }
+        }
     }
 
     pub fn bytes(&mut self, data: &[u8], now: Instant) -> Step {
@@ -350,28 +387,18 @@ impl Cp {
         };
         let expected_seq = self.seq;
         let sent_code = f.code;
-        if self.is_busy(packet, expected_seq) {
-            // The same command, data included, with the same sequence number, after the
-            // reader's pause: a BUSY reader carried out nothing (OSDP 2.2; libosdp's control
-            // panel does the same). It comes unsecured and with sequence number 0 even on
-            // Secure Channel, so it is recognised before the session would refuse it.
-            self.counters.frames += 1;
-            self.last_valid = now;
-            if let Some(f) = self.inflight.take() {
-                self.queue.push_front(Queued {
-                    code: f.code,
-                    data: f.data,
-                    cmd: f.cmd,
-                });
+        match self.plain_signal(packet, expected_seq) {
+            Some(PlainSignal::Busy) => {
+                // The same command, data included, with the same sequence number, after the
+                // reader's pause: a BUSY reader carried out nothing (OSDP 2.2; libosdp's
+                // control panel does the same). It comes in the clear even on Secure Channel,
+                // so it is recognised before the session would refuse it.
+                self.counters.frames += 1;
+                self.last_valid = now;
+                self.held = self.inflight.take().map(|f| (f, now + self.s.busy_wait));
+                return;
             }
-            self.hold_until = Some(now + self.s.busy_wait);
-            return;
-        }
-        let secured = matches!(self.phase, Phase::Online | Phase::Keyset) && self.session.is_some();
-        let reply = match parse_reply(packet, if secured { self.session.as_mut() } else { None }) {
-            Ok(r) => r,
-            Err(ReplyError::NotReply) => return,
-            Err(ReplyError::Plain) if self.session_lost(packet, expected_seq) => {
+            Some(PlainSignal::SessionLost) => {
                 // The reader is there but dropped the session: a reply of ours was lost, so
                 // our repeat carried the MAC of the step before, and the reader (libosdp does
                 // this) refused it and left Secure Channel. A new handshake, with the reader
@@ -383,14 +410,7 @@ impl Cp {
                     nak: 6,
                 }
                 .emit();
-                if let Some(f) = self.inflight.take().filter(|f| f.cmd.is_some()) {
-                    self.queue.push_front(Queued {
-                        code: f.code,
-                        data: f.data,
-                        cmd: f.cmd,
-                    });
-                }
-                self.inflight = None;
+                self.requeue_inflight();
                 self.session = None;
                 self.decoder.clear();
                 // Sequence number 0 starts the reader's count over as well.
@@ -398,6 +418,12 @@ impl Cp {
                 self.challenge(now, step);
                 return;
             }
+            None => {}
+        }
+        let secured = matches!(self.phase, Phase::Online | Phase::Keyset) && self.session.is_some();
+        let reply = match parse_reply(packet, if secured { self.session.as_mut() } else { None }) {
+            Ok(r) => r,
+            Err(ReplyError::NotReply) => return,
             Err(error) => {
                 self.counters.sc_failures += 1;
                 t::OsdpReplyRefused { error: &error }.emit();
@@ -574,19 +600,6 @@ impl Cp {
         );
     }
 
-    /// A plain osdp_NAK "Secure Channel condition" (6) or "sequence" (4) from this reader, to
-    /// the command in flight, while on Secure Channel: the reader lost the session.
-    fn session_lost(&self, packet: &[u8], expected_seq: u8) -> bool {
-        self.phase == Phase::Online
-            && parse_reply(packet, None).is_ok_and(|r| {
-                r.code == code::NAK
-                    && r.scs.is_none()
-                    && r.address == self.s.address
-                    && r.seq == expected_seq
-                    && matches!(r.data.first(), Some(4 | 6))
-            })
-    }
-
     fn link_up(&mut self, now: Instant, step: &mut Step) {
         if self.default_key {
             // A session on SCBK-D is only for this: give the reader its key (encrypted).
@@ -686,13 +699,23 @@ impl Cp {
     }
 
     fn pump(&mut self, now: Instant, step: &mut Step) {
-        if self.inflight.is_some() || self.phase != Phase::Online {
+        if self.inflight.is_some() {
             return;
         }
-        if self.hold_until.is_some_and(|t| now < t) {
+        if let Some((_, at)) = &self.held {
+            if now < *at {
+                return;
+            }
+            if let Some((mut f, _)) = self.held.take() {
+                f.deadline = now + self.s.reply_timeout;
+                step.send.push(f.packet.clone());
+                self.inflight = Some(f);
+            }
             return;
         }
-        self.hold_until = None;
+        if self.phase != Phase::Online {
+            return;
+        }
         if let Some(q) = self.queue.pop_front() {
             self.send(q.code, q.data, q.cmd, None, now, step);
         } else if now >= self.next_poll {
@@ -738,15 +761,13 @@ impl Cp {
     pub fn next_deadline(&self) -> Option<Instant> {
         let phase = match self.phase {
             Phase::Waiting(t) => Some(t),
-            Phase::Online if self.inflight.is_none() => Some(
-                self.hold_until
-                    .map_or(self.next_poll, |h| h.max(self.next_poll)),
-            ),
+            Phase::Online if self.inflight.is_none() && self.held.is_none() => Some(self.next_poll),
             _ => None,
         };
         [
             phase,
             self.inflight.as_ref().map(|f| f.deadline),
+            self.held.as_ref().map(|(_, at)| *at),
             self.pin_at.map(|t| t + PIN_TIMEOUT),
         ]
         .into_iter()

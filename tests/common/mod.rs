@@ -360,6 +360,7 @@ impl Daemon {
         done: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(30);
+        let mut last = serde_json::Value::Null;
         loop {
             if let Ok(r) = client()
                 .get(format!("http://{}/v1/status", self.admin))
@@ -370,9 +371,13 @@ impl Daemon {
                     if done(&v) {
                         return v;
                     }
+                    last = v;
                 }
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {last}"
+            );
             // The status has no push channel; poll it briefly.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -164,14 +164,28 @@ fn a_lost_reply_is_not_an_outage_and_busy_repeats_the_command_with_its_data() {
     assert_eq!(s.send[0], out);
     assert_eq!(&s.send[0][7..11], &[0, 5, 20, 0]);
     // A BUSY with data, or from another address, is not a BUSY: ignored.
-    assert!(!cp.is_busy(&reply(1, 0, code::BUSY, &[1]), 1));
-    assert!(!cp.is_busy(&reply(2, 0, code::BUSY, &[]), 1));
+    assert_eq!(cp.plain_signal(&reply(1, 0, code::BUSY, &[1]), 1), None);
+    assert_eq!(cp.plain_signal(&reply(2, 0, code::BUSY, &[]), 1), None);
     // Answered with the output's status (osdp_OSTATR): carried out.
     let s = cp.bytes(&reply(1, 1, code::OSTATR, &[1]), ms(1_120));
     assert!(s.happened.contains(&Happening::Done {
         cmd: unlock,
         result: Ok(())
     }));
+    // A reader busy while it starts up: its ID comes again, the same packet, after the pause
+    // (not left waiting for a queue that only runs once it is online).
+    let mut fresh = Cp::new(
+        ReaderSettings::new(1, None, Duration::from_secs(1)),
+        Box::new(|| [0; 8]),
+        t0,
+    );
+    let id = fresh.opened(t0).send[0].clone();
+    assert!(fresh
+        .bytes(&reply(1, 0, code::BUSY, &[]), ms(5))
+        .send
+        .is_empty());
+    assert_eq!(fresh.next_deadline(), Some(ms(805)));
+    assert_eq!(fresh.tick(ms(805)).send, vec![id]);
 }
 
 #[test]

@@ -316,8 +316,8 @@ async fn run_verb(cli: &Cli) -> Result<ExitCode, ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             println!(
-                "{:<20} {:<7} {:<14} {:<8} {:<26} {:<9} PENDING",
-                "DEVICE", "TYPE", "DRIVER", "STATUS", "LAST SEEN", "STATE"
+                "{:<20} {:<7} {:<14} {:<8} {:<26} {:<9} {:<7} PENDING",
+                "DEVICE", "TYPE", "DRIVER", "STATUS", "LAST SEEN", "STATE", "DOOR"
             );
             for d in &rows {
                 let status = match d.online {
@@ -326,13 +326,14 @@ async fn run_verb(cli: &Cli) -> Result<ExitCode, ExitCode> {
                     None => "unknown",
                 };
                 println!(
-                    "{:<20} {:<7} {:<14} {:<8} {:<26} {:<9} {}",
+                    "{:<20} {:<7} {:<14} {:<8} {:<26} {:<9} {:<7} {}",
                     d.id,
                     d.kind,
                     d.driver,
                     status,
                     d.last_seen.as_deref().unwrap_or("-"),
                     d.last_state.as_deref().unwrap_or("-"),
+                    d.door.as_deref().unwrap_or("-"),
                     match &d.locked_out_until {
                         // A panel or reader refusing every credential: say so first.
                         Some(until) => format!(

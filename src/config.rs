@@ -19,8 +19,9 @@ mod secrets;
 
 pub use commands::{Broker, CommandsConfig, Scheme, Transport as CommandTransport};
 pub use device::{
-    ha_default, DeviceConfig, DeviceType, Driver, DriverConfig, HomeAssistant, ModbusRelay, Osdp,
-    Shelly, Tasmota, ZenedgePanel, Zigbee2mqtt,
+    ha_default, Contact, DeviceConfig, DeviceType, Driver, DriverConfig, HaContact, HomeAssistant,
+    ModbusRelay, OnOff, Osdp, Shelly, Tasmota, TasmotaSwitch, ZenedgePanel, Zigbee2mqtt,
+    ZigbeeContact,
 };
 use device::{valid_topic, validate_buses, validate_device};
 pub use inbound::{InboundConfig, Listen};
@@ -727,7 +728,35 @@ impl Config {
                 }
             }
         }
+        self.validate_contacts()?;
         validate_buses(&self.devices)
+    }
+
+    /// Each door's `contact` names a contact of this controller, and no two doors share one
+    /// without saying so being the point (double doors share a contact: allowed).
+    fn validate_contacts(&self) -> Result<(), ConfigError> {
+        for (i, d) in self.devices.iter().enumerate() {
+            let Some(contact) = &d.contact else {
+                continue;
+            };
+            let found = self.devices.iter().find(|c| &c.id == contact);
+            match found {
+                Some(c) if c.kind == DeviceType::Contact => {}
+                Some(c) => {
+                    return Err(ConfigError::key(
+                        format!("devices[{i}].contact"),
+                        format!("`{contact}` is a {}, not a contact", c.kind.as_str()),
+                    ))
+                }
+                None => {
+                    return Err(ConfigError::key(
+                        format!("devices[{i}].contact"),
+                        format!("no device `{contact}`: name a device of type \"contact\""),
+                    ))
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The topics that identify a device (state in, commands out): (config key, what makes
@@ -756,6 +785,18 @@ impl Config {
                     h.command_topic.clone(),
                 ),
             ],
+            DriverConfig::Contact(Contact::Zigbee2mqtt(z)) => vec![(
+                "topic",
+                format!("{}/{}", z.base(&self.mqtt.zigbee2mqtt_base), z.topic),
+                z.topic.clone(),
+            )],
+            // A board's switch input sits beside its relays on one topic: its own identity.
+            DriverConfig::Contact(Contact::Tasmota(t)) => {
+                vec![("switch", t.topic_for("switch", &t.key()), t.topic.clone())]
+            }
+            DriverConfig::Contact(Contact::Homeassistant(h)) => {
+                vec![("state_topic", h.state_topic.clone(), h.state_topic.clone())]
+            }
             DriverConfig::ZenedgePanel(_)
             | DriverConfig::ModbusRelay(_)
             | DriverConfig::Osdp(_) => Vec::new(),

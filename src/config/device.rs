@@ -14,6 +14,8 @@ pub enum DeviceType {
     Strike,
     Panel,
     Reader,
+    /// A door contact (DESIGN §3): says whether a door is shut.
+    Contact,
 }
 
 impl DeviceType {
@@ -23,6 +25,7 @@ impl DeviceType {
             DeviceType::Strike => "strike",
             DeviceType::Panel => "panel",
             DeviceType::Reader => "reader",
+            DeviceType::Contact => "contact",
         }
     }
 }
@@ -61,10 +64,9 @@ impl Driver {
     /// Device types this driver can drive.
     fn types(self) -> &'static [DeviceType] {
         match self {
-            Driver::Zigbee2mqtt | Driver::Homeassistant => &[DeviceType::Lock],
-            Driver::Tasmota | Driver::ModbusRelay | Driver::Shelly => {
-                &[DeviceType::Strike, DeviceType::Lock]
-            }
+            Driver::Zigbee2mqtt | Driver::Homeassistant => &[DeviceType::Lock, DeviceType::Contact],
+            Driver::Tasmota => &[DeviceType::Strike, DeviceType::Lock, DeviceType::Contact],
+            Driver::ModbusRelay | Driver::Shelly => &[DeviceType::Strike, DeviceType::Lock],
             Driver::ZenedgePanel => &[DeviceType::Panel],
             Driver::Osdp => &[DeviceType::Reader],
         }
@@ -81,8 +83,15 @@ pub struct DeviceConfig {
     pub offline_after: Option<Duration>,
     pub action_timeout: Duration,
     pub meeting_space_id: Option<String>,
+    /// A lock or strike: the contact of its door (a `contact` device's id).
+    pub contact: Option<String>,
+    /// A door with a contact: open this long after opening is `door.held_open`.
+    pub held_open_after: Duration,
     pub settings: DriverConfig,
 }
+
+/// How long a door may stand open before `door.held_open` (DESIGN §3's default).
+pub const HELD_OPEN_AFTER: Duration = Duration::from_secs(60);
 
 /// One driver's settings.
 #[derive(Debug, Clone)]
@@ -94,6 +103,102 @@ pub enum DriverConfig {
     ModbusRelay(ModbusRelay),
     Osdp(Osdp),
     Shelly(Shelly),
+    /// A door contact, on one of the drivers that read one.
+    Contact(Contact),
+}
+
+/// A door contact's settings, by driver (DESIGN §3, "Doors that know whether they are shut").
+#[derive(Debug, Clone)]
+pub enum Contact {
+    /// `{"contact": true}` is closed (Aqara, Sonoff and the other Zigbee door sensors).
+    Zigbee2mqtt(ZigbeeContact),
+    /// A switch input of a Tasmota device: `SwitchN` in `RESULT` or `SENSOR`.
+    Tasmota(TasmotaSwitch),
+    /// A Home Assistant binary sensor (`state_open` / `state_closed`).
+    Homeassistant(HaContact),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZigbeeContact {
+    pub topic: String,
+    pub base: Option<String>,
+}
+
+impl ZigbeeContact {
+    pub fn base<'a>(&'a self, default: &'a str) -> &'a str {
+        self.base.as_deref().unwrap_or(default)
+    }
+}
+
+/// What a Tasmota switch reads when the door is shut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum OnOff {
+    #[serde(rename = "ON")]
+    On,
+    #[serde(rename = "OFF")]
+    Off,
+}
+
+impl OnOff {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnOff::On => "ON",
+            OnOff::Off => "OFF",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TasmotaSwitch {
+    pub topic: String,
+    /// Which switch input (1..=28: `Switch<N>`).
+    pub switch: u8,
+    /// The switch's state when the door is shut (a reed contact closes the circuit: `OFF`
+    /// with Tasmota's default SwitchMode inverted wiring is the common case).
+    #[serde(default = "closed_default")]
+    pub closed: OnOff,
+    #[serde(default = "default_full_topic")]
+    pub full_topic: String,
+}
+
+fn closed_default() -> OnOff {
+    OnOff::Off
+}
+
+impl TasmotaSwitch {
+    /// The key of this switch in `RESULT` and `SENSOR`: `Switch<N>`.
+    pub fn key(&self) -> String {
+        format!("Switch{}", self.switch)
+    }
+
+    /// The same FullTopic rule as a Tasmota relay's.
+    pub fn topic_for(&self, prefix: &str, last: &str) -> String {
+        full_topic(&self.full_topic, &self.topic, prefix, last)
+    }
+}
+
+/// A Home Assistant binary sensor's keys, with Home Assistant's defaults (`ON` = open).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaContact {
+    pub state_topic: String,
+    pub availability_topic: Option<String>,
+    #[serde(default = "state_open_default")]
+    pub state_open: String,
+    #[serde(default = "state_closed_default")]
+    pub state_closed: String,
+    pub payload_available: Option<String>,
+    pub payload_not_available: Option<String>,
+    pub value_json: Option<String>,
+}
+
+fn state_open_default() -> String {
+    "ON".to_owned()
+}
+fn state_closed_default() -> String {
+    "OFF".to_owned()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -145,13 +250,15 @@ impl Tasmota {
     /// A Tasmota topic: the FullTopic with `%prefix%` (`cmnd`, `stat`, `tele`) and `%topic%`
     /// filled in, then `last` (`POWER2`, `RESULT`, `LWT`).
     pub fn topic_for(&self, prefix: &str, last: &str) -> String {
-        let full = self
-            .full_topic
-            .replace("%prefix%", prefix)
-            .replace("%topic%", &self.topic);
-        let sep = if full.ends_with('/') { "" } else { "/" };
-        format!("{full}{sep}{last}")
+        full_topic(&self.full_topic, &self.topic, prefix, last)
     }
+}
+
+/// A Tasmota topic: the FullTopic with `%prefix%` and `%topic%` filled in, then `last`.
+fn full_topic(full: &str, topic: &str, prefix: &str, last: &str) -> String {
+    let full = full.replace("%prefix%", prefix).replace("%topic%", topic);
+    let sep = if full.ends_with('/') { "" } else { "/" };
+    format!("{full}{sep}{last}")
 }
 
 /// Home Assistant's MQTT lock keys, with Home Assistant's defaults: enough for ESPHome, Nuki's
@@ -349,6 +456,9 @@ struct Common {
     #[serde(default, with = "humantime_serde")]
     action_timeout: Option<Duration>,
     meeting_space_id: Option<String>,
+    contact: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    held_open_after: Option<Duration>,
     #[serde(flatten)]
     rest: toml::Table,
 }
@@ -363,8 +473,19 @@ pub(super) fn decode(i: usize, value: toml::Value) -> Result<DeviceConfig, Confi
     };
     let mut common: Common = decode_part(i, table, |e| e)?;
     let rest = std::mem::take(&mut common.rest);
+    if common.held_open_after.is_some() && common.contact.is_none() {
+        return Err(ConfigError::key(
+            format!("devices[{i}].held_open_after"),
+            "needs `contact`: only a door with a contact knows it is held open",
+        ));
+    }
     let driver = common.driver;
-    let d = driver.as_str();
+    let contact = common.kind == DeviceType::Contact;
+    let d = if contact {
+        format!("{} for a contact", driver.as_str())
+    } else {
+        driver.as_str().to_owned()
+    };
     let settings = {
         let explain = |message: String| {
             if message.starts_with("missing field") {
@@ -381,6 +502,15 @@ pub(super) fn decode(i: usize, value: toml::Value) -> Result<DeviceConfig, Confi
             }
         };
         match driver {
+            Driver::Zigbee2mqtt if contact => {
+                DriverConfig::Contact(Contact::Zigbee2mqtt(decode_part(i, rest, explain)?))
+            }
+            Driver::Tasmota if contact => {
+                DriverConfig::Contact(Contact::Tasmota(decode_part(i, rest, explain)?))
+            }
+            Driver::Homeassistant if contact => {
+                DriverConfig::Contact(Contact::Homeassistant(decode_part(i, rest, explain)?))
+            }
             Driver::Zigbee2mqtt => DriverConfig::Zigbee2mqtt(decode_part(i, rest, explain)?),
             Driver::Tasmota => DriverConfig::Tasmota(decode_part(i, rest, explain)?),
             Driver::Homeassistant => {
@@ -398,6 +528,8 @@ pub(super) fn decode(i: usize, value: toml::Value) -> Result<DeviceConfig, Confi
         offline_after: common.offline_after,
         action_timeout: common.action_timeout.unwrap_or(Duration::from_secs(10)),
         meeting_space_id: common.meeting_space_id,
+        contact: common.contact,
+        held_open_after: common.held_open_after.unwrap_or(HELD_OPEN_AFTER),
         settings,
     })
 }
@@ -437,6 +569,17 @@ impl DeviceConfig {
             DriverConfig::ModbusRelay(_) => Driver::ModbusRelay,
             DriverConfig::Osdp(_) => Driver::Osdp,
             DriverConfig::Shelly(_) => Driver::Shelly,
+            DriverConfig::Contact(Contact::Zigbee2mqtt(_)) => Driver::Zigbee2mqtt,
+            DriverConfig::Contact(Contact::Tasmota(_)) => Driver::Tasmota,
+            DriverConfig::Contact(Contact::Homeassistant(_)) => Driver::Homeassistant,
+        }
+    }
+
+    /// A door contact's settings.
+    pub fn contact_settings(&self) -> Option<&Contact> {
+        match &self.settings {
+            DriverConfig::Contact(c) => Some(c),
+            _ => None,
         }
     }
 
@@ -545,17 +688,7 @@ pub(super) fn validate_device(i: usize, d: &DeviceConfig) -> Result<(), ConfigEr
         }
         DriverConfig::Tasmota(t) => {
             topic("topic", &t.topic)?;
-            let full = &t.full_topic;
-            let tokens_ok = full.contains("%prefix%")
-                && full.contains("%topic%")
-                && full.matches('%').count() == 4;
-            if !tokens_ok || full.contains(['+', '#']) || full.starts_with('/') {
-                return refuse(
-                    "full_topic",
-                    "must hold %prefix% and %topic% (and no other % token or wildcard), as \
-                     Tasmota's FullTopic setting, e.g. \"%prefix%/%topic%/\"",
-                );
-            }
+            full_topic_ok(&t.full_topic).or_else(|e| refuse("full_topic", e))?;
             if !(1..=8).contains(&t.relay) {
                 return refuse("relay", "a Tasmota relay is 1..=8 (POWER1..POWER8)");
             }
@@ -580,6 +713,43 @@ pub(super) fn validate_device(i: usize, d: &DeviceConfig) -> Result<(), ConfigEr
             }
         }
         DriverConfig::ZenedgePanel(_) => {}
+        DriverConfig::Contact(Contact::Zigbee2mqtt(z)) => {
+            topic("topic", &z.topic)?;
+            if let Some(base) = &z.base {
+                topic("base", base)?;
+            }
+        }
+        DriverConfig::Contact(Contact::Tasmota(t)) => {
+            topic("topic", &t.topic)?;
+            full_topic_ok(&t.full_topic).or_else(|e| refuse("full_topic", e))?;
+            if !(1..=28).contains(&t.switch) {
+                return refuse(
+                    "switch",
+                    "a Tasmota switch input is 1..=28 (Switch1..Switch28)",
+                );
+            }
+        }
+        DriverConfig::Contact(Contact::Homeassistant(h)) => {
+            topic("state_topic", &h.state_topic)?;
+            if let Some(t) = &h.availability_topic {
+                topic("availability_topic", t)?;
+            }
+            let values = [
+                ("state_open", Some(&h.state_open)),
+                ("state_closed", Some(&h.state_closed)),
+                ("payload_available", h.payload_available.as_ref()),
+                ("payload_not_available", h.payload_not_available.as_ref()),
+                ("value_json", h.value_json.as_ref()),
+            ];
+            for (name, value) in values {
+                if value.is_some_and(|v| v.trim().is_empty()) {
+                    return refuse(name, "must not be empty");
+                }
+            }
+            if h.state_open.eq_ignore_ascii_case(&h.state_closed) {
+                return refuse("state_closed", "must differ from state_open");
+            }
+        }
         DriverConfig::ModbusRelay(m) => {
             if !(1..=247).contains(&m.address) {
                 return refuse("address", "a Modbus slave address is 1..=247");
@@ -629,6 +799,15 @@ pub(super) fn validate_device(i: usize, d: &DeviceConfig) -> Result<(), ConfigEr
             }
         }
     }
+    if d.contact.is_some() && !d.is_door() {
+        return refuse(
+            "contact",
+            "only a door (a lock, a strike, a reader with a pulse) has a door contact",
+        );
+    }
+    if d.held_open_after < Duration::from_secs(1) {
+        return refuse("held_open_after", "must be at least 1s");
+    }
     if d.offline_after.is_some_and(|t| t < Duration::from_secs(1)) {
         return refuse("offline_after", "must be at least 1s");
     }
@@ -640,6 +819,19 @@ pub(super) fn validate_device(i: usize, d: &DeviceConfig) -> Result<(), ConfigEr
         .is_some_and(|m| m.trim().is_empty())
     {
         return refuse("meeting_space_id", "must not be empty");
+    }
+    Ok(())
+}
+
+/// A Tasmota FullTopic: `%prefix%` and `%topic%`, no other token, no wildcard.
+fn full_topic_ok(full: &str) -> Result<(), &'static str> {
+    let tokens_ok =
+        full.contains("%prefix%") && full.contains("%topic%") && full.matches('%').count() == 4;
+    if !tokens_ok || full.contains(['+', '#']) || full.starts_with('/') {
+        return Err(
+            "must hold %prefix% and %topic% (and no other % token or wildcard), as Tasmota's \
+             FullTopic setting, e.g. \"%prefix%/%topic%/\"",
+        );
     }
     Ok(())
 }

@@ -606,3 +606,70 @@ fn a_device_entry_of_the_wrong_shape_or_with_a_key_its_driver_lacks_is_named() {
         assert_eq!(key_of(e), key, "{devices}");
     }
 }
+
+#[test]
+fn door_contacts_are_named_by_their_doors_and_a_bad_contact_entry_is_named() {
+    const LOCK: &str =
+        "[[devices]]\nid = \"l\"\ntype = \"lock\"\ndriver = \"zigbee2mqtt\"\ntopic = \"l\"\n";
+    let ok = parse(&format!(
+        "{MINIMAL}\n{LOCK}contact = \"c\"\nheld_open_after = \"2m\"\n\
+         [[devices]]\nid = \"c\"\ntype = \"contact\"\ndriver = \"tasmota\"\ntopic = \"board\"\nswitch = 2\nclosed = \"ON\"\n\
+         [[devices]]\nid = \"s\"\ntype = \"strike\"\ndriver = \"tasmota\"\ntopic = \"board\"\n"
+    ))
+    .unwrap();
+    assert_eq!(ok.devices[0].contact.as_deref(), Some("c"));
+    assert_eq!(ok.devices[0].held_open_after, Duration::from_secs(120));
+    assert_eq!(ok.devices[2].held_open_after, Duration::from_secs(60));
+    let Some(crate::config::Contact::Tasmota(t)) = ok.devices[1].contact_settings() else {
+        panic!("not a Tasmota contact: {:?}", ok.devices[1].settings);
+    };
+    assert_eq!((t.switch, t.closed), (2, crate::config::OnOff::On));
+    let cases = [
+        (format!("{LOCK}contact = \"nope\"\n"), "devices[0].contact", "no device `nope`"),
+        (
+            format!("{LOCK}contact = \"l2\"\n{}", LOCK.replace("\"l\"", "\"l2\"")),
+            "devices[0].contact",
+            "is a lock, not a contact",
+        ),
+        (format!("{LOCK}held_open_after = \"1m\"\n"), "devices[0].held_open_after", "needs `contact`"),
+        (
+            "[[devices]]\nid = \"c\"\ntype = \"contact\"\ndriver = \"tasmota\"\ntopic = \"b\"\n".into(),
+            "devices[0].switch",
+            "required by driver tasmota for a contact",
+        ),
+        (
+            "[[devices]]\nid = \"c\"\ntype = \"contact\"\ndriver = \"tasmota\"\ntopic = \"b\"\nswitch = 1\nrelay = 1\n".into(),
+            "devices[0].relay",
+            "not used by driver tasmota for a contact",
+        ),
+        (
+            "[[devices]]\nid = \"c\"\ntype = \"contact\"\ndriver = \"tasmota\"\ntopic = \"b\"\nswitch = 1\nclosed = \"CLOSED\"\n".into(),
+            "devices[0].closed",
+            "unknown variant",
+        ),
+        (
+            "[[devices]]\nid = \"c\"\ntype = \"contact\"\ndriver = \"homeassistant\"\nstate_topic = \"s\"\nstate_open = \"x\"\nstate_closed = \"X\"\n".into(),
+            "devices[0].state_closed",
+            "must differ",
+        ),
+        (
+            "[[devices]]\nid = \"c\"\ntype = \"contact\"\ndriver = \"shelly\"\ntopic = \"s\"\npulse = \"1s\"\n".into(),
+            "devices[0].type",
+            "driver shelly drives strike or lock, not contact",
+        ),
+        (
+            "[[devices]]\nid = \"c\"\ntype = \"contact\"\ndriver = \"zigbee2mqtt\"\ntopic = \"s\"\ncontact = \"c\"\n".into(),
+            "devices[0].contact",
+            "only a door",
+        ),
+    ];
+    for (devices, key, says) in cases {
+        let e = parse(&format!("{MINIMAL}\n{devices}")).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains(says) && !text.contains('\n'),
+            "{devices}: {text}"
+        );
+        assert_eq!(key_of(e), key, "{devices}");
+    }
+}

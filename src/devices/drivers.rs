@@ -6,7 +6,9 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use crate::config::{ha_default, Config, DeviceConfig, DriverConfig, HomeAssistant};
+use crate::config::{
+    ha_default, Config, Contact, DeviceConfig, DriverConfig, HomeAssistant, OnOff,
+};
 
 /// What a message says about a device.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +28,8 @@ pub enum Observation {
     BridgeHealth { healthy: bool },
     /// A Tasmota relay's PulseTime (0: no pulse, the relay stays on once switched on).
     PulseTime(u64),
+    /// A door contact's state.
+    Contact { closed: bool },
 }
 
 /// Which kind of availability message, for the event's `reason`.
@@ -76,11 +80,17 @@ pub enum TopicKind {
     ShellyStatus,
     /// `<topic>/online`: a Shelly's `true`/`false` (its Last Will).
     ShellyOnline,
+    /// A Zigbee door sensor's state (`contact`: true = closed).
+    Z2mContact,
+    /// A Tasmota switch input in `stat/<t>/RESULT` or `tele/<t>/SENSOR` (`Switch<N>`).
+    TasmotaSwitch,
+    /// A Home Assistant binary sensor's state.
+    HaContact,
 }
 
 impl TopicKind {
     /// Every kind, for tests and fuzzing that must cover each payload mapper.
-    pub const ALL: [TopicKind; 14] = [
+    pub const ALL: [TopicKind; 17] = [
         TopicKind::Z2mState,
         TopicKind::Z2mAvailability,
         TopicKind::Z2mBridge,
@@ -95,6 +105,9 @@ impl TopicKind {
         TopicKind::PanelAction,
         TopicKind::ShellyStatus,
         TopicKind::ShellyOnline,
+        TopicKind::Z2mContact,
+        TopicKind::TasmotaSwitch,
+        TopicKind::HaContact,
     ];
 }
 
@@ -256,6 +269,73 @@ pub fn parse(
         TopicKind::PanelAction => {
             json_object(payload).map(|m| Observation::PanelAction(Value::Object(m)))
         }
+        TopicKind::Z2mContact => {
+            // `{"battery":100,"contact":false,"linkquality":87,"voltage":3015}`
+            let m = json_object(payload)?;
+            match m.get("contact") {
+                Some(Value::Bool(closed)) => Ok(Observation::Contact { closed: *closed }),
+                Some(other) => Err(PayloadError::Unexpected(truncate(&other.to_string()))),
+                None => Ok(Observation::Heard),
+            }
+        }
+        TopicKind::TasmotaSwitch => tasmota_switch(payload, device),
+        TopicKind::HaContact => ha_contact(payload, device),
+    }
+}
+
+/// A Tasmota switch input: `{"Switch1":"ON"}` (`SENSOR`, `Status 10`) or
+/// `{"Switch1":{"Action":"ON"}}` (`RESULT` with SetOption114 or a SwitchTopic), against the
+/// contact's `closed` setting. A `TOGGLE` says no state: the switch must be SwitchMode 1.
+fn tasmota_switch(
+    payload: &[u8],
+    device: Option<&DeviceConfig>,
+) -> Result<Observation, PayloadError> {
+    let m = json_object(payload)?;
+    let Some(Contact::Tasmota(s)) = device.and_then(DeviceConfig::contact_settings) else {
+        return Ok(Observation::Heard);
+    };
+    let Some(v) = m.get(&s.key()) else {
+        // Another switch, a relay, the time: nothing about this contact.
+        return Ok(Observation::Heard);
+    };
+    let word = match v {
+        Value::String(w) => w.as_str(),
+        Value::Object(o) => o.get("Action").and_then(Value::as_str).unwrap_or_default(),
+        _ => "",
+    };
+    let on = match word.to_ascii_uppercase().as_str() {
+        "ON" => OnOff::On,
+        "OFF" => OnOff::Off,
+        _ => return Err(PayloadError::Unexpected(truncate(&v.to_string()))),
+    };
+    Ok(Observation::Contact {
+        closed: on == s.closed,
+    })
+}
+
+/// A Home Assistant binary sensor: its `state_open` / `state_closed` (default `ON` / `OFF`),
+/// from the payload or its `value_json` key.
+fn ha_contact(payload: &[u8], device: Option<&DeviceConfig>) -> Result<Observation, PayloadError> {
+    let Some(Contact::Homeassistant(h)) = device.and_then(DeviceConfig::contact_settings) else {
+        return Ok(Observation::Heard);
+    };
+    let raw = match h.value_json.as_deref() {
+        Some(key) => match json_object(payload)?.get(key) {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            Some(Value::Bool(b)) => b.to_string(),
+            Some(other) => return Err(PayloadError::Unexpected(truncate(&other.to_string()))),
+            None => return Ok(Observation::Heard),
+        },
+        None => text(payload)?.to_owned(),
+    };
+    let raw = raw.trim();
+    if raw.eq_ignore_ascii_case(&h.state_open) {
+        Ok(Observation::Contact { closed: false })
+    } else if raw.eq_ignore_ascii_case(&h.state_closed) {
+        Ok(Observation::Contact { closed: true })
+    } else {
+        Err(PayloadError::Unexpected(truncate(raw)))
     }
 }
 
@@ -301,23 +381,25 @@ fn ha_availability(
     payload: &[u8],
     device: Option<&DeviceConfig>,
 ) -> Result<Observation, PayloadError> {
-    let custom = device
-        .and_then(DeviceConfig::homeassistant)
-        .filter(|h| h.payload_available.is_some() || h.payload_not_available.is_some());
+    // A lock's or a binary sensor's own availability payloads.
+    let payloads = device.and_then(|d| match &d.settings {
+        DriverConfig::Homeassistant(h) => Some((
+            h.payload_available.as_deref(),
+            h.payload_not_available.as_deref(),
+        )),
+        DriverConfig::Contact(Contact::Homeassistant(h)) => Some((
+            h.payload_available.as_deref(),
+            h.payload_not_available.as_deref(),
+        )),
+        _ => None,
+    });
+    let custom = payloads.filter(|(on, off)| on.is_some() || off.is_some());
     let online = match custom {
-        Some(d) => {
+        Some((on, off)) => {
             let t = text(payload)?;
-            if t == d
-                .payload_available
-                .as_deref()
-                .unwrap_or(ha_default::AVAILABLE)
-            {
+            if t == on.unwrap_or(ha_default::AVAILABLE) {
                 true
-            } else if t
-                == d.payload_not_available
-                    .as_deref()
-                    .unwrap_or(ha_default::NOT_AVAILABLE)
-            {
+            } else if t == off.unwrap_or(ha_default::NOT_AVAILABLE) {
                 false
             } else {
                 return Err(PayloadError::Unexpected(truncate(t)));
@@ -410,9 +492,10 @@ pub fn command(
                 "method": "Switch.Set", "params": params});
             out(format!("{}/rpc", s.topic), &request.to_string())
         }
-        DriverConfig::ZenedgePanel(_) | DriverConfig::ModbusRelay(_) | DriverConfig::Osdp(_) => {
-            None
-        }
+        DriverConfig::ZenedgePanel(_)
+        | DriverConfig::ModbusRelay(_)
+        | DriverConfig::Osdp(_)
+        | DriverConfig::Contact(_) => None,
     }
 }
 
@@ -533,6 +616,35 @@ impl Routes {
                         TopicKind::PanelCredential,
                     );
                     add(format!("{p}/action"), Some(i), TopicKind::PanelAction);
+                }
+                DriverConfig::Contact(Contact::Zigbee2mqtt(z)) => {
+                    let (base, topic) = (z.base(&config.mqtt.zigbee2mqtt_base), &z.topic);
+                    bases.insert(base.to_owned());
+                    add(format!("{base}/{topic}"), Some(i), TopicKind::Z2mContact);
+                    add(
+                        format!("{base}/{topic}/availability"),
+                        Some(i),
+                        TopicKind::Z2mAvailability,
+                    );
+                }
+                DriverConfig::Contact(Contact::Tasmota(t)) => {
+                    add(t.topic_for("tele", "LWT"), Some(i), TopicKind::TasmotaLwt);
+                    add(
+                        t.topic_for("stat", "RESULT"),
+                        Some(i),
+                        TopicKind::TasmotaSwitch,
+                    );
+                    add(
+                        t.topic_for("tele", "SENSOR"),
+                        Some(i),
+                        TopicKind::TasmotaSwitch,
+                    );
+                }
+                DriverConfig::Contact(Contact::Homeassistant(h)) => {
+                    add(h.state_topic.clone(), Some(i), TopicKind::HaContact);
+                    if let Some(t) = &h.availability_topic {
+                        add(t.clone(), Some(i), TopicKind::HaAvailability);
+                    }
                 }
                 DriverConfig::ModbusRelay(_) | DriverConfig::Osdp(_) => {}
             }

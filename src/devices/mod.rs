@@ -10,6 +10,7 @@
 pub mod actions;
 mod bridge;
 mod credentials;
+pub mod doors;
 pub mod drivers;
 pub mod presence;
 mod rooms;
@@ -21,7 +22,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::config::{Config, Driver};
+use crate::config::{Config, Driver, DriverConfig};
 use crate::event::{DeviceRef, Millis};
 use crate::serial::types::{Cmd as SerialCmd, CredentialKind, Happening, LinkReason};
 use crate::telemetry::{events as t, InternalEvent};
@@ -53,6 +54,8 @@ pub enum Effect {
     Forget(String),
     /// A panel's or reader's lockout state to store (DESIGN §2, guessing is bounded).
     Lockout(String, crate::access::lockout::Guard),
+    /// A door's contact state as reported, stored with its `door.*` events.
+    Door(String, doors::DoorRecord),
 }
 
 impl Effect {
@@ -201,6 +204,9 @@ pub struct HubCounters {
 /// before the offline is believed.
 pub const BRIDGE_CHECK: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// A Tasmota strike's pulse when its `pulse` is not configured (PulseTime 50 is 5 s).
+pub const TASMOTA_PULSE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// One device as `zenedge devices` shows it.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct DeviceView {
@@ -221,6 +227,9 @@ pub struct DeviceView {
     /// Something about the device an operator must fix (a strike relay without a pulse).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
+    /// A door with a contact, or a contact: `open`, `closed` or `unknown`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub door: Option<String>,
 }
 
 pub struct Hub {
@@ -243,6 +252,8 @@ pub struct Hub {
     pulse_time_zero: std::collections::HashSet<String>,
     /// Bridges whose `bridge/state` said offline, by that topic: when ZenEdge asked them.
     bridge_checks: HashMap<String, Millis>,
+    /// Doors with contacts: openings, forced and held open, relocks that wait for the close.
+    doors: doors::Doors,
 }
 
 impl Hub {
@@ -266,7 +277,7 @@ impl Hub {
             .enumerate()
             .map(|(i, d)| (d.id.clone(), i))
             .collect();
-        Hub {
+        let mut hub = Hub {
             routes,
             presence,
             // Zigbee2MQTT locks answer `/get`: asked before an action times out.
@@ -291,7 +302,39 @@ impl Hub {
             counters: Arc::default(),
             bridge_checks: HashMap::new(),
             pulse_time_zero: Default::default(),
-        }
+            doors: doors::Doors::default(),
+        };
+        hub.set_doors([]);
+        hub
+    }
+
+    /// The doors with contacts, and their states as stored.
+    pub fn set_doors(&mut self, records: impl IntoIterator<Item = (String, doors::DoorRecord)>) {
+        let specs: Vec<doors::DoorSpec> = self
+            .config
+            .devices
+            .iter()
+            .filter_map(|d| {
+                let contact = d.contact.clone()?;
+                let (pulse, fixed_pulse) = match &d.settings {
+                    DriverConfig::ModbusRelay(m) => (m.pulse, false),
+                    DriverConfig::Osdp(o) => (o.output_pulse(), false),
+                    DriverConfig::Shelly(s) => (s.pulse, false),
+                    // PulseTime is the relay's own; `pulse` says what it is set to.
+                    DriverConfig::Tasmota(t) => (t.pulse.unwrap_or(TASMOTA_PULSE), true),
+                    // A motor lock: until it says it is unlocked (then that holds).
+                    _ => (d.action_timeout, false),
+                };
+                Some(doors::DoorSpec {
+                    door: d.id.clone(),
+                    contact,
+                    held_open_after: d.held_open_after,
+                    pulse,
+                    fixed_pulse,
+                })
+            })
+            .collect();
+        self.doors = doors::Doors::new(specs, self.config.access.entry_grace, records);
     }
 
     /// The panels' and readers' lockout state as stored.
@@ -386,7 +429,19 @@ impl Hub {
                     let t = self.presence.observe(&id, online, reason, now);
                     out.merge(self.transitions(t, now));
                 }
+                Observation::Contact { closed } => {
+                    if !retained {
+                        let t = self.presence.heard(&id, now);
+                        out.merge(self.transitions(t, now));
+                    }
+                    // A retained report is the state the door was last seen in: compared with
+                    // the stored one like any other, so a restart repeats nothing.
+                    let outs = self.doors.contact(&id, closed, now);
+                    out.merge(self.door_effects(outs, now));
+                }
                 Observation::State(state) => {
+                    self.doors
+                        .lock_state(&id, state == LockState::Unlocked, now);
                     self.last_state.insert(id.clone(), (state, now));
                     if !retained {
                         let t = self.presence.heard(&id, now);
@@ -461,12 +516,17 @@ impl Hub {
             },
         );
         let timeout = device.action_timeout;
+        let (command, duration_s, device_id) =
+            (request.command, request.duration_s, request.device.clone());
         let online = self.presence.is_online(&request.device);
         match self
             .actions
             .request(request, online, outgoing.is_some() || serial, timeout, now)
         {
             Start::Send => {
+                if command == Command::Unlock {
+                    self.doors.unlock_sent(&device_id, duration_s, now);
+                }
                 let mut out = Effects::default();
                 out.0.extend(outgoing.map(Effect::Publish));
                 if serial {
@@ -504,6 +564,7 @@ impl Hub {
                 out
             }
             Happening::Relay { on } => {
+                self.doors.lock_state(device, on, now);
                 let state = if on {
                     LockState::Unlocked
                 } else {
@@ -609,7 +670,48 @@ impl Hub {
             .partition(|(at, _)| *at <= now);
         self.relocks = later;
         for (_, request) in due {
-            out.merge(self.start(request, now));
+            // A door is relocked once it is shut (DESIGN §3).
+            let outs = self.doors.relock(request);
+            out.merge(self.door_effects(outs, now));
+        }
+        let outs = self.doors.tick(now);
+        out.merge(self.door_effects(outs, now));
+        out
+    }
+
+    /// The doors' outputs as the hub's effects.
+    fn door_effects(&mut self, outs: Vec<doors::Out>, now: Millis) -> Effects {
+        let mut out = Effects::default();
+        for o in outs {
+            match o {
+                doors::Out::Event { door, data, at } => {
+                    let Some(device) = self.device_ref(&door) else {
+                        continue;
+                    };
+                    let contact = self
+                        .index
+                        .get(&door)
+                        .and_then(|i| self.config.devices.get(*i))
+                        .and_then(|d| d.contact.clone())
+                        .unwrap_or_default();
+                    let (door, contact) = (door.as_str(), contact.as_str());
+                    match &data {
+                        Data::DoorOpened(_) => t::DoorOpened { door, contact }.emit(),
+                        Data::DoorClosed(_) => t::DoorClosed { door, contact }.emit(),
+                        Data::DoorForcedOpen(_) => t::DoorForcedOpen { door, contact }.emit(),
+                        Data::DoorHeldOpen(_) => t::DoorHeldOpen { door, contact }.emit(),
+                        _ => {}
+                    }
+                    out.push(Effect::Event(NewEvent::new(data, Some(device), at)));
+                }
+                doors::Out::Record(door, record) => out.push(Effect::Door(door, record)),
+                doors::Out::Send(request) => out.merge(self.start(request, now)),
+                doors::Out::RelockBlind { door, contact } => t::RelockBlind {
+                    door: &door,
+                    contact: &contact,
+                }
+                .emit(),
+            }
         }
         out
     }
@@ -620,6 +722,7 @@ impl Hub {
             self.actions.next_deadline(),
             self.relocks.iter().map(|(at, _)| *at).min(),
             self.rooms.next_deadline(),
+            self.doors.next_deadline(),
             self.bridge_checks
                 .values()
                 .map(|asked| asked.saturating_add(BRIDGE_CHECK))
@@ -674,6 +777,9 @@ impl Hub {
                     ..
                 } => {
                     let id = t.device().to_owned();
+                    // A door whose contact is gone relocks without waiting for it.
+                    let outs = self.doors.contact_offline(&id);
+                    let relocked = self.door_effects(outs, now);
                     let done = self.actions.offline(&id, now);
                     let completions = self.completions(done);
                     let data = Data::DeviceOffline(DeviceOffline {
@@ -684,6 +790,7 @@ impl Hub {
                     let e = NewEvent::new(data, Some(device), *detected_at);
                     out.push(Effect::Event(e));
                     out.merge(completions);
+                    out.merge(relocked);
                     continue;
                 }
             };
@@ -799,6 +906,15 @@ impl Hub {
                                 t.relay
                             )
                         }),
+                    door: self
+                        .doors
+                        .view(&d.id)
+                        .or_else(|| {
+                            // A contact shows what its (first) door shows.
+                            let door = self.doors.doors_of(&d.id).into_iter().next()?;
+                            self.doors.view(&door)
+                        })
+                        .map(String::from),
                 }
             })
             .collect()

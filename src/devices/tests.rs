@@ -442,6 +442,7 @@ fn effects(out: &Effects) -> Vec<String> {
             Effect::Mark(id, _) => format!("mark {id}"),
             Effect::Forget(id) => format!("forget {id}"),
             Effect::Lockout(d, _) => format!("lockout {d}"),
+            Effect::Door(d, r) => format!("door {d} closed={:?}", r.closed),
         })
         .collect()
 }
@@ -549,4 +550,254 @@ fn the_devices_machine_as_a_table_of_inputs_and_effects() {
         assert_eq!(effects(&out), want, "row {i} at {t} ms");
     }
     assert_eq!(hub.counters.malformed.load(Ordering::Relaxed), 1);
+}
+
+/// A Zigbee lock with a Zigbee door sensor, a Tasmota strike with its board's switch input and
+/// a Home Assistant binary sensor on a Shelly strike: each contact as its device speaks.
+fn doors_hub() -> Hub {
+    let config = parse(
+        r#"
+[presence]
+debounce = "0s"
+[access]
+entry_grace = "10s"
+[[devices]]
+id = "lock-z"
+type = "lock"
+driver = "zigbee2mqtt"
+topic = "lock_z"
+contact = "contact-z"
+held_open_after = "30s"
+[[devices]]
+id = "contact-z"
+type = "contact"
+driver = "zigbee2mqtt"
+topic = "door_sensor"
+[[devices]]
+id = "strike-t"
+type = "strike"
+driver = "tasmota"
+topic = "board"
+pulse = "3s"
+contact = "contact-t"
+[[devices]]
+id = "contact-t"
+type = "contact"
+driver = "tasmota"
+topic = "board"
+switch = 1
+[[devices]]
+id = "strike-s"
+type = "strike"
+driver = "shelly"
+topic = "shelly1"
+pulse = "2s"
+contact = "contact-h"
+[[devices]]
+id = "contact-h"
+type = "contact"
+driver = "homeassistant"
+state_topic = "binary_sensor/door_h/state"
+state_open = "open"
+state_closed = "closed"
+"#,
+    );
+    Hub::new(config, HashMap::new(), Millis(0))
+}
+
+fn door_events(out: &Effects) -> Vec<String> {
+    out.events()
+        .iter()
+        .filter(|e| e.kind().as_str().starts_with("door."))
+        .map(|e| {
+            let f = e.fields();
+            format!(
+                "{} {} {} {}",
+                e.kind().as_str(),
+                e.device.as_ref().map(|d| d.id.as_str()).unwrap_or("-"),
+                f["contact_id"].as_str().unwrap_or("-"),
+                f["opened_at"].as_str().unwrap_or("-"),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn contacts_report_openings_forced_and_held_open_and_a_relock_waits_for_the_close() {
+    let mut hub = doors_hub();
+    let z = |closed: bool| format!(r#"{{"battery":100,"contact":{closed},"linkquality":87}}"#);
+    // First words: what each door is, no news.
+    let out = hub.message(
+        "zigbee2mqtt/door_sensor",
+        z(true).as_bytes(),
+        false,
+        Millis(0),
+    );
+    assert!(door_events(&out).is_empty());
+    assert!(out
+        .0
+        .iter()
+        .any(|e| matches!(e, Effect::Door(d, r) if d == "lock-z" && r.closed == Some(true))));
+    hub.message(
+        "stat/board/RESULT",
+        br#"{"Switch1":{"Action":"OFF"}}"#,
+        false,
+        Millis(0),
+    );
+    hub.message("binary_sensor/door_h/state", b"closed", false, Millis(0));
+    // Nobody unlocked: forced, within the second it opened.
+    let out = hub.message(
+        "zigbee2mqtt/door_sensor",
+        z(false).as_bytes(),
+        false,
+        Millis(1_000),
+    );
+    assert_eq!(
+        door_events(&out),
+        [
+            "door.opened lock-z contact-z 1970-01-01T00:00:01.000Z",
+            "door.forced_open lock-z contact-z 1970-01-01T00:00:01.000Z"
+        ]
+    );
+    // Held open 30 s after opening, once.
+    assert_eq!(hub.next_deadline(), Some(Millis(31_000)));
+    let out = hub.tick(Millis(31_000));
+    assert_eq!(
+        door_events(&out),
+        ["door.held_open lock-z contact-z 1970-01-01T00:00:01.000Z"]
+    );
+    assert!(door_events(&hub.tick(Millis(90_000))).is_empty());
+    let out = hub.message(
+        "zigbee2mqtt/door_sensor",
+        z(true).as_bytes(),
+        false,
+        Millis(95_000),
+    );
+    assert_eq!(
+        door_events(&out),
+        ["door.closed lock-z contact-z 1970-01-01T00:00:01.000Z"]
+    );
+
+    // A Tasmota strike unlocked: its board's switch opening within pulse + grace is not forced
+    // (SENSOR's plain form), later it is (RESULT's form); a TOGGLE is no state.
+    let unlock = |id: &str, device: &str, duration_s| Request {
+        action_id: id.into(),
+        device: device.into(),
+        command: Command::Unlock,
+        source: actions::Source::Zencore,
+        booking_id: None,
+        grant_id: None,
+        duration_s,
+    };
+    hub.request(unlock("t1", "strike-t", None), Millis(100_000));
+    let out = hub.message(
+        "tele/board/SENSOR",
+        br#"{"Time":"2026-12-04T10:00:00","Switch1":"ON"}"#,
+        false,
+        Millis(112_999),
+    );
+    assert_eq!(
+        door_events(&out),
+        ["door.opened strike-t contact-t 1970-01-01T00:01:52.999Z"]
+    );
+    hub.message(
+        "stat/board/RESULT",
+        br#"{"Switch1":{"Action":"OFF"}}"#,
+        false,
+        Millis(114_000),
+    );
+    let out = hub.message(
+        "stat/board/RESULT",
+        br#"{"Switch1":{"Action":"ON"}}"#,
+        false,
+        Millis(114_000),
+    );
+    assert_eq!(door_events(&out).len(), 2, "{:?}", door_events(&out));
+    let before = hub.counters.malformed.load(Ordering::Relaxed);
+    let out = hub.message(
+        "stat/board/RESULT",
+        br#"{"Switch1":{"Action":"TOGGLE"}}"#,
+        false,
+        Millis(115_000),
+    );
+    assert!(door_events(&out).is_empty());
+    assert_eq!(hub.counters.malformed.load(Ordering::Relaxed), before + 1);
+    // Another switch, a relay's RESULT: nothing about this contact.
+    for payload in [&br#"{"Switch2":"ON"}"#[..], br#"{"POWER":"ON"}"#] {
+        assert!(
+            door_events(&hub.message("stat/board/RESULT", payload, false, Millis(115_000)))
+                .is_empty()
+        );
+    }
+
+    // A Zigbee lock unlocked for 5 s while the door is open: its relock waits for the close.
+    hub.request(unlock("z1", "lock-z", Some(5)), Millis(200_000));
+    hub.message(
+        "zigbee2mqtt/lock_z",
+        br#"{"lock_state":"unlocked"}"#,
+        false,
+        Millis(200_100),
+    );
+    let out = hub.message(
+        "zigbee2mqtt/door_sensor",
+        z(false).as_bytes(),
+        false,
+        Millis(201_000),
+    );
+    assert_eq!(
+        door_events(&out),
+        ["door.opened lock-z contact-z 1970-01-01T00:03:21.000Z"]
+    );
+    let out = hub.tick(Millis(205_100));
+    assert!(
+        out.publish().is_empty(),
+        "relocked an open door: {:?}",
+        effects(&out)
+    );
+    assert_eq!(
+        hub.views()
+            .iter()
+            .find(|v| v.id == "lock-z")
+            .and_then(|v| v.door.clone())
+            .as_deref(),
+        Some("open")
+    );
+    let out = hub.message(
+        "zigbee2mqtt/door_sensor",
+        z(true).as_bytes(),
+        false,
+        Millis(209_000),
+    );
+    assert_eq!(
+        door_events(&out),
+        ["door.closed lock-z contact-z 1970-01-01T00:03:21.000Z"]
+    );
+    assert_eq!(out.publish()[0].topic, "zigbee2mqtt/lock_z/set");
+    assert_eq!(out.publish()[0].payload, br#"{"state":"LOCK"}"#);
+
+    // Home Assistant's binary sensor with its own states; garbage is counted, never a state.
+    let out = hub.message(
+        "binary_sensor/door_h/state",
+        b"open",
+        false,
+        Millis(300_000),
+    );
+    assert_eq!(door_events(&out).len(), 2);
+    let before = hub.counters.malformed.load(Ordering::Relaxed);
+    let out = hub.message(
+        "binary_sensor/door_h/state",
+        b"ajar\x00",
+        false,
+        Millis(300_001),
+    );
+    assert!(door_events(&out).is_empty());
+    assert_eq!(hub.counters.malformed.load(Ordering::Relaxed), before + 1);
+    assert_eq!(
+        hub.views()
+            .iter()
+            .find(|v| v.id == "contact-h")
+            .and_then(|v| v.door.clone())
+            .as_deref(),
+        Some("open")
+    );
 }

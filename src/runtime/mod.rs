@@ -99,7 +99,7 @@ pub async fn start(
     let serial_tx = input_tx;
     let ports =
         crate::serial::Ports::start(&config, move |r| serial_tx.send(Input::Serial(r)).is_ok())?;
-    let (reported, grants, bookings, marks, lockouts) = store
+    let (reported, grants, bookings, marks, lockouts, doors) = store
         .read(|s| {
             Ok((
                 s.records::<crate::devices::presence::Reported>()?,
@@ -107,6 +107,7 @@ pub async fn start(
                 s.records::<crate::schedule::Booking>()?,
                 s.records::<crate::schedule::Marks>()?,
                 s.records::<crate::access::lockout::Guard>()?,
+                s.records::<crate::devices::doors::DoorRecord>()?,
             ))
         })
         .await?;
@@ -117,6 +118,7 @@ pub async fn start(
     );
     hub.set_grants(grants.into_iter().map(|(_, g)| g).collect());
     hub.set_lockouts(lockouts);
+    hub.set_doors(doors);
     hub.set_schedule(crate::schedule::Schedule::new(
         bookings.into_iter().map(|(_, b)| b),
         marks,
@@ -487,7 +489,8 @@ impl Runtime {
                 | Effect::Audit(_)
                 | Effect::Mark(..)
                 | Effect::Forget(_)
-                | Effect::Lockout(..) => {}
+                | Effect::Lockout(..)
+                | Effect::Door(..) => {}
             }
         }
         self.publish_views();
@@ -527,6 +530,9 @@ impl Runtime {
                 }
                 Effect::Lockout(reader, guard) => {
                     c.put(reader, guard)?;
+                }
+                Effect::Door(door, record) => {
+                    c.put(door, record)?;
                 }
                 // A finished ZenCore unlock is forgotten in the commit that stores its result,
                 // so a crash can neither lose the result nor carry the unlock out twice.

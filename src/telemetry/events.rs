@@ -184,6 +184,16 @@ happenings! {
         => INFO "Inbound command accepted.";
     OsdpProvisioned { address: u8 }
         => INFO "OSDP reader on the default key given its Secure Channel key (osdp_KEYSET).";
+    DoorOpened<'a> { door: &'a str, contact: &'a str }
+        => INFO "Door opened.";
+    DoorClosed<'a> { door: &'a str, contact: &'a str }
+        => INFO "Door closed.";
+    DoorForcedOpen<'a> { door: &'a str, contact: &'a str }
+        => WARN "Door forced open: it opened with no unlock active.", doors_forced;
+    DoorHeldOpen<'a> { door: &'a str, contact: &'a str }
+        => WARN "Door held open past its threshold.", doors_held;
+    RelockBlind<'a> { door: &'a str, contact: &'a str }
+        => WARN "Relocking a door whose contact is offline or has never reported: it counts as closed.", relocks_blind;
     PulseTimeZero<'a> { device: &'a str }
         => WARN "A Tasmota strike's PulseTime is 0: its relay would stay on after an unlock.";
     CardUnreadable<'a> { device: &'a str, error: &'a str }

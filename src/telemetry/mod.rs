@@ -33,6 +33,12 @@ pub struct Metrics {
     pub adapter_restarts: AtomicU64,
     /// Card reads refused as not a card of the reader's format (parity, length).
     pub card_unreadable: AtomicU64,
+    /// Doors opened with no unlock active (`door.forced_open`).
+    pub doors_forced: AtomicU64,
+    /// Doors left open past their threshold (`door.held_open`).
+    pub doors_held: AtomicU64,
+    /// Relocks sent without knowing the door is shut (its contact offline or never heard).
+    pub relocks_blind: AtomicU64,
     /// Commands answered, by (transport, status).
     pub commands: std::sync::Mutex<std::collections::BTreeMap<(&'static str, u16), u64>>,
 }
@@ -287,6 +293,23 @@ pub fn prometheus(g: &Gauges) -> String {
         "counter",
         "Card reads denied as not a card of the reader's format (parity error, wrong bit count).",
         &[("", load(&m.card_unreadable) as f64)],
+    );
+    metric(
+        &mut out,
+        "zenedge_door_events_total",
+        "counter",
+        "Doors forced open (no unlock active) and held open past their threshold.",
+        &[
+            ("{event=\"forced_open\"}", load(&m.doors_forced) as f64),
+            ("{event=\"held_open\"}", load(&m.doors_held) as f64),
+        ],
+    );
+    metric(
+        &mut out,
+        "zenedge_relocks_blind_total",
+        "counter",
+        "Relocks sent although the door's contact was offline or had never reported (it counts as closed).",
+        &[("", load(&m.relocks_blind) as f64)],
     );
     let commands: Vec<(String, f64)> = m
         .commands

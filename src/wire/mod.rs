@@ -29,10 +29,15 @@ pub enum EventKind {
     EdgeDataGap,
     EdgeTest,
     MeetingStatusUpdate,
+    DoorOpened,
+    DoorClosed,
+    DoorForcedOpen,
+    DoorHeldOpen,
+    AccessPassage,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 8] = [
+    pub const ALL: [EventKind; 13] = [
         EventKind::DeviceOnline,
         EventKind::DeviceOffline,
         EventKind::DeviceActionCompleted,
@@ -41,6 +46,11 @@ impl EventKind {
         EventKind::EdgeDataGap,
         EventKind::EdgeTest,
         EventKind::MeetingStatusUpdate,
+        EventKind::DoorOpened,
+        EventKind::DoorClosed,
+        EventKind::DoorForcedOpen,
+        EventKind::DoorHeldOpen,
+        EventKind::AccessPassage,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +63,11 @@ impl EventKind {
             EventKind::EdgeDataGap => "edge.data_gap",
             EventKind::EdgeTest => "edge.test",
             EventKind::MeetingStatusUpdate => "meeting.status_update",
+            EventKind::DoorOpened => "door.opened",
+            EventKind::DoorClosed => "door.closed",
+            EventKind::DoorForcedOpen => "door.forced_open",
+            EventKind::DoorHeldOpen => "door.held_open",
+            EventKind::AccessPassage => "access.passage",
         }
     }
 
@@ -122,6 +137,10 @@ pub enum ActionSource {
     Zencore,
     LocalCredential,
     Operator,
+    /// Passage mode: a booking's doors held unlocked for the meeting (DESIGN §3).
+    Passage,
+    /// A lockdown's locks (DESIGN §3).
+    Lockdown,
 }
 
 impl ActionSource {
@@ -130,6 +149,8 @@ impl ActionSource {
             ActionSource::Zencore => "zencore",
             ActionSource::LocalCredential => "local_credential",
             ActionSource::Operator => "operator",
+            ActionSource::Passage => "passage",
+            ActionSource::Lockdown => "lockdown",
         }
     }
 }
@@ -198,6 +219,8 @@ pub enum DenyReason {
     OutsideWindow,
     Revoked,
     WrongRoom,
+    /// A lockdown is in force where the credential was presented (DESIGN §3).
+    Lockdown,
 }
 
 impl DenyReason {
@@ -207,6 +230,7 @@ impl DenyReason {
             DenyReason::OutsideWindow => "outside_window",
             DenyReason::Revoked => "revoked",
             DenyReason::WrongRoom => "wrong_room",
+            DenyReason::Lockdown => "lockdown",
         }
     }
 }
@@ -334,6 +358,30 @@ pub struct MeetingStatus {
     pub end_time: Option<Millis>,
 }
 
+/// `door.opened`, `door.closed`, `door.forced_open`, `door.held_open`: about the lock or strike
+/// (the event's device), from its contact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DoorEvent {
+    pub contact_id: String,
+    /// When this opening began.
+    pub opened_at: Millis,
+}
+
+/// Whether passage mode holds a door unlocked or let it lock (`state` of `access.passage`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PassageState {
+    Unlocked,
+    Locked,
+}
+
+/// `access.passage`: one door's change in passage mode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Passage {
+    pub booking_id: String,
+    pub state: PassageState,
+}
+
 /// An outbound event's own `data` fields: one variant per event kind.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
@@ -346,6 +394,11 @@ pub enum Data {
     DataGap(DataGap),
     EdgeTest(EdgeTest),
     MeetingStatus(MeetingStatus),
+    DoorOpened(DoorEvent),
+    DoorClosed(DoorEvent),
+    DoorForcedOpen(DoorEvent),
+    DoorHeldOpen(DoorEvent),
+    Passage(Passage),
 }
 
 impl Data {
@@ -359,6 +412,11 @@ impl Data {
             Data::DataGap(_) => EventKind::EdgeDataGap,
             Data::EdgeTest(_) => EventKind::EdgeTest,
             Data::MeetingStatus(_) => EventKind::MeetingStatusUpdate,
+            Data::DoorOpened(_) => EventKind::DoorOpened,
+            Data::DoorClosed(_) => EventKind::DoorClosed,
+            Data::DoorForcedOpen(_) => EventKind::DoorForcedOpen,
+            Data::DoorHeldOpen(_) => EventKind::DoorHeldOpen,
+            Data::Passage(_) => EventKind::AccessPassage,
         }
     }
 

@@ -1,0 +1,342 @@
+//! Doors that know whether they are shut (DESIGN §3), end to end: the real binary and a real
+//! mosquitto, each contact simulated as its device speaks — a Zigbee door sensor
+//! (`{"contact":true}`), a Tasmota board's switch input (`RESULT`/`SENSOR`), a Home Assistant
+//! binary sensor.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{command_body, device_events, rig, zigbee_lock, Peer, Rig, SECRET};
+use serde_json::{json, Value};
+use zenedge::event::Millis;
+
+const DOORS: &str = r#"
+[presence]
+debounce = "0s"
+
+[access]
+entry_grace = "2s"
+
+[[devices]]
+id = "front"
+type = "lock"
+driver = "zigbee2mqtt"
+topic = "front_door"
+contact = "front-contact"
+held_open_after = "3s"
+
+[[devices]]
+id = "front-contact"
+type = "contact"
+driver = "zigbee2mqtt"
+topic = "front_sensor"
+
+[[devices]]
+id = "strike"
+type = "strike"
+driver = "tasmota"
+topic = "board"
+pulse = "1s"
+contact = "board-contact"
+held_open_after = "1h"
+
+[[devices]]
+id = "board-contact"
+type = "contact"
+driver = "tasmota"
+topic = "board"
+switch = 1
+
+[[devices]]
+id = "side"
+type = "strike"
+driver = "shelly"
+topic = "shellyplus1-side"
+pulse = "1s"
+contact = "side-contact"
+
+[[devices]]
+id = "side-contact"
+type = "contact"
+driver = "homeassistant"
+state_topic = "homeassistant/binary_sensor/side_door/state"
+availability_topic = "homeassistant/binary_sensor/side_door/availability"
+"#;
+
+fn sensor(closed: bool) -> String {
+    json!({"battery": 97, "contact": closed, "linkquality": 120, "voltage": 3005}).to_string()
+}
+
+/// The door events of `door` delivered so far, as (event, opened_at).
+fn door_events(rig: &Rig, door: &str) -> Vec<(String, String)> {
+    let mut seen = std::collections::HashSet::new();
+    rig.rx
+        .requests()
+        .iter()
+        .filter(|r| seen.insert(r.id.clone()))
+        .map(|r| r.json())
+        .filter(|j| j["data"]["device_id"] == door)
+        .filter(|j| j["event"].as_str().is_some_and(|e| e.starts_with("door.")))
+        .map(|j| {
+            (
+                j["event"].as_str().unwrap_or("").to_owned(),
+                j["data"]["opened_at"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn count(rig: &Rig, door: &str, event: &str) -> usize {
+    door_events(rig, door)
+        .iter()
+        .filter(|(e, _)| e == event)
+        .count()
+}
+
+/// A Tasmota board: `cmnd/board/POWER` switches its relay and reports it (RESULT and
+/// stat/…/POWER); its switch input is published by the test.
+async fn tasmota_board(port: u16) -> tokio::sync::watch::Receiver<Vec<String>> {
+    let mut peer = Peer::connect(port, "sim-board").await;
+    peer.subscribe("cmnd/board/+").await;
+    peer.publish("tele/board/LWT", "Online", true).await;
+    let (tx, rx) = tokio::sync::watch::channel(Vec::new());
+    tokio::spawn(async move {
+        loop {
+            let (topic, payload, _) = peer.next(Duration::from_secs(3600)).await;
+            let name = topic.rsplit('/').next().unwrap_or("").to_owned();
+            let word = String::from_utf8_lossy(&payload).to_string();
+            if name.starts_with("PulseTime") {
+                peer.publish(
+                    "stat/board/RESULT",
+                    json!({ &name: {"Set": 10} }).to_string(),
+                    false,
+                )
+                .await;
+                continue;
+            }
+            tx.send_modify(|v| v.push(format!("{name} {word}")));
+            peer.publish(
+                "stat/board/RESULT",
+                json!({ &name: word }).to_string(),
+                false,
+            )
+            .await;
+        }
+    });
+    rx
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn contacts_report_forced_and_held_open_doors_and_a_relock_waits_for_the_close() {
+    let mut rig = rig(DOORS).await;
+    let port = rig.broker.port;
+    let (_lock, lock_commands) = zigbee_lock(port).await;
+    let board = tasmota_board(port).await;
+    let sensors = Peer::connect(port, "sim-sensors").await;
+    // Every contact's first word: the doors are shut (no news, nothing forced).
+    sensors
+        .publish("zigbee2mqtt/front_sensor", sensor(true), false)
+        .await;
+    sensors
+        .publish(
+            "stat/board/RESULT",
+            r#"{"Switch1":{"Action":"OFF"}}"#,
+            false,
+        )
+        .await;
+    sensors
+        .publish(
+            "homeassistant/binary_sensor/side_door/availability",
+            "online",
+            true,
+        )
+        .await;
+    sensors
+        .publish("homeassistant/binary_sensor/side_door/state", "OFF", false)
+        .await;
+    wait_devices(&rig, "every door closed", |v| {
+        let doors: Vec<&str> = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d["door"].as_str())
+            .collect();
+        doors.len() == 6 && doors.iter().all(|d| *d == "closed")
+    })
+    .await;
+
+    // Nobody unlocked the front door: it is forced, and the event carries the moment of the
+    // contact's report (not of some later poll).
+    let before = Millis::now();
+    sensors
+        .publish("zigbee2mqtt/front_sensor", sensor(false), false)
+        .await;
+    rig.wait_event("front", "door.forced_open", "").await;
+    let forced = door_events(&rig, "front");
+    assert_eq!(forced[0].0, "door.opened");
+    assert_eq!(forced[1].0, "door.forced_open");
+    let opened_at = Millis::parse_rfc3339(&forced[1].1).expect("opened_at is RFC 3339");
+    assert!(
+        opened_at.0 >= before.0 && opened_at.0 - before.0 < 1_000,
+        "forced open at {} for a contact that opened at {}",
+        opened_at.rfc3339(),
+        before.rfc3339()
+    );
+    let body = rig.first("door.forced_open");
+    assert_eq!(body["data"]["contact_id"], "front-contact");
+    assert_eq!(body["data"]["device_type"], "lock");
+    // Open past its 3 s: held open, once; then shut.
+    rig.wait_event("front", "door.held_open", "").await;
+    sensors
+        .publish("zigbee2mqtt/front_sensor", sensor(true), false)
+        .await;
+    rig.wait_event("front", "door.closed", "").await;
+    assert_eq!(count(&rig, "front", "door.held_open"), 1);
+    let (code, out, _) = rig.cli(&["devices"]).await;
+    assert_eq!(code, 0);
+    let line = out.lines().find(|l| l.starts_with("front ")).unwrap_or("");
+    assert!(line.contains("closed"), "{out}");
+
+    // The strike unlocked by an operator: its door opening within pulse + grace is no force.
+    let (code, _, err) = rig.cli(&["unlock", "strike"]).await;
+    assert_eq!(code, 0, "{err}");
+    sensors
+        .publish(
+            "tele/board/SENSOR",
+            r#"{"Time":"2026-12-04T10:00:00","Switch1":"ON"}"#,
+            false,
+        )
+        .await;
+    rig.wait_event("strike", "door.opened", "").await;
+    assert!(board.borrow().contains(&"POWER ON".to_owned()));
+
+    // Garbage on a contact's topics is counted, never a door event.
+    let malformed_before = malformed(&rig).await;
+    for junk in [
+        &b"{\"contact\":\"yes\"}"[..],
+        b"\xff\xfe",
+        b"[1,2]",
+        b"{\"contact\":",
+    ] {
+        sensors
+            .publish("zigbee2mqtt/front_sensor", junk.to_vec(), false)
+            .await;
+    }
+    sensors
+        .publish("homeassistant/binary_sensor/side_door/state", "ajar", false)
+        .await;
+    rig.daemon
+        .wait_status("five malformed contact messages", |s| {
+            s["mqtt"]["malformed"].as_u64().unwrap_or(0) >= malformed_before + 5
+        })
+        .await;
+    assert_eq!(
+        door_events(&rig, "front").len(),
+        4,
+        "garbage made a door event"
+    );
+
+    // ZenCore opens the front door for 1 s; the guest holds it open: the relock waits for the
+    // close (the held-open 3 s after opening proves the 1 s passed with no LOCK sent).
+    let locks_before = *lock_commands.borrow();
+    let (code, answer) = rig
+        .command(
+            &command_body(
+                "access.unlock",
+                json!({"action_id": "act-relock", "device_id": "front", "booking_id": "b-1",
+                       "not_after": common::at(60), "duration_s": 1}),
+            ),
+            Some(SECRET),
+            &[],
+        )
+        .await;
+    assert_eq!(code, 202, "{answer}");
+    rig.wait_event("front", "device.action_completed", "succeeded")
+        .await;
+    sensors
+        .publish("zigbee2mqtt/front_sensor", sensor(false), false)
+        .await;
+    rig.rx
+        .wait_until(Duration::from_secs(30), "a second held-open", |r| {
+            count_in(r, "front", "door.held_open") == 2
+        })
+        .await;
+    assert_eq!(
+        count(&rig, "front", "door.forced_open"),
+        1,
+        "an opening during the unlock was called forced"
+    );
+    assert_eq!(
+        *lock_commands.borrow(),
+        locks_before + 1,
+        "a LOCK was sent to an open door"
+    );
+    sensors
+        .publish("zigbee2mqtt/front_sensor", sensor(true), false)
+        .await;
+    rig.rx
+        .wait_until(Duration::from_secs(30), "the relock after the close", |r| {
+            r.iter().any(|x| {
+                let j = x.json();
+                j["data"]["action_id"] == "act-relock:relock" && j["data"]["status"] == "succeeded"
+            })
+        })
+        .await;
+    assert_eq!(*lock_commands.borrow(), locks_before + 2);
+
+    // A SIGKILL while the side door stands open: the restart does not report it again, and
+    // its later close is reported with the opening's time.
+    sensors
+        .publish("homeassistant/binary_sensor/side_door/state", "ON", false)
+        .await;
+    rig.wait_event("side", "door.forced_open", "").await;
+    let metrics = rig.metrics().await;
+    assert!(
+        metrics.contains("zenedge_door_events_total{event=\"forced_open\"} 2"),
+        "{metrics}"
+    );
+    rig.restart().await;
+    sensors
+        .publish("homeassistant/binary_sensor/side_door/state", "ON", false)
+        .await;
+    sensors
+        .publish("homeassistant/binary_sensor/side_door/state", "OFF", false)
+        .await;
+    rig.wait_event("side", "door.closed", "").await;
+    let side = door_events(&rig, "side");
+    assert_eq!(
+        side.iter().map(|(e, _)| e.as_str()).collect::<Vec<_>>(),
+        ["door.opened", "door.forced_open", "door.closed"]
+    );
+    assert_eq!(side[0].1, side[2].1, "door.closed names its opening");
+}
+
+/// Polls `/v1/devices` (it has no push channel) until `done` holds; panics with the last
+/// answer after 30 s.
+async fn wait_devices(rig: &Rig, what: &str, done: impl Fn(&Value) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, devices) = rig.daemon.get("/v1/devices").await;
+        if done(&devices) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {devices}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn count_in(log: &[common::Recorded], door: &str, event: &str) -> usize {
+    device_events(log, door)
+        .iter()
+        .filter(|(e, _)| e == event)
+        .count()
+}
+
+async fn malformed(rig: &Rig) -> u64 {
+    let (_, status): (u16, Value) = rig.daemon.get("/v1/status").await;
+    status["mqtt"]["malformed"].as_u64().unwrap_or(0)
+}

@@ -233,6 +233,14 @@ fn apply(
             )
         }
         Effect::Display(explicit) => (false, vec![Later::Now(HubRequest::Explicit(explicit))]),
+        Effect::Lockdown(l) => {
+            commit.put(&l.lockdown_id, &l)?;
+            (false, vec![Later::Now(HubRequest::Lockdown(l))])
+        }
+        Effect::LiftLockdown(id) => {
+            commit.remove::<crate::wire::Lockdown>(&id);
+            (false, vec![Later::Now(HubRequest::LockdownLifted(id))])
+        }
         Effect::Snapshot(s) => {
             // A step may run twice (a group that failed is applied again commit by commit).
             commit.step(move |tx| snapshot::apply(tx, s.clone(), now));

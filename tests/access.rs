@@ -6,7 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{at, command_body, device_events, rig, sha, Peer, Reply, SECRET};
+use common::{
+    at, command_body, device_events, grant, panel_peer, rig, sha, try_pin, Peer, Reply, SECRET,
+};
 use serde_json::json;
 use zenedge::event::Millis;
 
@@ -28,15 +30,6 @@ id = "panel"
 type = "panel"
 driver = "zenedge-panel"
 "#;
-
-fn grant(id: &str, token: &str, pin: Option<&str>, from_s: i64, until_s: i64) -> Vec<u8> {
-    command_body(
-        "access.magic_link",
-        json!({"grant_id": id, "booking_id": format!("b-{id}"), "meeting_space_id": "ms-test",
-               "token_sha256": sha(token), "pin_sha256": pin.map(sha),
-               "valid_from": at(from_s), "valid_until": at(until_s)}),
-    )
-}
 
 /// A simulated Zigbee lock that unlocks when told, counting the commands it got.
 async fn lock(
@@ -749,39 +742,11 @@ async fn metric(r: &common::Rig, name: &str) -> f64 {
 /// is told only `denied` / `locked_out`; ZenCore gets 5 `access.denied` and one
 /// `access.lockout`; every decision is counted; the lockout survives a SIGKILL.
 /// A simulated panel: a peer subscribed to the panel's feedback.
-async fn panel_peer(port: u16, id: &str) -> Peer {
-    let mut panel = Peer::connect(port, id).await;
-    panel
-        .subscribe("zenedge/edge-test/panels/panel/feedback")
-        .await;
-    panel
-}
 
 /// Sends a signed grant and asserts it was accepted.
 async fn assert_granted(r: &common::Rig, body: Vec<u8>) {
     let (status, answer) = r.command(&body, Some(SECRET), &[]).await;
     assert_eq!(status, 202, "{answer}");
-}
-
-/// Types `pin` at the panel (a peer subscribed to its feedback); returns (result, reason).
-async fn try_pin(panel: &mut Peer, pin: &str, n: usize) -> (String, String) {
-    panel
-        .publish(
-            "zenedge/edge-test/panels/panel/credential",
-            json!({"type": "pin", "pin": pin, "request_id": n}).to_string(),
-            false,
-        )
-        .await;
-    loop {
-        let (_, payload, _) = panel.next(WAIT).await;
-        let fb: serde_json::Value = serde_json::from_slice(&payload).unwrap();
-        if fb["request_id"] == n {
-            return (
-                fb["result"].as_str().unwrap().into(),
-                fb["reason"].as_str().unwrap_or("").into(),
-            );
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

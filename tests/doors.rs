@@ -340,3 +340,183 @@ async fn malformed(rig: &Rig) -> u64 {
     let (_, status): (u16, Value) = rig.daemon.get("/v1/status").await;
     status["mqtt"]["malformed"].as_u64().unwrap_or(0)
 }
+
+const PANEL: &str = r#"
+[[devices]]
+id = "panel"
+type = "panel"
+driver = "zenedge-panel"
+"#;
+
+/// Waits for a message on `peer` whose topic and payload satisfy `want`.
+async fn wait_message(peer: &mut Peer, what: &str, want: impl Fn(&str, &str) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Some((topic, payload, _)) = peer.try_next(left).await else {
+            panic!("timed out waiting for {what}");
+        };
+        if want(&topic, &String::from_utf8_lossy(&payload)) {
+            return;
+        }
+    }
+}
+
+/// Waits until each of the three doors was sent its lock.
+async fn every_door_locked(watch: &mut Peer) {
+    let mut seen = [false; 3];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while seen.contains(&false) {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Some((topic, payload, _)) = watch.try_next(left).await else {
+            panic!("not every door was locked: {seen:?} (front, strike, side)");
+        };
+        let text = String::from_utf8_lossy(&payload).to_string();
+        match topic.as_str() {
+            "zigbee2mqtt/front_door/set" if text.contains("\"LOCK\"") => seen[0] = true,
+            "cmnd/board/POWER" if text == "OFF" => seen[1] = true,
+            "shellyplus1-side/rpc" => {
+                let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                if v["params"]["on"] == false {
+                    seen[2] = true;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lockdown_with_zencore_down_locks_every_door_denies_credentials_and_survives_a_sigkill() {
+    let mut rig = rig(&format!("{DOORS}{PANEL}")).await;
+    let port = rig.broker.port;
+    let _lock = zigbee_lock(port).await;
+    let _board = tasmota_board(port).await;
+    let mut watch = Peer::connect(port, "sim-watch").await;
+    for t in [
+        "zigbee2mqtt/front_door/set",
+        "cmnd/board/POWER",
+        "shellyplus1-side/rpc",
+    ] {
+        watch.subscribe(t).await;
+    }
+    let mut display = Peer::connect(port, "sim-display").await;
+    display
+        .subscribe("zenedge/edge-test/panels/panel/display")
+        .await;
+    let (code, answer) = rig
+        .command(
+            &common::grant("g-1", "tok-1", Some("482916"), -60, 3600),
+            Some(SECRET),
+            &[],
+        )
+        .await;
+    assert_eq!(code, 202, "{answer}");
+    let mut panel = common::panel_peer(port, "sim-panel").await;
+    assert_eq!(common::try_pin(&mut panel, "482916", 1).await.0, "granted");
+
+    // ZenCore goes down; its lockdown arrives (the last command it got through).
+    rig.rx.set_script(|_| common::Reply::Status(503));
+    let (code, answer) = rig
+        .command(
+            &command_body(
+                "access.lockdown",
+                json!({"lockdown_id": "ld-1", "reason": "intruder reported"}),
+            ),
+            Some(SECRET),
+            &[],
+        )
+        .await;
+    assert_eq!(code, 202, "{answer}");
+    every_door_locked(&mut watch).await;
+    wait_message(&mut display, "the panel's lockdown display", |_, p| {
+        p.contains(r#""state":"lockdown""#) && p.contains("intruder reported")
+    })
+    .await;
+    // A valid magic link and PIN: denied, and the panel hears only `denied`.
+    let link = json!({"type": "magic_link", "token": "tok-1"});
+    assert_eq!(
+        common::present(&mut panel, link.clone(), 2).await,
+        ("denied".into(), "denied".into())
+    );
+    assert_eq!(
+        common::try_pin(&mut panel, "482916", 3).await,
+        ("denied".into(), "denied".into())
+    );
+
+    // A SIGKILL does not lift it: still denied, the panel still shows it, the locks locked.
+    rig.restart().await;
+    every_door_locked(&mut watch).await;
+    assert_eq!(
+        common::try_pin(&mut panel, "482916", 4).await,
+        ("denied".into(), "denied".into())
+    );
+    let mut display = Peer::connect(port, "sim-display-2").await;
+    display
+        .subscribe("zenedge/edge-test/panels/panel/display")
+        .await;
+    wait_message(&mut display, "the retained lockdown display", |_, p| {
+        p.contains(r#""state":"lockdown""#)
+    })
+    .await;
+
+    // ZenCore's own unlock (an administrator's override) still opens the front door.
+    let (code, answer) = rig
+        .command(
+            &command_body(
+                "access.unlock",
+                json!({"action_id": "override-1", "device_id": "front", "booking_id": "b-g-1",
+                       "not_after": common::at(60)}),
+            ),
+            Some(SECRET),
+            &[],
+        )
+        .await;
+    assert_eq!(code, 202, "{answer}");
+    wait_message(&mut watch, "the override's UNLOCK", |t, p| {
+        t == "zigbee2mqtt/front_door/set" && p.contains("\"UNLOCK\"")
+    })
+    .await;
+
+    // Lifted: the PIN opens again, the panel leaves the lockdown.
+    let (code, answer) = rig
+        .command(
+            &command_body("access.lockdown_lifted", json!({"lockdown_id": "ld-1"})),
+            Some(SECRET),
+            &[],
+        )
+        .await;
+    assert_eq!(code, 202, "{answer}");
+    wait_message(&mut display, "the display after the lift", |_, p| {
+        !p.contains(r#""state":"lockdown""#)
+    })
+    .await;
+    assert_eq!(common::try_pin(&mut panel, "482916", 5).await.0, "granted");
+
+    // ZenCore back: it hears each denial as `lockdown`, and each door's lock as `lockdown`'s.
+    rig.rx.set_script(|_| common::Reply::Status(200));
+    rig.rx
+        .wait_until(Duration::from_secs(30), "the lockdown's events", |log| {
+            let bodies: Vec<Value> = log.iter().map(|r| r.json()).collect();
+            let denied = bodies
+                .iter()
+                .filter(|j| j["event"] == "access.denied" && j["data"]["reason"] == "lockdown")
+                .map(|j| j["id"].clone())
+                .collect::<std::collections::HashSet<_>>()
+                .len();
+            let locked: std::collections::HashSet<_> = bodies
+                .iter()
+                .filter(|j| {
+                    j["event"] == "device.action_completed"
+                        && j["data"]["source"] == "lockdown"
+                        && j["data"]["action"] == "lock"
+                })
+                .filter_map(|j| j["data"]["device_id"].as_str().map(String::from))
+                .collect();
+            let overridden = bodies.iter().any(|j| {
+                j["data"]["action_id"] == "override-1" && j["data"]["status"] == "succeeded"
+            });
+            denied == 3 && locked.contains("front") && overridden
+        })
+        .await;
+}

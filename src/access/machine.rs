@@ -76,6 +76,8 @@ pub struct Machine {
     keys: Vec<crate::signing::Key>,
     policy: Policy,
     lockouts: Lockouts,
+    /// Lockdowns in force: every credential presented in their scope is denied uncompared.
+    lockdowns: Vec<crate::wire::Lockdown>,
 }
 
 impl Machine {
@@ -93,7 +95,13 @@ impl Machine {
             keys,
             policy,
             lockouts: Lockouts::new(policy, []),
+            lockdowns: Vec::new(),
         }
+    }
+
+    /// The lockdowns in force (the whole set).
+    pub fn set_lockdowns(&mut self, lockdowns: Vec<crate::wire::Lockdown>) {
+        self.lockdowns = lockdowns;
     }
 
     /// The grants as stored (the whole set).
@@ -137,6 +145,19 @@ impl Machine {
         answer: Answer,
         ctx: &Ctx,
     ) -> Vec<Effect> {
+        let room = self
+            .places
+            .iter()
+            .find(|p| p.id == reader)
+            .map(|p| p.meeting_space_id.as_str());
+        if let Some(l) = room.and_then(|r| self.lockdowns.iter().find(|l| l.covers(r))) {
+            t::LockdownDenied {
+                device: &reader,
+                lockdown_id: &l.lockdown_id,
+            }
+            .emit();
+            return locked_down(reader, credential.kind(), answer, ctx);
+        }
         let now = ctx.now;
         let mut out = Vec::new();
         let mut gated = Vec::new();
@@ -244,6 +265,51 @@ impl Machine {
         lockout_effects(compared, ctx, &mut out);
         out
     }
+}
+
+/// A credential presented under a lockdown: denied without being compared (so it counts toward
+/// no lockout), audited, answered `denied`, reported as `lockdown`.
+fn locked_down(
+    reader: String,
+    credential_type: CredentialType,
+    answer: Answer,
+    ctx: &Ctx,
+) -> Vec<Effect> {
+    let reason = crate::wire::DenyReason::Lockdown;
+    t::AccessDecision {
+        device: &reader,
+        granted: false,
+        reason: Some(reason.as_str()),
+        credential_type: credential_type.as_str(),
+    }
+    .emit();
+    vec![
+        Effect::Audit(Entry {
+            at: ctx.now.rfc3339(),
+            credential_type,
+            reader: reader.clone(),
+            doors: Vec::new(),
+            grant_id: None,
+            booking_id: None,
+            result: Outcome::Denied,
+            reason: Some(reason.as_str().to_owned()),
+            clock_untrusted: !ctx.clock_trusted,
+            attempts: None,
+        }),
+        Effect::Answer {
+            reader: reader.clone(),
+            answer,
+            told: Some(Told::Denied),
+        },
+        Effect::Denied {
+            reader,
+            data: AccessDenied {
+                credential_type,
+                reason,
+                booking_id: None,
+            },
+        },
+    ]
 }
 
 /// A card read that could not be a card: denied, audited, answered, reported.

@@ -185,6 +185,10 @@ pub enum Input<'a> {
     Booking(crate::schedule::Booking),
     /// ZenCore's state for a room's panels.
     Explicit(crate::wire::panel::Explicit),
+    /// A lockdown began (already durable), or is in force at start.
+    Lockdown(crate::wire::Lockdown),
+    /// A lockdown was lifted, by its id.
+    LockdownLifted(String),
     /// Time passed: presence silence, action timeouts, relocks, the schedule's moments.
     Tick,
 }
@@ -254,6 +258,8 @@ pub struct Hub {
     bridge_checks: HashMap<String, Millis>,
     /// Doors with contacts: openings, forced and held open, relocks that wait for the close.
     doors: doors::Doors,
+    /// Lockdowns in force (DESIGN §3).
+    lockdowns: Vec<crate::wire::Lockdown>,
 }
 
 impl Hub {
@@ -303,6 +309,7 @@ impl Hub {
             bridge_checks: HashMap::new(),
             pulse_time_zero: Default::default(),
             doors: doors::Doors::default(),
+            lockdowns: Vec::new(),
         };
         hub.set_doors([]);
         hub
@@ -370,6 +377,8 @@ impl Hub {
                 out
             }
             Input::Explicit(explicit) => self.rooms(crate::rooms::Input::Explicit(explicit)),
+            Input::Lockdown(l) => self.lockdown(l, now),
+            Input::LockdownLifted(id) => self.lift_lockdown(&id),
             Input::Tick => {
                 let mut out = self.devices_tick(now);
                 out.merge(self.rooms(crate::rooms::Input::Tick));
@@ -677,6 +686,63 @@ impl Hub {
         let outs = self.doors.tick(now);
         out.merge(self.door_effects(outs, now));
         out
+    }
+
+    /// The room a device is in: its own, else the controller's.
+    fn room_of<'a>(&'a self, d: &'a crate::config::DeviceConfig) -> &'a str {
+        d.meeting_space_id
+            .as_deref()
+            .unwrap_or(&self.config.controller.meeting_space_id)
+    }
+
+    /// A lockdown: every door in its scope is locked at once (open or not: nothing waits for a
+    /// contact), its panels show it, local credentials there are denied until it is lifted.
+    fn lockdown(&mut self, l: crate::wire::Lockdown, now: Millis) -> Effects {
+        self.lockdowns.retain(|x| x.lockdown_id != l.lockdown_id);
+        self.lockdowns.push(l.clone());
+        self.access.set_lockdowns(self.lockdowns.clone());
+        let mut out = self.rooms(crate::rooms::Input::Lockdowns(self.lockdowns.clone()));
+        let doors: Vec<String> = self
+            .config
+            .devices
+            .iter()
+            .filter(|d| d.is_door() && l.covers(self.room_of(d)))
+            .map(|d| d.id.clone())
+            .collect();
+        t::LockdownBegan {
+            lockdown_id: &l.lockdown_id,
+            scope: l.meeting_space_id.as_deref().unwrap_or("controller"),
+            doors: doors.len(),
+        }
+        .emit();
+        for (i, door) in doors.into_iter().enumerate() {
+            // Relocks that waited for the door to shut are moot: it locks now.
+            self.doors.drop_waiting(&door);
+            self.relocks.retain(|(_, r)| r.device != door);
+            let request = Request {
+                action_id: format!("{}:{i}", (self.ctx.ids)()),
+                device: door,
+                command: Command::Lock,
+                source: actions::Source::Lockdown,
+                booking_id: None,
+                grant_id: None,
+                duration_s: None,
+            };
+            out.merge(self.start(request, now));
+        }
+        out
+    }
+
+    fn lift_lockdown(&mut self, id: &str) -> Effects {
+        let before = self.lockdowns.len();
+        self.lockdowns.retain(|x| x.lockdown_id != id);
+        t::LockdownLifted {
+            lockdown_id: id,
+            known: before != self.lockdowns.len(),
+        }
+        .emit();
+        self.access.set_lockdowns(self.lockdowns.clone());
+        self.rooms(crate::rooms::Input::Lockdowns(self.lockdowns.clone()))
     }
 
     /// The doors' outputs as the hub's effects.

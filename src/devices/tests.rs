@@ -801,3 +801,75 @@ fn contacts_report_openings_forced_and_held_open_and_a_relock_waits_for_the_clos
         Some("open")
     );
 }
+
+#[test]
+fn a_lockdown_locks_every_door_denies_every_credential_uncompared_and_ends_when_lifted() {
+    let mut hub = panel_hub();
+    let t = 1_000_000;
+    let lockdown = crate::wire::Lockdown {
+        lockdown_id: "ld-1".into(),
+        meeting_space_id: None,
+        reason: Some("fire drill".into()),
+        since: Millis(t),
+    };
+    let out = hub.at(Input::Lockdown(lockdown), Millis(t));
+    assert_eq!(
+        out.publish()
+            .iter()
+            .map(|p| (
+                p.topic.as_str(),
+                String::from_utf8_lossy(&p.payload).to_string()
+            ))
+            .filter(|(topic, _)| !topic.ends_with("/display"))
+            .collect::<Vec<_>>(),
+        [(
+            "zigbee2mqtt/front_door/set",
+            r#"{"state":"LOCK"}"#.to_owned()
+        )]
+    );
+    let display = shown(&out).expect("the panel shows the lockdown");
+    assert_eq!(display["state"], "lockdown");
+    assert_eq!(display["message"], "fire drill");
+    // The right PIN is denied as `lockdown` (the panel hears only `denied`), and however many
+    // are tried, none is compared, so no lockout begins.
+    for i in 0..10 {
+        let (out, fb) = pin(&mut hub, "4711", t + 1_000 + i);
+        assert_eq!(
+            (fb["result"].as_str(), fb["reason"].as_str()),
+            (Some("denied"), Some("denied"))
+        );
+        assert_eq!(names(&out), ["access.denied panel lockdown"]);
+        assert_eq!(out.audit()[0].reason.as_deref(), Some("lockdown"));
+        assert!(out.lockouts().is_empty());
+        assert!(!out.publish().iter().any(|p| p.topic.contains("front_door")));
+    }
+    // ZenCore's own unlock (an administrator's override) still opens.
+    let out = hub.request(
+        Request {
+            action_id: "override".into(),
+            device: "front".into(),
+            command: Command::Unlock,
+            source: actions::Source::Zencore,
+            booking_id: Some("b".into()),
+            grant_id: None,
+            duration_s: None,
+        },
+        Millis(t + 2_000),
+    );
+    assert_eq!(out.publish()[0].payload, br#"{"state":"UNLOCK"}"#);
+    // Lifted: the panel shows the schedule again and the PIN opens.
+    let out = hub.at(Input::LockdownLifted("ld-1".into()), Millis(t + 3_000));
+    assert_eq!(shown(&out).expect("display")["state"], "available");
+    let (_, fb) = pin(&mut hub, "4711", t + 4_000);
+    assert_eq!(fb["result"], "granted");
+    // A lockdown of another room leaves this one alone.
+    let other = crate::wire::Lockdown {
+        lockdown_id: "ld-2".into(),
+        meeting_space_id: Some("elsewhere".into()),
+        reason: None,
+        since: Millis(t),
+    };
+    let out = hub.at(Input::Lockdown(other), Millis(t + 5_000));
+    assert!(out.publish().is_empty(), "{:?}", effects(&out));
+    assert_eq!(pin(&mut hub, "4711", t + 6_000).1["result"], "granted");
+}

@@ -36,6 +36,10 @@ pub enum Effect {
     /// `access.grants_snapshot`: the stored grants of a room (or all) become these, at once or
     /// once every part has arrived.
     Snapshot(Snapshot),
+    /// `access.lockdown`: kept until lifted.
+    Lockdown(crate::wire::Lockdown),
+    /// `access.lockdown_lifted`, by its `lockdown_id`.
+    LiftLockdown(String),
 }
 
 /// A grants snapshot, or one part of it.
@@ -66,6 +70,7 @@ impl Effect {
                 | Effect::RevokeBooking(_)
                 | Effect::RevokeMember(_)
                 | Effect::CloseBooking { .. }
+                | Effect::Lockdown(_)
         )
     }
 }
@@ -231,6 +236,17 @@ pub fn parse_command(
                     meeting_space_id: space,
                 },
             ]
+        }
+        wire::Command::Lockdown(l) => vec![Effect::Lockdown(crate::wire::Lockdown {
+            lockdown_id: l.lockdown_id.into(),
+            meeting_space_id: l.meeting_space_id.map(|r| room(config, r)).transpose()?,
+            reason: l.reason.map(String::from),
+            since: now,
+        })],
+        // A lift names its lockdown; its room, if given, must still be one of this controller.
+        wire::Command::LockdownLifted(l) => {
+            l.meeting_space_id.map(|r| room(config, r)).transpose()?;
+            vec![Effect::LiftLockdown(l.lockdown_id.into())]
         }
         wire::Command::MeetingStatusUpdate(st) | wire::Command::SpaceAvailabilityChanged(st) => {
             vec![Effect::Display(Explicit {

@@ -399,3 +399,50 @@ fn nothing_unsigned_is_ever_accepted_whatever_the_bytes() {
         }
     }
 }
+
+#[test]
+fn a_lockdown_names_its_id_and_room_and_is_kept_with_its_moment() {
+    let c = config();
+    let data = |v: Value| v.as_object().unwrap().clone();
+    match parse_command(
+        &c,
+        "access.lockdown",
+        &data(json!({"lockdown_id": "ld-1", "meeting_space_id": "ms-1", "reason": "fire"})),
+        NOW,
+    ) {
+        Ok(Command::Accepted(e)) => {
+            assert!(matches!(&e[..], [Effect::Lockdown(l)]
+                if l.lockdown_id == "ld-1" && l.meeting_space_id.as_deref() == Some("ms-1")
+                    && l.reason.as_deref() == Some("fire") && l.since == NOW));
+            assert!(e.iter().all(Effect::takes_access_away));
+        }
+        other => panic!("{other:?}"),
+    }
+    let r =
+        parse_command(&c, "access.lockdown", &data(json!({"reason": "fire"})), NOW).unwrap_err();
+    assert_eq!(
+        (r.status, r.error.as_str()),
+        (400, "missing data.lockdown_id")
+    );
+    let r = parse_command(
+        &c,
+        "access.lockdown",
+        &data(json!({"lockdown_id": "ld-1", "meeting_space_id": "ms-9"})),
+        NOW,
+    )
+    .unwrap_err();
+    assert_eq!(r.status, 422, "{r:?}");
+    match parse_command(
+        &c,
+        "access.lockdown_lifted",
+        &data(json!({"lockdown_id": "ld-1"})),
+        NOW,
+    ) {
+        // A lift gives access back: it waits for a trusted clock and room in the store.
+        Ok(Command::Accepted(e)) => assert!(
+            matches!(&e[..], [Effect::LiftLockdown(id)] if id == "ld-1")
+                && !e.iter().any(Effect::takes_access_away)
+        ),
+        other => panic!("{other:?}"),
+    }
+}

@@ -29,6 +29,8 @@ pub enum Input<'a> {
     PanelAction { panel: &'a str, message: &'a Value },
     /// Time passed: the schedule's moments.
     Tick,
+    /// The lockdowns in force now (the whole set): their panels show `lockdown`.
+    Lockdowns(Vec<crate::wire::Lockdown>),
 }
 
 /// What the caller must do, in this order.
@@ -66,6 +68,8 @@ pub struct Machine {
     explicit: HashMap<String, (Explicit, Display)>,
     /// The latest time the machine was given (for the schedule's next deadline).
     last_now: Millis,
+    /// Lockdowns in force: shown before anything else.
+    lockdowns: Vec<crate::wire::Lockdown>,
 }
 
 impl Machine {
@@ -93,6 +97,7 @@ impl Machine {
             displays: HashMap::new(),
             explicit: HashMap::new(),
             last_now: now,
+            lockdowns: Vec::new(),
         }
     }
 
@@ -116,6 +121,10 @@ impl Machine {
             Input::Explicit(explicit) => self.set_explicit(explicit, now),
             Input::PanelAction { panel, message } => self.panel_action(panel, message, now),
             Input::Tick => self.tick(now),
+            Input::Lockdowns(l) => {
+                self.lockdowns = l;
+                self.displays(now)
+            }
         }
     }
 
@@ -153,9 +162,12 @@ impl Machine {
             {
                 self.explicit.remove(&panel.room);
             }
-            let view = match self.explicit.get(&panel.room) {
-                Some((explicit, _)) => schedule.with_explicit(explicit),
-                None => schedule,
+            // A lockdown first, then ZenCore's explicit state, then the schedule (DESIGN §2).
+            let lockdown = self.lockdowns.iter().find(|l| l.covers(&panel.room));
+            let view = match (lockdown, self.explicit.get(&panel.room)) {
+                (Some(l), _) => Display::lockdown(l.reason.as_deref()),
+                (None, Some((explicit, _))) => schedule.with_explicit(explicit),
+                (None, None) => schedule,
             };
             if self.displays.get(&panel.id) == Some(&view) {
                 continue;

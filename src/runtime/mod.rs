@@ -59,6 +59,10 @@ pub enum HubRequest {
     Explicit(crate::wire::panel::Explicit),
     /// A booking as ZenCore now describes it (already durable).
     Booking(crate::schedule::Booking),
+    /// A lockdown began (already durable).
+    Lockdown(crate::wire::Lockdown),
+    /// A lockdown was lifted (its record already removed), by its id.
+    LockdownLifted(String),
 }
 
 /// The handles other parts of the daemon hold.
@@ -243,6 +247,15 @@ impl Runtime {
             let out = self.hub.handle(input, &ctx);
             self.apply(out, Vec::new()).await?;
         }
+        // Lockdowns in force survive a restart: their locks are sent again (one accepted just
+        // before a crash may never have reached its locks).
+        let lockdowns = self
+            .store
+            .read(|s| s.records::<crate::wire::Lockdown>())
+            .await?;
+        for (_, l) in lockdowns {
+            self.step(HubInput::Lockdown(l)).await?;
+        }
         // The rooms' schedule as stored: moments due while ZenCore or ZenEdge was down, and
         // every panel's display right away.
         self.step(HubInput::Tick).await?;
@@ -292,6 +305,10 @@ impl Runtime {
                         HubRequest::Grants(grants) => self.hub.set_grants(grants),
                         HubRequest::Booking(b) => self.step(HubInput::Booking(b)).await?,
                         HubRequest::Explicit(e) => self.step(HubInput::Explicit(e)).await?,
+                        HubRequest::Lockdown(l) => self.step(HubInput::Lockdown(l)).await?,
+                        HubRequest::LockdownLifted(id) => {
+                            self.step(HubInput::LockdownLifted(id)).await?
+                        }
                     }
                 }
                 _ = tokio::time::sleep(sleep_for.unwrap_or_default()), if sleep_for.is_some() => {

@@ -194,6 +194,12 @@ happenings! {
         => WARN "Door held open past its threshold.", doors_held;
     RelockBlind<'a> { door: &'a str, contact: &'a str }
         => WARN "Relocking a door whose contact is offline or has never reported: it counts as closed.", relocks_blind;
+    LockdownDenied<'a> { device: &'a str, lockdown_id: &'a str }
+        => INFO "A credential was presented under a lockdown: denied uncompared.";
+    LockdownBegan<'a> { lockdown_id: &'a str, scope: &'a str, doors: usize }
+        => WARN "Lockdown: every door in scope locked, local credentials denied until it is lifted.";
+    LockdownLifted<'a> { lockdown_id: &'a str, known: bool }
+        => WARN "Lockdown lifted.";
     PulseTimeZero<'a> { device: &'a str }
         => WARN "A Tasmota strike's PulseTime is 0: its relay would stay on after an unlock.";
     CardUnreadable<'a> { device: &'a str, error: &'a str }

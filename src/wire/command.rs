@@ -226,6 +226,16 @@ pub struct GrantsSnapshot {
     pub parts: Option<u32>,
 }
 
+/// `access.lockdown`, `access.lockdown_lifted` (DESIGN §3): the whole controller, or one room.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lockdown {
+    pub lockdown_id: Text,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meeting_space_id: Option<Text>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Text>,
+}
+
 /// The most parts one snapshot may come in (each at most one 64 KiB body: ~200 grants).
 pub const MAX_SNAPSHOT_PARTS: u32 = 1000;
 
@@ -257,6 +267,10 @@ pub enum Command {
     MeetingStatusUpdate(SpaceStatus),
     #[serde(rename = "space.availability_changed")]
     SpaceAvailabilityChanged(SpaceStatus),
+    #[serde(rename = "access.lockdown")]
+    Lockdown(Lockdown),
+    #[serde(rename = "access.lockdown_lifted")]
+    LockdownLifted(Lockdown),
 }
 
 /// What [`decode`] makes of a verified command.

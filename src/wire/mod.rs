@@ -367,6 +367,29 @@ pub struct DoorEvent {
     pub opened_at: Millis,
 }
 
+/// A lockdown in force (DESIGN §3): every lock in its scope locked, every local credential
+/// there denied, until it is lifted. Kept in the store, so a restart does not lift it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lockdown {
+    pub lockdown_id: String,
+    /// The room it holds; the whole controller when `None`.
+    pub meeting_space_id: Option<String>,
+    pub reason: Option<String>,
+    pub since: Millis,
+}
+
+impl crate::record::Record for Lockdown {
+    const FAMILY: &'static str = "lockdown";
+    const VERSION: u32 = 1;
+}
+
+impl Lockdown {
+    /// Whether it holds `room`.
+    pub fn covers(&self, room: &str) -> bool {
+        self.meeting_space_id.as_deref().is_none_or(|r| r == room)
+    }
+}
+
 /// Whether passage mode holds a door unlocked or let it lock (`state` of `access.passage`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -31,6 +31,21 @@ pub struct Display {
 }
 
 impl Display {
+    /// What a panel shows under a lockdown (DESIGN §3): `lockdown`, with its reason as the
+    /// message; nothing of the bookings.
+    pub fn lockdown(reason: Option<&str>) -> Display {
+        Display {
+            state: "lockdown".to_owned(),
+            booking_id: None,
+            start_time: None,
+            end_time: None,
+            title: None,
+            checked_in: false,
+            message: reason.map_or(Value::Null, |r| Value::String(r.to_owned())),
+            next: None,
+        }
+    }
+
     /// This view with ZenCore's explicit state on top (`meeting.status_update`,
     /// `space.availability_changed`). The booking's times and title stay only when ZenCore
     /// speaks of the booking shown; `next` stays, it is the schedule's.

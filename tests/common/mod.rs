@@ -1263,3 +1263,54 @@ pub async fn mqtt_connect_answer(
     .await
     .expect("the broker answers a connect")
 }
+
+/// A signed `access.magic_link` for room `ms-test`: `token` (and `pin`) valid from `from_s` to
+/// `until_s` seconds from now.
+pub fn grant(id: &str, token: &str, pin: Option<&str>, from_s: i64, until_s: i64) -> Vec<u8> {
+    command_body(
+        "access.magic_link",
+        serde_json::json!({"grant_id": id, "booking_id": format!("b-{id}"),
+               "meeting_space_id": "ms-test", "token_sha256": sha(token),
+               "pin_sha256": pin.map(sha), "valid_from": at(from_s), "valid_until": at(until_s)}),
+    )
+}
+
+/// The panel `panel` of the test controller: a peer subscribed to its feedback.
+pub async fn panel_peer(port: u16, id: &str) -> Peer {
+    let mut panel = Peer::connect(port, id).await;
+    panel
+        .subscribe("zenedge/edge-test/panels/panel/feedback")
+        .await;
+    panel
+}
+
+/// Types `pin` at the panel (a peer subscribed to its feedback); returns (result, reason).
+pub async fn try_pin(panel: &mut Peer, pin: &str, n: usize) -> (String, String) {
+    present(panel, serde_json::json!({"type": "pin", "pin": pin}), n).await
+}
+
+/// Presents `credential` at the panel with request id `n`; returns (result, reason).
+pub async fn present(
+    panel: &mut Peer,
+    mut credential: serde_json::Value,
+    n: usize,
+) -> (String, String) {
+    credential["request_id"] = n.into();
+    panel
+        .publish(
+            "zenedge/edge-test/panels/panel/credential",
+            credential.to_string(),
+            false,
+        )
+        .await;
+    loop {
+        let (_, payload, _) = panel.next(Duration::from_secs(30)).await;
+        let fb: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        if fb["request_id"] == n {
+            return (
+                fb["result"].as_str().unwrap_or("").into(),
+                fb["reason"].as_str().unwrap_or("").into(),
+            );
+        }
+    }
+}

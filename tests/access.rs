@@ -741,8 +741,6 @@ async fn metric(r: &common::Rig, name: &str) -> f64 {
 /// panel is locked out; nothing presented there is compared, the right PIN included; the panel
 /// is told only `denied` / `locked_out`; ZenCore gets 5 `access.denied` and one
 /// `access.lockout`; every decision is counted; the lockout survives a SIGKILL.
-/// A simulated panel: a peer subscribed to the panel's feedback.
-
 /// Sends a signed grant and asserts it was accepted.
 async fn assert_granted(r: &common::Rig, body: Vec<u8>) {
     let (status, answer) = r.command(&body, Some(SECRET), &[]).await;

@@ -198,6 +198,10 @@ fn apply(
                 if let Some(old) = tx.get::<crate::schedule::Booking>(&b.booking_id)? {
                     b.title = b.title.or(old.title);
                     b.closed = old.closed;
+                    // The first T-0 is when it started; `booking.start` says nothing of
+                    // passage mode, so what `booking.created` said stays.
+                    b.started = old.started.or(b.started);
+                    b.unlock_during_meeting = b.unlock_during_meeting.or(old.unlock_during_meeting);
                 }
                 tx.put(&b.booking_id, &b)?;
                 *out.lock().unwrap_or_else(|p| p.into_inner()) = Some(b);

@@ -37,6 +37,26 @@ pub struct Booking {
     /// `booking.cancelled` or `booking.end` arrived: the booking no longer holds the room.
     #[serde(default)]
     pub closed: Option<Millis>,
+    /// ZenCore's T-0 arrived (DESIGN §2): the booking holds the room from then, whatever
+    /// `start` says (the controller's clock or ZenCore's may be off).
+    #[serde(default)]
+    pub started: Option<Millis>,
+    /// Passage mode: the room's doors stay unlocked from check-in to the end (DESIGN §3).
+    /// `None`: not said (a `booking.start` does not carry it).
+    #[serde(default)]
+    pub unlock_during_meeting: Option<bool>,
+}
+
+impl Booking {
+    /// When it begins to hold the room: its start, or ZenCore's T-0 if that came first.
+    pub fn begins(&self) -> Millis {
+        self.started.map_or(self.start, |s| s.min(self.start))
+    }
+
+    /// Whether its doors are held unlocked for the meeting (passage mode).
+    pub fn passage(&self) -> bool {
+        self.unlock_during_meeting == Some(true)
+    }
 }
 
 impl crate::record::Record for Booking {
@@ -181,7 +201,7 @@ impl Schedule {
     /// The booking holding `room` at `now`.
     fn current<'a>(&'a self, room: &'a str, now: Millis) -> Option<&'a Booking> {
         self.in_room(room)
-            .find(|b| b.start <= now && now < self.release_at(b, &self.marks_of(&b.booking_id)))
+            .find(|b| b.begins() <= now && now < self.release_at(b, &self.marks_of(&b.booking_id)))
     }
 
     fn in_room<'a>(&'a self, room: &'a str) -> impl Iterator<Item = &'a Booking> + 'a {
@@ -201,7 +221,7 @@ impl Schedule {
         now: Millis,
     ) -> impl Iterator<Item = &'a Booking> + 'a {
         self.in_room(room)
-            .filter(move |b| b.start > now && b.closed.is_none())
+            .filter(move |b| b.begins() > now && b.closed.is_none())
     }
 
     /// The moments due at `now`: `in_use` at the start, `no_show` when nobody checked in within
@@ -219,7 +239,7 @@ impl Schedule {
             if m.in_use && (m.no_show || m.available) {
                 continue;
             }
-            if b.closed.is_some_and(|c| c <= b.start) && !m.in_use {
+            if b.closed.is_some_and(|c| c <= b.begins()) && !m.in_use {
                 // Cancelled (or ended) before it began: nothing to report.
                 continue;
             }
@@ -253,9 +273,9 @@ impl Schedule {
                 mk.in_use = true;
                 mk.no_show = true;
                 out.push(update("no_show", self.no_show_at(&b)));
-            } else if now >= b.start && !m.in_use && now < release {
+            } else if now >= b.begins() && !m.in_use && now < release {
                 self.mark(&id).in_use = true;
-                out.push(update("in_use", b.start));
+                out.push(update("in_use", b.begins()));
             }
         }
         out
@@ -313,7 +333,7 @@ impl Schedule {
                 Ok(vec![update("checked_in", None)])
             }
             Action::EndMeeting => {
-                if now < b.start {
+                if now < b.begins() {
                     return Err(Refusal::NotStarted);
                 }
                 let mk = self.mark(&id);
@@ -329,7 +349,7 @@ impl Schedule {
                 if minutes == 0 || minutes > MAX_EXTEND_MINUTES {
                     return Err(Refusal::BadMinutes);
                 }
-                if now < b.start {
+                if now < b.begins() {
                     return Err(Refusal::NotStarted);
                 }
                 let end = m.extended_end.unwrap_or(b.end).max(b.end);
@@ -393,7 +413,12 @@ impl Schedule {
             .flat_map(|b| {
                 let m = self.marks_of(&b.booking_id);
                 let before = Millis(b.start.0.saturating_sub(RESERVED_BEFORE.as_millis() as u64));
-                [before, b.start, self.no_show_at(b), self.release_at(b, &m)]
+                [
+                    before,
+                    b.begins(),
+                    self.no_show_at(b),
+                    self.release_at(b, &m),
+                ]
             })
             .filter(|&t| t > now)
             .min()
@@ -452,6 +477,8 @@ mod tests {
             end: at(end),
             title: None,
             closed: None,
+            started: None,
+            unlock_during_meeting: None,
         }
     }
 

@@ -265,3 +265,53 @@ async fn a_daemon_killed_mid_booking_shows_it_again_and_repeats_nothing() {
     let kinds: Vec<&str> = s.iter().map(|s| s.0.as_str()).collect();
     assert_eq!(kinds, ["in_use", "no_show"], "{s:?}");
 }
+
+/// ZenCore's T-0 marks the booking started when it arrives, whatever `start_time` says on the
+/// controller's clock (DESIGN §2): the panel shows `in_use` from then until its end, also
+/// after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zencore_s_t0_starts_a_booking_whose_start_is_still_fifteen_minutes_ahead() {
+    let mut r = rig(ROOM).await;
+    let mut p = panel(&r).await;
+    display(&mut p, |v| v["state"] == "available").await;
+    let (start, end) = (in_ms(15 * 60_000), in_ms(75 * 60_000));
+    book(&r, "booking.created", "b-t0", start, end).await;
+    display(&mut p, |v| {
+        v["state"] == "reserved" && v["booking_id"] == "b-t0"
+    })
+    .await;
+    let start_body = |phase: &str| {
+        command_body(
+            "booking.start",
+            json!({"booking_id": "b-t0", "meeting_space_id": "ms-test",
+                   "start_time": start.rfc3339(), "end_time": end.rfc3339(), "phase": phase}),
+        )
+    };
+    let (status, answer) = r.command(&start_body("T-0"), Some(SECRET), &[]).await;
+    assert_eq!(status, 202, "{answer}");
+    let v = display(&mut p, |v| v["state"] == "in_use").await;
+    assert_eq!(v["booking_id"], "b-t0", "{v}");
+    assert_eq!(v["title"], "Standup", "{v}");
+    assert_eq!(v["start_time"], start.rfc3339(), "{v}");
+    // A check-in is taken now (the meeting has begun), not refused as not started.
+    p.publish(
+        &format!("{PANEL}/action"),
+        json!({"action": "extend", "minutes": 15, "request_id": "x-1"}).to_string(),
+        false,
+    )
+    .await;
+    assert_eq!(feedback(&mut p, "x-1").await["result"], "ok");
+    // A SIGKILL: the booking is still started.
+    r.restart().await;
+    let mut p = panel(&r).await;
+    let v = display(&mut p, |v| v["booking_id"] == "b-t0").await;
+    assert_eq!(v["state"], "in_use", "{v}");
+    // Its end: the room is free.
+    let body = command_body(
+        "booking.end",
+        json!({"booking_id": "b-t0", "meeting_space_id": "ms-test"}),
+    );
+    let (status, answer) = r.command(&body, Some(SECRET), &[]).await;
+    assert_eq!(status, 202, "{answer}");
+    display(&mut p, |v| v["state"] == "available").await;
+}

@@ -411,6 +411,8 @@ fn zencore_s_explicit_state_is_shown_by_the_one_writer_until_the_schedule_moves_
         end: Millis(64 * MIN),
         title: None,
         closed: None,
+        started: None,
+        unlock_during_meeting: None,
     };
     let v = shown(&hub.set_booking(booking, Millis(5 * MIN))).expect("schedule shown");
     assert_eq!(v["state"], "in_use");

@@ -113,15 +113,22 @@ fn door(config: &Config, id: Text) -> Result<String, Rejection> {
     }
 }
 
-fn booking(config: &Config, b: wire::BookingTimes) -> Result<Effect, Rejection> {
-    Ok(Effect::Booking(crate::schedule::Booking {
+/// A booking as ZenCore describes it. `started`: the moment its T-0 arrived.
+fn booking(
+    config: &Config,
+    b: wire::BookingTimes,
+    started: Option<Millis>,
+) -> Result<crate::schedule::Booking, Rejection> {
+    Ok(crate::schedule::Booking {
         booking_id: b.booking_id.into(),
         meeting_space_id: room(config, b.meeting_space_id)?,
         start: b.start_time.0,
         end: b.end_time.0,
         title: b.title.map(String::from),
         closed: None,
-    }))
+        started,
+        unlock_during_meeting: b.unlock_during_meeting,
+    })
 }
 
 fn hex(h: Option<wire::Hex64>) -> Option<String> {
@@ -170,21 +177,37 @@ pub fn parse_command(
     };
     let effects = match command {
         wire::Command::BookingCreated(b) | wire::Command::BookingConfirmed(b) => {
-            vec![booking(config, b)?]
+            vec![Effect::Booking(booking(config, b, None)?)]
         }
-        // The phase is ZenCore's view of the moment; the schedule shows it from the times
-        // (reserved from T-15, in use from T-0).
-        wire::Command::BookingStart(b) => vec![booking(
-            config,
-            wire::BookingTimes {
-                booking_id: b.booking_id,
-                meeting_space_id: b.meeting_space_id,
-                start_time: b.start_time,
-                end_time: b.end_time,
-                title: b.title,
-                unlock_during_meeting: None,
-            },
-        )?],
+        // ZenCore's T-0 marks the booking started when it arrives, whatever `start_time` says
+        // (DESIGN §2); each phase is also ZenCore's explicit state for the room's panels,
+        // shown over the schedule's view until that view moves on.
+        wire::Command::BookingStart(b) => {
+            let started = (b.phase == wire::Phase::Started).then_some(now);
+            let state = match b.phase {
+                wire::Phase::Reserved => "reserved",
+                wire::Phase::Started => "in_use",
+            };
+            let booking = booking(
+                config,
+                wire::BookingTimes {
+                    booking_id: b.booking_id,
+                    meeting_space_id: b.meeting_space_id,
+                    start_time: b.start_time,
+                    end_time: b.end_time,
+                    title: b.title,
+                    unlock_during_meeting: None,
+                },
+                started,
+            )?;
+            let explicit = Explicit {
+                meeting_space_id: booking.meeting_space_id.clone(),
+                state: state.to_owned(),
+                booking_id: Some(booking.booking_id.clone()),
+                message: Value::Null,
+            };
+            vec![Effect::Booking(booking), Effect::Display(explicit)]
+        }
         wire::Command::MagicLink(g) => vec![Effect::StoreGrant(grant(config, g)?)],
         wire::Command::GrantsSnapshot(s) => {
             let part = match (s.snapshot_id, s.part, s.parts) {

@@ -74,6 +74,8 @@ fn the_rooms_machine_as_a_table_of_inputs_and_effects() {
         end: Millis(end),
         title: None,
         closed: None,
+        started: None,
+        unlock_during_meeting: None,
     };
     let check_in = serde_json::json!({"action": "check_in", "request_id": 1});
     let dance = serde_json::json!({"action": "dance", "request_id": 2});

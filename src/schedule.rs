@@ -366,6 +366,20 @@ impl Schedule {
         }
     }
 
+    /// The passage booking holding `room`'s doors unlocked at `now` (DESIGN §3): one that asked
+    /// for passage mode, was checked in and has not ended (or ended early, or been closed).
+    pub fn passage<'a>(&'a self, room: &'a str, now: Millis) -> Option<&'a str> {
+        self.in_room(room)
+            .find(|b| {
+                let m = self.marks_of(&b.booking_id);
+                b.passage()
+                    && m.checked_in.is_some_and(|c| c <= now)
+                    && !m.no_show
+                    && now < self.release_at(b, &m)
+            })
+            .map(|b| b.booking_id.as_str())
+    }
+
     /// What the panels of `room` show at `now`.
     pub fn display(&self, room: &str, now: Millis) -> Display {
         let current = self.current(room, now);

@@ -520,3 +520,167 @@ async fn a_lockdown_with_zencore_down_locks_every_door_denies_credentials_and_su
         })
         .await;
 }
+
+/// Passage mode end to end: a booking that asked for it holds the front door unlocked from
+/// the panel's check-in; nothing relocks it during the meeting; a lockdown locks it at once and
+/// its lift holds it again; at the end it locks only once the door is shut.
+#[tokio::test(flavor = "multi_thread")]
+async fn passage_holds_the_door_for_the_meeting_and_locks_it_once_shut_after_the_end() {
+    let rig = rig(&format!("{DOORS}{PANEL}")).await;
+    let port = rig.broker.port;
+    let _lock = zigbee_lock(port).await;
+    let mut watch = Peer::connect(port, "sim-watch").await;
+    watch.subscribe("zigbee2mqtt/front_door/set").await;
+    let sensors = Peer::connect(port, "sim-sensors").await;
+    sensors
+        .publish("zigbee2mqtt/front_sensor", sensor(true), false)
+        .await;
+    wait_devices(&rig, "the front door closed", |v| {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .any(|d| d["id"] == "front" && d["door"] == "closed")
+    })
+    .await;
+    let now = Millis::now().0;
+    let (start, end) = (Millis(now + 2_000), Millis(now + 15_000));
+    let (code, answer) = rig
+        .command(
+            &command_body(
+                "booking.created",
+                json!({"booking_id": "b-pass", "meeting_space_id": "ms-test",
+                       "start_time": start.rfc3339(), "end_time": end.rfc3339(),
+                       "unlock_during_meeting": true}),
+            ),
+            Some(SECRET),
+            &[],
+        )
+        .await;
+    assert_eq!(code, 202, "{answer}");
+    let panel = common::panel_peer(port, "sim-panel").await;
+    panel
+        .publish(
+            "zenedge/edge-test/panels/panel/action",
+            json!({"action": "check_in", "booking_id": "b-pass", "request_id": "c1"}).to_string(),
+            false,
+        )
+        .await;
+    wait_message(&mut watch, "the passage UNLOCK", |_, p| {
+        p.contains("\"UNLOCK\"")
+    })
+    .await;
+    let passage = |log: &[common::Recorded], state: &str| {
+        log.iter()
+            .map(|r| r.json())
+            .filter(|j| {
+                j["event"] == "access.passage"
+                    && j["data"]["device_id"] == "front"
+                    && j["data"]["state"] == state
+                    && j["data"]["booking_id"] == "b-pass"
+            })
+            .map(|j| j["id"].clone())
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+    };
+    rig.rx
+        .wait_until(Duration::from_secs(30), "access.passage unlocked", |log| {
+            passage(log, "unlocked") == 1
+        })
+        .await;
+    // The meeting begins (its `in_use`); the door opens: no force, and no LOCK was sent.
+    rig.rx
+        .wait_until(Duration::from_secs(30), "the meeting's in_use", |log| {
+            log.iter().any(|r| {
+                let j = r.json();
+                j["event"] == "meeting.status_update" && j["data"]["status"] == "in_use"
+            })
+        })
+        .await;
+    sensors
+        .publish("zigbee2mqtt/front_sensor", sensor(false), false)
+        .await;
+    rig.wait_event("front", "door.opened", "").await;
+    assert_eq!(count(&rig, "front", "door.forced_open"), 0);
+
+    // A lockdown during the meeting: locked at once, open or not; lifted: held again.
+    let (code, _) = rig
+        .command(
+            &command_body(
+                "access.lockdown",
+                json!({"lockdown_id": "ld-p", "meeting_space_id": "ms-test"}),
+            ),
+            Some(SECRET),
+            &[],
+        )
+        .await;
+    assert_eq!(code, 202);
+    wait_message(&mut watch, "the lockdown's LOCK", |_, p| {
+        p.contains("\"LOCK\"")
+    })
+    .await;
+    let (code, _) = rig
+        .command(
+            &command_body("access.lockdown_lifted", json!({"lockdown_id": "ld-p"})),
+            Some(SECRET),
+            &[],
+        )
+        .await;
+    assert_eq!(code, 202);
+    wait_message(&mut watch, "passage's UNLOCK after the lift", |_, p| {
+        p.contains("\"UNLOCK\"")
+    })
+    .await;
+
+    // The end passes with the door still open: nothing is sent until it shuts.
+    rig.rx
+        .wait_until(Duration::from_secs(30), "the meeting's end", |log| {
+            log.iter().any(|r| {
+                let j = r.json();
+                j["event"] == "meeting.status_update" && j["data"]["status"] == "available"
+            })
+        })
+        .await;
+    // A marker through the daemon's own MQTT link, published after anything the end made:
+    // the panel's answer to a credential arrives after any LOCK sent before it.
+    watch
+        .subscribe("zenedge/edge-test/panels/panel/feedback")
+        .await;
+    panel
+        .publish(
+            "zenedge/edge-test/panels/panel/credential",
+            json!({"type": "pin", "pin": "000000", "request_id": "marker"}).to_string(),
+            false,
+        )
+        .await;
+    let (topic, payload, _) = watch.next(Duration::from_secs(30)).await;
+    assert!(
+        topic.ends_with("/feedback"),
+        "a command reached an open door at the end of passage: {topic} {}",
+        String::from_utf8_lossy(&payload)
+    );
+    assert_eq!(
+        passage(&rig.rx.requests(), "locked"),
+        1,
+        "only the lockdown's"
+    );
+    sensors
+        .publish("zigbee2mqtt/front_sensor", sensor(true), false)
+        .await;
+    wait_message(&mut watch, "the LOCK once shut", |_, p| {
+        p.contains("\"LOCK\"")
+    })
+    .await;
+    rig.rx
+        .wait_until(Duration::from_secs(30), "passage's lock reported", |log| {
+            passage(log, "locked") == 2
+                && log.iter().any(|r| {
+                    let j = r.json();
+                    j["event"] == "device.action_completed"
+                        && j["data"]["source"] == "passage"
+                        && j["data"]["action"] == "lock"
+                        && j["data"]["status"] == "succeeded"
+                })
+        })
+        .await;
+    assert_eq!(passage(&rig.rx.requests(), "unlocked"), 2);
+}

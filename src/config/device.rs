@@ -613,6 +613,18 @@ impl DeviceConfig {
         }
     }
 
+    /// Whether passage mode can hold this door unlocked (DESIGN §3): a motor lock, or a
+    /// relay ZenEdge times itself. A Tasmota relay keeps its own PulseTime, a flash board its
+    /// own pulse: neither can be held.
+    pub fn can_hold(&self) -> bool {
+        self.is_door()
+            && match &self.settings {
+                DriverConfig::Tasmota(_) => false,
+                DriverConfig::ModbusRelay(m) => !m.flash,
+                _ => true,
+            }
+    }
+
     /// Whether this device is an OSDP reader with a strike on its output (a door).
     pub fn is_door(&self) -> bool {
         match &self.settings {

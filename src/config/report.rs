@@ -62,6 +62,16 @@ impl Config {
                 ));
             }
         }
+        for (i, d) in self.devices.iter().enumerate() {
+            if d.is_door() && !d.can_hold() {
+                out.push(format!(
+                    "devices[{i}] `{}`: passage mode cannot hold this {} {} (the relay times its                      own pulse); a booking with unlock_during_meeting leaves it to credentials",
+                    d.id,
+                    d.driver().as_str(),
+                    d.kind.as_str()
+                ));
+            }
+        }
         out
     }
 

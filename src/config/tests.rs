@@ -624,6 +624,14 @@ fn door_contacts_are_named_by_their_doors_and_a_bad_contact_entry_is_named() {
         panic!("not a Tasmota contact: {:?}", ok.devices[1].settings);
     };
     assert_eq!((t.switch, t.closed), (2, crate::config::OnOff::On));
+    // The Tasmota strike keeps its own PulseTime: passage mode cannot hold it, and says so.
+    let w = ok.warnings();
+    assert!(
+        w.iter()
+            .any(|w| w.contains("devices[2] `s`: passage mode cannot hold")),
+        "{w:?}"
+    );
+    assert!(!w.iter().any(|w| w.contains("`l`")), "{w:?}");
     let cases = [
         (format!("{LOCK}contact = \"nope\"\n"), "devices[0].contact", "no device `nope`"),
         (

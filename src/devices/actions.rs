@@ -68,6 +68,13 @@ pub struct Completed {
     pub error: Option<ActionError>,
 }
 
+impl Request {
+    /// A passage unlock: it lasts until a lock, the device times no pulse (DESIGN §3).
+    pub fn holds(&self) -> bool {
+        self.source == Source::Passage && self.command == Command::Unlock
+    }
+}
+
 impl Completed {
     pub fn duration_ms(&self) -> u64 {
         self.completed_at

@@ -35,6 +35,18 @@ impl crate::record::Record for DoorRecord {
     const VERSION: u32 = 1;
 }
 
+/// A door held unlocked by passage mode, kept across restarts: a restart sends its hold again
+/// (a relay board is switched off when its port opens) without reporting a new change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PassageHold {
+    pub booking_id: String,
+}
+
+impl crate::record::Record for PassageHold {
+    const FAMILY: &'static str = "passage";
+    const VERSION: u32 = 1;
+}
+
 /// One door as configured.
 #[derive(Debug, Clone)]
 pub struct DoorSpec {

@@ -434,12 +434,14 @@ pub struct Outgoing {
 }
 
 /// The topic and payload that carry `command` to `device`, or `None` when its driver cannot
-/// (a panel has no lock). `duration_s`: an unlock's own length, which a Shelly times itself.
+/// (a panel has no lock). `duration_s`: an unlock's own length, which a Shelly times itself;
+/// `hold`: an unlock that lasts until a lock (passage mode), so the relay times nothing.
 pub fn command(
     config: &Config,
     device: &DeviceConfig,
     command: Command,
     duration_s: Option<u64>,
+    hold: bool,
 ) -> Option<Outgoing> {
     let out = |topic: String, payload: &str| {
         Some(Outgoing {
@@ -481,7 +483,7 @@ pub fn command(
         DriverConfig::Shelly(s) => {
             let switch = s.switch;
             let mut params = serde_json::json!({"id": switch, "on": command == Command::Unlock});
-            if command == Command::Unlock {
+            if command == Command::Unlock && !hold {
                 // The relay ends the pulse itself: no second message, no flash write.
                 let secs = duration_s
                     .map(|s| s as f64)
@@ -900,7 +902,7 @@ full_topic = "site7/%topic%/%prefix%/"
         let config = installers_config();
         let d = |id: &str| config.devices.iter().find(|d| d.id == id).unwrap();
         let sent = |id: &str, c: Command, duration: Option<u64>| {
-            let o = command(&config, d(id), c, duration).unwrap();
+            let o = command(&config, d(id), c, duration, false).unwrap();
             (o.topic, String::from_utf8(o.payload).unwrap(), o.retain)
         };
         assert_eq!(
@@ -950,6 +952,10 @@ full_topic = "site7/%topic%/%prefix%/"
         let rpc: Value =
             serde_json::from_str(&sent("strike-shelly", Command::Lock, None).1).unwrap();
         assert_eq!(rpc["params"], serde_json::json!({"id": 0, "on": false}));
+        // Held for passage mode: on, with no timer of the relay's own.
+        let held = command(&config, d("strike-shelly"), Command::Unlock, None, true).unwrap();
+        let rpc: Value = serde_json::from_slice(&held.payload).unwrap();
+        assert_eq!(rpc["params"], serde_json::json!({"id": 0, "on": true}));
 
         let routes = Routes::new(&config);
         let mut topics: Vec<&str> = routes.topics().collect();

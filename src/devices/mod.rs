@@ -56,6 +56,8 @@ pub enum Effect {
     Lockout(String, crate::access::lockout::Guard),
     /// A door's contact state as reported, stored with its `door.*` events.
     Door(String, doors::DoorRecord),
+    /// A door held by passage mode (or let go: `None`), stored with its `access.passage`.
+    Passage(String, Option<doors::PassageHold>),
 }
 
 impl Effect {
@@ -260,6 +262,12 @@ pub struct Hub {
     doors: doors::Doors,
     /// Lockdowns in force (DESIGN §3).
     lockdowns: Vec<crate::wire::Lockdown>,
+    /// Doors passage mode holds unlocked, by door: the booking.
+    held: HashMap<String, String>,
+    /// Held doors whose hold is sent again (after a restart), without a new event.
+    rehold: std::collections::HashSet<String>,
+    /// The rooms machine was fed: passage may have changed.
+    rooms_touched: bool,
 }
 
 impl Hub {
@@ -310,6 +318,9 @@ impl Hub {
             pulse_time_zero: Default::default(),
             doors: doors::Doors::default(),
             lockdowns: Vec::new(),
+            held: HashMap::new(),
+            rehold: Default::default(),
+            rooms_touched: false,
         };
         hub.set_doors([]);
         hub
@@ -362,6 +373,14 @@ impl Hub {
     pub fn handle(&mut self, input: Input<'_>, ctx: &Ctx) -> Effects {
         self.ctx = *ctx;
         let now = ctx.now;
+        let mut out = self.dispatch(input, now);
+        if std::mem::take(&mut self.rooms_touched) {
+            out.merge(self.passage(now));
+        }
+        out
+    }
+
+    fn dispatch(&mut self, input: Input<'_>, now: Millis) -> Effects {
         match input {
             Input::Message {
                 topic,
@@ -508,7 +527,17 @@ impl Hub {
         else {
             return Effects::default();
         };
-        let outgoing = drivers::command(&self.config, device, request.command, request.duration_s);
+        // A door passage holds stays held: another unlock of it is a hold too (a pulse would
+        // end the passage's hold when it runs out).
+        let hold = request.holds()
+            || (request.command == Command::Unlock && self.held.contains_key(&request.device));
+        let outgoing = drivers::command(
+            &self.config,
+            device,
+            request.command,
+            request.duration_s,
+            hold,
+        );
         // A relay board always has a coil; a reader only opens a door wired to its output.
         let serial = match device.driver() {
             Driver::ModbusRelay => true,
@@ -518,6 +547,7 @@ impl Hub {
         let serial_cmd = (
             request.device.clone(),
             match request.command {
+                Command::Unlock if hold => SerialCmd::Hold,
                 Command::Unlock => SerialCmd::Unlock {
                     pulse: request.duration_s.map(std::time::Duration::from_secs),
                 },
@@ -584,7 +614,7 @@ impl Hub {
             }
             Happening::Done { cmd, result } => {
                 let command = match cmd {
-                    SerialCmd::Unlock { .. } => Command::Unlock,
+                    SerialCmd::Unlock { .. } | SerialCmd::Hold => Command::Unlock,
                     SerialCmd::Lock => Command::Lock,
                     SerialCmd::Feedback { .. } => return Effects::default(),
                 };
@@ -679,6 +709,9 @@ impl Hub {
             .partition(|(at, _)| *at <= now);
         self.relocks = later;
         for (_, request) in due {
+            if self.held.contains_key(&request.device) {
+                continue;
+            }
             // A door is relocked once it is shut (DESIGN §3).
             let outs = self.doors.relock(request);
             out.merge(self.door_effects(outs, now));
@@ -716,8 +749,19 @@ impl Hub {
         }
         .emit();
         for (i, door) in doors.into_iter().enumerate() {
-            // Relocks that waited for the door to shut are moot: it locks now.
-            self.doors.drop_waiting(&door);
+            // Relocks that waited for the door to shut are moot: it locks now. A passage's
+            // end that waited is reported with this lock.
+            for r in self.doors.drop_waiting(&door) {
+                if r.source == actions::Source::Passage {
+                    let booking = r.booking_id.unwrap_or_default();
+                    out.0.extend(self.passage_event(
+                        &door,
+                        &booking,
+                        crate::wire::PassageState::Locked,
+                        now,
+                    ));
+                }
+            }
             self.relocks.retain(|(_, r)| r.device != door);
             let request = Request {
                 action_id: format!("{}:{i}", (self.ctx.ids)()),
@@ -771,7 +815,19 @@ impl Hub {
                     out.push(Effect::Event(NewEvent::new(data, Some(device), at)));
                 }
                 doors::Out::Record(door, record) => out.push(Effect::Door(door, record)),
-                doors::Out::Send(request) => out.merge(self.start(request, now)),
+                doors::Out::Send(request) => {
+                    // A passage's end: its lock goes now, and says so.
+                    if request.source == actions::Source::Passage {
+                        let booking = request.booking_id.clone().unwrap_or_default();
+                        out.0.extend(self.passage_event(
+                            &request.device,
+                            &booking,
+                            crate::wire::PassageState::Locked,
+                            now,
+                        ));
+                    }
+                    out.merge(self.start(request, now))
+                }
                 doors::Out::RelockBlind { door, contact } => t::RelockBlind {
                     door: &door,
                     contact: &contact,
@@ -914,6 +970,10 @@ impl Hub {
         let Some(secs) = c.request.duration_s else {
             return;
         };
+        if self.held.contains_key(&c.request.device) {
+            // Passage holds the door: it locks at the booking's end, not now.
+            return;
+        }
         if c.request.command != Command::Unlock || c.status != actions::Status::Succeeded {
             return;
         }

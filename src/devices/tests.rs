@@ -445,6 +445,7 @@ fn effects(out: &Effects) -> Vec<String> {
             Effect::Forget(id) => format!("forget {id}"),
             Effect::Lockout(d, _) => format!("lockout {d}"),
             Effect::Door(d, r) => format!("door {d} closed={:?}", r.closed),
+            Effect::Passage(d, h) => format!("passage {d} {h:?}"),
         })
         .collect()
 }
@@ -874,4 +875,128 @@ fn a_lockdown_locks_every_door_denies_every_credential_uncompared_and_ends_when_
     let out = hub.at(Input::Lockdown(other), Millis(t + 5_000));
     assert!(out.publish().is_empty(), "{:?}", effects(&out));
     assert_eq!(pin(&mut hub, "4711", t + 6_000).1["result"], "granted");
+}
+
+#[test]
+fn passage_holds_the_room_s_doors_from_check_in_to_the_end_and_yields_to_a_lockdown() {
+    let config = parse(
+        r#"
+[presence]
+debounce = "0s"
+[[devices]]
+id = "panel"
+type = "panel"
+driver = "zenedge-panel"
+[[devices]]
+id = "relay"
+type = "strike"
+driver = "tasmota"
+topic = "board"
+[[devices]]
+id = "side"
+type = "strike"
+driver = "shelly"
+topic = "shelly1"
+pulse = "3s"
+"#,
+    );
+    let mut hub = Hub::new(config, HashMap::new(), Millis(0));
+    let min = 60_000;
+    let start = 10 * min;
+    hub.set_booking(
+        crate::schedule::Booking {
+            booking_id: "b".into(),
+            meeting_space_id: "ms".into(),
+            start: Millis(start),
+            end: Millis(start + 60 * min),
+            title: None,
+            closed: None,
+            started: None,
+            unlock_during_meeting: Some(true),
+        },
+        Millis(start - 5 * min),
+    );
+    let passage = |out: &Effects| -> Vec<String> {
+        out.events()
+            .iter()
+            .filter(|e| e.kind().as_str() == "access.passage")
+            .map(|e| {
+                format!(
+                    "{} {} {}",
+                    e.device.as_ref().map(|d| d.id.as_str()).unwrap_or("-"),
+                    e.fields()["state"].as_str().unwrap_or("-"),
+                    e.fields()["booking_id"].as_str().unwrap_or("-")
+                )
+            })
+            .collect()
+    };
+    let sent = |out: &Effects| -> Vec<String> {
+        out.publish()
+            .iter()
+            // (A Zigbee lock that never answered here is asked for its state: no command.)
+            .filter(|p| !p.topic.contains("/panels/") && !p.topic.ends_with("/get"))
+            .map(|p| format!("{} {}", p.topic, String::from_utf8_lossy(&p.payload)))
+            .collect()
+    };
+    // Check-in (a minute early): the Zigbee lock and the Shelly are held; the Tasmota relay
+    // keeps its own PulseTime and cannot be.
+    let out = hub.message(
+        "zenedge/edge-1/panels/panel/action",
+        br#"{"action":"check_in","booking_id":"b","request_id":"r1"}"#,
+        false,
+        Millis(start - min),
+    );
+    assert_eq!(passage(&out), ["side unlocked b", "front unlocked b"]);
+    assert_eq!(
+        sent(&out),
+        [
+            r#"shelly1/rpc {"id":1,"src":"zenedge-edge-1","method":"Switch.Set","params":{"id":0,"on":true}}"#.to_owned(),
+            r#"zigbee2mqtt/front_door/set {"state":"UNLOCK"}"#.to_owned(),
+        ]
+    );
+    assert!(out
+        .0
+        .iter()
+        .any(|e| matches!(e, Effect::Passage(d, Some(_)) if d == "front")));
+    // During the meeting: no relock, even of a ZenCore unlock with `duration_s` (it holds).
+    let out = hub.request(
+        Request {
+            action_id: "z".into(),
+            device: "side".into(),
+            command: Command::Unlock,
+            source: actions::Source::Zencore,
+            booking_id: None,
+            grant_id: None,
+            duration_s: Some(5),
+        },
+        Millis(start + min),
+    );
+    assert!(!sent(&out)[0].contains("toggle_after"), "{:?}", sent(&out));
+    for m in [2, 20, 40] {
+        let out = hub.tick(Millis(start + m * min));
+        assert!(sent(&out).is_empty(), "{:?}", sent(&out));
+    }
+    // A lockdown locks at once, with its own source; lifted, passage resumes.
+    let lockdown = crate::wire::Lockdown {
+        lockdown_id: "ld".into(),
+        meeting_space_id: Some("ms".into()),
+        reason: None,
+        since: Millis(start + 41 * min),
+    };
+    let out = hub.at(Input::Lockdown(lockdown), Millis(start + 41 * min));
+    assert_eq!(passage(&out), ["side locked b", "front locked b"]);
+    assert_eq!(sent(&out).len(), 3, "{:?}", sent(&out));
+    let out = hub.at(Input::LockdownLifted("ld".into()), Millis(start + 42 * min));
+    assert_eq!(passage(&out), ["side unlocked b", "front unlocked b"]);
+    // The end: both locked (no contact to wait for), each change one event.
+    let out = hub.tick(Millis(start + 60 * min));
+    assert_eq!(passage(&out), ["side locked b", "front locked b"]);
+    assert_eq!(
+        sent(&out),
+        [
+            r#"shelly1/rpc {"id":1,"src":"zenedge-edge-1","method":"Switch.Set","params":{"id":0,"on":false}}"#.to_owned(),
+            r#"zigbee2mqtt/front_door/set {"state":"LOCK"}"#.to_owned(),
+        ]
+    );
+    assert!(passage(&hub.tick(Millis(start + 61 * min))).is_empty());
 }

@@ -106,6 +106,11 @@ impl Machine {
         self.schedule = schedule;
     }
 
+    /// The passage booking holding `room`'s doors at `now`, if any.
+    pub fn passage(&self, room: &str, now: Millis) -> Option<String> {
+        self.schedule.passage(room, now).map(String::from)
+    }
+
     pub fn next_deadline(&self) -> Option<Millis> {
         self.schedule.next_deadline(self.last_now)
     }

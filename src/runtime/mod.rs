@@ -103,7 +103,7 @@ pub async fn start(
     let serial_tx = input_tx;
     let ports =
         crate::serial::Ports::start(&config, move |r| serial_tx.send(Input::Serial(r)).is_ok())?;
-    let (reported, grants, bookings, marks, lockouts, doors) = store
+    let (reported, grants, bookings, marks, lockouts, doors, passage) = store
         .read(|s| {
             Ok((
                 s.records::<crate::devices::presence::Reported>()?,
@@ -112,6 +112,7 @@ pub async fn start(
                 s.records::<crate::schedule::Marks>()?,
                 s.records::<crate::access::lockout::Guard>()?,
                 s.records::<crate::devices::doors::DoorRecord>()?,
+                s.records::<crate::devices::doors::PassageHold>()?,
             ))
         })
         .await?;
@@ -123,6 +124,7 @@ pub async fn start(
     hub.set_grants(grants.into_iter().map(|(_, g)| g).collect());
     hub.set_lockouts(lockouts);
     hub.set_doors(doors);
+    hub.set_passage(passage);
     hub.set_schedule(crate::schedule::Schedule::new(
         bookings.into_iter().map(|(_, b)| b),
         marks,
@@ -507,7 +509,8 @@ impl Runtime {
                 | Effect::Mark(..)
                 | Effect::Forget(_)
                 | Effect::Lockout(..)
-                | Effect::Door(..) => {}
+                | Effect::Door(..)
+                | Effect::Passage(..) => {}
             }
         }
         self.publish_views();
@@ -550,6 +553,12 @@ impl Runtime {
                 }
                 Effect::Door(door, record) => {
                     c.put(door, record)?;
+                }
+                Effect::Passage(door, Some(hold)) => {
+                    c.put(door, hold)?;
+                }
+                Effect::Passage(door, None) => {
+                    c.remove::<crate::devices::doors::PassageHold>(door);
                 }
                 // A finished ZenCore unlock is forgotten in the commit that stores its result,
                 // so a crash can neither lose the result nor carry the unlock out twice.

@@ -261,8 +261,9 @@ impl Relay {
 
     pub fn command(&mut self, cmd: Cmd, now: Instant) -> Step {
         let op = match cmd {
-            Cmd::Unlock { .. } if self.s.flash => Op::Flash { cmd },
-            Cmd::Unlock { .. } => Op::Write {
+            // A board that times its own pulse cannot hold (passage mode leaves it alone).
+            Cmd::Unlock { .. } | Cmd::Hold if self.s.flash => Op::Flash { cmd },
+            Cmd::Unlock { .. } | Cmd::Hold => Op::Write {
                 on: true,
                 cmd: Some(cmd),
             },

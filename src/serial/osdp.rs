@@ -249,6 +249,12 @@ impl Cp {
                     cmd: Some(cmd),
                 });
             }
+            // Control 2: permanent ON, cancelling a timed pulse (passage mode; a Lock ends it).
+            Cmd::Hold => self.queue.push_back(Queued {
+                code: code::OUT,
+                data: vec![0, 2, 0, 0],
+                cmd: Some(cmd),
+            }),
             Cmd::Lock => self.queue.push_back(Queued {
                 code: code::OUT,
                 // Control 1: permanent OFF, cancelling a timed pulse.

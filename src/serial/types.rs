@@ -14,6 +14,9 @@ pub enum Cmd {
         pulse: Option<Duration>,
     },
     Lock,
+    /// Unlock and stay unlocked until a `Lock` (passage mode): a relay held on, a reader's
+    /// output set permanently on.
+    Hold,
     /// LED and buzzer on a reader after an access decision.
     Feedback {
         granted: bool,

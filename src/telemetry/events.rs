@@ -200,6 +200,8 @@ happenings! {
         => WARN "Lockdown: every door in scope locked, local credentials denied until it is lifted.";
     LockdownLifted<'a> { lockdown_id: &'a str, known: bool }
         => WARN "Lockdown lifted.";
+    PassageChanged<'a> { door: &'a str, booking_id: &'a str, state: &'a str }
+        => INFO "Passage mode changed a door.";
     PulseTimeZero<'a> { device: &'a str }
         => WARN "A Tasmota strike's PulseTime is 0: its relay would stay on after an unlock.";
     CardUnreadable<'a> { device: &'a str, error: &'a str }

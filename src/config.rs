@@ -799,7 +799,8 @@ impl Config {
             }
             DriverConfig::ZenedgePanel(_)
             | DriverConfig::ModbusRelay(_)
-            | DriverConfig::Osdp(_) => Vec::new(),
+            | DriverConfig::Osdp(_)
+            | DriverConfig::Contact(Contact::ModbusInput(_)) => Vec::new(),
         }
     }
 

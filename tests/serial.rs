@@ -376,6 +376,78 @@ async fn one_rs485_bus_carries_two_coils_of_one_board_and_a_second_board() {
     online_twice(&r, &["left", "right", "back"]).await;
 }
 
+/// A door contact wired to a discrete input of the relay board that drives the strike, read
+/// with FC02 on the same bus (pymodbus serves the board): forced and unforced openings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_board_s_discrete_input_is_the_door_contact_of_its_strike() {
+    let ports = tempfile::tempdir().unwrap();
+    let link = ports.path().join("usb-rs485-doors");
+    let bus = PyModbus::start(&link, &[1]);
+    // Shut: the reed contact closes the circuit (the input reads ON, the default `closed`).
+    bus.set_input(1, 3, true).await;
+    let devices = format!(
+        "[presence]\ndebounce = \"0s\"\n{}\n[[devices]]\nid = \"strike-contact\"\n\
+         type = \"contact\"\ndriver = \"modbus-input\"\nport = \"{}\"\naddress = 1\ninput = 3\n",
+        relay(
+            "strike",
+            &link,
+            1,
+            0,
+            "pulse = \"1s\"\ncontact = \"strike-contact\""
+        ),
+        link.display()
+    );
+    let r = rig(&devices).await;
+    r.wait_event("strike-contact", "device.online", "port_opened")
+        .await;
+    let door = |want: &'static str| {
+        let r = &r;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let (_, v) = r.daemon.get("/v1/devices").await;
+                let now = v
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|d| d["id"] == "strike")
+                    .map(|d| d["door"].clone());
+                if now == Some(json!(want)) {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "door never {want}: {v}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    door("closed").await;
+    // Opened with no unlock: forced.
+    bus.set_input(1, 3, false).await;
+    r.wait_event("strike", "door.forced_open", "").await;
+    bus.set_input(1, 3, true).await;
+    r.wait_event("strike", "door.closed", "").await;
+    // Unlocked by the operator, then opened: not forced.
+    let (code, out, err) = r.cli(&["unlock", "strike"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    bus.set_input(1, 3, false).await;
+    r.rx.wait_until(Duration::from_secs(30), "the second opening", |log| {
+        device_events(log, "strike")
+            .iter()
+            .filter(|e| e.0 == "door.opened")
+            .count()
+            == 2
+    })
+    .await;
+    let forced = device_events(&r.rx.requests(), "strike")
+        .iter()
+        .filter(|e| e.0 == "door.forced_open")
+        .count();
+    assert_eq!(forced, 1, "an opening after an unlock was called forced");
+    door("open").await;
+    // Only the strike's coil was ever written: the input's reads write nothing.
+    assert!(bus.writes().iter().all(|w| w.1 == 0), "{:?}", bus.writes());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_osdp_readers_on_one_bus_each_with_its_secure_channel_open_their_own_doors() {
     let ports = tempfile::tempdir().unwrap();

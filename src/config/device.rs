@@ -41,6 +41,8 @@ pub enum Driver {
     Osdp,
     /// Shelly Gen2+ relays (Plus, Pro) over MQTT: the relay times the strike's pulse itself.
     Shelly,
+    /// A discrete input (FC02) of a Modbus relay board: a door contact.
+    ModbusInput,
 }
 
 impl Driver {
@@ -53,12 +55,25 @@ impl Driver {
             Driver::ModbusRelay => "modbus-relay",
             Driver::Osdp => "osdp",
             Driver::Shelly => "shelly",
+            Driver::ModbusInput => "modbus-input",
         }
     }
 
     /// Drivers that speak over a serial port rather than MQTT.
     pub fn is_serial(self) -> bool {
-        matches!(self, Driver::ModbusRelay | Driver::Osdp)
+        matches!(
+            self,
+            Driver::ModbusRelay | Driver::Osdp | Driver::ModbusInput
+        )
+    }
+
+    /// The protocol on the wire: Modbus relays and inputs share a bus, OSDP readers another.
+    pub fn protocol(self) -> &'static str {
+        match self {
+            Driver::ModbusRelay | Driver::ModbusInput => "Modbus RTU",
+            Driver::Osdp => "OSDP",
+            other => other.as_str(),
+        }
     }
 
     /// Device types this driver can drive.
@@ -68,6 +83,7 @@ impl Driver {
             Driver::Tasmota => &[DeviceType::Strike, DeviceType::Lock, DeviceType::Contact],
             Driver::ModbusRelay | Driver::Shelly => &[DeviceType::Strike, DeviceType::Lock],
             Driver::ZenedgePanel => &[DeviceType::Panel],
+            Driver::ModbusInput => &[DeviceType::Contact],
             Driver::Osdp => &[DeviceType::Reader],
         }
     }
@@ -116,6 +132,29 @@ pub enum Contact {
     Tasmota(TasmotaSwitch),
     /// A Home Assistant binary sensor (`state_open` / `state_closed`).
     Homeassistant(HaContact),
+    /// A discrete input of a Modbus relay board, read with FC02.
+    ModbusInput(ModbusInput),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModbusInput {
+    pub port: PathBuf,
+    #[serde(default = "default_baud")]
+    pub baud: u32,
+    /// The board's Modbus slave address.
+    #[serde(default = "one")]
+    pub address: u8,
+    /// The discrete input (0-based, as FC02 addresses it).
+    pub input: u16,
+    /// The input's state when the door is shut: `ON` (a reed contact that closes the circuit,
+    /// the common wiring) unless set.
+    #[serde(default = "input_closed_default")]
+    pub closed: OnOff,
+}
+
+fn input_closed_default() -> OnOff {
+    OnOff::On
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -520,6 +559,9 @@ pub(super) fn decode(i: usize, value: toml::Value) -> Result<DeviceConfig, Confi
             Driver::ModbusRelay => DriverConfig::ModbusRelay(decode_part(i, rest, explain)?),
             Driver::Osdp => DriverConfig::Osdp(decode_part(i, rest, explain)?),
             Driver::Shelly => DriverConfig::Shelly(decode_part(i, rest, explain)?),
+            Driver::ModbusInput => {
+                DriverConfig::Contact(Contact::ModbusInput(decode_part(i, rest, explain)?))
+            }
         }
     };
     Ok(DeviceConfig {
@@ -572,6 +614,7 @@ impl DeviceConfig {
             DriverConfig::Contact(Contact::Zigbee2mqtt(_)) => Driver::Zigbee2mqtt,
             DriverConfig::Contact(Contact::Tasmota(_)) => Driver::Tasmota,
             DriverConfig::Contact(Contact::Homeassistant(_)) => Driver::Homeassistant,
+            DriverConfig::Contact(Contact::ModbusInput(_)) => Driver::ModbusInput,
         }
     }
 
@@ -588,6 +631,7 @@ impl DeviceConfig {
         match &self.settings {
             DriverConfig::ModbusRelay(m) => Some((&m.port, m.baud)),
             DriverConfig::Osdp(o) => Some((&o.port, o.baud)),
+            DriverConfig::Contact(Contact::ModbusInput(m)) => Some((&m.port, m.baud)),
             _ => None,
         }
     }
@@ -762,6 +806,12 @@ pub(super) fn validate_device(i: usize, d: &DeviceConfig) -> Result<(), ConfigEr
                 return refuse("state_closed", "must differ from state_open");
             }
         }
+        DriverConfig::Contact(Contact::ModbusInput(m)) => {
+            if !(1..=247).contains(&m.address) {
+                return refuse("address", "a Modbus slave address is 1..=247");
+            }
+            baud(m.baud)?;
+        }
         DriverConfig::ModbusRelay(m) => {
             if !(1..=247).contains(&m.address) {
                 return refuse("address", "a Modbus slave address is 1..=247");
@@ -870,7 +920,7 @@ pub(super) fn validate_buses(devices: &[DeviceConfig]) -> Result<(), ConfigError
                     ),
                 ))
             };
-            if d.driver() != e.driver() {
+            if d.driver().protocol() != e.driver().protocol() {
                 return clash(format!(
                     "one bus speaks one protocol ({} and {})",
                     d.driver().as_str(),
@@ -888,6 +938,15 @@ pub(super) fn validate_buses(devices: &[DeviceConfig]) -> Result<(), ConfigError
                     if (a.address, a.coil) == (b.address, b.coil) =>
                 {
                     return clash(format!("both drive coil {} of board {}", a.coil, a.address));
+                }
+                (
+                    DriverConfig::Contact(Contact::ModbusInput(a)),
+                    DriverConfig::Contact(Contact::ModbusInput(b)),
+                ) if (a.address, a.input) == (b.address, b.input) => {
+                    return clash(format!(
+                        "both read input {} of board {}",
+                        a.input, a.address
+                    ));
                 }
                 _ => {}
             }

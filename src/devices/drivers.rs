@@ -648,7 +648,9 @@ impl Routes {
                         add(t.clone(), Some(i), TopicKind::HaAvailability);
                     }
                 }
-                DriverConfig::ModbusRelay(_) | DriverConfig::Osdp(_) => {}
+                DriverConfig::ModbusRelay(_)
+                | DriverConfig::Osdp(_)
+                | DriverConfig::Contact(Contact::ModbusInput(_)) => {}
             }
         }
         // Each Zigbee2MQTT network's bridge: its state concerns only its own devices.

@@ -602,6 +602,10 @@ impl Hub {
                 out.merge(self.completions(done));
                 out
             }
+            Happening::Contact { closed } => {
+                let outs = self.doors.contact(device, closed, now);
+                self.door_effects(outs, now)
+            }
             Happening::Relay { on } => {
                 self.doors.lock_state(device, on, now);
                 let state = if on {

@@ -64,6 +64,14 @@ impl Machine {
                 s.poll_every = s.poll_every.min(s.offline_after / 3);
                 Ok(Machine::Relay(Box::new(Relay::new(s))))
             }
+            DriverConfig::Contact(crate::config::Contact::ModbusInput(m)) => {
+                let mut s =
+                    RelaySettings::input(m.address, m.input, m.closed == crate::config::OnOff::On);
+                if let Some(t) = d.offline_after {
+                    s.offline_after = t;
+                }
+                Ok(Machine::Relay(Box::new(Relay::new(s))))
+            }
             DriverConfig::Osdp(o) => {
                 let scbk = o.scbk_key().map_err(|message| SerialSetupError::Device {
                     device: d.id.clone(),

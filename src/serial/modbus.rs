@@ -14,6 +14,7 @@ use super::types::{Cmd, Happening, LinkReason, SerialFailure, Step};
 pub const MAX_FRAME: usize = 256;
 
 const READ_COILS: u8 = 0x01;
+const READ_INPUTS: u8 = 0x02;
 const WRITE_COIL: u8 = 0x05;
 /// Waveshare relay boards: FC05 at this address + coil pulses the coil for `value` × 100 ms,
 /// timed by the board.
@@ -49,6 +50,11 @@ pub fn read_coils(address: u8, start: u16, count: u16) -> Vec<u8> {
     frame(address, READ_COILS, start, count)
 }
 
+/// FC02: read `count` discrete inputs from `start`.
+pub fn read_inputs(address: u8, start: u16, count: u16) -> Vec<u8> {
+    frame(address, READ_INPUTS, start, count)
+}
+
 /// FC05: switch one coil on (0xFF00) or off (0x0000).
 pub fn write_coil(address: u8, coil: u16, on: bool) -> Vec<u8> {
     frame(address, WRITE_COIL, coil, if on { 0xFF00 } else { 0x0000 })
@@ -62,7 +68,7 @@ pub fn flash(address: u8, coil: u16, tenths: u16) -> Vec<u8> {
 /// An answer from the board.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response {
-    /// FC01: the coil bits, least significant first.
+    /// FC01 / FC02: the coil or input bits, least significant first.
     Coils(Vec<u8>),
     /// FC05 echo: the address and value written.
     Wrote { address: u16, value: u16 },
@@ -96,7 +102,7 @@ pub fn parse(buf: &[u8], address: u8, function: u8) -> Parse {
     }
     let len = if fc == function | 0x80 {
         5
-    } else if fc == function && function == READ_COILS {
+    } else if fc == function && matches!(function, READ_COILS | READ_INPUTS) {
         match buf.get(2) {
             Some(&n) => 5 + usize::from(n),
             None => return Parse::Incomplete,
@@ -119,7 +125,7 @@ pub fn parse(buf: &[u8], address: u8, function: u8) -> Parse {
             function,
             code: body[2],
         }
-    } else if fc == READ_COILS {
+    } else if matches!(fc, READ_COILS | READ_INPUTS) {
         Response::Coils(body[3..].to_vec())
     } else {
         Response::Wrote {
@@ -130,11 +136,23 @@ pub fn parse(buf: &[u8], address: u8, function: u8) -> Parse {
     Parse::Frame { response, len }
 }
 
+/// What one machine reads and drives on a board.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Point {
+    /// A coil (a relay driving a strike): written, and read back (FC01) as the poll.
+    Coil,
+    /// A discrete input (a door contact), read (FC02) as the poll; `closed_when_on`: the
+    /// input's state when the door is shut.
+    Input { closed_when_on: bool },
+}
+
 /// The fixed settings of one board.
 #[derive(Debug, Clone)]
 pub struct RelaySettings {
     pub address: u8,
+    /// The coil, or the input of a [`Point::Input`].
     pub coil: u16,
+    pub point: Point,
     pub pulse: Duration,
     /// The board times the pulse itself (Waveshare flash).
     pub flash: bool,
@@ -151,6 +169,7 @@ impl RelaySettings {
         RelaySettings {
             address,
             coil,
+            point: Point::Coil,
             pulse,
             flash,
             request_timeout: Duration::from_millis(300),
@@ -158,7 +177,24 @@ impl RelaySettings {
             offline_after: Duration::from_secs(3),
         }
     }
+
+    /// A door contact on discrete input `input`: read four times a second, so an opening is
+    /// reported well within a second (DESIGN §3: `door.forced_open` within 1 s).
+    pub fn input(address: u8, input: u16, closed_when_on: bool) -> RelaySettings {
+        RelaySettings {
+            point: Point::Input { closed_when_on },
+            poll_every: INPUT_POLL,
+            ..RelaySettings::new(address, input, Duration::ZERO, false)
+        }
+    }
+
+    fn is_input(&self) -> bool {
+        matches!(self.point, Point::Input { .. })
+    }
 }
+
+/// How often a door contact on a discrete input is read.
+pub const INPUT_POLL: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
@@ -197,7 +233,7 @@ pub struct Relay {
     answered_since_open: bool,
     /// When the software-timed pulse must end (boards without flash).
     off_at: Option<Instant>,
-    /// The coil as last reported: the once-a-second poll reports only a change.
+    /// The coil (or input) as last reported: the poll reports only a change.
     reported_on: Option<bool>,
     pub noise_bytes: u64,
 }
@@ -228,7 +264,7 @@ impl Relay {
         self.reported_on = None;
         self.last_reply = Some(now);
         self.next_poll = Some(now);
-        if !self.s.flash {
+        if !self.s.flash && !self.s.is_input() {
             self.queue.push_front(Op::Write {
                 on: false,
                 cmd: None,
@@ -274,13 +310,17 @@ impl Relay {
             // A relay has no LED or buzzer.
             Cmd::Feedback { .. } => return Step::default(),
         };
+        // An input drives nothing (the hub sends a contact no command).
+        if self.s.is_input() {
+            return Step::default();
+        }
         self.queue.push_back(op);
         self.pump(now)
     }
 
     /// Stopping: the coil of a board without flash is switched off before the port closes.
     pub fn shutdown(&mut self, now: Instant) -> Step {
-        if self.s.flash {
+        if self.s.flash || self.s.is_input() {
             return Step::default();
         }
         self.off_at = None;
@@ -312,6 +352,7 @@ impl Relay {
                 break;
             };
             let function = match f.op {
+                Op::Poll if self.s.is_input() => READ_INPUTS,
                 Op::Poll => READ_COILS,
                 Op::Write { .. } | Op::Flash { .. } => WRITE_COIL,
             };
@@ -393,7 +434,12 @@ impl Relay {
     fn report_coil(&mut self, on: bool, step: &mut Step) {
         if self.reported_on != Some(on) {
             self.reported_on = Some(on);
-            step.happened.push(Happening::Relay { on });
+            step.happened.push(match self.s.point {
+                Point::Coil => Happening::Relay { on },
+                Point::Input { closed_when_on } => Happening::Contact {
+                    closed: on == closed_when_on,
+                },
+            });
         }
     }
 
@@ -455,6 +501,7 @@ impl Relay {
         };
         let a = self.s.address;
         let frame = match op {
+            Op::Poll if self.s.is_input() => read_inputs(a, self.s.coil - self.s.coil % 8, 8),
             Op::Poll => read_coils(a, self.s.coil - self.s.coil % 8, 8),
             Op::Write { on, .. } => write_coil(a, self.s.coil, on),
             Op::Flash { cmd } => {
@@ -611,6 +658,63 @@ mod tests {
 
     fn settings(flash: bool) -> RelaySettings {
         RelaySettings::new(1, 3, Duration::from_secs(5), flash)
+    }
+
+    /// The answer to an FC02 read whose byte of inputs is `bits`.
+    fn inputs(address: u8, bits: u8) -> Vec<u8> {
+        let mut r = vec![address, READ_INPUTS, 1, bits];
+        let crc = crc16(&r);
+        r.extend_from_slice(&crc.to_le_bytes());
+        r
+    }
+
+    #[test]
+    fn a_door_contact_on_a_discrete_input_is_read_four_times_a_second_and_reports_changes() {
+        let t0 = Instant::now();
+        // Input 10 (bit 2 of the byte read from 8), closed when the input is off.
+        let mut r = Relay::new(RelaySettings::input(2, 10, false));
+        // No OFF write: an input drives nothing; the first thing sent is the FC02 read.
+        let s = r.opened(t0);
+        assert_eq!(s.send, vec![read_inputs(2, 8, 8)]);
+        // The Modbus specification's FC02 example: inputs 197–218 of slave 17.
+        assert_eq!(
+            read_inputs(0x11, 0xC4, 0x16),
+            [0x11, 0x02, 0x00, 0xC4, 0x00, 0x16, 0xBA, 0xA9]
+        );
+        let s = r.bytes(&inputs(2, 0b0000_0000), t0);
+        assert_eq!(
+            s.happened,
+            [
+                Happening::Online(LinkReason::PortOpened),
+                Happening::Contact { closed: true }
+            ]
+        );
+        // A command is not for an input.
+        assert_eq!(r.command(Cmd::Unlock { pulse: None }, t0), Step::default());
+        // The next read 250 ms later; the same state says nothing, a change says it once.
+        assert!(r.tick(t0 + Duration::from_millis(249)).send.is_empty());
+        let t = t0 + INPUT_POLL;
+        assert_eq!(r.tick(t).send, vec![read_inputs(2, 8, 8)]);
+        assert!(r.bytes(&inputs(2, 0b1111_1011), t).happened.is_empty());
+        let t = t + INPUT_POLL;
+        r.tick(t);
+        assert_eq!(
+            r.bytes(&inputs(2, 0b0000_0100), t).happened,
+            [Happening::Contact { closed: false }]
+        );
+        // Noise and a coil answer are not an input's answer.
+        let t = t + INPUT_POLL;
+        r.tick(t);
+        let coils = {
+            let mut f = vec![2, READ_COILS, 1, 0];
+            let crc = crc16(&f);
+            f.extend_from_slice(&crc.to_le_bytes());
+            f
+        };
+        assert!(r.bytes(&coils, t).happened.is_empty());
+        assert!(r.bytes(&[0xff, 0x00, 0x13], t).happened.is_empty());
+        // Stopping drives nothing either.
+        assert!(r.shutdown(t).send.is_empty());
     }
 
     #[test]

@@ -90,6 +90,10 @@ pub enum Happening {
     Relay {
         on: bool,
     },
+    /// A door contact (a board's discrete input, a reader's input) changed, or was first read.
+    Contact {
+        closed: bool,
+    },
     /// A PIN typed (terminated by `#`) or a card read on a reader.
     Credential {
         kind: CredentialKind,

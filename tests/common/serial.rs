@@ -191,6 +191,10 @@ impl Drop for Board {
 pub struct PyModbus {
     /// Every coil write pymodbus carried out, in order: (board address, coil, on).
     writes: Arc<Mutex<Vec<(u8, u16, bool)>>>,
+    /// pymodbus's stdin, where discrete inputs are set.
+    inputs: Option<Mutex<std::process::ChildStdin>>,
+    /// The inputs pymodbus confirmed it set, in order.
+    inputs_set: Arc<Mutex<Vec<(u8, u16, bool)>>>,
     child: std::process::Child,
     stop: Arc<AtomicBool>,
     bridge: Option<JoinHandle<()>>,
@@ -206,10 +210,13 @@ impl PyModbus {
             .arg(script)
             .arg(&board_side.slave)
             .args(addresses.iter().map(u8::to_string))
-            .stdin(std::process::Stdio::null())
+            .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("python3-pymodbus is installed by scripts/setup-test-deps");
+        let inputs = child.stdin.take().map(Mutex::new);
+        let inputs_set: Arc<Mutex<Vec<(u8, u16, bool)>>> = Arc::default();
+        let set = inputs_set.clone();
         let writes: Arc<Mutex<Vec<(u8, u16, bool)>>> = Arc::default();
         let stdout = child.stdout.take().unwrap();
         let w = writes.clone();
@@ -220,6 +227,11 @@ impl PyModbus {
                 .map_while(Result::ok)
             {
                 let f: Vec<&str> = line.split_whitespace().collect();
+                if let ["input", board, input, value] = f[..] {
+                    if let (Ok(b), Ok(i)) = (board.parse(), input.parse()) {
+                        set.lock().unwrap().push((b, i, value == "1"));
+                    }
+                }
                 if let [board, coil, value] = f[..] {
                     if let (Ok(b), Ok(c)) = (board.parse(), coil.parse()) {
                         w.lock().unwrap().push((b, c, value == "1"));
@@ -246,6 +258,8 @@ impl PyModbus {
         });
         PyModbus {
             writes,
+            inputs,
+            inputs_set,
             child,
             stop,
             bridge: Some(bridge),
@@ -254,6 +268,25 @@ impl PyModbus {
 
     pub fn writes(&self) -> Vec<(u8, u16, bool)> {
         self.writes.lock().unwrap().clone()
+    }
+
+    /// Sets discrete input `input` of board `address` (a door contact's wire) and waits until
+    /// pymodbus says it is set.
+    pub async fn set_input(&self, address: u8, input: u16, on: bool) {
+        let before = self.inputs_set.lock().unwrap().len();
+        if let Some(stdin) = &self.inputs {
+            let line = format!("input {address} {input} {}\n", u8::from(on));
+            stdin.lock().unwrap().write_all(line.as_bytes()).unwrap();
+        }
+        // pymodbus answers on its stdout (read by a thread): polled, bounded.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !self.inputs_set.lock().unwrap()[before..].contains(&(address, input, on)) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pymodbus never set input {input} of board {address}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Closes the daemon's side of the bus: the adapter is unplugged.

@@ -3,12 +3,15 @@
 Usage: modbus_boards.py PORT ADDRESS [ADDRESS ...]
 
 Serves one board per slave ADDRESS on the serial PORT (one RS-485 bus), each with 16 coils
-from address 0. Every coil write is printed as "<address> <coil> <0|1>", one line, flushed,
-so the test sees which coil of which board was told what and in what order.
+and 16 discrete inputs from address 0. Every coil write is printed as
+"<address> <coil> <0|1>", one line, flushed, so the test sees which coil of which board was
+told what and in what order. A line "input <address> <input> <0|1>" on stdin sets a discrete
+input (a door contact's wire), answered "input <address> <input> <0|1>" once it is set.
 """
 
 import asyncio
 import sys
+import threading
 
 from pymodbus.datastore import (
     ModbusSequentialDataBlock,
@@ -17,6 +20,17 @@ from pymodbus.datastore import (
 )
 from pymodbus.server import StartAsyncSerialServer
 from pymodbus.transaction import ModbusRtuFramer
+
+
+SAY = threading.Lock()
+
+
+def say(line):
+    """One whole line on stdout: two threads print, and print() writes the text and its
+    newline apart, so lines could interleave."""
+    with SAY:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
 
 
 class Coils(ModbusSequentialDataBlock):
@@ -31,7 +45,7 @@ class Coils(ModbusSequentialDataBlock):
         if not isinstance(values, list):
             values = [values]
         for i, value in enumerate(values):
-            print(f"{self.board} {address + i} {1 if value else 0}", flush=True)
+            say(f"{self.board} {address + i} {1 if value else 0}")
 
 
 def main():
@@ -47,7 +61,19 @@ def main():
         for b in boards
     }
     context = ModbusServerContext(slaves=slaves, single=False)
-    print("serving", flush=True)
+
+    def inputs():
+        # Line by line, unbuffered: the test waits for each answer before the next line.
+        while line := sys.stdin.buffer.readline().decode():
+            f = line.split()
+            if len(f) == 4 and f[0] == "input" and int(f[1]) in slaves:
+                board, index, on = int(f[1]), int(f[2]), f[3] == "1"
+                # Function code 2: the discrete inputs.
+                slaves[board].setValues(2, index, [on])
+                say(f"input {board} {index} {1 if on else 0}")
+
+    threading.Thread(target=inputs, daemon=True).start()
+    say("serving")
     asyncio.run(
         StartAsyncSerialServer(
             context=context,

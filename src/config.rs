@@ -741,11 +741,15 @@ impl Config {
             };
             let found = self.devices.iter().find(|c| &c.id == contact);
             match found {
-                Some(c) if c.kind == DeviceType::Contact => {}
+                Some(c) if c.reports_contact() => {}
                 Some(c) => {
                     return Err(ConfigError::key(
                         format!("devices[{i}].contact"),
-                        format!("`{contact}` is a {}, not a contact", c.kind.as_str()),
+                        format!(
+                            "`{contact}` is a {}, not a contact (nor a reader with \
+                             contact_input)",
+                            c.kind.as_str()
+                        ),
                     ))
                 }
                 None => {

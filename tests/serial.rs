@@ -448,6 +448,80 @@ async fn a_board_s_discrete_input_is_the_door_contact_of_its_strike() {
     assert!(bus.writes().iter().all(|w| w.1 == 0), "{:?}", bus.writes());
 }
 
+/// A single-door reader: the strike on its output, the door contact on its input 0 (libosdp's
+/// own reader, on Secure Channel, reports the input in osdp_ISTATR).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_osdp_reader_s_input_is_the_contact_of_the_door_it_opens() {
+    let ports = tempfile::tempdir().unwrap();
+    let link = ports.path().join("usb-osdp-door");
+    let key = *b"door-reader-key!";
+    let reader = Reader::start(&link, 3, Some(key));
+    let devices = format!(
+        "[presence]\ndebounce = \"0s\"\n[access]\nentry_grace = \"2s\"\n[[devices]]\nid = \"entrance\"\n\
+         type = \"reader\"\ndriver = \"osdp\"\nport = \"{}\"\naddress = 3\nscbk = \"{}\"\n\
+         pulse = \"1s\"\ncontact_input = 0\ncontact = \"entrance\"\nheld_open_after = \"2s\"\n",
+        link.display(),
+        hex::encode(key)
+    );
+    let r = rig(&devices).await;
+    r.wait_event("entrance", "device.online", "port_opened")
+        .await;
+    until("Secure Channel", || reader.sc_active()).await;
+    // Shut (input inactive), as the reader says when asked at link-up.
+    let door = |want: &'static str| {
+        let r = &r;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let (_, v) = r.daemon.get("/v1/devices").await;
+                let now = v
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|d| d["id"] == "entrance")
+                    .map(|d| d["door"].clone());
+                if now == Some(json!(want)) {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "door never {want}: {v}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    door("closed").await;
+    assert!(
+        reader
+            .commands()
+            .iter()
+            .any(|c| matches!(c, libosdp::OsdpCommand::Status(_))),
+        "the door's state was not asked with osdp_ISTAT"
+    );
+    // Forced: the input goes active with no unlock; then held open past 2 s; then shut.
+    reader.set_input(0, true);
+    r.wait_event("entrance", "door.forced_open", "").await;
+    r.wait_event("entrance", "door.held_open", "").await;
+    reader.set_input(0, false);
+    r.wait_event("entrance", "door.closed", "").await;
+    // The operator opens it: the reader's OUT, then the opening is no force.
+    let (code, out, err) = r.cli(&["unlock", "entrance"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    until("the reader's OUT", || reader.outputs() >= 1).await;
+    reader.set_input(0, true);
+    r.rx.wait_until(Duration::from_secs(30), "the second opening", |log| {
+        device_events(log, "entrance")
+            .iter()
+            .filter(|e| e.0 == "door.opened")
+            .count()
+            == 2
+    })
+    .await;
+    let forced = device_events(&r.rx.requests(), "entrance")
+        .iter()
+        .filter(|e| e.0 == "door.forced_open")
+        .count();
+    assert_eq!(forced, 1, "an opening after an unlock was called forced");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_osdp_readers_on_one_bus_each_with_its_secure_channel_open_their_own_doors() {
     let ports = tempfile::tempdir().unwrap();

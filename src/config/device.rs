@@ -430,6 +430,9 @@ pub struct Osdp {
     /// Give a new reader still on the default key (SCBK-D) this `scbk`, once.
     #[serde(default)]
     pub install_scbk: bool,
+    /// The reader's input (0-based) wired to a door contact: the reader is then a contact a
+    /// lock or strike can name.
+    pub contact_input: Option<u8>,
     /// `scbk_file`'s contents, read at load.
     #[serde(skip)]
     pub scbk_from_file: Option<Secret>,
@@ -615,6 +618,15 @@ impl DeviceConfig {
             DriverConfig::Contact(Contact::Tasmota(_)) => Driver::Tasmota,
             DriverConfig::Contact(Contact::Homeassistant(_)) => Driver::Homeassistant,
             DriverConfig::Contact(Contact::ModbusInput(_)) => Driver::ModbusInput,
+        }
+    }
+
+    /// Whether a door can name this device as its `contact`: a contact, or an OSDP reader
+    /// with `contact_input`.
+    pub fn reports_contact(&self) -> bool {
+        match &self.settings {
+            DriverConfig::Osdp(o) => o.contact_input.is_some(),
+            _ => self.kind == DeviceType::Contact,
         }
     }
 
@@ -822,6 +834,9 @@ pub(super) fn validate_device(i: usize, d: &DeviceConfig) -> Result<(), ConfigEr
         DriverConfig::Osdp(o) => {
             if o.address > 126 {
                 return refuse("address", "an OSDP address is 0..=126");
+            }
+            if o.contact_input.is_some_and(|n| n > 63) {
+                return refuse("contact_input", "an OSDP input is 0..=63");
             }
             baud(o.baud)?;
             if let Some(p) = o.pulse {

@@ -80,6 +80,7 @@ impl Machine {
                 let mut s = ReaderSettings::new(o.address, scbk, o.output_pulse());
                 s.card_format = o.card_format;
                 s.install_scbk = o.install_scbk;
+                s.contact_input = o.contact_input;
                 if let Some(t) = d.offline_after {
                     s.offline_after = t;
                 }

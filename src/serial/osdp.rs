@@ -39,6 +39,9 @@ pub struct ReaderSettings {
     pub card_format: super::cards::CardFormat,
     /// A new reader still on the default key (SCBK-D) gets `scbk` with osdp_KEYSET, once.
     pub install_scbk: bool,
+    /// The reader's input wired to the door contact (0-based): asked with osdp_ISTAT when the
+    /// link comes up, then told by osdp_ISTATR in answer to polls. Inactive (0) is shut.
+    pub contact_input: Option<u8>,
 }
 
 /// The Secure Channel base key every reader has before it is given its own (OSDP's SCBK-D).
@@ -59,6 +62,7 @@ impl ReaderSettings {
             busy_wait: Duration::from_millis(800),
             card_format: super::cards::CardFormat::default(),
             install_scbk: false,
+            contact_input: None,
         }
     }
 }
@@ -141,6 +145,9 @@ pub struct Cp {
     default_key: bool,
     /// The reader was given its key (osdp_KEYSET answered ACK): never again.
     provisioned: bool,
+    /// The door contact on `contact_input` as last reported (`None` after the link fails, so
+    /// the state read when it is back is reported).
+    contact: Option<bool>,
     pub counters: CpCounters,
 }
 
@@ -166,6 +173,7 @@ impl Cp {
             held: None,
             default_key: false,
             provisioned: false,
+            contact: None,
             counters: CpCounters::default(),
         }
     }
@@ -449,6 +457,14 @@ impl Cp {
         if reply.code == code::NAK {
             self.counters.naks += 1;
             let reason = reply.data.first().copied().unwrap_or(0);
+            if f.code == code::ISTAT {
+                // A reader that does not monitor its inputs: its door has no contact.
+                t::OsdpNoInputStatus {
+                    address: self.s.address,
+                    nak: reason,
+                }
+                .emit();
+            }
             if let Some(cmd) = f.cmd {
                 step.happened.push(Happening::Done {
                     cmd,
@@ -555,6 +571,7 @@ impl Cp {
             Phase::Online => {
                 match reply.code {
                     code::KEYPAD => self.keypad(&reply.data, now, step),
+                    code::ISTATR => self.inputs(&reply.data, step),
                     code::RAW => self.card(&reply.data, step),
                     code::FMT => {
                         // reader, direction, length, characters: the card as the reader
@@ -590,6 +607,18 @@ impl Cp {
         }
     }
 
+    /// osdp_ISTATR: the door contact's input, reported when it changed (or first read).
+    fn inputs(&mut self, data: &[u8], step: &mut Step) {
+        let Some(active) = self.s.contact_input.and_then(|n| data.get(usize::from(n))) else {
+            return;
+        };
+        let closed = *active == 0;
+        if self.contact != Some(closed) {
+            self.contact = Some(closed);
+            step.happened.push(Happening::Contact { closed });
+        }
+    }
+
     /// Starts the Secure Channel handshake: osdp_CHLNG with a new random number.
     fn challenge(&mut self, now: Instant, step: &mut Step) {
         self.cp_random = (self.random)();
@@ -619,6 +648,15 @@ impl Cp {
         }
         self.phase = Phase::Online;
         self.next_poll = now;
+        if self.s.contact_input.is_some() {
+            // What the door is now: it may have changed while the link was down.
+            self.contact = None;
+            self.queue.push_front(Queued {
+                code: code::ISTAT,
+                data: Vec::new(),
+                cmd: None,
+            });
+        }
         if !self.online {
             self.online = true;
             step.happened

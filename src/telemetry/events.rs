@@ -202,6 +202,8 @@ happenings! {
         => WARN "Lockdown lifted.";
     PassageChanged<'a> { door: &'a str, booking_id: &'a str, state: &'a str }
         => INFO "Passage mode changed a door.";
+    OsdpNoInputStatus { address: u8, nak: u8 }
+        => WARN "An OSDP reader refused osdp_ISTAT: it does not report its inputs, so its door contact is unknown.";
     PulseTimeZero<'a> { device: &'a str }
         => WARN "A Tasmota strike's PulseTime is 0: its relay would stay on after an unlock.";
     CardUnreadable<'a> { device: &'a str, error: &'a str }

@@ -364,6 +364,22 @@ pub struct Reader {
     online: Arc<AtomicBool>,
     sc_active: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
+    /// The reader's four inputs (contact status monitoring), 1 = active.
+    inputs: Arc<Mutex<[u8; READER_INPUTS]>>,
+}
+
+/// The inputs a test reader monitors.
+const READER_INPUTS: usize = 4;
+
+/// The reader's inputs as an osdp_ISTATR report.
+fn input_report(inputs: &[u8; READER_INPUTS]) -> libosdp::OsdpStatusReport {
+    let mut report = [0u8; 64];
+    report[..READER_INPUTS].copy_from_slice(inputs);
+    libosdp::OsdpStatusReport {
+        type_: libosdp::OsdpStatusReportType::Input,
+        nr_entries: READER_INPUTS,
+        report,
+    }
 }
 
 /// An RS-485 bus for OSDP readers: the control panel's pty fanned out to every reader on it.
@@ -582,11 +598,13 @@ impl Reader {
         let online = Arc::new(AtomicBool::new(false));
         let sc_active = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
-        let (c, on, sc, st) = (
+        let inputs: Arc<Mutex<[u8; READER_INPUTS]>> = Arc::default();
+        let (c, on, sc, st, ins) = (
             commands.clone(),
             online.clone(),
             sc_active.clone(),
             stop.clone(),
+            inputs.clone(),
         );
         std::thread::spawn(move || {
             let mut info = PdInfoBuilder::new()
@@ -599,7 +617,11 @@ impl Reader {
                 .capability(PdCapability::OutputControl(PdCapEntity::new(1, 1)))
                 .capability(PdCapability::LedControl(PdCapEntity::new(1, 1)))
                 .capability(PdCapability::AudibleOutput(PdCapEntity::new(1, 1)))
-                .capability(PdCapability::CheckCharacterSupport(PdCapEntity::new(1, 0)));
+                .capability(PdCapability::CheckCharacterSupport(PdCapEntity::new(1, 0)))
+                .capability(PdCapability::ContactStatusMonitoring(PdCapEntity::new(
+                    1,
+                    READER_INPUTS as u8,
+                )));
             match scbk {
                 Some(key) if key == NEW_READER => {
                     // Secure Channel capable, no key of its own: libosdp's install mode, on
@@ -620,6 +642,12 @@ impl Reader {
                 c.lock()
                     .unwrap()
                     .push((std::time::Instant::now(), cmd.clone()));
+                // osdp_ISTAT: the inputs as they are now.
+                if let libosdp::OsdpCommand::Status(s) = cmd {
+                    if s.type_ == libosdp::OsdpStatusReportType::Input {
+                        *s = input_report(&ins.lock().unwrap());
+                    }
+                }
                 0
             });
             while !st.load(Ordering::SeqCst) {
@@ -642,7 +670,21 @@ impl Reader {
             online,
             sc_active,
             stop,
+            inputs,
         }
+    }
+
+    /// Input `n` goes active (a door contact opening) or inactive: the reader reports it in
+    /// its answer to the next poll (osdp_ISTATR), as libosdp's PD does.
+    pub fn set_input(&self, n: usize, active: bool) {
+        let report = {
+            let mut inputs = self.inputs.lock().unwrap();
+            inputs[n] = u8::from(active);
+            input_report(&inputs)
+        };
+        self.events
+            .send(libosdp::OsdpEvent::Status(report))
+            .unwrap();
     }
 
     /// How many OUT commands the reader carried out.

@@ -18,6 +18,8 @@ pub mod code {
     pub const OUT: u8 = 0x68;
     pub const LED: u8 = 0x69;
     pub const BUZ: u8 = 0x6A;
+    /// Input status request (no data): answered osdp_ISTATR.
+    pub const ISTAT: u8 = 0x65;
     pub const CHLNG: u8 = 0x76;
     pub const SCRYPT: u8 = 0x77;
     pub const KEYSET: u8 = 0x75;
@@ -26,6 +28,8 @@ pub mod code {
     pub const NAK: u8 = 0x41;
     pub const PDID: u8 = 0x45;
     pub const PDCAP: u8 = 0x46;
+    /// Input status: one byte per input, 0 inactive, 1 active.
+    pub const ISTATR: u8 = 0x49;
     pub const OSTATR: u8 = 0x4A;
     pub const RAW: u8 = 0x50;
     pub const FMT: u8 = 0x51;

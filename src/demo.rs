@@ -91,6 +91,8 @@ fn describe(v: &Value) -> String {
         "source",
         "credential_type",
         "note",
+        "contact_id",
+        "state",
     ] {
         if let Some(x) = d[k].as_str() {
             s.push_str(&format!(" {k}={x}"));
@@ -198,12 +200,23 @@ debounce = "0s"
 [clock]
 require_sync = false
 
+[access]
+# An opening this soon after an unlock is the guest walking in, not a break-in.
+entry_grace = "2s"
+
 [[devices]]
 id = "front-door"
 type = "lock"
 driver = "zigbee2mqtt"
 topic = "front_door"
 action_timeout = "5s"
+contact = "front-contact"
+
+[[devices]]
+id = "front-contact"
+type = "contact"
+driver = "zigbee2mqtt"
+topic = "front_sensor"
 
 [[devices]]
 id = "side-strike"
@@ -309,8 +322,11 @@ impl Commands<'_> {
     }
 }
 
+/// The story's steps.
+const STEPS: usize = 8;
+
 fn step(n: usize, text: &str) {
-    println!("\n[{n}/7] {text}");
+    println!("\n[{n}/{STEPS}] {text}");
 }
 
 fn ok(text: &str) {
@@ -364,7 +380,7 @@ async fn play(
         ports.admin,
         config.admin_socket().display()
     );
-    println!("  simulated devices      front-door (Zigbee2MQTT lock), side-strike (Tasmota relay), room-panel");
+    println!("  simulated devices      front-door (Zigbee2MQTT lock) with front-contact (Zigbee door sensor), side-strike (Tasmota relay), room-panel");
 
     // Loopback only, so anonymous: nothing off this machine can reach it.
     crate::broker::start(SocketAddr::from(([127, 0, 0, 1], ports.mqtt)), None)?;
@@ -545,31 +561,39 @@ async fn story(
         r#"{"state":"online"}"#,
     )
     .await?;
+    // The door sensor (published by the lock's simulator: one Zigbee network): shut.
+    lock.publish(
+        "zigbee2mqtt/front_sensor",
+        QoS::AtLeastOnce,
+        false,
+        sensor(true),
+    )
+    .await?;
     strike
         .publish("tele/strike_1/LWT", QoS::AtLeastOnce, true, "Online")
         .await?;
     panel
         .publish(format!("{prefix}/status"), QoS::AtLeastOnce, true, "online")
         .await?;
-    for d in ["front-door", "side-strike", "room-panel"] {
+    for d in ["front-door", "front-contact", "side-strike", "room-panel"] {
         expect(events, &mut backlog, &format!("{d} online"), |v| {
             is(v, "device.online", d)
         })
         .await?;
     }
     ok(&format!(
-        "three device.online events, signed and verified; {channel}"
+        "four device.online events, signed and verified; {channel}"
     ));
 
     step(
         2,
         "A booking starts: ZenCore sends booking.start at T-15 and at T-0",
     );
-    // The demo cannot wait fifteen minutes: at T-15 the booking starts in 15 minutes; at T-0
-    // ZenCore says it starts now (the room's schedule follows the times it is given).
+    // The demo cannot wait fifteen minutes: both phases come now, for a booking that starts in
+    // 15 minutes on the controller's clock. ZenCore's T-0 starts it whatever the clock says.
     let now = Millis::now();
-    for (phase, shown, lead) in [("T-15", "reserved", 15 * 60), ("T-0", "in_use", 0)] {
-        let start = now.saturating_add(Duration::from_secs(lead));
+    for (phase, shown) in [("T-15", "reserved"), ("T-0", "in_use")] {
+        let start = now.saturating_add(Duration::from_secs(15 * 60));
         let end = start.saturating_add(Duration::from_secs(3600));
         let code = commands.send("booking.start", json!({"booking_id": "bk-42",
             "meeting_space_id": ROOM, "start_time": start.rfc3339(), "end_time": end.rfc3339(), "phase": phase})).await?;
@@ -662,5 +686,49 @@ async fn story(
     })
     .await?;
     ok("device.action_completed (local_credential, succeeded) and access.denied delivered after the outage");
+
+    step(8, "Later, the front door is forced open");
+    // The lock locks itself again (auto-relock, as Yale and Nuki locks do); the entry grace
+    // (2 s here) passes; then the door sensor says open with no unlock active.
+    lock.publish(
+        "zigbee2mqtt/front_door",
+        QoS::AtLeastOnce,
+        false,
+        json!({"battery": 87, "lock_state": "locked", "state": "LOCK"}).to_string(),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    lock.publish(
+        "zigbee2mqtt/front_sensor",
+        QoS::AtLeastOnce,
+        false,
+        sensor(false),
+    )
+    .await?;
+    let forced = expect(events, &mut backlog, "door.forced_open", |v| {
+        is(v, "door.forced_open", "front-door")
+    })
+    .await?;
+    lock.publish(
+        "zigbee2mqtt/front_sensor",
+        QoS::AtLeastOnce,
+        false,
+        sensor(true),
+    )
+    .await?;
+    expect(events, &mut backlog, "door.closed", |v| {
+        is(v, "door.closed", "front-door")
+    })
+    .await?;
+    ok(&format!(
+        "door.forced_open (contact {}, opened at {}) and door.closed delivered, signed and verified",
+        forced["data"]["contact_id"].as_str().unwrap_or("?"),
+        forced["data"]["opened_at"].as_str().unwrap_or("?")
+    ));
     Ok(())
+}
+
+/// A Zigbee door sensor's state message (`contact`: true = shut).
+fn sensor(closed: bool) -> String {
+    json!({"battery": 100, "contact": closed, "linkquality": 96, "voltage": 3025}).to_string()
 }

@@ -22,13 +22,14 @@ fn demo_once_verifies_every_step() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for step in 1..=7 {
+    for step in 1..=8 {
         assert!(
-            stdout.contains(&format!("[{step}/7]")),
+            stdout.contains(&format!("[{step}/8]")),
             "step {step} missing:\n{stdout}"
         );
     }
-    assert_eq!(stdout.matches("  ✓ ").count(), 8, "{stdout}");
+    assert_eq!(stdout.matches("  ✓ ").count(), 9, "{stdout}");
+    assert!(stdout.contains("door.forced_open"), "{stdout}");
     assert!(stdout.contains("Every step verified"), "{stdout}");
     assert!(!stdout.contains("bad signature"), "{stdout}");
 }

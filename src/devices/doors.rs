@@ -243,8 +243,9 @@ impl Doors {
             return;
         };
         if d.reported_unlocked && !unlocked {
-            let until = now.saturating_add(grace);
-            d.excused_until = Some(d.excused_until.map_or(until, |t| t.max(until)));
+            // The unlock is over (the lock or relay says so): only the grace runs on, whatever
+            // the pulse it was sent with would have allowed.
+            d.excused_until = Some(now.saturating_add(grace));
         }
         d.reported_unlocked = unlocked;
     }

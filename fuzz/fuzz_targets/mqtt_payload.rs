@@ -1,6 +1,7 @@
 //! Every MQTT driver's payload mapper on arbitrary bytes: with no device, and for devices whose
 //! settings change the parsing (a Tasmota relay 2, a Home Assistant lock reading numeric states
-//! through `value_json`, custom availability payloads).
+//! through `value_json`, custom availability payloads, a Tasmota switch input and a binary
+//! sensor as door contacts).
 #![no_main]
 
 use std::path::Path;
@@ -35,6 +36,21 @@ state_locked = "1"
 state_unlocked = "3"
 payload_available = "yes"
 payload_not_available = "no"
+[[devices]]
+id = "switch-3"
+type = "contact"
+driver = "tasmota"
+topic = "board"
+switch = 3
+closed = "ON"
+[[devices]]
+id = "binary-sensor"
+type = "contact"
+driver = "homeassistant"
+state_topic = "binary_sensor/door/state"
+value_json = "contact"
+state_open = "true"
+state_closed = "false"
 "#;
 
 fn config() -> &'static Config {

@@ -243,6 +243,9 @@ pub struct StatusReport {
     /// What an operator must fix on a device, as `<device>: <what>`.
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// Lockdowns in force (as stored: what survives a restart).
+    #[serde(default)]
+    pub lockdowns: Vec<crate::wire::Lockdown>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -255,7 +258,11 @@ pub struct DeliveryReport {
 
 async fn status(AxState(s): AxState<AdminState>) -> Result<Json<StatusReport>, ApiError> {
     let store = s.store.clone();
-    let stats = blocking(move || store.stats()).await?;
+    let (stats, lockdowns) = blocking(move || {
+        let lockdowns = store.records::<crate::wire::Lockdown>()?;
+        Ok((store.stats()?, lockdowns))
+    })
+    .await?;
     let d = s.delivery.borrow().clone();
     Ok(Json(StatusReport {
         mqtt: s.mqtt.status.borrow().clone(),
@@ -274,6 +281,7 @@ async fn status(AxState(s): AxState<AdminState>) -> Result<Json<StatusReport>, A
             .iter()
             .filter_map(|v| v.warning.as_ref().map(|w| format!("{}: {w}", v.id)))
             .collect(),
+        lockdowns: lockdowns.into_iter().map(|(_, l)| l).collect(),
         delivery: DeliveryReport {
             pending: d.pending,
             in_flight: d.in_flight,

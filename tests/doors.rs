@@ -429,6 +429,13 @@ async fn a_lockdown_with_zencore_down_locks_every_door_denies_credentials_and_su
         .await;
     assert_eq!(code, 202, "{answer}");
     every_door_locked(&mut watch).await;
+    let (code, status, _) = rig.cli(&["status"]).await;
+    assert_eq!(code, 0);
+    assert!(
+        status.contains("LOCKDOWN     ld-1 of the whole controller since")
+            && status.contains("(intruder reported)"),
+        "{status}"
+    );
     wait_message(&mut display, "the panel's lockdown display", |_, p| {
         p.contains(r#""state":"lockdown""#) && p.contains("intruder reported")
     })
@@ -492,6 +499,8 @@ async fn a_lockdown_with_zencore_down_locks_every_door_denies_credentials_and_su
     })
     .await;
     assert_eq!(common::try_pin(&mut panel, "482916", 5).await.0, "granted");
+    let (_, status, _) = rig.cli(&["status"]).await;
+    assert!(!status.contains("LOCKDOWN"), "{status}");
 
     // ZenCore back: it hears each denial as `lockdown`, and each door's lock as `lockdown`'s.
     rig.rx.set_script(|_| common::Reply::Status(200));

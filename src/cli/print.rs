@@ -59,6 +59,23 @@ pub(super) fn print_status(r: &crate::admin::StatusReport) {
     for w in &r.warnings {
         println!("WARNING      {}", crate::logging::escaped(w));
     }
+    for l in &r.lockdowns {
+        let scope = match &l.meeting_space_id {
+            Some(room) => format!("room {}", crate::logging::escaped(room)),
+            None => "the whole controller".to_owned(),
+        };
+        let reason = l
+            .reason
+            .as_deref()
+            .map(|r| format!(" ({})", crate::logging::escaped(r)))
+            .unwrap_or_default();
+        println!(
+            "LOCKDOWN     {} of {scope} since {}{reason}: every door locked, local credentials \
+             denied",
+            crate::logging::escaped(&l.lockdown_id),
+            l.since.rfc3339(),
+        );
+    }
     if let Some(c) = &r.channel {
         let since = c.since.as_deref().unwrap_or("-");
         let error = c

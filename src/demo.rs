@@ -562,13 +562,7 @@ async fn story(
     )
     .await?;
     // The door sensor (published by the lock's simulator: one Zigbee network): shut.
-    lock.publish(
-        "zigbee2mqtt/front_sensor",
-        QoS::AtLeastOnce,
-        false,
-        sensor(true),
-    )
-    .await?;
+    door_sensor(lock, true).await?;
     strike
         .publish("tele/strike_1/LWT", QoS::AtLeastOnce, true, "Online")
         .await?;
@@ -698,24 +692,12 @@ async fn story(
     )
     .await?;
     tokio::time::sleep(Duration::from_millis(2_500)).await;
-    lock.publish(
-        "zigbee2mqtt/front_sensor",
-        QoS::AtLeastOnce,
-        false,
-        sensor(false),
-    )
-    .await?;
+    door_sensor(lock, false).await?;
     let forced = expect(events, &mut backlog, "door.forced_open", |v| {
         is(v, "door.forced_open", "front-door")
     })
     .await?;
-    lock.publish(
-        "zigbee2mqtt/front_sensor",
-        QoS::AtLeastOnce,
-        false,
-        sensor(true),
-    )
-    .await?;
+    door_sensor(lock, true).await?;
     expect(events, &mut backlog, "door.closed", |v| {
         is(v, "door.closed", "front-door")
     })
@@ -728,7 +710,16 @@ async fn story(
     Ok(())
 }
 
-/// A Zigbee door sensor's state message (`contact`: true = shut).
-fn sensor(closed: bool) -> String {
-    json!({"battery": 100, "contact": closed, "linkquality": 96, "voltage": 3025}).to_string()
+/// The front door's Zigbee sensor reports (`contact`: true = shut); published by the lock's
+/// simulator, as both are on one Zigbee network.
+async fn door_sensor(lock: &AsyncClient, closed: bool) -> anyhow::Result<()> {
+    let state = json!({"battery": 100, "contact": closed, "linkquality": 96, "voltage": 3025});
+    lock.publish(
+        "zigbee2mqtt/front_sensor",
+        QoS::AtLeastOnce,
+        false,
+        state.to_string(),
+    )
+    .await?;
+    Ok(())
 }

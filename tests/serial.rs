@@ -21,6 +21,28 @@ async fn until(what: &str, done: impl Fn() -> bool) {
     }
 }
 
+/// Polls `/v1/devices` (no push channel; bounded) until `device`'s door is `want`.
+async fn wait_door(r: &common::Rig, device: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, v) = r.daemon.get("/v1/devices").await;
+        let now = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|d| d["id"] == device)
+            .map(|d| d["door"].clone());
+        if now == Some(json!(want)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{device}'s door never {want}: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits until every one of `devices` came online a second time (after a replug).
 async fn online_twice(r: &common::Rig, devices: &[&str]) {
     r.rx.wait_until(
@@ -400,27 +422,7 @@ async fn a_board_s_discrete_input_is_the_door_contact_of_its_strike() {
     let r = rig(&devices).await;
     r.wait_event("strike-contact", "device.online", "port_opened")
         .await;
-    let door = |want: &'static str| {
-        let r = &r;
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                let (_, v) = r.daemon.get("/v1/devices").await;
-                let now = v
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .find(|d| d["id"] == "strike")
-                    .map(|d| d["door"].clone());
-                if now == Some(json!(want)) {
-                    return;
-                }
-                assert!(Instant::now() < deadline, "door never {want}: {v}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    };
-    door("closed").await;
+    wait_door(&r, "strike", "closed").await;
     // Opened with no unlock: forced.
     bus.set_input(1, 3, false).await;
     r.wait_event("strike", "door.forced_open", "").await;
@@ -443,7 +445,7 @@ async fn a_board_s_discrete_input_is_the_door_contact_of_its_strike() {
         .filter(|e| e.0 == "door.forced_open")
         .count();
     assert_eq!(forced, 1, "an opening after an unlock was called forced");
-    door("open").await;
+    wait_door(&r, "strike", "open").await;
     // Only the strike's coil was ever written: the input's reads write nothing.
     assert!(bus.writes().iter().all(|w| w.1 == 0), "{:?}", bus.writes());
 }
@@ -468,27 +470,7 @@ async fn an_osdp_reader_s_input_is_the_contact_of_the_door_it_opens() {
         .await;
     until("Secure Channel", || reader.sc_active()).await;
     // Shut (input inactive), as the reader says when asked at link-up.
-    let door = |want: &'static str| {
-        let r = &r;
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                let (_, v) = r.daemon.get("/v1/devices").await;
-                let now = v
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .find(|d| d["id"] == "entrance")
-                    .map(|d| d["door"].clone());
-                if now == Some(json!(want)) {
-                    return;
-                }
-                assert!(Instant::now() < deadline, "door never {want}: {v}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    };
-    door("closed").await;
+    wait_door(&r, "entrance", "closed").await;
     assert!(
         reader
             .commands()

@@ -126,7 +126,13 @@ impl Machine {
                 credential,
                 answer,
             } => self.present(reader, credential, answer, ctx),
-            Input::Unreadable { reader, answer } => unreadable(reader, answer, ctx),
+            Input::Unreadable { reader, answer } => denied_uncompared(
+                reader,
+                CredentialType::Card,
+                crate::wire::DenyReason::UnknownCredential,
+                answer,
+                ctx,
+            ),
             Input::Tick => {
                 let ended = self.lockouts.tick(ctx.now);
                 let mut out = Vec::new();
@@ -156,7 +162,8 @@ impl Machine {
                 lockdown_id: &l.lockdown_id,
             }
             .emit();
-            return locked_down(reader, credential.kind(), answer, ctx);
+            let reason = crate::wire::DenyReason::Lockdown;
+            return denied_uncompared(reader, credential.kind(), reason, answer, ctx);
         }
         let now = ctx.now;
         let mut out = Vec::new();
@@ -267,15 +274,16 @@ impl Machine {
     }
 }
 
-/// A credential presented under a lockdown: denied without being compared (so it counts toward
-/// no lockout), audited, answered `denied`, reported as `lockdown`.
-fn locked_down(
+/// A credential denied without being compared — presented under a lockdown (`lockdown`), or a
+/// card read that could not be a card (`unknown_credential`): audited, answered `denied`,
+/// reported. It counts toward no lockout: nothing was guessed.
+fn denied_uncompared(
     reader: String,
     credential_type: CredentialType,
+    reason: crate::wire::DenyReason,
     answer: Answer,
     ctx: &Ctx,
 ) -> Vec<Effect> {
-    let reason = crate::wire::DenyReason::Lockdown;
     t::AccessDecision {
         device: &reader,
         granted: false,
@@ -305,45 +313,6 @@ fn locked_down(
             reader,
             data: AccessDenied {
                 credential_type,
-                reason,
-                booking_id: None,
-            },
-        },
-    ]
-}
-
-/// A card read that could not be a card: denied, audited, answered, reported.
-fn unreadable(reader: String, answer: Answer, ctx: &Ctx) -> Vec<Effect> {
-    let reason = crate::wire::DenyReason::UnknownCredential;
-    t::AccessDecision {
-        device: &reader,
-        granted: false,
-        reason: Some(reason.as_str()),
-        credential_type: CredentialType::Card.as_str(),
-    }
-    .emit();
-    vec![
-        Effect::Audit(Entry {
-            at: ctx.now.rfc3339(),
-            credential_type: CredentialType::Card,
-            reader: reader.clone(),
-            doors: Vec::new(),
-            grant_id: None,
-            booking_id: None,
-            result: Outcome::Denied,
-            reason: Some(reason.as_str().to_owned()),
-            clock_untrusted: !ctx.clock_trusted,
-            attempts: None,
-        }),
-        Effect::Answer {
-            reader: reader.clone(),
-            answer,
-            told: Some(Told::Denied),
-        },
-        Effect::Denied {
-            reader,
-            data: AccessDenied {
-                credential_type: CredentialType::Card,
                 reason,
                 booking_id: None,
             },

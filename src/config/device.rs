@@ -734,6 +734,13 @@ pub(super) fn validate_device(i: usize, d: &DeviceConfig) -> Result<(), ConfigEr
             Ok(())
         }
     };
+    let modbus_address = |a: u8| {
+        if (1..=247).contains(&a) {
+            Ok(())
+        } else {
+            refuse("address", "a Modbus slave address is 1..=247")
+        }
+    };
     let baud = |b: u32| {
         if matches!(
             b,
@@ -819,15 +826,11 @@ pub(super) fn validate_device(i: usize, d: &DeviceConfig) -> Result<(), ConfigEr
             }
         }
         DriverConfig::Contact(Contact::ModbusInput(m)) => {
-            if !(1..=247).contains(&m.address) {
-                return refuse("address", "a Modbus slave address is 1..=247");
-            }
+            modbus_address(m.address)?;
             baud(m.baud)?;
         }
         DriverConfig::ModbusRelay(m) => {
-            if !(1..=247).contains(&m.address) {
-                return refuse("address", "a Modbus slave address is 1..=247");
-            }
+            modbus_address(m.address)?;
             baud(m.baud)?;
             pulse(m.pulse)?;
         }

@@ -596,15 +596,7 @@ fn a_device_entry_of_the_wrong_shape_or_with_a_key_its_driver_lacks_is_named() {
             "missing",
         ),
     ];
-    for (devices, key, says) in cases {
-        let e = parse(&format!("{MINIMAL}\n{devices}")).unwrap_err();
-        let text = e.to_string();
-        assert!(
-            text.contains(says) && !text.contains('\n'),
-            "{devices}: {text}"
-        );
-        assert_eq!(key_of(e), key, "{devices}");
-    }
+    refused(&cases);
 }
 
 #[test]
@@ -671,13 +663,19 @@ fn door_contacts_are_named_by_their_doors_and_a_bad_contact_entry_is_named() {
             "only a door",
         ),
     ];
+    refused(&cases);
+}
+
+/// Each `[[devices]]` text after MINIMAL is refused with one line naming `key` and saying `says`.
+fn refused(cases: &[(impl AsRef<str>, &str, &str)]) {
     for (devices, key, says) in cases {
+        let devices = devices.as_ref();
         let e = parse(&format!("{MINIMAL}\n{devices}")).unwrap_err();
         let text = e.to_string();
         assert!(
             text.contains(says) && !text.contains('\n'),
             "{devices}: {text}"
         );
-        assert_eq!(key_of(e), key, "{devices}");
+        assert_eq!(key_of(e), *key, "{devices}");
     }
 }

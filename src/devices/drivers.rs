@@ -319,15 +319,8 @@ fn ha_contact(payload: &[u8], device: Option<&DeviceConfig>) -> Result<Observati
     let Some(Contact::Homeassistant(h)) = device.and_then(DeviceConfig::contact_settings) else {
         return Ok(Observation::Heard);
     };
-    let raw = match h.value_json.as_deref() {
-        Some(key) => match json_object(payload)?.get(key) {
-            Some(Value::String(s)) => s.clone(),
-            Some(Value::Number(n)) => n.to_string(),
-            Some(Value::Bool(b)) => b.to_string(),
-            Some(other) => return Err(PayloadError::Unexpected(truncate(&other.to_string()))),
-            None => return Ok(Observation::Heard),
-        },
-        None => text(payload)?.to_owned(),
+    let Some(raw) = ha_value(payload, h.value_json.as_deref())? else {
+        return Ok(Observation::Heard);
     };
     let raw = raw.trim();
     if raw.eq_ignore_ascii_case(&h.state_open) {
@@ -339,20 +332,28 @@ fn ha_contact(payload: &[u8], device: Option<&DeviceConfig>) -> Result<Observati
     }
 }
 
+/// A Home Assistant state: the payload, or with `value_json` that key of a JSON message (a
+/// number, text or flag, as text); `None` when the message lacks the key (another attribute).
+fn ha_value(payload: &[u8], value_json: Option<&str>) -> Result<Option<String>, PayloadError> {
+    let Some(key) = value_json else {
+        return text(payload).map(|t| Some(t.to_owned()));
+    };
+    match json_object(payload)?.get(key) {
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(Value::Bool(b)) => Ok(Some(b.to_string())),
+        Some(other) => Err(PayloadError::Unexpected(truncate(&other.to_string()))),
+        None => Ok(None),
+    }
+}
+
 /// A Home Assistant lock's state: the payload, or with `value_json` that key of a JSON message
 /// (a number or text), against the lock's configured states (Home Assistant's defaults unset).
 fn ha_state(payload: &[u8], device: Option<&DeviceConfig>) -> Result<Observation, PayloadError> {
     let ha = device.and_then(DeviceConfig::homeassistant);
-    let raw = match ha.and_then(|h| h.value_json.as_deref()) {
-        Some(key) => match json_object(payload)?.get(key) {
-            Some(Value::String(s)) => s.clone(),
-            Some(Value::Number(n)) => n.to_string(),
-            Some(Value::Bool(b)) => b.to_string(),
-            Some(other) => return Err(PayloadError::Unexpected(truncate(&other.to_string()))),
-            // Other attributes of the device (battery, …): alive, nothing about the lock.
-            None => return Ok(Observation::Heard),
-        },
-        None => text(payload)?.to_owned(),
+    // Other attributes of the device (battery, …): alive, nothing about the lock.
+    let Some(raw) = ha_value(payload, ha.and_then(|h| h.value_json.as_deref()))? else {
+        return Ok(Observation::Heard);
     };
     let raw = raw.trim();
     // The lock's states, else Home Assistant's (a state read for no configured lock).

@@ -485,6 +485,18 @@ async fn a_lockdown_with_zencore_down_locks_every_door_denies_credentials_and_su
     })
     .await;
 
+    // A stranger on the room network forges a lift (unsigned, then signed with a key of its
+    // own): refused, and the lockdown holds.
+    let lift = command_body("access.lockdown_lifted", json!({"lockdown_id": "ld-1"}));
+    for key in [None, Some("a-key-of-the-attacker-s-own-32b")] {
+        let (code, _) = rig.command(&lift, key, &[]).await;
+        assert_eq!(code, 401, "a forged lift with {key:?}");
+    }
+    assert_eq!(
+        common::try_pin(&mut panel, "482916", 40).await,
+        ("denied".into(), "denied".into())
+    );
+
     // Lifted: the PIN opens again, the panel leaves the lockdown.
     let (code, answer) = rig
         .command(
@@ -525,7 +537,7 @@ async fn a_lockdown_with_zencore_down_locks_every_door_denies_credentials_and_su
             let overridden = bodies.iter().any(|j| {
                 j["data"]["action_id"] == "override-1" && j["data"]["status"] == "succeeded"
             });
-            denied == 3 && locked.contains("front") && overridden
+            denied == 4 && locked.contains("front") && overridden
         })
         .await;
 }

@@ -442,3 +442,60 @@ fn a_reader_that_refuses_its_key_is_tried_on_scbk_d_and_given_its_key_with_keyse
     let s = cp.bytes(&reply(5, 1, code::PDCAP, &[9, 1, 0]), ms(1_070));
     assert_eq!(&s.send[0][6..9], &[3, 0x11, 1]);
 }
+
+#[test]
+fn the_door_contact_input_is_asked_at_link_up_and_reported_when_it_changes() {
+    let t0 = Instant::now();
+    let mut settings = ReaderSettings::new(1, None, Duration::from_secs(5));
+    settings.contact_input = Some(2);
+    let mut cp = Cp::new(settings, Box::new(|| [0; 8]), t0);
+    cp.opened(t0);
+    cp.bytes(&reply(1, 0, code::PDID, &[0; 12]), t0);
+    // Online after CAP: the first thing asked is the inputs (osdp_ISTAT, no data).
+    let s = cp.bytes(&reply(1, 1, code::PDCAP, &[]), t0);
+    assert_eq!(s.happened, [Happening::Online(LinkReason::PortOpened)]);
+    assert_eq!((s.send[0][6], s.send[0].len()), (code::ISTAT, 9));
+    // Input 2 inactive: shut.
+    let s = cp.bytes(&reply(1, 2, code::ISTATR, &[1, 1, 0, 1]), t0);
+    assert_eq!(s.happened, [Happening::Contact { closed: true }]);
+    // The same state in answer to a poll says nothing; a change says it once. Each answer goes
+    // to the packet in flight (sent at once, or when the next poll is due).
+    let mut pending = s.send;
+    let mut t = t0;
+    let mut answer = |cp: &mut Cp, data: &[u8]| {
+        while pending.is_empty() {
+            t += Duration::from_millis(50);
+            pending = cp.tick(t).send;
+        }
+        let packet = pending.remove(0);
+        assert_eq!(packet[6], code::POLL);
+        let s = cp.bytes(&reply(1, seq_of(&packet), code::ISTATR, data), t);
+        pending = s.send;
+        s.happened
+    };
+    assert!(answer(&mut cp, &[0, 0, 0, 0]).is_empty());
+    assert_eq!(
+        answer(&mut cp, &[0, 0, 1, 0]),
+        [Happening::Contact { closed: false }]
+    );
+    // A report too short to hold input 2 (a reader with fewer inputs, or a broken one) is no
+    // state: nothing reported, the link stays up.
+    assert!(answer(&mut cp, &[1]).is_empty());
+    assert!(answer(&mut cp, &[]).is_empty());
+    assert!(cp.online);
+}
+
+#[test]
+fn a_reader_that_refuses_istat_stays_online_and_its_door_has_no_state() {
+    let t0 = Instant::now();
+    let mut settings = ReaderSettings::new(1, None, Duration::from_secs(5));
+    settings.contact_input = Some(0);
+    let mut cp = Cp::new(settings, Box::new(|| [0; 8]), t0);
+    cp.opened(t0);
+    cp.bytes(&reply(1, 0, code::PDID, &[0; 12]), t0);
+    cp.bytes(&reply(1, 1, code::PDCAP, &[]), t0);
+    // NAK 3: command not implemented.
+    let s = cp.bytes(&reply(1, 2, code::NAK, &[3]), t0);
+    assert!(s.happened.is_empty(), "{:?}", s.happened);
+    assert!(cp.online);
+}

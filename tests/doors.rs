@@ -563,6 +563,10 @@ async fn passage_holds_the_door_for_the_meeting_and_locks_it_once_shut_after_the
             .any(|d| d["id"] == "front" && d["door"] == "closed")
     })
     .await;
+    let mut display = Peer::connect(port, "sim-display").await;
+    display
+        .subscribe("zenedge/edge-test/panels/panel/display")
+        .await;
     let now = Millis::now().0;
     let (start, end) = (Millis(now + 2_000), Millis(now + 15_000));
     let (code, answer) = rig
@@ -578,7 +582,12 @@ async fn passage_holds_the_door_for_the_meeting_and_locks_it_once_shut_after_the
         )
         .await;
     assert_eq!(code, 202, "{answer}");
-    let panel = common::panel_peer(port, "sim-panel").await;
+    // The panel shows the booking (the room's schedule has it) before anyone checks in.
+    wait_message(&mut display, "the booking on the panel", |_, p| {
+        p.contains("b-pass")
+    })
+    .await;
+    let mut panel = common::panel_peer(port, "sim-panel").await;
     panel
         .publish(
             "zenedge/edge-test/panels/panel/action",
@@ -586,6 +595,9 @@ async fn passage_holds_the_door_for_the_meeting_and_locks_it_once_shut_after_the
             false,
         )
         .await;
+    let (_, answer, _) = panel.next(Duration::from_secs(30)).await;
+    let answer: Value = serde_json::from_slice(&answer).unwrap_or(Value::Null);
+    assert_eq!(answer["result"], "ok", "check-in refused: {answer}");
     wait_message(&mut watch, "the passage UNLOCK", |_, p| {
         p.contains("\"UNLOCK\"")
     })

@@ -283,19 +283,9 @@ impl Runtime {
                     };
                     return Err(RuntimeError::LinkStopped(why));
                 }
-                Some(first) = incoming.recv() => {
-                    let mut batch = vec![first];
-                    while batch.len() < BATCH {
-                        match incoming.try_recv() {
-                            Ok(i) => batch.push(i),
-                            Err(_) => break,
-                        }
-                    }
-                    for run in one_per_topic(batch) {
-                        self.handle_batch(run).await?;
-                    }
-                }
-                _ = heartbeat.tick() => {}
+                // A request first: a command ZenCore was answered 202 for (a revoke, a grant, a
+                // booking, a lockdown) is in force before any device message that arrives
+                // after that answer — a PIN typed after a revoke's 202 is denied.
                 Some(request) = requests.recv() => {
                     match request {
                         HubRequest::Action { request, reply } => {
@@ -313,6 +303,19 @@ impl Runtime {
                         }
                     }
                 }
+                Some(first) = incoming.recv() => {
+                    let mut batch = vec![first];
+                    while batch.len() < BATCH {
+                        match incoming.try_recv() {
+                            Ok(i) => batch.push(i),
+                            Err(_) => break,
+                        }
+                    }
+                    for run in one_per_topic(batch) {
+                        self.handle_batch(run).await?;
+                    }
+                }
+                _ = heartbeat.tick() => {}
                 _ = tokio::time::sleep(sleep_for.unwrap_or_default()), if sleep_for.is_some() => {
                     self.step(HubInput::Tick).await?;
                 }

@@ -921,6 +921,12 @@ impl Hub {
                 }
             };
             out.push(Effect::Event(event));
+            // A door passage holds comes back unheld (a relay board switches its coil off when
+            // its port opens; a hold sent while it was away failed): held again.
+            if let Some(booking) = self.held.get(t.device()).cloned() {
+                let request = self.passage_request(t.device(), &booking, Command::Unlock);
+                out.merge(self.start(request, now));
+            }
             // A device that comes (back) online is asked what it may not say on its own: a
             // Zigbee lock its state, a Tasmota relay its PulseTime (reset by a re-flash).
             if let Some(d) = self

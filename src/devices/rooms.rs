@@ -106,7 +106,12 @@ impl Hub {
         out
     }
 
-    fn passage_request(&self, door: &str, booking_id: &str, command: Command) -> Request {
+    pub(super) fn passage_request(
+        &self,
+        door: &str,
+        booking_id: &str,
+        command: Command,
+    ) -> Request {
         Request {
             action_id: (self.ctx.ids)(),
             device: door.to_owned(),

@@ -988,6 +988,17 @@ pulse = "3s"
     assert_eq!(sent(&out).len(), 3, "{:?}", sent(&out));
     let out = hub.at(Input::LockdownLifted("ld".into()), Millis(start + 42 * min));
     assert_eq!(passage(&out), ["side unlocked b", "front unlocked b"]);
+    // The Shelly drops off and comes back (a power cut resets its relay): held again, no new
+    // passage event.
+    hub.message("shelly1/online", b"false", false, Millis(start + 43 * min));
+    let out = hub.message("shelly1/online", b"true", false, Millis(start + 44 * min));
+    assert!(passage(&out).is_empty());
+    assert_eq!(
+        sent(&out),
+        [
+            r#"shelly1/rpc {"id":1,"src":"zenedge-edge-1","method":"Switch.Set","params":{"id":0,"on":true}}"#
+        ]
+    );
     // The end: both locked (no contact to wait for), each change one event.
     let out = hub.tick(Millis(start + 60 * min));
     assert_eq!(passage(&out), ["side locked b", "front locked b"]);

@@ -21,6 +21,19 @@ async fn until(what: &str, done: impl Fn() -> bool) {
     }
 }
 
+/// Waits for `device`'s second `door.closed`: one device's events arrive in order, so then
+/// everything its earlier openings made has arrived too.
+async fn closed_twice(r: &common::Rig, device: &str) {
+    r.rx.wait_until(Duration::from_secs(30), "the second close", |log| {
+        device_events(log, device)
+            .iter()
+            .filter(|e| e.0 == "door.closed")
+            .count()
+            == 2
+    })
+    .await;
+}
+
 /// Polls `/v1/devices` (no push channel; bounded) until `device`'s door is `want`.
 async fn wait_door(r: &common::Rig, device: &str, want: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -440,12 +453,15 @@ async fn a_board_s_discrete_input_is_the_door_contact_of_its_strike() {
             == 2
     })
     .await;
+    wait_door(&r, "strike", "open").await;
+    // Shut again: once that door.closed arrives, so has everything the opening made before it.
+    bus.set_input(1, 3, true).await;
+    closed_twice(&r, "strike").await;
     let forced = device_events(&r.rx.requests(), "strike")
         .iter()
         .filter(|e| e.0 == "door.forced_open")
         .count();
     assert_eq!(forced, 1, "an opening after an unlock was called forced");
-    wait_door(&r, "strike", "open").await;
     // Only the strike's coil was ever written: the input's reads write nothing.
     assert!(bus.writes().iter().all(|w| w.1 == 0), "{:?}", bus.writes());
 }
@@ -497,6 +513,8 @@ async fn an_osdp_reader_s_input_is_the_contact_of_the_door_it_opens() {
             == 2
     })
     .await;
+    reader.set_input(0, false);
+    closed_twice(&r, "entrance").await;
     let forced = device_events(&r.rx.requests(), "entrance")
         .iter()
         .filter(|e| e.0 == "door.forced_open")

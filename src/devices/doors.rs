@@ -128,19 +128,6 @@ impl Doors {
         }
     }
 
-    /// The doors a contact belongs to.
-    pub fn doors_of(&self, contact: &str) -> Vec<String> {
-        self.doors
-            .values()
-            .filter(|d| d.spec.contact == contact)
-            .map(|d| d.spec.door.clone())
-            .collect()
-    }
-
-    pub fn has_door(&self, door: &str) -> bool {
-        self.doors.contains_key(door)
-    }
-
     /// A contact's report: opened, closed, or the same as before.
     pub fn contact(&mut self, contact: &str, closed: bool, now: Millis) -> Vec<Out> {
         self.offline.remove(contact);
@@ -327,9 +314,13 @@ impl Doors {
             .min()
     }
 
-    /// `open`, `closed` or `unknown`, for `zenedge devices`.
-    pub fn view(&self, door: &str) -> Option<&'static str> {
-        let d = self.doors.get(door)?;
+    /// `open`, `closed` or `unknown`, for `zenedge devices`: of a door, or of a contact (what
+    /// its first door shows).
+    pub fn view(&self, device: &str) -> Option<&'static str> {
+        let d = self
+            .doors
+            .get(device)
+            .or_else(|| self.doors.values().find(|d| d.spec.contact == device))?;
         Some(match d.record.closed {
             _ if self.offline.contains(&d.spec.contact) => "unknown",
             Some(true) => "closed",

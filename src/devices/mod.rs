@@ -756,15 +756,7 @@ impl Hub {
             // Relocks that waited for the door to shut are moot: it locks now. A passage's
             // end that waited is reported with this lock.
             for r in self.doors.drop_waiting(&door) {
-                if r.source == actions::Source::Passage {
-                    let booking = r.booking_id.unwrap_or_default();
-                    out.0.extend(self.passage_event(
-                        &door,
-                        &booking,
-                        crate::wire::PassageState::Locked,
-                        now,
-                    ));
-                }
+                out.0.extend(self.passage_ended(&r, now));
             }
             self.relocks.retain(|(_, r)| r.device != door);
             let request = Request {
@@ -802,18 +794,28 @@ impl Hub {
                     let Some(device) = self.device_ref(&door) else {
                         continue;
                     };
-                    let contact = self
-                        .index
-                        .get(&door)
-                        .and_then(|i| self.config.devices.get(*i))
-                        .and_then(|d| d.contact.clone())
-                        .unwrap_or_default();
-                    let (door, contact) = (door.as_str(), contact.as_str());
+                    let door = door.as_str();
                     match &data {
-                        Data::DoorOpened(_) => t::DoorOpened { door, contact }.emit(),
-                        Data::DoorClosed(_) => t::DoorClosed { door, contact }.emit(),
-                        Data::DoorForcedOpen(_) => t::DoorForcedOpen { door, contact }.emit(),
-                        Data::DoorHeldOpen(_) => t::DoorHeldOpen { door, contact }.emit(),
+                        Data::DoorOpened(e) => t::DoorOpened {
+                            door,
+                            contact: &e.contact_id,
+                        }
+                        .emit(),
+                        Data::DoorClosed(e) => t::DoorClosed {
+                            door,
+                            contact: &e.contact_id,
+                        }
+                        .emit(),
+                        Data::DoorForcedOpen(e) => t::DoorForcedOpen {
+                            door,
+                            contact: &e.contact_id,
+                        }
+                        .emit(),
+                        Data::DoorHeldOpen(e) => t::DoorHeldOpen {
+                            door,
+                            contact: &e.contact_id,
+                        }
+                        .emit(),
                         _ => {}
                     }
                     out.push(Effect::Event(NewEvent::new(data, Some(device), at)));
@@ -821,15 +823,7 @@ impl Hub {
                 doors::Out::Record(door, record) => out.push(Effect::Door(door, record)),
                 doors::Out::Send(request) => {
                     // A passage's end: its lock goes now, and says so.
-                    if request.source == actions::Source::Passage {
-                        let booking = request.booking_id.clone().unwrap_or_default();
-                        out.0.extend(self.passage_event(
-                            &request.device,
-                            &booking,
-                            crate::wire::PassageState::Locked,
-                            now,
-                        ));
-                    }
+                    out.0.extend(self.passage_ended(&request, now));
                     out.merge(self.start(request, now))
                 }
                 doors::Out::RelockBlind { door, contact } => t::RelockBlind {
@@ -1042,15 +1036,7 @@ impl Hub {
                                 t.relay
                             )
                         }),
-                    door: self
-                        .doors
-                        .view(&d.id)
-                        .or_else(|| {
-                            // A contact shows what its (first) door shows.
-                            let door = self.doors.doors_of(&d.id).into_iter().next()?;
-                            self.doors.view(&door)
-                        })
-                        .map(String::from),
+                    door: self.doors.view(&d.id).map(String::from),
                 }
             })
             .collect()

@@ -123,6 +123,15 @@ impl Hub {
         }
     }
 
+    /// `access.passage` `locked` for a passage's end lock (`None` for any other request).
+    pub(super) fn passage_ended(&self, lock: &Request, now: Millis) -> Option<Effect> {
+        if lock.source != actions::Source::Passage {
+            return None;
+        }
+        let booking = lock.booking_id.as_deref().unwrap_or_default();
+        self.passage_event(&lock.device, booking, PassageState::Locked, now)
+    }
+
     /// `access.passage` about `door`.
     pub(super) fn passage_event(
         &self,

@@ -227,7 +227,15 @@ impl Runtime {
         }
         // ZenCore unlocks accepted before a crash and never completed: carry them out, or
         // report them expired.
-        let unlocks = self.store.read(|s| s.records::<PendingUnlock>()).await?;
+        let (unlocks, lockdowns) = self
+            .store
+            .read(|s| {
+                Ok((
+                    s.records::<PendingUnlock>()?,
+                    s.records::<crate::wire::Lockdown>()?,
+                ))
+            })
+            .await?;
         for (_, u) in unlocks {
             let ctx = self.ctx();
             let input = if u.not_after <= ctx.now {
@@ -251,10 +259,6 @@ impl Runtime {
         }
         // Lockdowns in force survive a restart: their locks are sent again (one accepted just
         // before a crash may never have reached its locks).
-        let lockdowns = self
-            .store
-            .read(|s| s.records::<crate::wire::Lockdown>())
-            .await?;
         for (_, l) in lockdowns {
             self.step(HubInput::Lockdown(l)).await?;
         }
